@@ -12,8 +12,8 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "HFDDPMScheduler": "scheduling",
     "HFDDPMSchedulerOutput": "scheduling",
-    "variational_bound": "variational_bound",
-    "VariationalBound": "variational_bound",
+    "variational_bound": "vlb",
+    "VariationalBound": "vlb",
     "HFDDPMPipeline": "pipeline",
 }
 

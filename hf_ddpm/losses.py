@@ -12,7 +12,7 @@ import torch
 
 from .diffusion_tables import extract
 from .reverse_process import ReverseProcess, split_model_output
-from .variational_bound import vlb_terms_bpd
+from .vlb import vlb_terms_bpd
 
 HYBRID_LAMBDA = 0.001
 LOSS_TYPES = ("simple", "vlb", "hybrid")

@@ -30,8 +30,8 @@ from .reverse_process import (
 )
 from .reverse_process import p_mean_variance as _p_mean_variance
 from .schedules import make_betas
-from .variational_bound import prior_bpd as _prior_bpd
-from .variational_bound import vlb_terms_bpd as _vlb_terms_bpd
+from .vlb import prior_bpd as _prior_bpd
+from .vlb import vlb_terms_bpd as _vlb_terms_bpd
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
