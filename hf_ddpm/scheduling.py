@@ -20,6 +20,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from .diffusion_tables import DiffusionTables, extract
 from .forward_process import q_posterior_mean_variance as _q_posterior_mean_variance
 from .forward_process import q_sample
+
+# diffusers' remote-code loader copies only the relative imports written in this file, not theirs.
+from .gaussian import normal_kl  # noqa: F401
 from .losses import hybrid_loss, resolve_loss_type, simple_loss, vlb_loss
 from .parameterization import resolve_parameterization, velocity
 from .reverse_process import (

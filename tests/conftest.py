@@ -12,3 +12,116 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ.setdefault("NO_PROXY", "localhost,127.0.0.1")
 os.environ.setdefault("no_proxy", "localhost,127.0.0.1")
+# One intra-op thread: the tiny test UNets run ~20x faster single-threaded on shared 2-core machines, and
+# subprocesses (torchrun ranks, remote-code loads) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+# --- Loopback Hub (issue 3) -------------------------------------------------------------------------
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def hub_server(monkeypatch, tmp_path):
+    """A loopback Hub server (tests/hub_server.py), with huggingface_hub pointed at it for this test.
+
+    huggingface_hub reads HF_ENDPOINT and HF_HUB_OFFLINE once, at import, so the fixture patches the
+    constants it derives from them (and the endpoint of the module-level HfApi that diffusers' helpers
+    are bound to). It also gives the test its own Hub cache. ``server.env`` holds the environment for a
+    subprocess that should talk to the same server.
+    """
+    from hub_server import HubServer
+    from huggingface_hub import constants, hf_api
+
+    server = HubServer().start()
+    cache = tmp_path / "hf_home"
+    monkeypatch.setattr(constants, "ENDPOINT", server.url)
+    monkeypatch.setattr(
+        constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        server.url + "/{repo_id}/resolve/{revision}/{filename}",
+    )
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache / "hub"))
+    monkeypatch.setattr(hf_api.api, "endpoint", server.url)
+    server.env = {
+        **os.environ,
+        "HF_ENDPOINT": server.url,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HOME": str(cache),
+        "HF_MODULES_CACHE": str(tmp_path / "hf_modules"),
+    }
+    yield server
+    server.stop()
+
+
+def _tiny_unet(in_channels=3, out_channels=None, num_class_embeds=None, seed=0):
+    import torch
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=8,
+        in_channels=in_channels,
+        out_channels=out_channels or in_channels,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        num_class_embeds=num_class_embeds,
+    ).eval()
+
+
+@pytest.fixture
+def tiny_unet():
+    """Factory for an 8x8 UNet2DModel small enough for CPU tests: ``tiny_unet(in_channels=3, ...)``."""
+    return _tiny_unet
+
+
+_BLOCK_HF_DDPM = """
+import importlib.abc, sys
+class _BlockHFDDPM(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "hf_ddpm" or name.startswith("hf_ddpm."):
+            raise ModuleNotFoundError("hf_ddpm is blocked: this process must work without it")
+sys.meta_path.insert(0, _BlockHFDDPM())
+"""
+
+
+@pytest.fixture
+def run_without_hf_ddpm(tmp_path):
+    """Run a Python snippet in a fresh interpreter in which ``import hf_ddpm`` fails.
+
+    ``python -I`` drops the working directory, PYTHONPATH and user site from sys.path, and a meta-path
+    finder refuses hf_ddpm even if it is installed. diffusers gets its own module cache, so no copy of
+    the remote code from another test can stand in. Returns the CompletedProcess; fails the test with
+    the subprocess's output when it exits non-zero.
+    """
+    import subprocess
+    import sys
+
+    def run(code, env=None, timeout=240):
+        script = tmp_path / "without_hf_ddpm.py"
+        script.write_text(_BLOCK_HF_DDPM + code)
+        env = dict(env or os.environ)
+        env.setdefault("HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
+        env.setdefault("OMP_NUM_THREADS", "1")
+        result = subprocess.run(
+            [sys.executable, "-I", str(script)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if result.returncode != 0:
+            pytest.fail(
+                f"subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    return run

@@ -1,0 +1,182 @@
+"""push_to_hub over real HTTP against the loopback Hub (tests/hub_server.py): upload, download, remote-code
+load from the repo without hf_ddpm, and a network failure followed by a retry."""
+
+import hashlib
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from hf_ddpm.hub_layout import HubPushError, push_folder_to_hub
+from hf_ddpm.pipeline import HFDDPMPipeline
+from hf_ddpm.scheduling import HFDDPMScheduler
+
+T = 10
+REPO = "tester/tiny-ddpm"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny convolutions run far faster on one thread than on cores shared with other test processes.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _pipe(tiny_unet):
+    pipe = HFDDPMPipeline(
+        tiny_unet(out_channels=6), HFDDPMScheduler(num_train_timesteps=T, variance_type="learned")
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _sample(pipe):
+    generator = torch.Generator().manual_seed(0)
+    return pipe(batch_size=2, generator=generator, num_inference_steps=T, output_type="np").images
+
+
+@pytest.fixture
+def hub_down(hub_server, monkeypatch):
+    """Make every commit fail, without waiting out huggingface_hub's retries and back-off."""
+    import time
+
+    from huggingface_hub.utils import _http
+
+    class _NoSleep:
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        @staticmethod
+        def sleep(seconds):
+            pass
+
+    monkeypatch.setattr(_http, "time", _NoSleep())
+
+    def fail(mode):
+        hub_server.fail_next_commits(1000, mode)
+
+    return fail
+
+
+def _digests(folder):
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_push_download_and_remote_code_load(tiny_unet, tmp_path, hub_server, run_without_hf_ddpm):
+    pipe = _pipe(tiny_unet)
+    expected = _sample(pipe)
+    local = tmp_path / "local"
+    pipe.save_pretrained(local)
+
+    url = pipe.push_to_hub(REPO, commit_message="first upload")
+    sha = hub_server.repos[REPO].head
+    assert url.endswith(f"/{REPO}/commit/{sha}")
+    remote = hub_server.files(REPO)
+    local_files = _digests(local)
+    # Everything save_pretrained writes is uploaded unchanged, except the card, which names the repo.
+    assert set(remote) == set(local_files) | {".gitattributes"}
+    for path, digest in local_files.items():
+        if path != "README.md":
+            assert hashlib.sha256(remote[path]).hexdigest() == digest, path
+    card = remote["README.md"].decode()
+    assert f'DiffusionPipeline.from_pretrained("{REPO}", trust_remote_code=True)' in card
+
+    downloaded = HFDDPMPipeline.from_pretrained(REPO)
+    assert type(downloaded.scheduler) is HFDDPMScheduler
+    downloaded.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(_sample(downloaded), expected)
+
+    run_without_hf_ddpm(
+        textwrap.dedent(f"""
+        import sys
+        import numpy as np, torch
+        from diffusers import DiffusionPipeline
+        torch.set_num_threads(1)
+        pipe = DiffusionPipeline.from_pretrained({REPO!r}, trust_remote_code=True)
+        assert type(pipe).__name__ == "HFDDPMPipeline" and type(pipe.scheduler).__name__ == "HFDDPMScheduler"
+        assert not any(m.split(".")[0] == "hf_ddpm" for m in sys.modules)
+        pipe.set_progress_bar_config(disable=True)
+        images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps={T},
+                      output_type="np").images
+        np.save({str(tmp_path / "remote.npy")!r}, images)
+        pipe.push_to_hub("tester/pushed-from-remote-code")
+        """),
+        env=hub_server.env,
+    )
+    np.testing.assert_array_equal(np.load(tmp_path / "remote.npy"), expected)
+    # The remote-code copy of the class pushes the same loadable layout.
+    assert set(hub_server.files("tester/pushed-from-remote-code")) == set(remote)
+    again = HFDDPMPipeline.from_pretrained("tester/pushed-from-remote-code")
+    again.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(_sample(again), expected)
+
+
+def test_second_push_makes_a_new_commit(tiny_unet, hub_server):
+    pipe = _pipe(tiny_unet)
+    pipe.push_to_hub(REPO)
+    first = hub_server.repos[REPO].head
+    pipe.unet.conv_out.bias.data += 1.0
+    pipe.push_to_hub(REPO)
+    assert hub_server.repos[REPO].head != first
+    assert len(hub_server.repos[REPO].snapshots) == 3  # the repo's initial commit, then two pushes
+
+
+def test_save_pretrained_with_push_to_hub(tiny_unet, tmp_path, hub_server):
+    _pipe(tiny_unet).save_pretrained(
+        tmp_path / "out", push_to_hub=True, repo_id=REPO, datasets=["ylecun/mnist"]
+    )
+    assert (tmp_path / "out" / "model_index.json").is_file()
+    assert "ylecun/mnist" in hub_server.files(REPO)["README.md"].decode()
+
+
+@pytest.mark.parametrize("mode", ["500", "drop"])
+def test_network_error_keeps_the_folder_and_a_retry_succeeds(
+    tiny_unet, tmp_path, hub_server, hub_down, mode
+):
+    folder = tmp_path / "trained"
+    _pipe(tiny_unet).save_pretrained(folder)
+    hub_down(mode)
+    before = _digests(folder)
+    with pytest.raises(HubPushError) as failure:
+        push_folder_to_hub(folder, REPO)
+    message = str(failure.value)
+    assert "Nothing local was lost" in message and str(folder) in message
+    assert f"push_folder_to_hub({str(folder)!r}, {REPO!r})" in message
+    # The card gets the repo id before the upload; nothing else in the folder changes.
+    after = _digests(folder)
+    assert {k: v for k, v in after.items() if k != "README.md"} == {
+        k: v for k, v in before.items() if k != "README.md"
+    }
+    assert REPO not in hub_server.repos or "model_index.json" not in hub_server.files(REPO)
+
+    hub_server.fail_next_commits(0)
+    push_folder_to_hub(folder, REPO)
+    remote = hub_server.files(REPO)
+    assert json.loads(remote["model_index.json"]) == json.loads(
+        (folder / "model_index.json").read_text()
+    )
+
+
+def test_failed_push_from_memory_keeps_its_temporary_folder(tiny_unet, hub_server, hub_down):
+    pipe = _pipe(tiny_unet)
+    hub_down("500")
+    with pytest.raises(HubPushError, match="Nothing local was lost") as failure:
+        pipe.push_to_hub(REPO)
+    kept = failure.value.folder
+    assert str(kept) in str(failure.value) and (kept / "model_index.json").is_file()
+    hub_server.fail_next_commits(0)
+    push_folder_to_hub(kept, REPO)
+    assert "unet/diffusion_pytorch_model.safetensors" in hub_server.files(REPO)
+
+
+def test_push_folder_needs_a_saved_pipeline(tmp_path, hub_server):
+    with pytest.raises(FileNotFoundError, match="No model_index.json in"):
+        push_folder_to_hub(tmp_path, REPO)
