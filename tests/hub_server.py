@@ -23,12 +23,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-_API_PREFIX = "/api/models/"
+_API_ROUTE = re.compile(r"^/api/(models|spaces|datasets)/(.+)$")
 
 
 def git_blob_id(content: bytes) -> str:
@@ -43,10 +44,17 @@ def _commit_id(files: dict[str, bytes], parent: str | None, message: str) -> str
     return hashlib.sha1(b"commit %d\0" % len(body) + body.encode()).hexdigest()
 
 
+def _storage_prefix(kind: str) -> str:
+    """Models live under their repo id, spaces and datasets under "spaces/" and "datasets/" (as on the Hub)."""
+    return "" if kind == "model" else f"{kind}s/"
+
+
 @dataclass
 class _Repo:
     private: bool
     head: str = ""
+    kind: str = "model"
+    sdk: str | None = None
     # commit id -> the full file tree at that commit
     snapshots: dict[str, dict[str, bytes]] = field(default_factory=dict)
 
@@ -172,8 +180,9 @@ class _HubHandler(BaseHTTPRequestHandler):
             if self.command == "POST" and path == "/api/validate-yaml":
                 self._body()
                 return self._json(200, {"errors": [], "warnings": []})
-            if path.startswith(_API_PREFIX):
-                return self._api(path[len(_API_PREFIX) :], query)
+            api = _API_ROUTE.match(path)
+            if api:
+                return self._api(api.group(2), query, _storage_prefix(api.group(1)[:-1]))
             segments = path.strip("/").split("/")
             if len(segments) >= 5 and segments[2] == "resolve" and self.command in ("GET", "HEAD"):
                 repo_id = "/".join(segments[:2])
@@ -187,21 +196,23 @@ class _HubHandler(BaseHTTPRequestHandler):
     def _create_repo(self) -> None:
         payload = json.loads(self._body() or b"{}")
         repo_id = f"{payload.get('organization')}/{payload['name']}"
-        url = f"{self.hub.url}/{repo_id}"
-        if repo_id in self.hub.repos:
+        kind = payload.get("type") or "model"
+        url = f"{self.hub.url}/{_storage_prefix(kind)}{repo_id}"
+        if _storage_prefix(kind) + repo_id in self.hub.repos:
             return self._json(409, {"error": "You already created this model repo", "url": url})
         repo = _Repo(private=payload.get("visibility") == "private" or bool(payload.get("private")))
         repo.commit(
             {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"},
             "initial commit",
         )
-        self.hub.repos[repo_id] = repo
+        repo.kind, repo.sdk = kind, payload.get("sdk")
+        self.hub.repos[_storage_prefix(kind) + repo_id] = repo
         self._json(200, {"url": url, "name": repo_id})
 
-    def _api(self, rest: str, query: dict[str, list[str]]) -> None:
+    def _api(self, rest: str, query: dict[str, list[str]], prefix: str = "") -> None:
         segments = rest.split("/")
         repo_id, action, tail = "/".join(segments[:2]), segments[2:3], segments[3:]
-        repo = self._repo(repo_id)
+        repo = self._repo(prefix + repo_id)
         if repo is None:
             self._body()
             return None

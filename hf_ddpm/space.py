@@ -1,0 +1,155 @@
+"""``hf-ddpm space``: create (or update) a Gradio Space on the Hub that serves a model with spaces_app/.
+
+The Space's folder is assembled in a temporary directory, then uploaded in one commit:
+
+- the files of ``spaces_app/`` (``app.py``, ``requirements.txt``, example images, helpers);
+- its ``README.md`` with the model id in the front matter's ``models:`` list, which is where the app
+  looks for its model when ``HF_DDPM_MODEL`` is not set;
+- a copy of the hf_ddpm modules the app uses (the pipeline, the scheduler and the variational bound,
+  with what they import), so the deployed Space loads the model without remote code and has the
+  likelihood tab, without hf_ddpm being on PyPI.
+
+The upload goes through huggingface_hub: ``create_repo(repo_type="space", space_sdk="gradio",
+exist_ok=True)``, then ``upload_folder``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from huggingface_hub import SpaceCard, create_repo, upload_folder
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+# spaces_app/ sits next to the package in a source checkout (and in an editable install).
+DEFAULT_APP_DIR = _PACKAGE_DIR.parent / "spaces_app"
+_APP_FILES = ("app.py", "requirements.txt", "README.md")
+_SKIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
+
+
+def _check_repo_id(kind: str, repo_id: str) -> None:
+    if "/" not in repo_id:
+        raise ValueError(f"{kind} must be a Hub repo id of the form 'user/name', got {repo_id!r}.")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"{kind} {repo_id!r} is not a valid Hub repo id: {error}") from error
+
+
+def package_modules() -> list[Path]:
+    """The hf_ddpm source files a Space needs: ``__init__.py`` and the modules of its public names
+    (pipeline, scheduler, variational bound), with every sibling they import."""
+    from . import _PUBLIC
+    from .hub_layout import relative_import_closure
+
+    files = {_PACKAGE_DIR / "__init__.py"}
+    for module in set(_PUBLIC.values()):
+        files.update(relative_import_closure(_PACKAGE_DIR / f"{module}.py"))
+    return sorted(files)
+
+
+def prepare_space_folder(app_dir: str | Path, model_id: str, destination: str | Path) -> Path:
+    """Write the Space's files into ``destination`` (created) and return it.
+
+    Args:
+        app_dir: the Space template folder (``spaces_app/``): must hold app.py, README.md and
+            requirements.txt.
+        model_id: Hub repo id of the pipeline the Space serves, written into README.md ``models:``.
+        destination: an empty or missing folder.
+
+    Raises:
+        FileNotFoundError: ``app_dir`` lacks one of the files above.
+        ValueError: ``model_id`` is not a Hub repo id (a local folder cannot be read by a Space).
+    """
+    app_dir, destination = Path(app_dir), Path(destination)
+    missing = [name for name in _APP_FILES if not (app_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{app_dir} is not a Space folder: it has no {', '.join(missing)}. "
+            "Pass --app-dir pointing at hf_ddpm's spaces_app/ folder."
+        )
+    if Path(model_id).exists():
+        raise ValueError(
+            f"--model {model_id!r} is a local folder, which a Space cannot read: push it to the Hub "
+            "first (HFDDPMPipeline.push_to_hub, or `hf-ddpm train --push-to-hub`) and pass its repo id."
+        )
+    _check_repo_id("--model", model_id)
+    shutil.copytree(app_dir, destination, ignore=_SKIPPED, dirs_exist_ok=True)
+    card = SpaceCard.load(app_dir / "README.md")
+    card.data.models = [model_id]
+    card.save(destination / "README.md")
+    package = destination / "hf_ddpm"
+    package.mkdir(exist_ok=True)
+    for source in package_modules():
+        shutil.copy2(source, package / source.name)
+    return destination
+
+
+def deploy_space(
+    space_id: str,
+    model_id: str,
+    app_dir: str | Path = DEFAULT_APP_DIR,
+    private: bool = False,
+    token: str | None = None,
+) -> str:
+    """Create the Gradio Space ``space_id`` if needed and upload the app serving ``model_id``.
+
+    Returns the Space's URL. Raises ValueError or FileNotFoundError for bad arguments (before any
+    network access), and huggingface_hub's errors for Hub failures.
+    """
+    _check_repo_id("The Space id", space_id)
+    with tempfile.TemporaryDirectory(prefix="hf_ddpm_space_") as tmp:
+        folder = prepare_space_folder(app_dir, model_id, Path(tmp) / "space")
+        url = create_repo(
+            space_id,
+            repo_type="space",
+            space_sdk="gradio",
+            exist_ok=True,
+            private=private,
+            token=token,
+        )
+        upload_folder(
+            repo_id=space_id,
+            repo_type="space",
+            folder_path=folder,
+            commit_message=f"Deploy the hf_ddpm Space for {model_id}",
+            token=token,
+        )
+    return str(url)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``hf-ddpm space``."""
+    parser.add_argument("space_id", help="the Space to create or update, as 'user/name'")
+    parser.add_argument(
+        "--model", required=True, help="Hub repo id of the pipeline the Space serves ('user/name')"
+    )
+    parser.add_argument(
+        "--app-dir",
+        type=Path,
+        default=DEFAULT_APP_DIR,
+        help=f"the Space template folder (default: {DEFAULT_APP_DIR})",
+    )
+    parser.add_argument("--private", action="store_true", help="create the Space as private")
+    parser.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``hf-ddpm space``: 0 on success, 2 for bad options, 1 if the Hub refused."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        url = deploy_space(args.space_id, args.model, args.app_dir, args.private, args.token)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"hf-ddpm space: error: {error}", file=sys.stderr)
+        return 2
+    except HfHubHTTPError as error:
+        print(f"hf-ddpm space: the Hub refused the upload: {error}", file=sys.stderr)
+        return 1
+    print(f"hf-ddpm space: deployed {args.model} to {url}")
+    return 0

@@ -1,0 +1,257 @@
+"""The Gradio Space (spaces_app/app.py) driven through gradio_client over real HTTP on 127.0.0.1.
+
+A tiny random UNet (8x8 grey images, T = 20) is saved and loaded through the app's own loader. Each
+check compares with an independent computation: the pipeline run directly with the same seed, the
+closed form q(x_t | x_0) written out here from diffusers' DDPMScheduler tables, the analytic prior KL,
+and ``hf_ddpm.variational_bound`` called directly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler
+from spaces_app import app
+
+SIZE = 8
+T = 20
+BETA_START, BETA_END = 1e-3, 0.2
+
+
+def _tiny_pipeline() -> HFDDPMPipeline:
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=SIZE,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+    scheduler = HFDDPMScheduler(num_train_timesteps=T, beta_start=BETA_START, beta_end=BETA_END)
+    return HFDDPMPipeline(unet=unet, scheduler=scheduler)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_ddpm")
+    _tiny_pipeline().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def served(model_dir):
+    state = app.load_model(str(model_dir))
+    assert state.model is not None, state.message
+    demo = app.build_demo(state)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    client = Client(url, analytics_enabled=False, verbose=False)
+    yield client, state.model
+    client.close()
+    demo.close()
+
+
+@pytest.fixture
+def digit_png(tmp_path):
+    """An 8x8 grey image with structure (a ramp and a bright square)."""
+    pixels = np.tile(np.linspace(0, 255, SIZE), (SIZE, 1))
+    pixels[2:5, 2:5] = 255
+    path = tmp_path / "digit.png"
+    Image.fromarray(pixels.round().astype(np.uint8)).save(path)
+    return path
+
+
+def _png(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("L"), dtype=np.int16)
+
+
+def _reference_samples(model_dir, seed: int, count: int, steps: int) -> np.ndarray:
+    pipe = HFDDPMPipeline.from_pretrained(model_dir)
+    images = pipe(
+        batch_size=count,
+        generator=torch.Generator().manual_seed(seed),
+        num_inference_steps=steps,
+        output_type="np",
+    ).images
+    return (images[..., 0] * 255).round().astype(np.int16)
+
+
+def _generate(client: Client, **overrides):
+    args = {
+        "seed": 3,
+        "num_images": 3,
+        "steps": 10,
+        "variance_type": "fixed_small",
+        "class_label": 0,
+        "guidance_scale": 1,
+    }
+    args.update(overrides)
+    return client.submit(**args, api_name="/generate")
+
+
+def test_generate_returns_the_requested_images_of_the_model_size(served, model_dir):
+    client, _ = served
+    _, _, gallery, status = _generate(client).result()
+    assert len(gallery) == 3
+    images = [_png(item["image"]) for item in gallery]
+    assert all(image.shape == (SIZE, SIZE) for image in images)
+    # The app must sample exactly what the pipeline samples for that seed and step count.
+    expected = _reference_samples(model_dir, seed=3, count=3, steps=10)
+    np.testing.assert_allclose(np.stack(images), expected, atol=1)
+    assert "3 image(s)" in status
+
+
+def test_generate_streams_intermediate_frames(served):
+    client, _ = served
+    job = _generate(client, num_images=2, steps=10)
+    job.result()
+    outputs = job.outputs()
+    frames, final_output = outputs[:-1], outputs[-1]
+    # 10 steps, a frame every step (10 // STREAM_FRAMES = 1), then the final gallery.
+    assert len(frames) == 10
+    assert all(frame[2] == [] and frame[0] and frame[1] for frame in frames)
+    assert len(final_output[2]) == 2
+    first_x_t, last_x_t = _png(frames[0][0]), _png(frames[-1][0])
+    # Two 8x8 images tiled side by side with a 1-pixel gutter.
+    assert first_x_t.shape == (SIZE, 2 * SIZE + 1)
+    # The last frame's x_t is the sample itself; the first is still mostly noise, so they differ.
+    final = np.concatenate([_png(item["image"]) for item in final_output[2]], axis=1)
+    np.testing.assert_allclose(np.delete(last_x_t, SIZE, axis=1), final, atol=1)
+    assert not np.array_equal(first_x_t, last_x_t)
+    assert _png(frames[0][1]).shape == first_x_t.shape
+
+
+@pytest.mark.parametrize("t", [0, 7, T - 1])
+def test_forward_tab_draws_x_t_from_the_closed_form(served, digit_png, t):
+    client, _ = served
+    x0_shown, x_t, info = client.predict(handle_file(str(digit_png)), t, 5, api_name="/forward")
+    x0 = torch.from_numpy(_png(str(digit_png))).double() / 127.5 - 1
+    np.testing.assert_array_equal(_png(x0_shown), _png(str(digit_png)))
+    # q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), abar from diffusers' own scheduler in float64.
+    reference = DDPMScheduler(num_train_timesteps=T, beta_start=BETA_START, beta_end=BETA_END)
+    abar = reference.alphas_cumprod.double()[t]
+    noise = torch.randn((1, 1, SIZE, SIZE), generator=torch.Generator().manual_seed(5))[0, 0]
+    expected = (abar.sqrt() * x0 + (1 - abar).sqrt() * noise.double()).clamp(-1, 1)
+    expected = ((expected + 1) * 127.5).round().numpy()
+    np.testing.assert_allclose(_png(x_t), expected, atol=1)
+    assert f"t = {t}" in info
+
+
+def test_likelihood_tab_returns_a_finite_bound(served, digit_png):
+    client, loaded = served
+    plot, summary = client.predict(handle_file(str(digit_png)), 11, 0, api_name="/likelihood")
+    terms = np.array([row[1] for row in plot["data"]], dtype=np.float64)
+    assert terms.shape == (T,)
+    assert all(math.isfinite(value) for value in summary.values())
+    assert summary["distortion_bpd"] == pytest.approx(terms[0])
+    assert summary["rate_bpd"] == pytest.approx(terms[1:].sum())
+    # L_T = KL(N(sqrt(abar_T) x0, 1 - abar_T) || N(0, 1)) per dim, in bits: analytic, no network.
+    x0 = torch.from_numpy(_png(str(digit_png))).double() / 127.5 - 1
+    abar = DDPMScheduler(num_train_timesteps=T, beta_start=BETA_START, beta_end=BETA_END)
+    abar_t = abar.alphas_cumprod.double()[-1]
+    kl = 0.5 * (abar_t * x0**2 + (1 - abar_t) - 1 - torch.log(1 - abar_t))
+    assert summary["prior_bpd"] == pytest.approx(float(kl.mean() / math.log(2)), rel=1e-4)
+    assert summary["total_bpd"] == pytest.approx(
+        summary["prior_bpd"] + summary["rate_bpd"] + summary["distortion_bpd"], rel=1e-6
+    )
+    # Same seed, same draws: the app's number is the library's number.
+    from hf_ddpm import variational_bound
+
+    direct = variational_bound(
+        loaded.pipe.unet,
+        HFDDPMScheduler.from_config(loaded.pipe.scheduler.config),
+        x0.float()[None, None],
+        generator=torch.Generator().manual_seed(11),
+    )
+    assert summary["total_bpd"] == pytest.approx(float(direct.total_bpd[0]), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"num_images": app.MAX_IMAGES + 1}, "maximum"),
+        ({"num_images": 0}, "minimum"),
+        ({"steps": 0}, "minimum"),
+        ({"steps": T + 1}, "maximum"),
+        ({"steps": 2.5}, "Inference steps must be a whole number from 1 to 20; got 2.5"),
+        ({"variance_type": "bogus"}, "not in the list of choices"),
+        ({"seed": -1}, "minimum"),
+    ],
+)
+def test_bad_generate_input_gives_a_readable_error(served, overrides, words):
+    client, _ = served
+    with pytest.raises(AppError, match=words):
+        _generate(client, **overrides).result()
+
+
+def test_bad_forward_and_likelihood_input_gives_a_readable_error(served, digit_png):
+    client, _ = served
+    with pytest.raises(AppError, match="Upload an image first"):
+        client.predict(None, 3, 0, api_name="/forward")
+    with pytest.raises(AppError, match="maximum"):
+        client.predict(handle_file(str(digit_png)), T, 0, api_name="/forward")
+    with pytest.raises(AppError, match="Upload an image first"):
+        client.predict(None, 0, 0, api_name="/likelihood")
+
+
+def test_a_model_that_fails_to_load_still_serves_a_page_that_says_so(tmp_path):
+    state = app.load_model(str(tmp_path / "no-such-model"))
+    assert state.model is None
+    demo = app.build_demo(state)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        config = httpx.get(url + "config", timeout=30).json()
+        assert any(
+            "failed to load" in str(c.get("props", {}).get("value")) for c in config["components"]
+        )
+        client = Client(url, analytics_enabled=False, verbose=False)
+        with pytest.raises(AppError, match="failed to load"):
+            _generate(client).result()
+        client.close()
+    finally:
+        demo.close()
+
+
+def test_the_model_comes_from_the_flag_then_the_environment_then_the_readme(tmp_path, monkeypatch):
+    readme = tmp_path / "README.md"
+    readme.write_text("---\nsdk: gradio\nmodels:\n- tester/from-readme\n---\n# Space\n")
+    monkeypatch.setattr(app, "_HERE", tmp_path)
+    monkeypatch.delenv("HF_DDPM_MODEL", raising=False)
+    assert app.resolve_model() == "tester/from-readme"
+    monkeypatch.setenv("HF_DDPM_MODEL", "tester/from-env")
+    assert app.resolve_model() == "tester/from-env"
+    assert app.resolve_model("tester/from-flag") == "tester/from-flag"
+
+
+def test_without_hf_ddpm_the_app_loads_remote_code_and_streams(model_dir, run_without_hf_ddpm):
+    # What a Space made from spaces_app/ alone does: no hf_ddpm, so trust_remote_code loading.
+    code = f"""
+import sys
+sys.path.insert(0, {str(app._HERE)!r})
+import gradio as gr
+import numpy as np
+import app
+
+state = app.load_model({str(model_dir)!r})
+assert state.model is not None, state.message
+assert type(state.model.pipe).__name__ == "HFDDPMPipeline" and state.model.streams
+outputs = list(app._generate(state, 1, 2, 4, "fixed_small", None, 1.0, lambda *a, **k: None))
+assert len(outputs) == 5 and len(outputs[-1][2]) == 2, [len(o) for o in outputs]
+try:
+    app._likelihood(state, np.zeros((8, 8, 3), np.uint8), 0, None)
+except gr.Error as error:
+    print("LIKELIHOOD:", error.message)
+"""
+    result = run_without_hf_ddpm(code)
+    assert "LIKELIHOOD: The likelihood tab needs the hf_ddpm package" in result.stdout

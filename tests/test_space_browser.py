@@ -1,0 +1,100 @@
+"""The Space in a real browser: Debian's headless Chromium, driven by Playwright, clicks Generate.
+
+Needs /usr/bin/chromium (``apt-get install chromium``; never ``playwright install``). The screenshot is
+saved under the test's tmp_path and copied to test-artifacts/ (git-ignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import UNet2DModel
+from PIL import Image
+
+from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler
+from spaces_app import app
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
+)
+
+
+@pytest.fixture(scope="module")
+def page_url(tmp_path_factory):
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=16,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+    folder = tmp_path_factory.mktemp("tiny_ddpm")
+    HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler(num_train_timesteps=10)).save_pretrained(
+        folder
+    )
+    state = app.load_model(str(folder))
+    assert state.model is not None, state.message
+    demo = app.build_demo(state)
+    _, url, _ = demo.launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=app.CSS
+    )
+    yield url
+    demo.close()
+
+
+def test_generate_in_a_real_browser_shows_non_blank_samples(page_url, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    os.environ.setdefault("NO_PROXY", "localhost,127.0.0.1")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(page_url, wait_until="domcontentloaded", timeout=60_000)
+            page.get_by_role("button", name="Generate", exact=True).click(timeout=60_000)
+            images = page.locator("#samples img")
+            # The default request is 4 images; wait until all have arrived and decoded.
+            page.wait_for_function(
+                "() => { const imgs = document.querySelectorAll('#samples img');"
+                " return imgs.length >= 4 && [...imgs].every(i => i.complete && i.naturalWidth > 0); }",
+                timeout=120_000,
+            )
+            shot = tmp_path / "space_generate.png"
+            page.screenshot(path=str(shot), full_page=True)
+            ARTIFACTS.mkdir(exist_ok=True)
+            shutil.copy(shot, ARTIFACTS / shot.name)
+
+            assert images.count() >= 4
+            first = images.first
+            assert first.is_visible()
+            assert first.evaluate("img => img.naturalWidth") == 16
+            pixels = np.asarray(
+                Image.open(io.BytesIO(first.screenshot())).convert("L"), dtype=float
+            )
+            # A random UNet's samples are speckled: a blank (or failed) image would be flat.
+            assert pixels.std() > 10, f"sample looks blank (pixel std {pixels.std():.2f})"
+            assert "Done: 4 image(s)" in page.locator("#generate_status").inner_text()
+        finally:
+            browser.close()

@@ -1,0 +1,76 @@
+"""``hf-ddpm space``: the Space folder it assembles, its errors, and a deploy to the loopback Hub."""
+
+from __future__ import annotations
+
+import filecmp
+import subprocess
+import sys
+
+import gradio
+import pytest
+from huggingface_hub import SpaceCard
+
+from hf_ddpm import cli
+from hf_ddpm.space import DEFAULT_APP_DIR, prepare_space_folder
+
+MODEL_ID = "tester/tiny-ddpm"
+
+
+def test_space_folder_has_the_app_the_model_id_and_a_working_hf_ddpm(tmp_path):
+    folder = prepare_space_folder(DEFAULT_APP_DIR, MODEL_ID, tmp_path / "space")
+    assert filecmp.cmp(folder / "app.py", DEFAULT_APP_DIR / "app.py", shallow=False)
+    assert filecmp.cmp(
+        folder / "requirements.txt", DEFAULT_APP_DIR / "requirements.txt", shallow=False
+    )
+    card = SpaceCard.load(folder / "README.md").data
+    assert card.models == [MODEL_ID]
+    # The Hub builds the Space with sdk_version: it must be the gradio the project runs and tests.
+    assert (card.sdk, card.sdk_version, card.app_file) == ("gradio", gradio.__version__, "app.py")
+    assert tuple(int(part) for part in str(card.python_version).split(".")) >= (3, 11)
+    assert not list(folder.rglob("__pycache__"))
+    # The copied modules import on their own, ahead of any installed hf_ddpm, as on the Space.
+    probe = (
+        f"import sys; sys.path.insert(0, {str(folder)!r})\n"
+        "import hf_ddpm\n"
+        f"assert hf_ddpm.__file__.startswith({str(folder)!r}), hf_ddpm.__file__\n"
+        "from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler\n"
+        "from hf_ddpm import variational_bound\n"
+        "HFDDPMScheduler(num_train_timesteps=10)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["tester/demo", "--model", "."], "is a local folder, which a Space cannot read"),
+        (["no-slash", "--model", MODEL_ID], "must be a Hub repo id of the form 'user/name'"),
+        (["tester/demo", "--model", "bad//id"], "is not a valid Hub repo id"),
+        (
+            ["tester/demo", "--model", MODEL_ID, "--app-dir", "/nonexistent"],
+            "is not a Space folder",
+        ),
+    ],
+)
+def test_bad_arguments_exit_2_with_the_reason(argv, words, capsys):
+    assert cli.main(["space", *argv]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_deploy_creates_a_gradio_space_and_uploads_the_folder(hub_server, capsys):
+    assert cli.main(["space", "tester/demo", "--model", MODEL_ID]) == 0
+    assert "tester/demo" in capsys.readouterr().out
+    files = hub_server.files("spaces/tester/demo")
+    space = hub_server.repos["spaces/tester/demo"]
+    assert (space.kind, space.sdk) == ("space", "gradio")
+    assert {"app.py", "README.md", "requirements.txt", "hf_ddpm/scheduling.py"} <= set(files)
+    assert files["app.py"] == (DEFAULT_APP_DIR / "app.py").read_bytes()
+    assert f"- {MODEL_ID}" in files["README.md"].decode()
+    # The upload went to the Space (not a model repo of the same name).
+    assert ("POST", "/api/spaces/tester/demo/commit/main") in hub_server.requests
+    # A second deploy updates the same Space (exist_ok=True) rather than failing.
+    assert cli.main(["space", "tester/demo", "--model", "tester/other-ddpm"]) == 0
+    assert "- tester/other-ddpm" in hub_server.files("spaces/tester/demo")["README.md"].decode()
