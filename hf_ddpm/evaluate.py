@@ -1,0 +1,561 @@
+"""``hf-ddpm evaluate``: the NLL bound in bits/dim, FID and FD_DINOv2 of a pipeline, as a JSON report.
+
+The command and the importable functions do the same thing:
+
+- :func:`evaluate_pipeline` takes a pipeline object and held-out images and returns the report (a dict);
+- :func:`load_reference` reads a dataset split the way ``hf-ddpm train`` does;
+- :func:`push_metrics_to_hub` writes the metrics into a Hub model card's ``model-index``;
+- :func:`add_arguments` / :func:`run` are the subcommand.
+
+Metrics: ``nll`` (Ho et al. 2020 eq. 5 over the held-out split, with the Table 4 breakdown into prior, rate
+and distortion), ``fid`` (Inception features, Heusel et al. 2017) and ``fd-dinov2`` (DINOv2 features, Stein
+et al. 2023). See docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .features import (
+    DEFAULT_DINOV2_MODEL,
+    DinoV2Features,
+    FeatureExtractor,
+    InceptionFeatures,
+    StatisticsKey,
+    extract_features,
+    reference_statistics,
+)
+from .frechet import feature_statistics, frechet_distance
+from .nll import NLLResult, exact_nll, importance_sampled_nll, term_means_proposal
+
+__all__ = [
+    "METRICS",
+    "ReferenceData",
+    "add_arguments",
+    "build_extractors",
+    "evaluate_pipeline",
+    "format_table",
+    "load_reference",
+    "parse_metrics",
+    "push_metrics_to_hub",
+    "run",
+]
+
+METRICS = ("nll", "fid", "fd-dinov2")
+_FRECHET_METRICS = ("fid", "fd-dinov2")
+# metric -> (model-index metric type, display name)
+_CARD_METRICS = {
+    "nll": ("nll_bpd", "NLL bound (bits/dim)"),
+    "fid": ("fid", "FID"),
+    "fd-dinov2": ("fd_dinov2", "FD_DINOv2"),
+}
+_GRID_MAX_IMAGES = 64
+
+
+def parse_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
+    """``"nll,fid"`` or ``["nll", "fid"]`` -> validated, de-duplicated names in the given order.
+
+    Raises:
+        ValueError: an unknown name (the message lists the allowed ones) or an empty list.
+    """
+    names = metrics.split(",") if isinstance(metrics, str) else list(metrics)
+    names = [name.strip().lower() for name in names if name.strip()]
+    unknown = [name for name in names if name not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; allowed: {', '.join(METRICS)}")
+    if not names:
+        raise ValueError(f"no metric given; allowed: {', '.join(METRICS)}")
+    return tuple(dict.fromkeys(names))
+
+
+@dataclass
+class ReferenceData:
+    """Held-out images for the NLL and the reference side of the Fréchet distances.
+
+    Attributes:
+        images: (N, C, H, W) in [-1, 1], on the data's ``num_bins`` grid, at the model's resolution.
+        num_bins: intensity levels of the data (256 for 8-bit images); the discretised decoder uses it.
+        name: dataset name, Hub id or folder (part of the statistics cache key).
+        split: the split the images come from.
+    """
+
+    images: torch.Tensor
+    num_bins: int
+    name: str
+    split: str
+
+    @property
+    def resolution(self) -> int:
+        """Image side length."""
+        return int(self.images.shape[-1])
+
+
+def load_reference(
+    resolution: int,
+    dataset: str | None = "mnist-5k",
+    train_data_dir: str | None = None,
+    split: str = "test",
+    image_column: str | None = None,
+    max_images: int | None = None,
+) -> ReferenceData:
+    """Read a dataset split with ``hf_ddpm.data`` (the same options and preprocessing as ``train``).
+
+    Args:
+        resolution: side length to resize and center-crop to; the model's ``sample_size``.
+        dataset, train_data_dir, split, image_column: as for :func:`hf_ddpm.data.load_image_dataset`.
+        max_images: use only the first ``max_images`` images of the split.
+    """
+    from .data import collate, load_image_dataset, preprocess
+
+    data = load_image_dataset(dataset, train_data_dir, split=split, image_column=image_column)
+    count = len(data) if max_images is None else min(max_images, len(data))
+    processed = preprocess(data, resolution)
+    examples = [processed[i] for i in tqdm(range(count), desc=f"loading {split}", leave=False)]
+    if not examples:
+        raise ValueError(f"the {split!r} split of {data.name!r} has no images")
+    images = collate(examples)["pixel_values"]
+    return ReferenceData(images=images, num_bins=data.num_bins, name=data.name, split=split)
+
+
+def build_extractors(
+    metrics: Sequence[str],
+    dinov2_model: str = DEFAULT_DINOV2_MODEL,
+    inception_weights: str | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, FeatureExtractor]:
+    """The feature extractor of each Fréchet metric in ``metrics``, built up front so a missing model or
+    weights file fails before any long loop."""
+    builders: dict[str, Callable[[], FeatureExtractor]] = {
+        "fid": lambda: InceptionFeatures(inception_weights, device=device),
+        "fd-dinov2": lambda: DinoV2Features(dinov2_model, device=device),
+    }
+    return {name: builders[name]() for name in metrics if name in builders}
+
+
+def _model_resolution(pipe: Any) -> int:
+    size = pipe.unet.config.sample_size
+    return int(size if isinstance(size, int) else size[0])
+
+
+@torch.no_grad()
+def _generate(
+    pipe: Any, num_samples: int, batch_size: int, num_inference_steps: int, seed: int
+) -> torch.Tensor:
+    """``num_samples`` images in [0, 1], (N, C, H, W), from one CPU generator: reproducible on any device."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    pipe.set_progress_bar_config(disable=True)
+    batches = []
+    for start in tqdm(range(0, num_samples, batch_size), desc="sampling", leave=False):
+        count = min(batch_size, num_samples - start)
+        out = pipe(
+            batch_size=count,
+            generator=generator,
+            num_inference_steps=num_inference_steps,
+            output_type="pt",
+        )
+        batches.append(out.images.float().cpu())
+    return torch.cat(batches)
+
+
+def save_grid(images: torch.Tensor, path: str | Path) -> Path:
+    """Save up to 64 images in [0, 1] (N, C, H, W) as a near-square grid PNG."""
+    from diffusers.utils import make_image_grid
+    from PIL import Image
+
+    images = images[:_GRID_MAX_IMAGES]
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    arrays = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    pils = [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arrays]
+    blank = Image.new(pils[0].mode, pils[0].size)
+    grid = make_image_grid(pils + [blank] * (rows * cols - len(pils)), rows=rows, cols=cols)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path
+
+
+def _check_nll_model(pipe: Any) -> None:
+    if not hasattr(pipe.scheduler, "vlb_terms_bpd"):
+        raise ValueError(
+            f"the nll metric needs an HFDDPMScheduler (with vlb_terms_bpd); this pipeline has "
+            f"{type(pipe.scheduler).__name__}. Load it with hf_ddpm.HFDDPMPipeline.from_pretrained, "
+            "which converts a DDPMScheduler."
+        )
+    if getattr(pipe.unet.config, "num_class_embeds", None):
+        raise ValueError(
+            "the nll metric supports unconditional models only; this UNet is class-conditional"
+        )
+
+
+def evaluate_pipeline(
+    pipe: Any,
+    reference: ReferenceData,
+    metrics: str | Sequence[str] = ("nll", "fd-dinov2"),
+    num_samples: int = 1000,
+    num_inference_steps: int | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    nll_timesteps: int | None = None,
+    nll_proposal: Any = None,
+    nll_proposal_images: int = 0,
+    extractors: dict[str, FeatureExtractor] | None = None,
+    stats_cache_dir: str | Path | None = None,
+    grid_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``pipe`` (an ``HFDDPMPipeline`` or any pipeline with ``unet`` and ``scheduler``).
+
+    Args:
+        pipe: the pipeline; it is called as ``pipe(batch_size=, generator=, num_inference_steps=,
+            output_type="pt")``.
+        reference: held-out images (see :func:`load_reference`).
+        metrics: any of ``nll``, ``fid``, ``fd-dinov2``.
+        num_samples: images generated for the Fréchet distances (the grid shows up to 64 of them).
+        num_inference_steps: sampling steps; defaults to the scheduler's ``num_train_timesteps``.
+        batch_size: images per pipeline call and per NLL batch.
+        seed: seeds sampling and the NLL's noise.
+        nll_timesteps: K for the importance-sampled NLL estimate; None for the exact T-term loop.
+        nll_proposal: q(t) for that estimate (see :func:`hf_ddpm.nll.proposal_probabilities`); uniform
+            when None, unless ``nll_proposal_images`` > 0.
+        nll_proposal_images: build q(t) from the per-term means of the exact loop on this many reference
+            images (:func:`hf_ddpm.nll.term_means_proposal`); far lower variance than uniform.
+        extractors: feature extractors by metric; built by :func:`build_extractors` when missing.
+        stats_cache_dir: where reference statistics are cached (see :func:`hf_ddpm.features.default_cache_dir`).
+        grid_path: where to write the sample grid PNG; None for no grid.
+
+    Returns:
+        The report: ``metrics`` (one entry per metric), ``settings``, ``seed``, ``num_samples``, and
+        ``sample_grid`` (the PNG path or None).
+
+    Raises:
+        ValueError: bad metric names, a resolution mismatch, or fewer than 2 samples for a Fréchet distance.
+    """
+    names = parse_metrics(metrics)
+    frechet = [name for name in names if name in _FRECHET_METRICS]
+    if frechet and num_samples < 2:
+        raise ValueError(
+            f"a Fréchet distance needs at least 2 samples; got num_samples={num_samples}"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    resolution = _model_resolution(pipe)
+    if reference.resolution != resolution:
+        raise ValueError(
+            f"reference images are {reference.resolution}px but the model makes {resolution}px images"
+        )
+    if "nll" in names:
+        _check_nll_model(pipe)
+    steps = num_inference_steps or int(pipe.scheduler.config.num_train_timesteps)
+    if extractors is None:
+        extractors = build_extractors(frechet)
+    missing = [name for name in frechet if name not in extractors]
+    if missing:
+        raise ValueError(f"no feature extractor given for {missing}")
+
+    results: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    if "nll" in names:
+        start = time.perf_counter()
+        results["nll"] = _nll(
+            pipe, reference, batch_size, seed, nll_timesteps, nll_proposal, nll_proposal_images
+        ).to_dict()
+        timings["nll_s"] = time.perf_counter() - start
+
+    samples = None
+    if frechet or grid_path is not None:
+        count = num_samples if frechet else min(num_samples, _GRID_MAX_IMAGES)
+        start = time.perf_counter()
+        samples = _generate(pipe, count, batch_size, steps, seed)
+        timings["sampling_s"] = time.perf_counter() - start
+    for name in frechet:
+        extractor = extractors[name]
+        key = StatisticsKey(
+            reference.name, reference.split, resolution, extractor.name, len(reference.images)
+        )
+        ref_stats = reference_statistics(
+            key,
+            extractor,
+            lambda: ((x + 1) / 2 for x in reference.images.split(batch_size)),
+            cache_dir=stats_cache_dir,
+        )
+        gen_stats = feature_statistics(
+            extract_features(extractor, samples.split(batch_size), desc=name)
+        )
+        results[name] = {
+            "value": frechet_distance(gen_stats, ref_stats),
+            "num_samples": gen_stats.num_samples,
+            "num_reference": ref_stats.num_samples,
+            "feature_model": extractor.name,
+            "feature_dim": gen_stats.dim,
+        }
+
+    grid = save_grid(samples, grid_path) if grid_path is not None and samples is not None else None
+    return {
+        "metrics": results,
+        "settings": {
+            "dataset": reference.name,
+            "split": reference.split,
+            "num_reference_images": len(reference.images),
+            "num_bins": reference.num_bins,
+            "resolution": resolution,
+            "num_inference_steps": steps,
+            "num_train_timesteps": int(pipe.scheduler.config.num_train_timesteps),
+            "batch_size": batch_size,
+            "nll_estimator": _describe_estimator(nll_timesteps, nll_proposal, nll_proposal_images),
+            "scheduler": type(pipe.scheduler).__name__,
+        },
+        "seed": seed,
+        "num_samples": num_samples if frechet else (0 if samples is None else len(samples)),
+        "timings": timings,
+        "sample_grid": None if grid is None else str(grid),
+    }
+
+
+def _describe_estimator(nll_timesteps: int | None, proposal: Any, proposal_images: int) -> str:
+    if nll_timesteps is None:
+        return "exact"
+    if proposal is not None:
+        source = "given"
+    elif proposal_images > 0:
+        source = f"term means of {proposal_images} images"
+    else:
+        source = "uniform"
+    return f"importance-sampled (K={nll_timesteps}, q(t): {source})"
+
+
+def _nll(
+    pipe: Any,
+    reference: ReferenceData,
+    batch_size: int,
+    seed: int,
+    nll_timesteps: int | None,
+    proposal: Any,
+    proposal_images: int,
+) -> NLLResult:
+    device = pipe.unet.device
+    generator = torch.Generator(device).manual_seed(seed)
+    batches = (x.to(device) for x in reference.images.split(batch_size))
+    common = {"num_bins": reference.num_bins, "generator": generator}
+    if nll_timesteps is None:
+        return exact_nll(pipe.unet, pipe.scheduler, batches, **common)
+    if proposal is None and proposal_images > 0:
+        # a generator of its own, so that building the proposal does not shift the estimate's draws
+        x = reference.images[:proposal_images].to(device)
+        proposal_generator = torch.Generator(device).manual_seed(seed + 1)
+        proposal = term_means_proposal(
+            pipe.unet, pipe.scheduler, x, proposal_generator, reference.num_bins
+        )
+    return importance_sampled_nll(
+        pipe.unet, pipe.scheduler, batches, nll_timesteps, proposal, **common
+    )
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The metrics of a report as a short fixed-width table."""
+    rows = [("metric", "value", "details")]
+    metrics = report["metrics"]
+    if "nll" in metrics:
+        nll = metrics["nll"]
+        rows.append(
+            (
+                "NLL (bits/dim)",
+                f"<= {nll['bpd']:.4f} ± {nll['bpd_stderr']:.4f}",
+                f"prior {nll['prior_bpd']:.4f}, rate {nll['rate_bpd']:.4f}, distortion "
+                f"{nll['distortion_bpd']:.4f}; {nll['estimator']}, {nll['timesteps_per_image']} of "
+                f"T={nll['num_train_timesteps']} steps/image, {nll['num_images']} images",
+            )
+        )
+    for name, label in (("fid", "FID"), ("fd-dinov2", "FD_DINOv2")):
+        if name in metrics:
+            m = metrics[name]
+            rows.append(
+                (
+                    label,
+                    f"{m['value']:.4f}",
+                    f"{m['num_samples']} samples vs {m['num_reference']} reference, {m['feature_model']}",
+                )
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}".rstrip() for r in rows)
+
+
+def push_metrics_to_hub(
+    repo_id: str, report: dict[str, Any], token: str | None = None, model_name: str | None = None
+) -> str:
+    """Add the report's metrics to the ``model-index`` of the Hub repo's model card.
+
+    Results with the same task, dataset, split and metric type are replaced; others are kept. Returns the
+    commit URL.
+    """
+    from huggingface_hub import EvalResult, ModelCardData, metadata_update
+
+    settings = report["settings"]
+    results = [
+        EvalResult(
+            task_type="unconditional-image-generation",
+            task_name="Unconditional image generation",
+            dataset_type=settings["dataset"],
+            dataset_name=settings["dataset"],
+            dataset_split=settings["split"],
+            metric_type=_CARD_METRICS[name][0],
+            metric_name=_CARD_METRICS[name][1],
+            metric_value=round(values["bpd"] if name == "nll" else values["value"], 4),
+        )
+        for name, values in report["metrics"].items()
+    ]
+    if not results:
+        raise ValueError("the report has no metrics to push")
+    card_data = ModelCardData(model_name=model_name or repo_id.split("/")[-1], eval_results=results)
+    return metadata_update(
+        repo_id,
+        card_data.to_dict(),
+        overwrite=True,
+        token=token,
+        commit_message="Update evaluation metrics (hf-ddpm evaluate)",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``hf-ddpm evaluate`` options."""
+    parser.add_argument("model", help="a saved pipeline folder or a Hub repo id")
+    data = parser.add_argument_group("data (as for `hf-ddpm train`)")
+    data.add_argument(
+        "--dataset", default="mnist-5k", help="bundled name or Hub dataset id (default: mnist-5k)"
+    )
+    data.add_argument(
+        "--train-data-dir", default=None, help="a local image folder instead of --dataset"
+    )
+    data.add_argument("--split", default="test", help="held-out split (default: test)")
+    data.add_argument("--image-column", default=None, help="the dataset's image column")
+    data.add_argument(
+        "--max-reference-images",
+        type=int,
+        default=None,
+        help="use only the first N images of the split",
+    )
+    parser.add_argument(
+        "--metrics",
+        default="nll,fd-dinov2",
+        help=f"comma-separated, from {', '.join(METRICS)} (default: nll,fd-dinov2; fid needs "
+        "torch-fidelity and its Inception weights)",
+    )
+    parser.add_argument(
+        "--num-samples", type=int, default=1000, help="generated images for FID/FD (default: 1000)"
+    )
+    parser.add_argument(
+        "--num-inference-steps",
+        type=int,
+        default=None,
+        help="sampling steps (default: all training steps)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--nll-timesteps",
+        type=int,
+        default=None,
+        metavar="K",
+        help="importance-sampled NLL from K timesteps per image (default: the exact T-step loop)",
+    )
+    parser.add_argument(
+        "--nll-proposal-images",
+        type=int,
+        default=8,
+        metavar="N",
+        help="with --nll-timesteps: q(t) from the exact per-term means of N images; 0 for uniform "
+        "(default: 8)",
+    )
+    parser.add_argument(
+        "--dinov2-model",
+        default=DEFAULT_DINOV2_MODEL,
+        help="transformers DINOv2 model id or folder",
+    )
+    parser.add_argument(
+        "--inception-weights", default=None, help="FID Inception weights file (torch-fidelity's)"
+    )
+    parser.add_argument(
+        "--stats-cache-dir", default=None, help="cache of reference feature statistics"
+    )
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument(
+        "--output", default="evaluation.json", help="JSON report path (default: evaluation.json)"
+    )
+    parser.add_argument(
+        "--grid", default=None, help="sample grid PNG (default: the report path with .png)"
+    )
+    parser.add_argument(
+        "--push-to-hub", action="store_true", help="add the metrics to the Hub model card"
+    )
+    parser.add_argument(
+        "--hub-model-id", default=None, help="repo to update (default: MODEL, if a repo id)"
+    )
+    parser.add_argument("--hub-token", default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``hf-ddpm evaluate``; returns the exit status (2 for bad input, with the reason on stderr)."""
+    try:
+        return _run(args)
+    except (FileNotFoundError, NotADirectoryError, ValueError, ImportError) as error:
+        print(f"hf-ddpm evaluate: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    metrics = parse_metrics(args.metrics)
+    repo_id = args.hub_model_id or (None if Path(args.model).exists() else args.model)
+    if args.push_to_hub and repo_id is None:
+        raise ValueError("--push-to-hub with a local folder needs --hub-model-id")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    extractors = build_extractors(metrics, args.dinov2_model, args.inception_weights, device)
+
+    from .pipeline import HFDDPMPipeline
+
+    pipe = HFDDPMPipeline.from_pretrained(args.model).to(device)
+    reference = load_reference(
+        _model_resolution(pipe),
+        args.dataset,
+        args.train_data_dir,
+        args.split,
+        args.image_column,
+        args.max_reference_images,
+    )
+    output = Path(args.output)
+    report = evaluate_pipeline(
+        pipe,
+        reference,
+        metrics=metrics,
+        num_samples=args.num_samples,
+        num_inference_steps=args.num_inference_steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        nll_timesteps=args.nll_timesteps,
+        nll_proposal_images=args.nll_proposal_images,
+        extractors=extractors,
+        stats_cache_dir=args.stats_cache_dir,
+        grid_path=args.grid or output.with_suffix(".png"),
+    )
+    report["model"] = str(args.model)
+    report["settings"]["device"] = str(device)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(format_table(report))
+    print(
+        f"report: {output}"
+        + (f", samples: {report['sample_grid']}" if report["sample_grid"] else "")
+    )
+    if args.push_to_hub:
+        url = push_metrics_to_hub(repo_id, report, token=args.hub_token)
+        print(f"model card metrics updated: {url}")
+    return 0

@@ -1,0 +1,428 @@
+"""NLL estimators (exact loop, importance sampling) and the `hf-ddpm evaluate` command."""
+
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from hf_ddpm.nll import (
+    exact_nll,
+    importance_sampled_bound,
+    importance_sampled_nll,
+    proposal_probabilities,
+)
+
+# ---------------------------------------------------------------------------------------------------------
+# A scheduler whose terms are known exactly: L_t(x0) = c_t * (1 + mean(x0^2)), prior = 0.01. Then the bound
+# is sum_t c_t * (1 + mean(x0^2)) + 0.01, an analytic oracle for both estimators.
+
+
+class _KnownTermsScheduler:
+    def __init__(self, coefficients):
+        self.c = torch.as_tensor(coefficients, dtype=torch.float64)
+        self.config = types.SimpleNamespace(num_train_timesteps=len(coefficients))
+
+    def add_noise(self, x0, noise, t):
+        return x0 + 0 * noise
+
+    def vlb_terms_bpd(self, model_output, x0, x_t, t, num_bins=256):
+        assert model_output.shape == x_t.shape
+        return self.c[t] * (1 + x0.double().flatten(1).pow(2).mean(1))
+
+    def prior_bpd(self, x0):
+        return torch.full((x0.shape[0],), 0.01, dtype=torch.float64)
+
+    def oracle(self, x0):
+        return self.c.sum() * (1 + x0.double().flatten(1).pow(2).mean(1)) + 0.01
+
+
+def _identity_model(x_t, t):
+    return x_t
+
+
+def _known():
+    return _KnownTermsScheduler(np.geomspace(2.0, 0.01, 12))
+
+
+def test_exact_loop_matches_the_analytic_sum():
+    sched = _known()
+    x0 = torch.rand(5, 1, 4, 4) * 2 - 1
+    result = exact_nll(_identity_model, sched, x0.split(2), max_batch_size=7)
+    np.testing.assert_allclose(result.per_image_bpd, sched.oracle(x0).numpy(), rtol=1e-12)
+    assert (
+        result.num_images == 5 and result.estimator == "exact" and result.timesteps_per_image == 12
+    )
+    scale = 1 + x0.double().flatten(1).pow(2).mean(1)
+    assert result.distortion_bpd == pytest.approx(float((sched.c[0] * scale).mean()))
+    assert result.rate_bpd == pytest.approx(float((sched.c[1:].sum() * scale).mean()))
+    assert result.prior_bpd == pytest.approx(0.01)
+    expected_se = sched.oracle(x0).std().item() / 5**0.5
+    assert result.bpd_stderr == pytest.approx(expected_se)
+
+
+def test_importance_sampling_with_the_optimal_proposal_has_zero_variance():
+    # q(t) proportional to L_t: every draw of L_t / q(t) equals sum_t L_t exactly
+    sched = _known()
+    x0 = torch.rand(4, 1, 4, 4) * 2 - 1
+    est = importance_sampled_bound(
+        _identity_model,
+        sched,
+        x0,
+        num_timesteps=3,
+        proposal=sched.c.numpy(),
+        generator=torch.Generator().manual_seed(0),
+    )
+    torch.testing.assert_close(est["total"], sched.oracle(x0))
+
+
+def test_importance_sampling_is_unbiased_for_uniform_and_skewed_proposals():
+    sched = _known()
+    x0 = torch.full((1, 1, 2, 2), 0.5).expand(4000, -1, -1, -1)
+    exact = float(sched.oracle(x0[:1]))
+    scale = 1.25  # 1 + mean(x0^2)
+    for proposal in (None, np.linspace(1.0, 3.0, 12)):  # the second one favours the *small* terms
+        gen = torch.Generator().manual_seed(1)
+        est = importance_sampled_bound(
+            _identity_model, sched, x0, 2, proposal, gen, max_batch_size=1000
+        )
+        se = float(est["total"].std() / len(x0) ** 0.5)
+        assert se > 0
+        assert abs(float(est["total"].mean()) - exact) < 5 * se, (proposal, est["total"].mean())
+        # the decoder term is evaluated for every image, not sampled
+        expected_distortion = torch.full((len(x0),), float(sched.c[0]) * scale, dtype=torch.float64)
+        torch.testing.assert_close(est["distortion"], expected_distortion)
+
+
+def test_importance_sampled_nll_summary():
+    sched = _known()
+    x0 = torch.rand(6, 1, 4, 4) * 2 - 1
+    result = importance_sampled_nll(
+        _identity_model, sched, x0.split(4), 5, proposal=sched.c.numpy()
+    )
+    np.testing.assert_allclose(result.per_image_bpd, sched.oracle(x0).numpy())
+    assert result.estimator == "importance-sampled" and result.timesteps_per_image == 5
+    assert "per_image_bpd" not in result.to_dict()
+
+
+def test_proposal_validation():
+    f64 = lambda values: torch.tensor(values, dtype=torch.float64)  # noqa: E731
+    torch.testing.assert_close(proposal_probabilities(4), f64([0, 1 / 3, 1 / 3, 1 / 3]))
+    # entry 0 (the decoder term, always evaluated) is ignored
+    torch.testing.assert_close(proposal_probabilities(3, [5.0, 1.0, 3.0]), f64([0, 0.25, 0.75]))
+    sampler = types.SimpleNamespace(probabilities=lambda: np.array([0.2, 0.4, 0.4]))
+    torch.testing.assert_close(proposal_probabilities(3, sampler), f64([0, 0.5, 0.5]))
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        proposal_probabilities(3, [1.0, 1.0])
+    with pytest.raises(ValueError, match="> 0"):
+        proposal_probabilities(3, [1.0, 1.0, 0.0])
+    with pytest.raises(ValueError, match=">= 2"):
+        proposal_probabilities(1)
+    with pytest.raises(ValueError, match="K"):
+        importance_sampled_bound(_identity_model, _known(), torch.zeros(1, 1, 2, 2), 0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The real bound: a tiny UNet with HFDDPMScheduler. Both estimators are noisy; their means must agree.
+
+
+def _tiny_unet(seed=0):
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    ).eval()
+
+
+def test_importance_sampled_estimate_agrees_with_the_exact_loop_on_a_tiny_unet():
+    from hf_ddpm.scheduling import HFDDPMScheduler
+
+    unet, sched = _tiny_unet(), HFDDPMScheduler(num_train_timesteps=10)
+    image = (
+        torch.randint(0, 256, (1, 1, 8, 8), generator=torch.Generator().manual_seed(0)) / 255
+    ) * 2 - 1
+    # rows are independent draws of each estimator for one image
+    reps = image.expand(120, -1, -1, -1)
+    gen = torch.Generator().manual_seed(0)
+    exact = exact_nll(unet, sched, [reps], generator=gen, max_batch_size=1500)
+    assert exact.rate_bpd > 0 and exact.distortion_bpd > 0 and exact.prior_bpd > 0
+    # the per-term means of the exact loop make a near-optimal proposal
+    from hf_ddpm import variational_bound
+
+    term_means = variational_bound(unet, sched, reps[:10], generator=gen).terms_bpd.mean(0)
+    variances = {}
+    for name, proposal in (("uniform", None), ("term-means", term_means.numpy())):
+        est = importance_sampled_nll(
+            unet, sched, [reps], 1, proposal, generator=gen, max_batch_size=1500
+        )
+        se = np.hypot(est.bpd_stderr, exact.bpd_stderr)
+        assert abs(est.bpd - exact.bpd) < 4 * se, (name, est.bpd, exact.bpd, se)
+        variances[name] = est.per_image_bpd.var()
+    assert variances["term-means"] < variances["uniform"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The command and the Python API, end to end on a tiny pipeline, the bundled mnist-5k test split and a tiny
+# random DINOv2.
+
+
+@pytest.fixture(scope="module")
+def saved_pipeline(tmp_path_factory):
+    from diffusers import DDPMScheduler
+
+    from hf_ddpm.pipeline import HFDDPMPipeline
+
+    # saved with diffusers' scheduler, as google/ddpm-* repos are; loading converts it to HFDDPMScheduler
+    folder = tmp_path_factory.mktemp("pipe")
+    HFDDPMPipeline(_tiny_unet(), DDPMScheduler(num_train_timesteps=10)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_dinov2(tmp_path_factory):
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        patch_size=14,
+    )
+    folder = tmp_path_factory.mktemp("dinov2")
+    Dinov2Model(config).save_pretrained(folder)
+    return str(folder)
+
+
+def test_cli_end_to_end(saved_pipeline, tiny_dinov2, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from hf_ddpm import variational_bound
+    from hf_ddpm.cli import main
+    from hf_ddpm.data import collate, load_image_dataset, preprocess
+    from hf_ddpm.features import DinoV2Features
+    from hf_ddpm.frechet import feature_statistics, frechet_distance
+    from hf_ddpm.pipeline import HFDDPMPipeline
+
+    out = tmp_path / "eval" / "report.json"
+    argv = [
+        "evaluate",
+        str(saved_pipeline),
+        "--metrics",
+        "nll,fd-dinov2",
+        "--dinov2-model",
+        tiny_dinov2,
+        "--num-samples",
+        "6",
+        "--batch-size",
+        "6",
+        "--max-reference-images",
+        "12",
+        "--seed",
+        "3",
+        "--output",
+        str(out),
+        "--stats-cache-dir",
+        str(tmp_path / "stats"),
+        "--device",
+        "cpu",
+    ]
+    with pytest.warns(UserWarning, match="6 samples of 16-dimensional features"):
+        assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "NLL (bits/dim)" in printed and "FD_DINOv2" in printed and "rate" in printed
+    report = json.loads(out.read_text())
+    assert report["seed"] == 3 and report["num_samples"] == 6
+    assert report["settings"]["num_bins"] == 256 and report["settings"]["split"] == "test"
+    assert report["settings"]["dataset"] == "mnist-5k" and report["model"] == str(saved_pipeline)
+    with Image.open(report["sample_grid"]) as grid:
+        assert grid.size == (3 * 8, 2 * 8)  # 6 images of 8x8 in a 3x2 grid
+    assert len(list((tmp_path / "stats").glob("*.npz"))) == 1
+
+    # recompute both numbers along an independent path: the lead's bound, and features by hand
+    pipe = HFDDPMPipeline.from_pretrained(saved_pipeline)
+    data = load_image_dataset("mnist-5k", split="test")
+    ds = preprocess(data, 8)
+    x0 = collate([ds[i] for i in range(12)])["pixel_values"]
+    gen = torch.Generator().manual_seed(3)
+    bounds = [variational_bound(pipe.unet, pipe.scheduler, x, generator=gen) for x in x0.split(6)]
+    nll = report["metrics"]["nll"]
+    assert nll["bpd"] == pytest.approx(
+        float(torch.cat([b.total_bpd for b in bounds]).mean()), rel=1e-6
+    )
+    distortion = torch.cat([b.terms_bpd[:, 0] for b in bounds]).mean()
+    assert nll["distortion_bpd"] == pytest.approx(float(distortion), rel=1e-6)
+    assert nll["num_images"] == 12 and nll["estimator"] == "exact"
+
+    samples = pipe(
+        batch_size=6,
+        generator=torch.Generator().manual_seed(3),
+        num_inference_steps=10,
+        output_type="pt",
+    ).images
+    extractor = DinoV2Features(tiny_dinov2, device="cpu")
+    with pytest.warns(UserWarning):
+        expected = frechet_distance(
+            feature_statistics(extractor(samples)), feature_statistics(extractor((x0 + 1) / 2))
+        )
+    assert report["metrics"]["fd-dinov2"]["value"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_cli_bad_input(saved_pipeline, tmp_path, capsys):
+    from hf_ddpm.cli import main
+
+    (tmp_path / "not_a_pipeline").mkdir()
+    assert main(["evaluate", str(tmp_path / "not_a_pipeline"), "--metrics", "nll"]) == 2
+    assert "model_index.json" in capsys.readouterr().err
+    assert main(["evaluate", str(saved_pipeline), "--metrics", "nll,is"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown metric(s) ['is']" in err and "nll, fid, fd-dinov2" in err
+    assert main(["evaluate", str(saved_pipeline), "--metrics", "nll", "--push-to-hub"]) == 2
+    assert "--hub-model-id" in capsys.readouterr().err
+
+
+def test_python_api_rejects_too_few_samples_and_wrong_resolution(saved_pipeline):
+    from hf_ddpm.evaluate import ReferenceData, evaluate_pipeline
+    from hf_ddpm.pipeline import HFDDPMPipeline
+
+    pipe = HFDDPMPipeline.from_pretrained(saved_pipeline)
+    ref = ReferenceData(torch.zeros(4, 1, 8, 8), 256, "zeros", "test")
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        evaluate_pipeline(pipe, ref, metrics="fd-dinov2", num_samples=1, extractors={})
+    with pytest.raises(ValueError, match="16px"):
+        evaluate_pipeline(
+            pipe, ReferenceData(torch.zeros(4, 1, 16, 16), 256, "z", "test"), metrics="nll"
+        )
+
+
+def _report(nll_bpd, fid):
+    return {
+        "metrics": {"nll": {"bpd": nll_bpd}, "fid": {"value": fid}},
+        "settings": {"dataset": "mnist-5k", "split": "test"},
+    }
+
+
+def test_push_metrics_updates_the_model_index(hub_server):
+    import yaml
+    from huggingface_hub import HfApi
+
+    from hf_ddpm.evaluate import push_metrics_to_hub
+
+    api = HfApi()
+    api.create_repo("tester/tiny")
+    api.upload_file(
+        path_or_fileobj=b"---\nlicense: apache-2.0\ntags:\n- ddpm\n---\n# tiny\n",
+        path_in_repo="README.md",
+        repo_id="tester/tiny",
+    )
+    push_metrics_to_hub("tester/tiny", _report(3.71234, 13.5))
+    push_metrics_to_hub("tester/tiny", _report(3.70001, 12.25))  # replaces, does not append
+
+    card = hub_server.files("tester/tiny")["README.md"].decode()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["license"] == "apache-2.0" and front["tags"] == ["ddpm"] and "# tiny" in card
+    (entry,) = front["model-index"]
+    metrics = {m["type"]: m["value"] for r in entry["results"] for m in r["metrics"]}
+    assert metrics == {"nll_bpd": 3.7, "fid": 12.25}
+    (result,) = entry["results"]
+    assert result["dataset"] == {"name": "mnist-5k", "type": "mnist-5k", "split": "test"}
+    assert result["task"]["type"] == "unconditional-image-generation"
+
+
+class _MeanPoolInception(torch.nn.Module):
+    """Stands in for the FID network (its weights cannot be downloaded here): uint8 RGB -> 6 features."""
+
+    def forward(self, x):
+        assert x.dtype == torch.uint8 and x.shape[1] == 3
+        x = x.float() / 255
+        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], 1)
+
+
+def test_python_api_fid_path_and_sampled_nll(saved_pipeline, tmp_path):
+    from hf_ddpm.evaluate import ReferenceData, evaluate_pipeline, format_table
+    from hf_ddpm.features import InceptionFeatures
+    from hf_ddpm.frechet import feature_statistics, frechet_distance
+    from hf_ddpm.pipeline import HFDDPMPipeline
+
+    pipe = HFDDPMPipeline.from_pretrained(saved_pipeline)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (10, 1, 8, 8), generator=gen) / 255 * 2 - 1
+    ref = ReferenceData(images, 256, "random", "test")
+    extractor = InceptionFeatures(module=_MeanPoolInception(), device="cpu")
+    kwargs = dict(
+        metrics="fid,nll",
+        num_samples=8,
+        batch_size=4,
+        seed=5,
+        nll_timesteps=3,
+        nll_proposal_images=4,
+    )
+    report = evaluate_pipeline(
+        pipe, ref, **kwargs, extractors={"fid": extractor}, stats_cache_dir=tmp_path
+    )
+    assert report["metrics"]["nll"]["estimator"] == "importance-sampled"
+    assert report["metrics"]["nll"]["timesteps_per_image"] == 3
+    expected = "importance-sampled (K=3, q(t): term means of 4 images)"
+    assert report["settings"]["nll_estimator"] == expected
+    assert "FID" in format_table(report) and report["sample_grid"] is None
+
+    # recompute independently: the same generator drawn through two batches of 4, features by hand
+    sample_gen = torch.Generator().manual_seed(5)
+    samples = torch.cat(
+        [
+            pipe(
+                batch_size=4, generator=sample_gen, num_inference_steps=10, output_type="pt"
+            ).images
+            for _ in range(2)
+        ]
+    )
+    to_uint8 = lambda x: (x * 255).round().to(torch.uint8).expand(-1, 3, -1, -1)  # noqa: E731
+    ref_stats = feature_statistics(_MeanPoolInception()(to_uint8((images + 1) / 2)))
+    gen_stats = feature_statistics(_MeanPoolInception()(to_uint8(samples)))
+    fid = report["metrics"]["fid"]
+    assert fid["num_samples"] == 8 and fid["num_reference"] == 10 and fid["feature_dim"] == 6
+    assert fid["value"] == pytest.approx(frechet_distance(gen_stats, ref_stats), rel=1e-6)
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    # the same seed gives the same report
+    again = evaluate_pipeline(
+        pipe, ref, **kwargs, extractors={"fid": extractor}, stats_cache_dir=tmp_path
+    )
+    assert again["metrics"] == report["metrics"]
+
+
+def test_cli_fid_without_its_network_fails_early_and_clearly(
+    saved_pipeline, tmp_path, monkeypatch, capsys
+):
+    from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+
+    from hf_ddpm.cli import main
+
+    monkeypatch.delenv("HF_DDPM_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    argv = [
+        "evaluate",
+        str(saved_pipeline),
+        "--metrics",
+        "fid",
+        "--output",
+        str(tmp_path / "r.json"),
+    ]
+    if _TORCH_FIDELITY_AVAILABLE:
+        argv += ["--inception-weights", str(tmp_path / "missing.pth")]
+        expected = "missing.pth"
+    else:
+        expected = "pip install torch-fidelity"
+    assert main(argv) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
