@@ -16,7 +16,6 @@ from hf_ddpm.gaussian import (
     standard_normal_cdf,
 )
 
-torch.set_default_dtype(torch.float64)
 
 
 @pytest.fixture(autouse=True)
