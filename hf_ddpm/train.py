@@ -1,0 +1,760 @@
+"""``hf-ddpm train``: train a DDPM on your images with accelerate, and never lose work.
+
+Python API: :class:`TrainConfig` and :func:`train`. The command line has one flag per config field
+(``--learning-rate`` for ``learning_rate``), and ``--config FILE`` reads any of them from JSON; flags given on
+the command line win over the file, which wins over the defaults. The defaults follow Ho et al. (2020):
+Adam 2e-4 with a 5,000-step linear warm-up, gradient-norm clip 1, EMA 0.9999, T = 1000 linear betas,
+L_simple, and the 35.7M ``ddpm-cifar10`` UNet.
+
+Multi-GPU or multi-node: ``accelerate launch --multi_gpu --num_processes N -m hf_ddpm.cli train ...``
+(``--batch-size`` is per process). On CPU, several processes run with
+``torchrun --nproc_per_node N -m hf_ddpm.cli train ...``.
+
+Exact resume. Everything random in a step is a pure function of ``(seed, rank, micro-batch index)``: the
+noise, timesteps, flips and label dropout come from generators seeded that way, and the global torch seed
+(dropout) is reset the same way before each forward pass. The data order of epoch ``e`` is a permutation
+drawn from ``(seed, e)``. A checkpoint therefore only needs the step and the number of micro-batches seen
+to continue with the very same batches and noise as an uninterrupted run. It also stores the model, EMA,
+optimizer, LR schedule, timestep-sampler history, AMP scaler and the python/numpy/torch RNG states.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import shlex
+import sys
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+LOGGERS = ("tensorboard", "none")
+_LEARNED_VARIANCES = ("learned", "learned_range")
+# Stream tags for _derive_seed: each random quantity gets its own independent stream.
+_DATA_ORDER, _NOISE, _AUX, _DROPOUT, _INIT = 1, 2, 3, 4, 5
+
+
+def _opt(default: Any, help: str, **argparse_kwargs: Any) -> Any:
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``hf-ddpm train``; field ``foo_bar`` is the flag ``--foo-bar``."""
+
+    dataset: str = _opt("mnist-5k", "Hub dataset id, or a bundled set: mnist-5k, sklearn-digits")
+    train_data_dir: str | None = _opt(None, "local image folder (overrides --dataset)", type=str)
+    split: str = _opt("train", "dataset split to train on")
+    image_column: str | None = _opt(
+        None, "image column (default: image, img, or the Image column)", type=str
+    )
+    class_column: str | None = _opt(
+        None, "label column: trains a class-conditional model", type=str
+    )
+    class_dropout: float = _opt(0.1, "probability of the null label (classifier-free guidance)")
+    resolution: int = _opt(32, "image side after resize and center crop")
+    random_flip: bool = _opt(False, "random horizontal flips")
+    batch_size: int = _opt(128, "batch size per process")
+    max_steps: int = _opt(10_000, "optimizer steps to train for")
+    learning_rate: float = _opt(2e-4, "Adam learning rate")
+    lr_warmup_steps: int = _opt(5000, "linear learning-rate warm-up steps")
+    max_grad_norm: float = _opt(1.0, "gradient-norm clip")
+    ema_decay: float = _opt(0.9999, "EMA decay (with warm-up)")
+    model_preset: str = _opt("ddpm-cifar10", "UNet preset: ddpm-cifar10, small, tiny")
+    unet_config: str | None = _opt(
+        None, "UNet2DModel config JSON (overrides --model-preset)", type=str
+    )
+    loss: str = _opt("simple", "training objective: simple, vlb, hybrid")
+    min_snr_gamma: float | None = _opt(None, "Min-SNR-gamma weighting of L_simple", type=float)
+    prediction_type: str = _opt("epsilon", "what the UNet predicts: epsilon, sample, v_prediction")
+    variance_type: str = _opt(
+        "fixed_small", "reverse-process variance, e.g. fixed_small, learned_range"
+    )
+    beta_schedule: str = _opt("linear", "beta schedule, e.g. linear, squaredcos_cap_v2")
+    num_train_timesteps: int = _opt(1000, "diffusion steps T")
+    mixed_precision: str = _opt("no", "no, fp16 or bf16")
+    gradient_accumulation_steps: int = _opt(1, "micro-batches per optimizer step")
+    seed: int = _opt(0, "seed of every random stream (data order, noise, init)")
+    dataloader_num_workers: int = _opt(2, "DataLoader worker processes")
+    compile: bool = _opt(False, "torch.compile the UNet (CUDA)")
+    output_dir: str = _opt("outputs/hf-ddpm", "where checkpoints and the final pipeline go")
+    checkpoint_every: int = _opt(1000, "steps between checkpoints (0: only at the end)")
+    checkpoints_total_limit: int | None = _opt(None, "keep only the newest N checkpoints", type=int)
+    resume_from_checkpoint: str | None = _opt(None, "'latest' or a checkpoint-N folder", type=str)
+    sample_every: int = _opt(1000, "steps between sample grids (0: only at the end)")
+    num_samples: int = _opt(16, "images in each sample grid")
+    sample_steps: int | None = _opt(None, "sampling steps for grids (default: T)", type=int)
+    logger: str = _opt("tensorboard", "experiment tracker: tensorboard or none")
+    push_to_hub: bool = _opt(False, "push the final pipeline to the Hub")
+    hub_model_id: str | None = _opt(None, "Hub repo id for --push-to-hub", type=str)
+    hub_private: bool = _opt(False, "create the Hub repo as private")
+    hub_token: str | None = _opt(
+        None, "Hub token (default: the logged-in one); never saved", type=str
+    )
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad option and its allowed values."""
+        from .losses import LOSS_TYPES
+        from .parameterization import PARAMETERIZATIONS
+        from .reverse_process import VARIANCE_TYPES
+        from .schedules import BETA_SCHEDULES
+        from .unet_presets import PRESETS
+
+        choices = {
+            "loss": LOSS_TYPES,
+            "prediction_type": tuple(PARAMETERIZATIONS),
+            "variance_type": tuple(VARIANCE_TYPES),
+            "beta_schedule": BETA_SCHEDULES,
+            "mixed_precision": MIXED_PRECISIONS,
+            "logger": LOGGERS,
+        }
+        if self.unet_config is None:
+            choices["model_preset"] = tuple(PRESETS)
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"--{_flag(name)} {getattr(self, name)!r} is not one of {', '.join(allowed)}"
+                )
+        at_least = {
+            "resolution": 1,
+            "batch_size": 1,
+            "max_steps": 1,
+            "num_train_timesteps": 2,
+            "gradient_accumulation_steps": 1,
+            "lr_warmup_steps": 0,
+            "checkpoint_every": 0,
+            "sample_every": 0,
+            "num_samples": 1,
+            "dataloader_num_workers": 0,
+        }
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"--{_flag(name)} must be >= {low}, got {getattr(self, name)}")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ValueError(
+                f"--checkpoints-total-limit must be >= 1, got {self.checkpoints_total_limit}"
+            )
+        if self.sample_steps is not None and not 1 <= self.sample_steps <= self.num_train_timesteps:
+            raise ValueError(
+                f"--sample-steps must be in 1..{self.num_train_timesteps}, got {self.sample_steps}"
+            )
+        if not self.learning_rate > 0:
+            raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if not 0.0 <= self.class_dropout < 1.0:
+            raise ValueError(f"--class-dropout must be in [0, 1), got {self.class_dropout}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if self.loss == "hybrid" and self.variance_type not in _LEARNED_VARIANCES:
+            raise ValueError(
+                f"--loss hybrid trains a learned variance; use --variance-type one of "
+                f"{', '.join(_LEARNED_VARIANCES)} (got {self.variance_type!r})"
+            )
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("--push-to-hub needs --hub-model-id user/name")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved options, without the Hub token."""
+        values = dataclasses.asdict(self)
+        values.pop("hub_token")
+        return values
+
+    def command(self) -> str:
+        """An ``hf-ddpm train`` command line that reproduces this config (non-default options only)."""
+        parts = ["hf-ddpm", "train"]
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "hub_token" or value == f.default:
+                continue
+            if isinstance(value, bool):
+                parts.append(f"--{_flag(f.name)}" if value else f"--no-{_flag(f.name)}")
+            else:
+                parts += [f"--{_flag(f.name)}", str(value)]
+        return shlex.join(parts)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from ``{field or flag name: value}``; unknown keys raise ``ValueError`` listing the known."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        normalised = {k.replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(set(normalised) - names)
+        if unknown:
+            raise ValueError(f"unknown train options {unknown}; the options are {sorted(names)}")
+        return cls(**normalised)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` leaves behind (on the main process; other ranks get the same step and loss)."""
+
+    output_dir: Path
+    step: int
+    final_loss: float
+    hub_url: str | None = None
+    push_error: str | None = None
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _derive_seed(*keys: int) -> int:
+    """A 63-bit seed that depends on all ``keys`` and is independent across them (numpy SeedSequence)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class _EpochBatchSampler:
+    """Infinite per-rank batches: epoch ``e`` visits ``randperm(n, seed=(seed, e))`` in global batches of
+    ``batch_size * num_processes`` (the last partial one dropped); rank ``r`` takes slice ``r`` of each.
+
+    ``start`` is the number of micro-batches already consumed, so a resumed run continues mid-epoch.
+    """
+
+    def __init__(
+        self, num_items: int, batch_size: int, num_processes: int, rank: int, seed: int, start: int
+    ) -> None:
+        self.num_items, self.batch_size, self.rank, self.seed = num_items, batch_size, rank, seed
+        self.global_batch = batch_size * num_processes
+        self.batches_per_epoch = num_items // self.global_batch
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"the dataset has {num_items} images, fewer than one global batch of "
+                f"{self.global_batch} (--batch-size {batch_size} x {num_processes} processes)"
+            )
+        self.start = start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, index = divmod(self.start, self.batches_per_epoch)
+        while True:
+            generator = torch.Generator().manual_seed(_derive_seed(self.seed, _DATA_ORDER, epoch))
+            order = torch.randperm(self.num_items, generator=generator)
+            for b in range(index, self.batches_per_epoch):
+                begin = b * self.global_batch + self.rank * self.batch_size
+                yield order[begin : begin + self.batch_size].tolist()
+            epoch, index = epoch + 1, 0
+
+
+def _multi_process_without_accelerator() -> bool:
+    """True under a multi-process launch (torchrun sets WORLD_SIZE) on a machine without GPU/XPU/MPS.
+
+    accelerate only picks its gloo MULTI_CPU mode when told ``cpu=True``; otherwise every process
+    silently trains alone on its own copy.
+    """
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+
+
+def _warmup(warmup_steps: int) -> Any:
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+    return factor
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        # uint32 has no safetensors dtype in every version: store the key as int64.
+        "numpy": {
+            **np_state,
+            "state": {**np_state["state"], "key": np_state["state"]["key"].astype(np.int64)},
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np_state["state"]["key"] = np.asarray(np_state["state"]["key"]).astype(np.uint32)
+    np.random.set_state(np_state)
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+def _image_grid(images: np.ndarray) -> Any:
+    """A near-square grid (PIL image) of NHWC images in [0, 1]."""
+    from PIL import Image
+
+    n, h, w, c = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
+    for i, image in enumerate(np.rint(images * 255).astype(np.uint8)):
+        r, col = divmod(i, cols)
+        grid[r * h : (r + 1) * h, col * w : (col + 1) * w] = image
+    return Image.fromarray(grid[..., 0] if c == 1 else grid)
+
+
+class _Trainer:
+    """One training run; built once from a validated config, then :meth:`run`."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        from .checkpointing import resolve_resume
+        from .data import load_image_dataset, preprocess
+        from .ema import EMA
+        from .scheduling import HFDDPMScheduler
+        from .timestep_sampler import LossSecondMomentResampler, UniformSampler
+        from .unet_presets import build_unet, unet_config
+
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        self.accelerator = Accelerator(
+            cpu=_multi_process_without_accelerator(),
+            mixed_precision=config.mixed_precision,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            log_with=None if config.logger == "none" else config.logger,
+            project_config=ProjectConfiguration(
+                project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")
+            ),
+            dynamo_backend="inductor" if config.compile else "no",
+        )
+        acc = self.accelerator
+        self.resume_path = resolve_resume(self.output_dir, config.resume_from_checkpoint)
+        self.scheduler = HFDDPMScheduler(
+            num_train_timesteps=config.num_train_timesteps,
+            beta_schedule=config.beta_schedule,
+            prediction_type=config.prediction_type,
+            variance_type=config.variance_type,
+        )
+        self.data = load_image_dataset(
+            config.dataset,
+            train_data_dir=config.train_data_dir,
+            split=config.split,
+            image_column=config.image_column,
+            class_column=config.class_column,
+        )
+        # Label num_classes is the null class of classifier-free guidance (HFDDPMPipeline's convention).
+        self.null_label = self.data.num_classes
+        self.unet_config = unet_config(
+            config.model_preset,
+            config.unet_config,
+            resolution=config.resolution,
+            in_channels=self.data.channels,
+            out_channels=self.scheduler.model_output_channels(self.data.channels),
+            num_class_embeds=None if self.null_label is None else self.null_label + 1,
+        )
+        self.batch_sampler = _EpochBatchSampler(
+            len(self.data), config.batch_size, acc.num_processes, acc.process_index, config.seed, 0
+        )
+        torch.manual_seed(_derive_seed(config.seed, _INIT))
+        unet = build_unet(self.unet_config)
+        on_cuda = acc.device.type == "cuda"
+        # On the device before the EMA copies it, so shadow weights and sampling copy live there too.
+        unet = unet.to(acc.device)
+        if on_cuda:
+            unet = unet.to(memory_format=torch.channels_last)
+        self.ema = EMA(unet, config.ema_decay)
+        # A separate module that holds the EMA weights for sampling and saving.
+        self.ema_unet = copy.deepcopy(unet) if acc.is_main_process else None
+        optimizer = torch.optim.Adam(
+            unet.parameters(), lr=config.learning_rate, fused=on_cuda or None
+        )
+        # Stepped by hand once per optimizer step (an accelerate-prepared LR scheduler would step once
+        # per process).
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _warmup(config.lr_warmup_steps)
+        )
+        self.timestep_sampler = (
+            LossSecondMomentResampler(config.num_train_timesteps)
+            if config.loss == "vlb"
+            else UniformSampler(config.num_train_timesteps)
+        )
+        self.update_sampler = config.loss == "vlb"
+        self.model, self.optimizer = acc.prepare(unet, optimizer)
+        self.step = 0
+        self.batches_seen = 0
+        self.train_data = preprocess(self.data, config.resolution)
+        self.recent_losses: deque[float] = deque(maxlen=100)
+
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------------------------------ checkpoints
+
+    def _save_checkpoint(self) -> None:
+        from .checkpointing import flatten_state, prune_checkpoints, save_checkpoint
+
+        acc = self.accelerator
+        if acc.is_main_process:
+            training_state = {
+                "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict(),
+                "timestep_sampler": self.timestep_sampler.state_dict(),
+                "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+                "rng": _rng_state(),
+                "ema": {k: v for k, v in self.ema.state_dict().items() if k != "shadow"},
+            }
+            skeleton, tensors = flatten_state(training_state)
+            state = {
+                "step": self.step,
+                "batches_seen": self.batches_seen,
+                "global_batch": self.batch_sampler.global_batch,
+                "unet_config": json.loads(json.dumps(self.unet_config)),
+                "config": self.config.to_dict(),
+                "training_state": skeleton,
+            }
+            groups = {
+                "model": self.unwrapped.state_dict(),
+                "ema": self.ema.shadow,
+                "training_state": tensors,
+            }
+            path = save_checkpoint(self.output_dir, self.step, groups, state)
+            prune_checkpoints(self.output_dir, self.config.checkpoints_total_limit)
+            logger.info("saved %s", path)
+        acc.wait_for_everyone()
+
+    def _load_checkpoint(self, path: Path) -> None:
+        from .checkpointing import load_checkpoint, unflatten_state
+
+        tensors, state = load_checkpoint(path)
+        if state["unet_config"] != json.loads(json.dumps(self.unet_config)):
+            raise ValueError(
+                f"checkpoint {path} holds a UNet with a different config; resume with the same "
+                "--model-preset/--unet-config, resolution, data channels, classes and variance type"
+            )
+        if state["global_batch"] != self.batch_sampler.global_batch:
+            logger.warning(
+                "the global batch changed from %d to %d: resuming, but not bit-for-bit",
+                state["global_batch"],
+                self.batch_sampler.global_batch,
+            )
+        training_state = unflatten_state(state["training_state"], tensors["training_state"])
+        self.unwrapped.load_state_dict(tensors["model"])
+        self.ema.load_state_dict({**training_state["ema"], "shadow": tensors["ema"]})
+        self.optimizer.load_state_dict(training_state["optimizer"])
+        self.lr_scheduler.load_state_dict(training_state["lr_scheduler"])
+        self.timestep_sampler.load_state_dict(training_state["timestep_sampler"])
+        if self.accelerator.scaler is not None and training_state["scaler"] is not None:
+            self.accelerator.scaler.load_state_dict(training_state["scaler"])
+        _set_rng_state(training_state["rng"])
+        self.step = int(state["step"])
+        self.batches_seen = int(state["batches_seen"])
+        logger.info("resumed from %s at step %d", path, self.step)
+
+    # ------------------------------------------------------------------------------------- training
+
+    def _micro_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Forward and backward on one micro-batch; returns the loss averaged over all processes."""
+        acc, config = self.accelerator, self.config
+        device = acc.device
+        keys = (config.seed, acc.process_index, self.batches_seen)
+        aux = torch.Generator().manual_seed(_derive_seed(*keys, _AUX))
+        noise_gen = torch.Generator(device).manual_seed(_derive_seed(*keys, _NOISE))
+        torch.manual_seed(_derive_seed(*keys, _DROPOUT))
+        x0 = batch["pixel_values"].to(device, non_blocking=True)
+        if config.random_flip:
+            from .data import random_horizontal_flip
+
+            x0 = random_horizontal_flip(x0, aux)
+        labels = None
+        if self.null_label is not None:
+            drop = torch.rand(x0.shape[0], generator=aux) < config.class_dropout
+            labels = torch.where(drop, self.null_label, batch["label"]).to(device)
+        noise = torch.randn(x0.shape, generator=noise_gen, device=device, dtype=x0.dtype)
+        t, weights = self.timestep_sampler.sample(x0.shape[0], device, generator=aux)
+        x_t = self.scheduler.add_noise(x0, noise, t)
+        with acc.accumulate(self.model):
+            output = self.model(x_t, t, class_labels=labels).sample.float()
+            per_sample = self.scheduler.training_loss(
+                output,
+                x0,
+                noise,
+                t,
+                loss_type=config.loss,
+                min_snr_gamma=config.min_snr_gamma,
+                x_t=x_t,
+                num_bins=self.data.num_bins,
+            )
+            loss = (per_sample * weights).mean()
+            mean_loss = acc.reduce(loss.detach(), reduction="mean")
+            if not torch.isfinite(mean_loss):
+                raise TrainingDivergedError(
+                    f"the loss became {mean_loss.item()} at step {self.step + 1}; training stopped. "
+                    f"{self._last_good_message()} Lower --learning-rate, try --mixed-precision no, or "
+                    "check the data, then resume with --resume-from-checkpoint latest."
+                )
+            if self.update_sampler:
+                self.timestep_sampler.update(acc.gather(t), acc.gather(per_sample.detach()))
+            acc.backward(loss)
+            if acc.sync_gradients:
+                self.grad_norm = acc.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.batches_seen += 1
+        return mean_loss
+
+    def _last_good_message(self) -> str:
+        from .checkpointing import latest_checkpoint
+
+        last = latest_checkpoint(self.output_dir)
+        return f"The last good checkpoint is {last}." if last else "No checkpoint was written yet."
+
+    def _sample_grid(self) -> Any:
+        from .pipeline import HFDDPMPipeline
+
+        self.ema.copy_to(self.ema_unet)
+        self.ema_unet.eval()
+        pipeline = HFDDPMPipeline(unet=self.ema_unet, scheduler=self.scheduler)
+        pipeline.set_progress_bar_config(disable=True)
+        n = self.config.num_samples
+        labels = None if self.null_label is None else [i % self.null_label for i in range(n)]
+        generator = torch.Generator(self.accelerator.device).manual_seed(self.config.seed)
+        images = pipeline(
+            batch_size=n,
+            generator=generator,
+            num_inference_steps=self.config.sample_steps or self.config.num_train_timesteps,
+            output_type="np",
+            class_labels=labels,
+        ).images
+        return _image_grid(images)
+
+    def _log_samples(self) -> None:
+        acc = self.accelerator
+        if acc.is_main_process:
+            grid = self._sample_grid()
+            samples_dir = self.output_dir / "samples"
+            samples_dir.mkdir(parents=True, exist_ok=True)
+            grid.save(samples_dir / f"step-{self.step:07d}.png")
+            if self.config.logger == "tensorboard":
+                image = np.asarray(grid.convert("RGB"))[None]
+                acc.get_tracker("tensorboard").log_images(
+                    {"samples": image}, step=self.step, dataformats="NHWC"
+                )
+        acc.wait_for_everyone()
+
+    def run(self) -> TrainResult:
+        from torch.utils.data import DataLoader
+        from tqdm.auto import tqdm
+
+        from .data import collate
+
+        acc, config = self.accelerator, self.config
+        if self.resume_path is not None:
+            self._load_checkpoint(self.resume_path)
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "train_config.json").write_text(
+                json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8"
+            )
+        if config.logger != "none":
+            hparams = {k: v for k, v in config.to_dict().items() if v is not None}
+            acc.init_trackers("hf-ddpm", config=hparams)
+        self.batch_sampler.start = self.batches_seen
+        loader = DataLoader(
+            self.train_data,
+            batch_sampler=self.batch_sampler,
+            collate_fn=collate,
+            num_workers=config.dataloader_num_workers,
+            pin_memory=acc.device.type == "cuda",
+        )
+        batches = iter(loader)
+        progress = tqdm(
+            total=config.max_steps,
+            initial=self.step,
+            desc="train",
+            disable=not acc.is_local_main_process,
+        )
+        self.grad_norm = torch.tensor(0.0)
+        while self.step < config.max_steps:
+            step_loss = 0.0
+            for _ in range(config.gradient_accumulation_steps):
+                step_loss += self._micro_step(next(batches)).item()
+            step_loss /= config.gradient_accumulation_steps
+            # The LR factor for step s is applied to the update of step s, hence stepped after it.
+            lr = self.lr_scheduler.get_last_lr()[0]
+            self.lr_scheduler.step()
+            self.ema.update(self.unwrapped)
+            self.step += 1
+            self.recent_losses.append(step_loss)
+            progress.update(1)
+            progress.set_postfix(loss=f"{step_loss:.4f}")
+            acc.log(
+                {
+                    "loss": step_loss,
+                    "lr": lr,
+                    "grad_norm": float(self.grad_norm),
+                },
+                step=self.step,
+            )
+            if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                self._save_checkpoint()
+            if config.sample_every and self.step % config.sample_every == 0:
+                self._log_samples()
+        progress.close()
+        if not (self.output_dir / f"checkpoint-{self.step}").exists():
+            self._save_checkpoint()
+        result = TrainResult(
+            self.output_dir, self.step, float(np.mean(self.recent_losses or [math.nan]))
+        )
+        if acc.is_main_process:
+            self._save_final(result)
+        acc.wait_for_everyone()
+        acc.end_training()
+        return result
+
+    # ---------------------------------------------------------------------------------- final output
+
+    def _card_description(self, result: TrainResult) -> str:
+        config, data = self.config, self.data
+        classes = f", {data.num_classes} classes" if data.num_classes else ""
+        lines = [
+            "A denoising diffusion probabilistic model (Ho, Jain & Abbeel 2020) trained with hf_ddpm "
+            "and sampled by ancestral sampling. The weights are the exponential moving average.",
+            "",
+            "## Training",
+            "",
+            f"- Command: `{config.command()}`",
+            f"- Data: {data.name} (split {config.split!r}, {len(data)} images, {data.channels} "
+            f"channel(s){classes}), {config.resolution}x{config.resolution}",
+            f"- Steps: {result.step} at batch {config.batch_size} x {self.accelerator.num_processes} "
+            f"process(es) x {config.gradient_accumulation_steps} accumulation",
+            f"- Objective: L_{config.loss}, {config.prediction_type} prediction, "
+            f"{config.variance_type} variance, {config.beta_schedule} betas, T={config.num_train_timesteps}",
+            f"- Final loss (mean of the last {len(self.recent_losses)} steps): {result.final_loss:.5f}",
+            f"- Optimiser: Adam {config.learning_rate:g}, {config.lr_warmup_steps}-step warm-up, "
+            f"grad clip {config.max_grad_norm:g}, EMA {config.ema_decay:g}",
+        ]
+        if self.null_label is not None:
+            lines.append(
+                f"- Class-conditional: label {self.null_label} is the null class for classifier-free "
+                f"guidance (label dropout {config.class_dropout:g})"
+            )
+        return "\n".join(lines)
+
+    def _save_final(self, result: TrainResult) -> None:
+        from .data import BUNDLED_DATASETS
+        from .pipeline import HFDDPMPipeline
+
+        config = self.config
+        grid = self._sample_grid()  # also copies the EMA weights into ema_unet
+        pipeline = HFDDPMPipeline(unet=self.ema_unet, scheduler=self.scheduler)
+        hub_dataset = config.train_data_dir is None and config.dataset not in BUNDLED_DATASETS
+        pipeline.save_pretrained(
+            self.output_dir,
+            repo_id=config.hub_model_id,
+            datasets=[config.dataset] if hub_dataset else None,
+            tags=[
+                "unconditional-image-generation" if self.null_label is None else "class-conditional"
+            ],
+            description=self._card_description(result),
+            sample_grid=grid,
+        )
+        if config.push_to_hub:
+            from .hub_layout import HubPushError, push_folder_to_hub
+
+            try:
+                result.hub_url = push_folder_to_hub(
+                    self.output_dir,
+                    config.hub_model_id,
+                    private=config.hub_private,
+                    token=config.hub_token,
+                    commit_message=f"hf-ddpm train: step {result.step}",
+                )
+            except HubPushError as error:
+                result.push_error = str(error)
+                logger.error("%s", error)
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train a DDPM as ``config`` says; see the module docstring for the guarantees.
+
+    Raises:
+        ValueError / FileNotFoundError: bad options or data (raised before any training step).
+        TrainingDivergedError: the loss became NaN or infinite.
+    """
+    config.validate()
+    return _Trainer(config).run()
+
+
+# -------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`TrainConfig` field, plus ``--config FILE``."""
+    parser.add_argument("--config", default=None, help="JSON file of options (flags override it)")
+    for f in dataclasses.fields(TrainConfig):
+        meta = dict(f.metadata)
+        help_text = meta.pop("help")
+        flag = f"--{_flag(f.name)}"
+        if isinstance(f.default, bool):
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=f"{help_text} (default: {f.default})",
+            )
+            continue
+        kind = meta.pop("type", type(f.default))
+        parser.add_argument(
+            flag,
+            type=kind,
+            default=argparse.SUPPRESS,
+            help=f"{help_text} (default: {f.default})",
+            **meta,
+        )
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults, then the ``--config`` file, then the flags given on the command line."""
+    values: dict[str, Any] = {}
+    config_file = getattr(args, "config", None)
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--config {config_file!r} does not exist")
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(loaded, dict):
+            raise ValueError(f"--config {config_file!r} must hold a JSON object of options")
+        values.update(loaded)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return TrainConfig.from_dict(values)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``hf-ddpm train``: 0 on success, 1 if training diverged or the push failed,
+    2 for bad options or data."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+        result = train(config)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"hf-ddpm train: error: {error}", file=sys.stderr)
+        return 2
+    except TrainingDivergedError as error:
+        print(f"hf-ddpm train: {error}", file=sys.stderr)
+        return 1
+    if result.push_error:
+        print(f"hf-ddpm train: {result.push_error}", file=sys.stderr)
+        return 1
+    print(f"hf-ddpm train: done at step {result.step}; pipeline saved in {result.output_dir}")
+    if result.hub_url:
+        print(f"hf-ddpm train: pushed to {result.hub_url}")
+    return 0

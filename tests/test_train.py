@@ -1,0 +1,368 @@
+"""hf-ddpm train: presets, EMA, options, data order, end-to-end run, NaN stop, push (ok and failed)."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hf_ddpm.ema import EMA
+from hf_ddpm.train import TrainConfig, TrainingDivergedError, _EpochBatchSampler, train
+from hf_ddpm.unet_presets import PRESETS, build_unet, unet_config
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two busy cores shared by several test runs: extra intra-op threads only spin.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _tiny(tmp_path, **overrides) -> TrainConfig:
+    values = dict(
+        dataset="sklearn-digits",
+        model_preset="tiny",
+        resolution=8,
+        batch_size=8,
+        max_steps=6,
+        num_train_timesteps=20,
+        lr_warmup_steps=2,
+        learning_rate=1e-3,
+        output_dir=str(tmp_path / "out"),
+        checkpoint_every=3,
+        sample_every=0,
+        num_samples=4,
+        dataloader_num_workers=0,
+        logger="none",
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+# ---------------------------------------------------------------------------------------- presets
+
+
+def test_ddpm_cifar10_preset_has_the_papers_35_7m_parameters():
+    unet = build_unet(
+        unet_config("ddpm-cifar10", None, resolution=32, in_channels=3, out_channels=3)
+    )
+    count = sum(p.numel() for p in unet.parameters())
+    assert abs(count - 35.7e6) < 0.05e6  # Ho et al. 2020, appendix B
+    assert unet.config.dropout == 0.1
+    # Attention sits at the 16x16 level only (the second of 32, 16, 8, 4), plus the middle block.
+    assert [type(b).__name__ for b in unet.down_blocks] == [
+        "DownBlock2D",
+        "AttnDownBlock2D",
+        "DownBlock2D",
+        "DownBlock2D",
+    ]
+
+
+def test_learned_variance_and_classes_shape_the_unet():
+    from hf_ddpm.scheduling import HFDDPMScheduler
+
+    scheduler = HFDDPMScheduler(num_train_timesteps=10, variance_type="learned_range")
+    config = unet_config(
+        "tiny",
+        None,
+        resolution=8,
+        in_channels=1,
+        out_channels=scheduler.model_output_channels(1),
+        num_class_embeds=11,
+    )
+    unet = build_unet(config)
+    out = unet(torch.zeros(2, 1, 8, 8), torch.tensor([1, 2]), class_labels=torch.tensor([0, 10]))
+    assert out.sample.shape == (2, 2, 8, 8)
+    assert unet.config.num_class_embeds == 11
+
+
+def test_unet_config_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown model preset 'huge'; choose one of"):
+        unet_config("huge", None, resolution=8, in_channels=1, out_channels=1)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"block_out_channels": [8, 16], "widht": 3}))
+    with pytest.raises(ValueError, match=r"unknown UNet2DModel config keys \['widht'\]"):
+        unet_config(None, bad, resolution=8, in_channels=1, out_channels=1)
+    clash = {**PRESETS["tiny"], "in_channels": 3}
+    with pytest.raises(ValueError, match="sets in_channels=3, but the data and scheduler need 1"):
+        unet_config(None, clash, resolution=8, in_channels=1, out_channels=1)
+    with pytest.raises(
+        ValueError, match="resolution 6 must be a positive multiple of 8 for a UNet with 4"
+    ):
+        unet_config("ddpm-cifar10", None, resolution=6, in_channels=1, out_channels=1)
+    with pytest.raises(FileNotFoundError, match="--unet-config"):
+        unet_config(None, tmp_path / "missing.json", resolution=8, in_channels=1, out_channels=1)
+
+
+def test_unet_config_json_file_is_used(tmp_path):
+    path = tmp_path / "unet.json"
+    path.write_text(
+        json.dumps({**PRESETS["tiny"], "block_out_channels": [8, 16], "norm_num_groups": 4})
+    )
+    config = unet_config(None, path, resolution=8, in_channels=1, out_channels=1)
+    assert list(build_unet(config).config.block_out_channels) == [8, 16]
+
+
+# -------------------------------------------------------------------------------------------- EMA
+
+
+def _constant_model(value: float) -> torch.nn.Module:
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(value)
+        model.bias.fill_(value)
+    return model
+
+
+def test_ema_with_warmup_matches_closed_form():
+    # shadow_0 = 0 and constant weights 1: shadow_n = 1 - prod_{k=1..n} d_k, and with
+    # d_k = (1 + k) / (10 + k) (below 0.9999 for these n) the product telescopes to (n + 1)! 10! / (n + 10)!.
+    model = _constant_model(0.0)
+    ema = EMA(model, decay=0.9999)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1.0)
+    n = 30
+    for _ in range(n):
+        ema.update(model)
+    product = math.factorial(n + 1) * math.factorial(10) / math.factorial(n + 10)
+    for value in ema.shadow.values():
+        torch.testing.assert_close(value, torch.full_like(value, 1.0 - product))
+
+
+def test_ema_without_warmup_is_geometric_and_round_trips():
+    model = _constant_model(2.0)
+    ema = EMA(model, decay=0.9, warmup=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(5.0)
+    for _ in range(7):
+        ema.update(model)
+    expected = 5.0 + (2.0 - 5.0) * 0.9**7
+    for value in ema.shadow.values():
+        torch.testing.assert_close(value, torch.full_like(value, expected))
+    twin = EMA(_constant_model(0.0), decay=0.5)
+    twin.load_state_dict(ema.state_dict())
+    assert (twin.num_updates, twin.decay, twin.warmup) == (7, 0.9, False)
+    target = _constant_model(0.0)
+    twin.copy_to(target)
+    torch.testing.assert_close(target.weight, torch.full_like(target.weight, expected))
+
+
+def test_ema_rejects_bad_decay_and_mismatched_state():
+    with pytest.raises(ValueError, match=r"EMA decay must be in \[0, 1\)"):
+        EMA(_constant_model(0.0), decay=1.0)
+    with pytest.raises(ValueError, match="EMA state does not match the model"):
+        EMA(torch.nn.Linear(2, 1)).load_state_dict(EMA(torch.nn.Conv1d(1, 1, 1)).state_dict())
+
+
+# ------------------------------------------------------------------------------- options and data
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            {"model_preset": "huge"},
+            r"--model-preset 'huge' is not one of ddpm-cifar10, small, tiny",
+        ),
+        ({"loss": "l1"}, r"--loss 'l1' is not one of simple, vlb, hybrid"),
+        ({"prediction_type": "score"}, r"--prediction-type 'score' is not one of epsilon"),
+        ({"variance_type": "big"}, r"--variance-type 'big' is not one of fixed_small"),
+        ({"beta_schedule": "cosine"}, r"--beta-schedule 'cosine' is not one of linear"),
+        ({"mixed_precision": "fp8"}, r"--mixed-precision 'fp8' is not one of no, fp16, bf16"),
+        ({"resolution": 0}, r"--resolution must be >= 1, got 0"),
+        ({"batch_size": 0}, r"--batch-size must be >= 1, got 0"),
+        ({"max_steps": 0}, r"--max-steps must be >= 1"),
+        ({"gradient_accumulation_steps": 0}, r"--gradient-accumulation-steps must be >= 1"),
+        ({"checkpoints_total_limit": 0}, r"--checkpoints-total-limit must be >= 1"),
+        ({"learning_rate": 0.0}, r"--learning-rate must be > 0"),
+        ({"loss": "hybrid"}, r"--loss hybrid trains a learned variance"),
+        ({"push_to_hub": True}, r"--push-to-hub needs --hub-model-id"),
+        ({"sample_steps": 21}, r"--sample-steps must be in 1..20"),
+    ],
+)
+def test_bad_options_are_named(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train(_tiny(tmp_path, **overrides))
+
+
+def test_bad_data_and_resume_paths(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--train-data-dir"):
+        train(_tiny(tmp_path, train_data_dir=str(tmp_path / "nope")))
+    with pytest.raises(FileNotFoundError, match="--resume-from-checkpoint .* does not exist"):
+        train(_tiny(tmp_path, resume_from_checkpoint=str(tmp_path / "checkpoint-3")))
+    with pytest.raises(
+        ValueError, match=r"class column 'digit' not found; the columns are \['image', 'label'\]"
+    ):
+        train(_tiny(tmp_path, class_column="digit"))
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        train(_tiny(tmp_path, batch_size=4096))
+
+
+def test_cli_reports_bad_input_and_config_file_precedence(tmp_path, capsys):
+    from hf_ddpm.cli import main
+    from hf_ddpm.train import add_arguments, config_from_args
+
+    assert main(["train", "--model-preset", "huge", "--output-dir", str(tmp_path)]) == 2
+    assert "--model-preset 'huge' is not one of" in capsys.readouterr().err
+
+    config_file = tmp_path / "c.json"
+    config_file.write_text(json.dumps({"batch-size": 4, "max_steps": 7, "loss": "vlb"}))
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--config", str(config_file), "--max-steps", "9", "--random-flip"])
+    config = config_from_args(args)
+    assert (config.batch_size, config.max_steps, config.loss, config.random_flip) == (
+        4,
+        9,
+        "vlb",
+        True,
+    )
+    assert config.learning_rate == 2e-4  # untouched default
+    config_file.write_text(json.dumps({"batch_sise": 4}))
+    assert main(["train", "--config", str(config_file)]) == 2
+    assert "unknown train options ['batch_sise']" in capsys.readouterr().err
+
+
+def test_data_order_is_a_function_of_seed_and_epoch_and_ranks_partition_it():
+    def take(sampler, n):
+        it = iter(sampler)
+        return [next(it) for _ in range(n)]
+
+    single = take(_EpochBatchSampler(20, 4, 1, 0, seed=3, start=0), 10)  # 5 batches per epoch
+    for epoch in (0, 1):
+        assert sorted(sum(single[5 * epoch : 5 * epoch + 5], [])) == list(range(20))
+    assert single[:5] != single[5:]
+    assert take(_EpochBatchSampler(20, 4, 1, 0, seed=3, start=7), 3) == single[7:10]
+    assert take(_EpochBatchSampler(20, 4, 1, 0, seed=4, start=0), 5) != single[:5]
+    rank0 = take(_EpochBatchSampler(20, 2, 2, 0, seed=3, start=0), 5)
+    rank1 = take(_EpochBatchSampler(20, 2, 2, 1, seed=3, start=0), 5)
+    assert [a + b for a, b in zip(rank0, rank1)] == single[:5]
+
+
+def test_learning_rate_warms_up_linearly_then_stays():
+    from hf_ddpm.train import _warmup
+
+    model = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(4))
+    seen = []
+    for _ in range(6):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    np.testing.assert_allclose(seen, [5e-5, 1e-4, 1.5e-4, 2e-4, 2e-4, 2e-4])
+    assert _warmup(0)(0) == 1.0
+
+
+# ----------------------------------------------------------------------------------------- runs
+
+
+def test_tiny_run_end_to_end(tmp_path):
+    from hf_ddpm.checkpointing import load_checkpoint
+    from hf_ddpm.pipeline import HFDDPMPipeline
+
+    config = _tiny(
+        tmp_path,
+        class_column="label",
+        random_flip=True,
+        sample_every=3,
+        logger="tensorboard",
+        checkpoints_total_limit=1,
+    )
+    result = train(config)
+    out = Path(config.output_dir)
+    assert result.step == 6 and math.isfinite(result.final_loss)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"]
+    assert (out / "samples.png").is_file()
+    assert sorted(p.name for p in (out / "samples").iterdir()) == [
+        "step-0000003.png",
+        "step-0000006.png",
+    ]
+    assert list((out / "logs").rglob("events.out.tfevents*"))
+    assert json.loads((out / "train_config.json").read_text())["class_column"] == "label"
+    card = (out / "README.md").read_text()
+    assert "hf-ddpm train --dataset sklearn-digits" in card
+    assert "Steps: 6" in card and f"{result.final_loss:.5f}" in card and "samples.png" in card
+
+    # The saved pipeline holds the EMA weights of the final checkpoint.
+    tensors, state = load_checkpoint(out / "checkpoint-6")
+    pipe = HFDDPMPipeline.from_pretrained(out)
+    saved = pipe.unet.state_dict()
+    for name, value in tensors["ema"].items():
+        torch.testing.assert_close(saved[name], value)
+    assert pipe.unet.config.num_class_embeds == 11
+    images = pipe(batch_size=2, num_inference_steps=5, output_type="np", class_labels=[1, 2]).images
+    assert images.shape == (2, 8, 8, 1)
+    assert state["step"] == 6 and state["batches_seen"] == 6
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from hf_ddpm.checkpointing import latest_checkpoint
+    from hf_ddpm.scheduling import HFDDPMScheduler
+
+    real = HFDDPMScheduler.training_loss
+    calls = [0]
+
+    def poisoned(self, *args, **kwargs):
+        calls[0] += 1
+        loss = real(self, *args, **kwargs)
+        return loss * float("nan") if calls[0] == 5 else loss
+
+    monkeypatch.setattr(HFDDPMScheduler, "training_loss", poisoned)
+    config = _tiny(tmp_path, checkpoint_every=2)
+    with pytest.raises(TrainingDivergedError, match=r"the loss became nan at step 5.*checkpoint-4"):
+        train(config)
+    out = Path(config.output_dir)
+    assert latest_checkpoint(out) == out / "checkpoint-4"
+    assert not (out / "model_index.json").exists()
+
+
+def test_failed_push_keeps_the_output_and_says_how_to_retry(tmp_path, hub_server, monkeypatch):
+    import time
+
+    from huggingface_hub.utils import _http
+
+    class _NoSleep:  # skip huggingface_hub's retry back-off
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        @staticmethod
+        def sleep(seconds):
+            pass
+
+    monkeypatch.setattr(_http, "time", _NoSleep())
+    hub_server.fail_next_commits(1000, "500")
+    config = _tiny(tmp_path, max_steps=2, push_to_hub=True, hub_model_id="tester/down")
+    result = train(config)
+    out = Path(config.output_dir)
+    assert result.hub_url is None
+    assert "retry" in result.push_error and str(out.resolve()) in result.push_error
+    assert (out / "model_index.json").is_file() and (out / "samples.png").is_file()
+    assert (out / "checkpoint-2" / "manifest.json").is_file()
+
+
+def test_push_to_loopback_hub_and_reload(tmp_path, hub_server):
+    from hf_ddpm.pipeline import HFDDPMPipeline
+
+    repo = "tester/tiny-digits"
+    config = _tiny(tmp_path, max_steps=2, push_to_hub=True, hub_model_id=repo)
+    result = train(config)
+    assert result.push_error is None and result.hub_url.endswith(hub_server.repos[repo].head)
+    remote = hub_server.files(repo)
+    out = Path(config.output_dir)
+    for name in ("model_index.json", "samples.png", "train_config.json"):
+        assert remote[name] == (out / name).read_bytes(), name
+    card = remote["README.md"].decode()
+    assert repo in card and "Steps: 2" in card
+    downloaded = HFDDPMPipeline.from_pretrained(repo)
+    local = HFDDPMPipeline.from_pretrained(out)
+    for name, value in local.unet.state_dict().items():
+        torch.testing.assert_close(downloaded.unet.state_dict()[name], value)

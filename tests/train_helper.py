@@ -1,0 +1,109 @@
+"""Run hf_ddpm.train.train in a subprocess for the resume-after-SIGKILL and the 2-process tests.
+
+Usage: python tests/train_helper.py CONFIG_JSON REPORT_DIR [KILL_AT_FORWARD]
+
+- CONFIG_JSON: TrainConfig fields.
+- REPORT_DIR: each rank writes ``rank-R.json`` there: a SHA-256 of its final (unwrapped) model weights
+  and the list of file-writing calls it made (checkpoints, pipeline saves, images), so the test can check
+  that the ranks stay in sync and that only rank 0 writes.
+- KILL_AT_FORWARD: SIGKILL this process at the start of the UNet's forward call number K (1-based), i.e.
+  in the middle of a training step.
+"""
+
+import hashlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+
+
+def main() -> None:
+    config_path, report_dir = sys.argv[1], Path(sys.argv[2])
+    kill_at = int(sys.argv[3]) if len(sys.argv) > 3 else None
+
+    from diffusers import UNet2DModel
+    from PIL import Image
+
+    from hf_ddpm import checkpointing, pipeline, train
+
+    writes: list[str] = []
+
+    def recording(name, original):
+        def wrapper(*args, **kwargs):
+            writes.append(name)
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    config = train.TrainConfig.from_dict(json.loads(Path(config_path).read_text()))
+    output_dir = str(Path(config.output_dir).resolve())
+
+    def inside_output(target) -> bool:
+        # datasets also saves PIL images (PNG-encoding the data): only writes into the output count.
+        return isinstance(target, str | os.PathLike) and str(Path(target).resolve()).startswith(
+            output_dir
+        )
+
+    image_save, write_text = Image.Image.save, Path.write_text
+
+    def recording_image_save(self, fp, *args, **kwargs):
+        if inside_output(fp):
+            writes.append("image_save")
+        return image_save(self, fp, *args, **kwargs)
+
+    def recording_write_text(self, *args, **kwargs):
+        if inside_output(self):
+            writes.append("write_text")
+        return write_text(self, *args, **kwargs)
+
+    checkpointing.save_checkpoint = recording("save_checkpoint", checkpointing.save_checkpoint)
+    pipeline.HFDDPMPipeline.save_pretrained = recording(
+        "save_pretrained", pipeline.HFDDPMPipeline.save_pretrained
+    )
+    Image.Image.save = recording_image_save
+    Path.write_text = recording_write_text
+
+    if kill_at is not None:
+        calls = [0]
+        forward = UNet2DModel.forward
+
+        def dying_forward(self, *args, **kwargs):
+            calls[0] += 1
+            if calls[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return forward(self, *args, **kwargs)
+
+        UNet2DModel.forward = dying_forward
+
+    trainer_result = {}
+    original_run = train._Trainer.run
+
+    def run_and_report(self):
+        result = original_run(self)
+        weights = self.unwrapped.state_dict()
+        digest = hashlib.sha256()
+        for key in sorted(weights):
+            digest.update(key.encode())
+            digest.update(weights[key].detach().cpu().contiguous().numpy().tobytes())
+        trainer_result.update(
+            rank=self.accelerator.process_index,
+            world=self.accelerator.num_processes,
+            weights_sha256=digest.hexdigest(),
+            step=result.step,
+        )
+        return result
+
+    train._Trainer.run = run_and_report
+    train.train(config)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    trainer_result["writes"] = writes
+    (report_dir / f"rank-{trainer_result['rank']}.json").write_text(json.dumps(trainer_result))
+
+
+if __name__ == "__main__":
+    main()
