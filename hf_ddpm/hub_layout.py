@@ -487,10 +487,12 @@ def push_folder_to_hub(
     token: str | None = None,
     commit_message: str | None = None,
     create_pr: bool = False,
+    ignore_patterns: list[str] | None = None,
 ) -> str:
     """Create ``repo_id`` if needed and upload ``folder`` to it in one commit; return the commit URL.
 
-    The training command calls this for its output folder. If the card still shows
+    The training command calls this for its output folder, leaving out its checkpoints and logs through
+    ``ignore_patterns`` (glob patterns, as ``upload_folder`` takes them). If the card still shows
     ``REPO_ID_PLACEHOLDER`` it is rewritten with ``repo_id`` first.
 
     Raises:
@@ -518,6 +520,7 @@ def push_folder_to_hub(
             folder_path=folder,
             commit_message=commit_message or "Upload HFDDPMPipeline with hf_ddpm",
             create_pr=create_pr,
+            ignore_patterns=ignore_patterns,
         )
     except _network_errors() as error:
         raise HubPushError(

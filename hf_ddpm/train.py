@@ -676,6 +676,8 @@ class _Trainer:
                     private=config.hub_private,
                     token=config.hub_token,
                     commit_message=f"hf-ddpm train: step {result.step}",
+                    # Checkpoints hold optimizer state (hundreds of MB for ddpm-cifar10) and logs grow.
+                    ignore_patterns=["checkpoint-*", ".tmp-checkpoint-*", "logs/*"],
                 )
             except HubPushError as error:
                 result.push_error = str(error)

@@ -11,10 +11,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from gaussian_oracle import GaussianOracle
 from scipy.stats import norm
 
 from hf_ddpm import HFDDPMScheduler, variational_bound
-from gaussian_oracle import GaussianOracle
 
 M, S = 0.3, 0.5
 N = 20_000

@@ -3,6 +3,9 @@
 diffusers keeps its schedule in float32 and we keep ours in float64. Each step is compared both with diffusers
 as installed and with diffusers' own ``step`` code run on float64 tables built from diffusers' own betas (what
 the same arithmetic gives without float32 round-off). Errors are relative to the largest element of a tensor.
+Against the float64 reference every configuration agrees within 1e-5; against diffusers' float32 tables a
+few steps differ by up to 2.3e-4 (the cosine schedule near its ends), diffusers' own round-off: there ours is
+the closer one to the float64 reference.
 """
 
 import itertools
@@ -109,9 +112,15 @@ def test_step_matches_diffusers(config, schedule, low_precision_noise):
         b = ref.step(
             output.double(), t, sample.double(), generator=torch.Generator().manual_seed(t)
         )
+        c = plain.step(output, t, sample, generator=torch.Generator().manual_seed(t))
         assert a.prev_sample.dtype == torch.float32
-        assert rel_err(a.prev_sample, b.prev_sample) < 1e-5, t
-        assert rel_err(a.pred_original_sample, b.pred_original_sample) < 1e-5, t
+        for field in ("prev_sample", "pred_original_sample"):
+            ours_out, ref_out, plain_out = (getattr(r, field) for r in (a, b, c))
+            assert rel_err(ours_out, ref_out) < 1e-5, (t, field)
+            # Against diffusers' float32 tables: within 1e-5 except where diffusers' own float32
+            # round-off reaches the output, and there we are the closer one to the float64 reference.
+            if rel_err(ours_out, plain_out) > 1e-5:
+                assert rel_err(ours_out, ref_out) < rel_err(plain_out, ref_out), (t, field)
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])

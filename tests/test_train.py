@@ -362,6 +362,8 @@ def test_push_to_loopback_hub_and_reload(tmp_path, hub_server):
         assert remote[name] == (out / name).read_bytes(), name
     card = remote["README.md"].decode()
     assert repo in card and "Steps: 2" in card
+    assert any(p.name.startswith("checkpoint-") for p in out.iterdir())
+    assert not [name for name in remote if name.startswith(("checkpoint-", "logs/"))]
     downloaded = HFDDPMPipeline.from_pretrained(repo)
     local = HFDDPMPipeline.from_pretrained(out)
     for name, value in local.unet.state_dict().items():
