@@ -280,33 +280,37 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         """
         index = self._step_index(timestep)
         c = self._steps[index]
-        prediction, values = self._split(model_output, sample)
-        compute_dtype = (
-            sample.dtype if sample.dtype in (torch.float32, torch.float64) else torch.float32
-        )
-        x_t = sample.to(compute_dtype)
+        if model_output.shape == sample.shape and not self._variance.learned:
+            prediction, values = model_output, None  # the common case, without the checks' overhead
+        else:
+            prediction, values = split_model_output(model_output, sample, self._variance)
+        # Each no-op .to() is a dispatcher round trip, a tenth of the step on small tensors: cast only
+        # when the input is half precision.
+        upcast = sample.dtype not in (torch.float32, torch.float64)
+        x_t = sample.float() if upcast else sample
         x0 = self._parameterization.to_x0_scalar(
-            prediction.to(compute_dtype), x_t, c.sqrt_alpha_bar, c.sqrt_one_minus_alpha_bar
+            prediction.float() if upcast else prediction,
+            x_t,
+            c.sqrt_alpha_bar,
+            c.sqrt_one_minus_alpha_bar,
         )
         if self._process_x0 is not None:
             x0 = self._process_x0(x0)
         prev = torch.mul(x_t, c.coef_xt).add_(x0, alpha=c.coef_x0)
         if c.adds_noise:
-            noise = self._noise(prediction, generator).to(compute_dtype)
+            noise = self._noise(prediction, generator)
+            if upcast:
+                noise = noise.float()
             if values is None:
                 prev.add_(noise, alpha=c.std_large if self._variance.large else c.std_small)
             else:
-                prev.addcmul_(self._learned_std(values.to(compute_dtype), c), noise)
+                prev.addcmul_(self._learned_std(values.float() if upcast else values, c), noise)
         self._cursor = index + 1
-        prev_sample, pred_x0 = prev.to(sample.dtype), x0.to(sample.dtype)
+        if upcast:
+            prev, x0 = prev.to(sample.dtype), x0.to(sample.dtype)
         if not return_dict:
-            return prev_sample, pred_x0
-        return HFDDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_x0)
-
-    def _split(
-        self, model_output: torch.Tensor, sample: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return split_model_output(model_output, sample, self._variance)
+            return prev, x0
+        return HFDDPMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
 
     def _learned_std(self, values: torch.Tensor, c: _Step) -> torch.Tensor:
         if self._variance.name == "learned":

@@ -1,0 +1,538 @@
+"""GPU benchmarks for one CUDA device (written for the H200 the ``device`` tool lends): hf_ddpm vs diffusers.
+
+    python benchmarks/gpu.py [--json FILE] [--budget-s 290] [--sample-steps 1000]
+    python benchmarks/gpu.py --smoke        # tiny sizes on CPU: checks the logic, measures nothing
+
+Ho et al. (2020)'s 35.7M ``ddpm-cifar10`` UNet (hf_ddpm.unet_presets), randomly initialised (the cost does not
+depend on the weights), on synthetic 32x32 RGB data:
+
+- training images/s at batch 128: hf_ddpm's step in fp32, bf16 autocast, and bf16 + channels_last +
+  ``torch.compile`` + fused Adam, against a loop written like diffusers' ``train_unconditional.py`` example
+  (fp32 and bf16 through accelerate), with peak memory and achieved TFLOP/s;
+- sampling 256 images x 1000 steps: ``HFDDPMPipeline`` plain (fp32) and fast (bf16 UNet, channels_last,
+  ``torch.compile(mode="reduce-overhead")``, i.e. CUDA graphs), against ``DDPMPipeline``;
+- the chip's measured bf16 matmul rate, against which the achieved TFLOP/s are read.
+
+Each configuration runs in its own subprocess (clean accelerate state, compile caches and peak-memory
+counters). The run stops starting new configurations when ``--budget-s`` is spent, and says which it
+skipped. The table is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+# Benchmarks never touch the network (set before diffusers imports huggingface_hub).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/cpu.py
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # hf_ddpm
+
+TRAIN_GOAL_IMAGES_PER_S = 3000.0
+TRAIN_ANCHOR_IMAGES_PER_S = 21 * 128  # Ho et al.: 21 steps/s x batch 128 on a TPU v3-8
+SAMPLE_GOAL_S = 5.0
+SAMPLE_ANCHOR_S = 17.0  # Ho et al.: 256 samples in 17 s on a TPU v3-8
+IMAGE_ATOL = 1e-3  # fp32 pipelines must agree this closely (images in [0, 1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    preset: str
+    resolution: int
+    train_batch: int
+    train_warmup: int
+    train_steps: int
+    compile_warmup: (
+        int  # extra warm-up steps for compiled configurations (compilation, CUDA graphs)
+    )
+    sample_batch: int
+    sample_steps: int
+    matmul_size: int
+    matmul_iters: int
+
+
+FULL = Sizes("ddpm-cifar10", 32, 128, 5, 30, 3, 256, 1000, 8192, 50)
+SMOKE = Sizes("tiny", 8, 2, 1, 1, 0, 2, 3, 128, 2)
+
+TRAIN_CONFIGS = ("diffusers-fp32", "diffusers-bf16", "hf_ddpm-fp32", "hf_ddpm-bf16", "hf_ddpm-fast")
+SAMPLE_CONFIGS = ("diffusers", "hf_ddpm", "hf_ddpm-fast")
+# Cheapest first; the compiled configurations, which pay for compilation, last.
+WORKERS = (
+    [("calibrate", "matmul")]
+    + [("train", c) for c in TRAIN_CONFIGS if c != "hf_ddpm-fast"]
+    + [("sample", "diffusers"), ("sample", "hf_ddpm")]
+    + [("train", "hf_ddpm-fast"), ("sample", "hf_ddpm-fast")]
+)
+
+
+# ------------------------------------------------------------------------------------------- workers
+
+
+def _device(smoke: bool) -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if not smoke:
+        raise SystemExit("benchmarks/gpu.py needs a CUDA device; use --smoke to check it on CPU")
+    return torch.device("cpu")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def _unet(sizes: Sizes, device: torch.device) -> Any:
+    from hf_ddpm.unet_presets import build_unet, unet_config
+
+    torch.manual_seed(0)
+    config = unet_config(
+        sizes.preset, None, resolution=sizes.resolution, in_channels=3, out_channels=3
+    )
+    return build_unet(config).to(device)
+
+
+def _forward_flops(unet: Any, sizes: Sizes, device: torch.device) -> float:
+    """FLOPs of one UNet forward pass per image (torch's FlopCounterMode: 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(2, 3, sizes.resolution, sizes.resolution, device=device)
+    t = torch.tensor([10, 500], device=device)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        unet(x, t)
+    return counter.get_total_flops() / 2
+
+
+def _calibrate(sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    """The chip's bf16 dense matmul rate, and the UNet's forward FLOPs per image."""
+    n = sizes.matmul_size
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(sizes.matmul_iters):
+        a @ b
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    unet = _unet(sizes, device)
+    return {
+        "bf16_matmul_tflops": 2 * n**3 * sizes.matmul_iters / elapsed / 1e12,
+        "unet_parameters": sum(p.numel() for p in unet.parameters()),
+        "unet_forward_flops_per_image": _forward_flops(unet, sizes, device),
+    }
+
+
+class _HFDDPMTrainStep:
+    """hf_ddpm's training step, as ``hf_ddpm.train._Trainer._micro_step`` does it, with each speed option
+    explicit: noise from a device generator, t from ``UniformSampler``, ``HFDDPMScheduler.add_noise`` and
+    ``training_loss`` (L_simple), grad-norm clip 1, Adam, ``hf_ddpm.ema.EMA`` update, ``loss.item()``."""
+
+    def __init__(
+        self,
+        sizes: Sizes,
+        device: torch.device,
+        bf16: bool,
+        channels_last: bool,
+        compile_model: bool,
+        fused_adam: bool,
+    ) -> None:
+        from hf_ddpm.ema import EMA
+        from hf_ddpm.scheduling import HFDDPMScheduler
+        from hf_ddpm.timestep_sampler import UniformSampler
+
+        unet = _unet(sizes, device).train()
+        if channels_last:
+            unet = unet.to(memory_format=torch.channels_last)
+        self.unet = unet
+        self.model = torch.compile(unet) if compile_model else unet
+        self.optimizer = torch.optim.Adam(unet.parameters(), lr=2e-4, fused=fused_adam or None)
+        self.ema = EMA(unet, 0.9999)
+        self.scheduler = HFDDPMScheduler()
+        self.sampler = UniformSampler(self.scheduler.config.num_train_timesteps)
+        self.noise_generator = torch.Generator(device).manual_seed(0)
+        self.aux_generator = torch.Generator().manual_seed(1)
+        self.device = device
+        self.bf16 = bf16
+
+    def step(self, x0: torch.Tensor) -> float:
+        noise = torch.randn(
+            x0.shape, generator=self.noise_generator, device=self.device, dtype=x0.dtype
+        )
+        t, weights = self.sampler.sample(x0.shape[0], self.device, generator=self.aux_generator)
+        x_t = self.scheduler.add_noise(x0, noise, t)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            output = self.model(x_t, t).sample
+        loss = (self.scheduler.training_loss(output.float(), x0, noise, t) * weights).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.unet)
+        return loss.detach().item()
+
+
+def _train_runner(name: str, sizes: Sizes, device: torch.device) -> Any:
+    if name.startswith("diffusers-"):
+        from cpu import _DiffusersExampleTraining
+
+        unet = _unet(sizes, device)
+        state = {k: v.detach().cpu() for k, v in unet.state_dict().items()}
+        precision = "bf16" if name.endswith("bf16") else "no"
+        return _DiffusersExampleTraining(state, dict(unet.config), mixed_precision=precision)
+    fast = name == "hf_ddpm-fast"
+    on_cuda = device.type == "cuda"
+    return _HFDDPMTrainStep(
+        sizes,
+        device,
+        bf16=name != "hf_ddpm-fp32",
+        channels_last=fast,
+        # Inductor on CPU needs a C++ toolchain and minutes; the smoke run checks the eager path.
+        compile_model=fast and on_cuda,
+        fused_adam=fast and on_cuda,
+    )
+
+
+def _train(name: str, sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    runner = _train_runner(name, sizes, device)
+    x0 = (
+        torch.rand(sizes.train_batch, 3, sizes.resolution, sizes.resolution, device=device)
+        .mul_(2)
+        .sub_(1)
+    )
+    warmup = sizes.train_warmup + (sizes.compile_warmup if name == "hf_ddpm-fast" else 0)
+    start = time.perf_counter()
+    for _ in range(warmup):
+        runner.step(x0)
+    _sync(device)
+    warmup_s = time.perf_counter() - start
+    _reset_peak(device)
+    losses = []
+    start = time.perf_counter()
+    for _ in range(sizes.train_steps):
+        losses.append(runner.step(x0))
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    if not all(math.isfinite(loss) for loss in losses):
+        raise RuntimeError(f"{name}: non-finite training loss {losses}")
+    return {
+        "images_per_s": sizes.train_batch * sizes.train_steps / elapsed,
+        "step_ms": 1e3 * elapsed / sizes.train_steps,
+        "warmup_s": warmup_s,
+        "peak_memory_gib": _peak_gib(device),
+        "final_loss": losses[-1],
+    }
+
+
+def _pipeline(name: str, sizes: Sizes, device: torch.device) -> Any:
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from hf_ddpm.pipeline import HFDDPMPipeline
+    from hf_ddpm.scheduling import HFDDPMScheduler
+
+    unet = _unet(sizes, device).eval()
+    if name == "diffusers":
+        pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler())
+    else:
+        if name == "hf_ddpm-fast":
+            unet = unet.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+            if device.type == "cuda":
+                # CUDA graphs replay the whole UNet launch sequence; the pipeline feeds t as a device
+                # tensor, so every step reuses one graph.
+                unet.compile(mode="reduce-overhead")
+        pipe = HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _sample(name: str, sizes: Sizes, device: torch.device, outdir: str) -> dict[str, Any]:
+    import numpy as np
+
+    pipe = _pipeline(name, sizes, device)
+
+    def run(steps: int) -> Any:
+        generator = torch.Generator(device).manual_seed(0)
+        return pipe(
+            batch_size=sizes.sample_batch,
+            generator=generator,
+            num_inference_steps=steps,
+            output_type="np",
+        ).images
+
+    start = time.perf_counter()
+    for _ in range(3 if name == "hf_ddpm-fast" else 1):
+        run(min(3, sizes.sample_steps))
+    _sync(device)
+    warmup_s = time.perf_counter() - start
+    _reset_peak(device)
+    start = time.perf_counter()
+    images = run(sizes.sample_steps)
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    if not np.isfinite(images).all():
+        raise RuntimeError(f"{name}: non-finite samples")
+    np.save(os.path.join(outdir, f"samples-{name}.npy"), images)
+    return {"seconds": elapsed, "warmup_s": warmup_s, "peak_memory_gib": _peak_gib(device)}
+
+
+def _worker(kind: str, name: str, sizes: Sizes, smoke: bool, outdir: str) -> dict[str, Any]:
+    device = _device(smoke)
+    if kind == "calibrate":
+        return _calibrate(sizes, device)
+    if kind == "train":
+        return _train(name, sizes, device)
+    if kind == "sample":
+        return _sample(name, sizes, device, outdir)
+    raise ValueError(f"unknown worker {kind}:{name}")
+
+
+# ---------------------------------------------------------------------------------------- orchestration
+
+
+def _environment() -> dict[str, Any]:
+    import diffusers
+
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "cuda": torch.version.cuda,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_memory_gib"] = torch.cuda.get_device_properties(0).total_memory / 2**30
+        info["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+        info["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    else:
+        info["gpu"] = None
+    return info
+
+
+def _run_worker(
+    kind: str, name: str, args: argparse.Namespace, outdir: str, timeout: float | None
+) -> dict[str, Any]:
+    command = [sys.executable, os.path.abspath(__file__), "--worker", f"{kind}:{name}"]
+    command += ["--outdir", outdir, "--sample-steps", str(args.sample_steps)]
+    if args.smoke:
+        command.append("--smoke")
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if out.returncode != 0:
+        return {"error": out.stderr.strip()[-2000:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _summarise(result: dict[str, Any], sizes: Sizes, smoke: bool = False) -> None:
+    """Ratios, TFLOP/s and goals, from the raw per-configuration figures (no goals for a smoke run)."""
+    import numpy as np
+
+    calib = result.get("calibrate", {}).get("matmul", {})
+    train = result.get("train", {})
+    flops = calib.get("unet_forward_flops_per_image")
+    peak = calib.get("bf16_matmul_tflops")
+    for entry in train.values():
+        if "images_per_s" in entry and flops:
+            # Forward + backward ~ 3 forward passes of matmul/conv work.
+            entry["achieved_tflops"] = 3 * flops * entry["images_per_s"] / 1e12
+            if peak:
+                entry["fraction_of_bf16_matmul_rate"] = entry["achieved_tflops"] / peak
+    sample = result.get("sample", {})
+    for entry in sample.values():
+        if "seconds" in entry and flops:
+            images_steps = sizes.sample_batch * sizes.sample_steps
+            entry["achieved_tflops"] = flops * images_steps / entry["seconds"] / 1e12
+            if peak:
+                entry["fraction_of_bf16_matmul_rate"] = entry["achieved_tflops"] / peak
+
+    def ratio(table: dict[str, Any], key: str, slow: str, fast: str, invert: bool) -> float | None:
+        a, b = table.get(slow, {}).get(key), table.get(fast, {}).get(key)
+        if a is None or b is None:
+            return None
+        return a / b if invert else b / a
+
+    summary = {
+        "training_speedup_fp32": ratio(
+            train, "images_per_s", "diffusers-fp32", "hf_ddpm-fp32", False
+        ),
+        "training_speedup_bf16": ratio(
+            train, "images_per_s", "diffusers-bf16", "hf_ddpm-bf16", False
+        ),
+        "training_speedup_fast_vs_diffusers_bf16": ratio(
+            train, "images_per_s", "diffusers-bf16", "hf_ddpm-fast", False
+        ),
+        "sampling_speedup_plain": ratio(sample, "seconds", "diffusers", "hf_ddpm", True),
+        "sampling_speedup_fast": ratio(sample, "seconds", "diffusers", "hf_ddpm-fast", True),
+    }
+    best_train = max((e.get("images_per_s", 0.0) for e in train.values()), default=0.0)
+    fast_sample = sample.get("hf_ddpm-fast", {}).get("seconds")
+    summary["training_goal_met"] = (
+        None if smoke or not best_train else best_train >= TRAIN_GOAL_IMAGES_PER_S
+    )
+    summary["sampling_goal_met"] = (
+        None if smoke or fast_sample is None else fast_sample <= SAMPLE_GOAL_S
+    )
+    outdir = result["_outdir"]
+    paths = {n: os.path.join(outdir, f"samples-{n}.npy") for n in SAMPLE_CONFIGS}
+    if os.path.exists(paths["hf_ddpm"]) and os.path.exists(paths["diffusers"]):
+        diff = float(np.abs(np.load(paths["hf_ddpm"]) - np.load(paths["diffusers"])).max())
+        summary["sampling_fp32_max_abs_diff"] = diff
+        summary["sampling_outputs_match"] = diff <= IMAGE_ATOL
+    if os.path.exists(paths["hf_ddpm-fast"]) and os.path.exists(paths["hf_ddpm"]):
+        # bf16 follows a different trajectory; how far it lands from fp32 is information, not a check.
+        diff = np.abs(np.load(paths["hf_ddpm-fast"]) - np.load(paths["hf_ddpm"]))
+        summary["sampling_fast_vs_fp32_mean_abs_diff"] = float(diff.mean())
+    result["summary"] = summary
+
+
+def _fmt(value: float | None, digits: int = 1, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def _table(result: dict[str, Any], sizes: Sizes) -> str:
+    rows = [("configuration", "figure", "peak mem GiB", "TFLOP/s", "note")]
+    for name in TRAIN_CONFIGS:
+        e = result.get("train", {}).get(name, {})
+        rows.append(
+            (
+                f"train {name} b{sizes.train_batch}",
+                f"{_fmt(e.get('images_per_s'))} img/s",
+                _fmt(e.get("peak_memory_gib"), 2),
+                _fmt(e.get("achieved_tflops")),
+                "ERROR" if "error" in e else ("skipped" if not e else ""),
+            )
+        )
+    for name in SAMPLE_CONFIGS:
+        e = result.get("sample", {}).get(name, {})
+        rows.append(
+            (
+                f"sample {name} {sizes.sample_batch}x{sizes.sample_steps}",
+                f"{_fmt(e.get('seconds'), 2)} s",
+                _fmt(e.get("peak_memory_gib"), 2),
+                _fmt(e.get("achieved_tflops")),
+                "ERROR" if "error" in e else ("skipped" if not e else ""),
+            )
+        )
+    calib = result.get("calibrate", {}).get("matmul", {})
+    rows.append(
+        ("bf16 matmul (measured)", "", "", _fmt(calib.get("bf16_matmul_tflops")), "chip rate")
+    )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    s = result.get("summary", {})
+    lines.append("")
+    lines.append(
+        f"training goal >= {TRAIN_GOAL_IMAGES_PER_S:.0f} img/s (TPU v3-8 anchor "
+        f"{TRAIN_ANCHOR_IMAGES_PER_S}): met={s.get('training_goal_met')}; "
+        f"sampling goal <= {SAMPLE_GOAL_S:.0f} s (anchor {SAMPLE_ANCHOR_S:.0f} s): "
+        f"met={s.get('sampling_goal_met')}"
+    )
+    lines.append(
+        "speedups vs diffusers: "
+        + ", ".join(
+            f"{k} {_fmt(v, 2)}"
+            for k, v in s.items()
+            if k.endswith(("fp32", "bf16", "plain", "fast"))
+        )
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes; runs on CPU without CUDA")
+    parser.add_argument("--json", metavar="FILE", help="write every figure to FILE")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="start no new configuration after this many seconds (default 290; none with --smoke)",
+    )
+    parser.add_argument(
+        "--sample-steps", type=int, default=None, help="sampling steps (default 1000; smoke 3)"
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--outdir", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    sizes = SMOKE if args.smoke else FULL
+    if args.sample_steps is not None:
+        if not 1 <= args.sample_steps <= 1000:
+            parser.error(f"--sample-steps must be in 1..1000, got {args.sample_steps}")
+        sizes = dataclasses.replace(sizes, sample_steps=args.sample_steps)
+    args.sample_steps = sizes.sample_steps
+    if args.budget_s is None:
+        args.budget_s = float("inf") if args.smoke else 290.0
+    if args.smoke and not torch.cuda.is_available():
+        # On a shared 2-core machine two OpenMP threads spin against other processes: small ops
+        # measured 100x slower than with one thread.
+        torch.set_num_threads(1)
+    if args.worker:
+        kind, _, name = args.worker.partition(":")
+        print(json.dumps(_worker(kind, name, sizes, args.smoke, args.outdir)))
+        return 0
+    _device(args.smoke)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as outdir:
+        result: dict[str, Any] = {
+            "command": "python benchmarks/gpu.py "
+            + " ".join(sys.argv[1:] if argv is None else argv),
+            "mode": "smoke" if args.smoke else "full",
+            "environment": _environment(),
+            "sizes": dataclasses.asdict(sizes),
+            "notes": [],
+            "_outdir": outdir,
+        }
+        if args.smoke:
+            result["notes"].append(
+                "smoke run: tiny sizes; on CPU, compile, fused Adam and CUDA graphs are skipped"
+            )
+        for kind, name in WORKERS:
+            left = args.budget_s - (time.perf_counter() - start)
+            if left <= 0:
+                result["notes"].append(f"skipped {kind}:{name}: --budget-s {args.budget_s} spent")
+                continue
+            print(f"[gpu.py] {kind}:{name} ...", file=sys.stderr, flush=True)
+            entry = _run_worker(
+                kind, name, args, outdir, timeout=None if left == float("inf") else max(left, 30.0)
+            )
+            result.setdefault(kind, {})[name] = entry
+            if "error" in entry:
+                result["notes"].append(f"{kind}:{name} failed: {entry['error'][-300:]}")
+        _summarise(result, sizes, smoke=args.smoke)
+        del result["_outdir"]
+    result["wall_s"] = time.perf_counter() - start
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+    print(_table(result, sizes))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Smoke tests of benchmarks/cpu.py and benchmarks/gpu.py: the plumbing, the JSON and the output checks.
+
+No timing is asserted: these machines are shared, and the benchmarks exist to measure, not to gate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import cpu  # noqa: E402
+import gpu  # noqa: E402
+
+
+def _run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_cpu_quick_writes_every_figure_and_checks_outputs(tmp_path):
+    out = tmp_path / "cpu.json"
+    proc = _run("cpu.py", "--quick", "--no-memory", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for key in (
+        "scheduler_step_speedup",
+        "scheduler_step_floor_ratio",
+        "scheduler_step_diffusers_floor_ratio",
+        "sampling_speedup",
+        "training_speedup",
+        "nll_images_per_s",
+    ):
+        assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, (
+            key
+        )
+    assert result["outputs_match"] is True
+    assert result["memory"] is None and any("memory" in note for note in result["notes"])
+    step = result["scheduler_step"]
+    assert step["max_abs_diff"] <= step["tolerance"]["atol"]
+    assert set(step["per_step_us"]) == {"hf_ddpm", "diffusers", "floor"}
+    assert step["profile"] and all(row["self_cpu_us_per_step"] >= 0 for row in step["profile"])
+    # Our pipeline driven by diffusers' scheduler reproduces DDPMPipeline exactly.
+    assert result["sampling"]["same_scheduler_max_abs_diff"] == 0.0
+    assert set(result["sampling"]["by_steps"]) == {str(s) for s in cpu.QUICK.sample_steps}
+    assert result["nll"]["max_rel_diff"] <= cpu.NLL_RTOL
+    assert result["training"]["objective_rel_diff"] <= 1e-5
+    assert result["machine"]["torch"] == torch.__version__
+    # The table is the last thing printed.
+    assert proc.stdout.strip().splitlines()[0].startswith("figure")
+
+
+def test_peak_rss_reset_sees_a_known_allocation():
+    if not cpu._reset_peak_rss():
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    before = cpu._rss_mib()
+    cpu._reset_peak_rss()
+    block = torch.ones(32 * 1024 * 1024 // 4)  # 32 MiB, touched
+    del block
+    growth = cpu._peak_rss_mib() - before
+    assert 30 <= growth < 200
+
+
+def test_memory_probe_cli_reports_json():
+    proc = _run("cpu.py", "--quick", "--probe-memory", "scheduler_step:floor")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    probe = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(probe) == {"rss_before_mib", "peak_mib", "peak_growth_mib", "peak_reset"}
+    assert probe["peak_mib"] > 0
+
+
+def test_cpu_rejects_bad_threads(capsys):
+    with pytest.raises(SystemExit):
+        cpu.main(["--threads", "0"])
+    assert "--threads must be >= 1" in capsys.readouterr().err
+
+
+def test_gpu_summary_ratios_and_tflops(tmp_path):
+    sizes = gpu.SMOKE
+    result = {
+        "_outdir": str(tmp_path),
+        "calibrate": {"matmul": {"bf16_matmul_tflops": 100.0, "unet_forward_flops_per_image": 2e9}},
+        "train": {
+            "diffusers-fp32": {"images_per_s": 1000.0},
+            "diffusers-bf16": {"images_per_s": 2000.0},
+            "hf_ddpm-fp32": {"images_per_s": 1100.0},
+            "hf_ddpm-bf16": {"images_per_s": 2200.0},
+            "hf_ddpm-fast": {"images_per_s": 4000.0},
+        },
+        "sample": {"diffusers": {"seconds": 10.0}, "hf_ddpm": {"seconds": 8.0}},
+    }
+    gpu._summarise(result, sizes)
+    s = result["summary"]
+    assert s["training_speedup_fp32"] == pytest.approx(1.1)
+    assert s["training_speedup_bf16"] == pytest.approx(1.1)
+    assert s["training_speedup_fast_vs_diffusers_bf16"] == pytest.approx(2.0)
+    assert s["sampling_speedup_plain"] == pytest.approx(1.25)
+    assert s["sampling_speedup_fast"] is None and s["sampling_goal_met"] is None
+    assert s["training_goal_met"] is True
+    # 3 x 2 GFLOP per trained image at 4000 images/s = 24 TFLOP/s, 24% of the measured 100.
+    assert result["train"]["hf_ddpm-fast"]["achieved_tflops"] == pytest.approx(24.0)
+    assert result["train"]["hf_ddpm-fast"]["fraction_of_bf16_matmul_rate"] == pytest.approx(0.24)
+    images_steps = sizes.sample_batch * sizes.sample_steps
+    assert result["sample"]["hf_ddpm"]["achieved_tflops"] == pytest.approx(
+        2e9 * images_steps / 8.0 / 1e12
+    )
+
+
+@pytest.mark.slow
+def test_gpu_smoke_runs_end_to_end_on_cpu(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = _run("gpu.py", "--smoke", "--json", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert not [n for n in result["notes"] if " failed: " in n or n.startswith("skipped ")]
+    assert result["summary"]["training_goal_met"] is None  # a smoke run measures nothing
+    for name in gpu.TRAIN_CONFIGS:
+        assert result["train"][name]["images_per_s"] > 0
+    for name in gpu.SAMPLE_CONFIGS:
+        assert result["sample"][name]["seconds"] > 0
+    assert result["summary"]["sampling_outputs_match"] is True
+    assert proc.stdout.strip().splitlines()[0].startswith("configuration")
