@@ -17,7 +17,6 @@ from hf_ddpm.gaussian import (
 )
 
 
-
 @pytest.fixture(autouse=True)
 def _float64():
     previous = torch.get_default_dtype()
