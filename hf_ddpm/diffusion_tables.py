@@ -23,8 +23,6 @@ class DiffusionTables:
     alphas_cumprod_prev: torch.Tensor
     sqrt_alphas_cumprod: torch.Tensor
     sqrt_one_minus_alphas_cumprod: torch.Tensor
-    sqrt_recip_alphas_cumprod: torch.Tensor
-    sqrt_recipm1_alphas_cumprod: torch.Tensor
     log_one_minus_alphas_cumprod: torch.Tensor
     log_betas: torch.Tensor
     posterior_variance: torch.Tensor
@@ -61,8 +59,6 @@ class DiffusionTables:
                 alphas_cumprod_prev=ab_prev,
                 sqrt_alphas_cumprod=np.sqrt(ab),
                 sqrt_one_minus_alphas_cumprod=np.sqrt(1.0 - ab),
-                sqrt_recip_alphas_cumprod=np.sqrt(1.0 / ab),
-                sqrt_recipm1_alphas_cumprod=np.sqrt(1.0 / ab - 1.0),
                 log_one_minus_alphas_cumprod=np.log(1.0 - ab),
                 log_betas=np.log(betas),
                 posterior_variance=posterior_variance,

@@ -49,7 +49,7 @@ def gaussian_log_likelihood(
 
 
 def discretized_gaussian_log_likelihood(
-    x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, num_bins: int = 256
+    x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor | float, num_bins: int = 256
 ) -> torch.Tensor:
     """log p(x | mean, scale) for data on ``num_bins`` evenly spaced levels in [-1, 1]: the L_0 decoder.
 
@@ -63,11 +63,7 @@ def discretized_gaussian_log_likelihood(
     # Bin masses are differences of CDFs; float64 and the mirrored difference in the upper tail keep
     # them accurate where both CDFs are close to 0 or to 1.
     centered = (x - mean).double()
-    inv_std = (
-        torch.exp(-log_scale.double())
-        if isinstance(log_scale, torch.Tensor)
-        else math.exp(-log_scale)
-    )
+    inv_std = torch.exp(-torch.as_tensor(log_scale, dtype=torch.float64, device=centered.device))
     upper = inv_std * (centered + half_bin)
     lower = inv_std * (centered - half_bin)
     mass = torch.where(

@@ -11,11 +11,11 @@ from collections.abc import Callable
 import torch
 
 from .diffusion_tables import extract
+from .forward_process import q_sample
 from .reverse_process import ReverseProcess, split_model_output
 from .vlb import vlb_terms_bpd
 
 HYBRID_LAMBDA = 0.001
-LOSS_TYPES = ("simple", "vlb", "hybrid")
 
 
 def snr(process: ReverseProcess, t: torch.Tensor) -> torch.Tensor:
@@ -97,12 +97,61 @@ def hybrid_loss(
     ) + HYBRID_LAMBDA * vlb_loss(process, frozen, x0, x_t, t, num_bins)
 
 
-LossFn = Callable[..., torch.Tensor]
+def _simple(
+    process: ReverseProcess,
+    model_output: torch.Tensor,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    x_t: torch.Tensor | None,
+    t: torch.Tensor,
+    min_snr_gamma: float | None,
+    num_bins: int,
+) -> torch.Tensor:
+    return simple_loss(process, model_output, x0, noise, t, min_snr_gamma)
 
 
-def resolve_loss_type(loss_type: str) -> str:
-    if loss_type not in LOSS_TYPES:
+def _vlb(
+    process: ReverseProcess,
+    model_output: torch.Tensor,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    x_t: torch.Tensor | None,
+    t: torch.Tensor,
+    min_snr_gamma: float | None,
+    num_bins: int,
+) -> torch.Tensor:
+    x_t = q_sample(process.tables, x0, t, noise) if x_t is None else x_t
+    return vlb_loss(process, model_output, x0, x_t, t, num_bins)
+
+
+def _hybrid(
+    process: ReverseProcess,
+    model_output: torch.Tensor,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    x_t: torch.Tensor | None,
+    t: torch.Tensor,
+    min_snr_gamma: float | None,
+    num_bins: int,
+) -> torch.Tensor:
+    x_t = q_sample(process.tables, x0, t, noise) if x_t is None else x_t
+    return hybrid_loss(process, model_output, x0, noise, x_t, t, min_snr_gamma, num_bins)
+
+
+# name -> fn(process, model_output, x0, noise, x_t or None, t, min_snr_gamma, num_bins) -> (B,)
+LOSS_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
+    "simple": _simple,
+    "vlb": _vlb,
+    "hybrid": _hybrid,
+}
+LOSS_TYPES = tuple(LOSS_FUNCTIONS)
+
+
+def resolve_loss_type(loss_type: str) -> Callable[..., torch.Tensor]:
+    """The loss function of a ``--loss`` name; a ValueError lists the allowed names."""
+    try:
+        return LOSS_FUNCTIONS[loss_type]
+    except KeyError:
         raise ValueError(
             f"Unknown loss_type {loss_type!r}; allowed values: {', '.join(LOSS_TYPES)}"
-        )
-    return loss_type
+        ) from None

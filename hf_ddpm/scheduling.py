@@ -7,6 +7,7 @@ training losses, and correct fixed_large_log and respaced variances. All schedul
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 
@@ -23,7 +24,7 @@ from .forward_process import q_sample
 
 # diffusers' remote-code loader copies only the relative imports written in this file, not theirs.
 from .gaussian import normal_kl  # noqa: F401
-from .losses import hybrid_loss, resolve_loss_type, simple_loss, vlb_loss
+from .losses import resolve_loss_type
 from .parameterization import resolve_parameterization, velocity
 from .reverse_process import (
     PMeanVariance,
@@ -128,6 +129,11 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
             rescale_betas_zero_snr,
             scale_linear_betas_by_timesteps,
         )
+        if rescale_betas_zero_snr and prediction_type == "epsilon":
+            raise ValueError(
+                "rescale_betas_zero_snr makes alpha_bar_T = 0, where x_0 cannot be recovered from an epsilon "
+                "prediction; use prediction_type 'v_prediction' (or 'sample') with it"
+            )
         self._tables = DiffusionTables.from_betas(betas)
         # diffusers' public float32 views.
         self.betas = torch.from_numpy(betas).float()
@@ -146,7 +152,7 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         else:
             process_x0 = None
         self._process_x0 = process_x0
-        self._processes: dict[torch.device, ReverseProcess] = {}
+        self._processes: dict[tuple[torch.device, bool], ReverseProcess] = {}
 
         self.num_inference_steps: int | None = None
         self.custom_timesteps = False
@@ -334,13 +340,19 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
 
     # ------------------------------------------------------------------------------------ forward process
 
-    def _process(self, device: torch.device) -> ReverseProcess:
-        process = self._processes.get(device)
+    def _process(self, device: torch.device, process_x0: bool = True) -> ReverseProcess:
+        """The reverse process on ``device``; ``process_x0=False`` drops the clipping of x_0, which
+        training must not see (a clipped x_0 has no gradient), as improved-diffusion trains unclipped."""
+        process = self._processes.get((device, process_x0))
         if process is None:
-            process = ReverseProcess(
-                self._tables.to(device), self._parameterization, self._variance, self._process_x0
-            )
-            self._processes[device] = process
+            if process_x0:
+                tables = self._tables.to(device)
+                process = ReverseProcess(
+                    tables, self._parameterization, self._variance, self._process_x0
+                )
+            else:
+                process = dataclasses.replace(self._process(device), process_x0=None)
+            self._processes[(device, process_x0)] = process
         return process
 
     @staticmethod
@@ -429,13 +441,7 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         - "hybrid": L_simple + 0.001 * L_vlb with a stop-gradient on the mean (Nichol & Dhariwal eq. 16);
           needs a learned variance.
         """
-        loss_type = resolve_loss_type(loss_type)
+        loss = resolve_loss_type(loss_type)
         t = self._as_batch_timesteps(t, x0)
-        process = self._process(x0.device)
-        if loss_type == "simple":
-            return simple_loss(process, model_output, x0, noise, t, min_snr_gamma)
-        if x_t is None:
-            x_t = q_sample(process.tables, x0, t, noise)
-        if loss_type == "vlb":
-            return vlb_loss(process, model_output, x0, x_t, t, num_bins)
-        return hybrid_loss(process, model_output, x0, noise, x_t, t, min_snr_gamma, num_bins)
+        process = self._process(x0.device, process_x0=False)
+        return loss(process, model_output, x0, noise, x_t, t, min_snr_gamma, num_bins)

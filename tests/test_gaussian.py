@@ -114,6 +114,14 @@ def test_discretized_likelihood_far_tail_is_finite_and_close_to_density():
     assert got.item() == pytest.approx(expected, rel=1e-3)
 
 
+def test_discretized_likelihood_accepts_a_python_float_log_scale():
+    x, mean = torch.linspace(-1, 1, 17), torch.zeros(17)
+    torch.testing.assert_close(
+        discretized_gaussian_log_likelihood(x, mean, -1.0, num_bins=17),
+        discretized_gaussian_log_likelihood(x, mean, torch.full((17,), -1.0), num_bins=17),
+    )
+
+
 def test_discretized_likelihood_rejects_fewer_than_two_bins():
     with pytest.raises(ValueError, match="num_bins"):
         discretized_gaussian_log_likelihood(

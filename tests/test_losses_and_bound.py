@@ -160,3 +160,20 @@ def test_loss_second_moment_resampler_is_unbiased_and_follows_sqrt_second_moment
     restored = LossSecondMomentResampler(5, history_per_term=4, uniform_prob=0.0)
     restored.load_state_dict(sampler.state_dict())
     np.testing.assert_allclose(restored.probabilities(), sampler.probabilities())
+
+
+@pytest.mark.parametrize("loss_type", ["vlb", "hybrid"])
+def test_training_losses_never_clip_the_predicted_x0(loss_type):
+    """clip_sample is a sampling option: a clipped x_0 has no gradient, so the losses must ignore it
+    (improved-diffusion trains with clip_denoised=False)."""
+    kwargs = dict(num_train_timesteps=T, variance_type="learned_range")
+    clipping, plain = HFDDPMScheduler(**kwargs), HFDDPMScheduler(**kwargs, clip_sample=False)
+    _, x0, noise, t, g = _setup()
+    out = (3 * torch.randn(4, 4, 4, 4, generator=g)).requires_grad_()
+    losses = [s.training_loss(out, x0, noise, t, loss_type=loss_type) for s in (clipping, plain)]
+    torch.testing.assert_close(losses[0], losses[1])
+    (grad,) = torch.autograd.grad(losses[0][1:].sum(), out)
+    assert (grad[1:, :2] != 0).float().mean() > 0.99
+    # Sampling still clips: p_mean_variance differs between the two.
+    p = [s.p_mean_variance(out.detach(), x0, t).pred_original_sample for s in (clipping, plain)]
+    assert p[0].abs().max() <= 1 < p[1].abs().max()

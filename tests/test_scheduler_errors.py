@@ -88,3 +88,12 @@ def test_unknown_loss_type_and_hybrid_without_learned_variance():
         scheduler.training_loss(x, x, x, t, loss_type="l1")
     with pytest.raises(ValueError, match="learned_range"):
         scheduler.training_loss(x, x, x, t, loss_type="hybrid")
+
+
+def test_zero_terminal_snr_needs_a_prediction_that_survives_alpha_bar_zero():
+    with pytest.raises(ValueError, match="v_prediction"):
+        HFDDPMScheduler(rescale_betas_zero_snr=True)
+    scheduler = HFDDPMScheduler(rescale_betas_zero_snr=True, prediction_type="v_prediction")
+    scheduler.set_timesteps(10)
+    step = scheduler.step(torch.randn(1, 3, 4, 4), scheduler.timesteps[0], torch.randn(1, 3, 4, 4))
+    assert torch.isfinite(step.prev_sample).all()
