@@ -26,7 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-inference-steps", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--class-label", type=int, default=None, help="class to draw (class-conditional models)"
+        "--class-label",
+        type=int,
+        default=None,
+        help="class to draw (class-conditional models; default: every class in turn)",
     )
     parser.add_argument("--guidance-scale", type=float, default=1.0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -82,8 +85,16 @@ def sample_grid(
         raise ValueError(f"--num-images must be >= 1, got {num_images}")
     generator = torch.Generator(device="cpu").manual_seed(seed)
     kwargs: dict[str, Any] = {}
-    if class_label is not None:
-        kwargs = {"class_labels": [class_label] * num_images, "guidance_scale": guidance_scale}
+    num_class_embeds = getattr(pipeline.unet.config, "num_class_embeds", None)
+    if num_class_embeds:
+        # hf-ddpm train keeps the last embedding as the null label: the classes are 0..num_class_embeds-2.
+        labels = [class_label] * num_images if class_label is not None else None
+        labels = labels or [i % (num_class_embeds - 1) for i in range(num_images)]
+        kwargs = {"class_labels": labels, "guidance_scale": guidance_scale}
+    elif class_label is not None:
+        raise ValueError(
+            "--class-label needs a class-conditional model; this UNet has no class embedding"
+        )
     images = pipeline(
         batch_size=num_images,
         generator=generator,

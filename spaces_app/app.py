@@ -147,7 +147,9 @@ def describe(pipe: Any, source: str) -> ModelState:
         variance_types: tuple[str, ...] = (configured,)
     else:
         variance_types = tuple(dict.fromkeys((configured, *_FIXED_VARIANCES)))
-    num_classes = getattr(unet_config, "num_class_embeds", None)
+    # hf-ddpm train keeps the last class embedding as the null label of classifier-free guidance.
+    num_class_embeds = getattr(unet_config, "num_class_embeds", None)
+    num_classes = num_class_embeds - 1 if num_class_embeds else None
     loaded = LoadedModel(
         pipe=pipe,
         sample_size=sample_size,
