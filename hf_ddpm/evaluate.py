@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -170,16 +169,9 @@ def _generate(
 
 def save_grid(images: torch.Tensor, path: str | Path) -> Path:
     """Save up to 64 images in [0, 1] (N, C, H, W) as a near-square grid PNG."""
-    from diffusers.utils import make_image_grid
-    from PIL import Image
+    from .image_grid import image_grid
 
-    images = images[:_GRID_MAX_IMAGES]
-    cols = math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / cols)
-    arrays = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    pils = [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arrays]
-    blank = Image.new(pils[0].mode, pils[0].size)
-    grid = make_image_grid(pils + [blank] * (rows * cols - len(pils)), rows=rows, cols=cols)
+    grid = image_grid(images[:_GRID_MAX_IMAGES].permute(0, 2, 3, 1).float().numpy())
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)

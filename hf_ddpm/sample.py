@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +78,7 @@ def sample_grid(
     guidance_scale: float = 1.0,
 ) -> Any:
     """``num_images`` samples as one near-square PIL grid."""
-    from diffusers.utils import make_image_grid
+    from .image_grid import image_grid
 
     if num_images < 1:
         raise ValueError(f"--num-images must be >= 1, got {num_images}")
@@ -99,14 +98,10 @@ def sample_grid(
         batch_size=num_images,
         generator=generator,
         num_inference_steps=num_inference_steps,
-        output_type="pil",
+        output_type="np",
         **kwargs,
     ).images
-    cols = math.ceil(math.sqrt(num_images))
-    rows = math.ceil(num_images / cols)
-    blank = images[0].copy()
-    blank.paste(0, (0, 0, *blank.size))
-    return make_image_grid(images + [blank] * (rows * cols - num_images), rows=rows, cols=cols)
+    return image_grid(images)
 
 
 def run(args: argparse.Namespace) -> int:

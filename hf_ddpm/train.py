@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .image_grid import image_grid
+
 logger = logging.getLogger(__name__)
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
@@ -294,20 +296,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(list(state["cuda"]))
 
 
-def _image_grid(images: np.ndarray) -> Any:
-    """A near-square grid (PIL image) of NHWC images in [0, 1]."""
-    from PIL import Image
-
-    n, h, w, c = images.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
-    for i, image in enumerate(np.rint(images * 255).astype(np.uint8)):
-        r, col = divmod(i, cols)
-        grid[r * h : (r + 1) * h, col * w : (col + 1) * w] = image
-    return Image.fromarray(grid[..., 0] if c == 1 else grid)
-
-
 class _Trainer:
     """One training run; built once from a validated config, then :meth:`run`."""
 
@@ -533,7 +521,7 @@ class _Trainer:
             output_type="np",
             class_labels=labels,
         ).images
-        return _image_grid(images)
+        return image_grid(images)
 
     def _log_samples(self) -> None:
         acc = self.accelerator
