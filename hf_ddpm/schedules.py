@@ -93,6 +93,9 @@ def make_betas(
             beta_start, beta_end = beta_start * scale, beta_end * scale
         if beta_schedule == "linear":
             betas = _linear(num_train_timesteps, beta_start, beta_end)
+            if scale_linear_betas_by_timesteps:
+                # Below T = 50 the scaled beta_end reaches 1 (alpha_bar_T = 0); cap it like the cosine schedule.
+                betas = np.minimum(betas, 0.999)
         elif beta_schedule == "scaled_linear":
             betas = _scaled_linear(num_train_timesteps, beta_start, beta_end)
         elif beta_schedule == "sigmoid":

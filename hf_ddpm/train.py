@@ -329,6 +329,9 @@ class _Trainer:
             beta_schedule=config.beta_schedule,
             prediction_type=config.prediction_type,
             variance_type=config.variance_type,
+            # Ho's 1e-4..0.02 is tuned for T = 1000; for other T it is rescaled by 1000 / T so that x_T is
+            # still pure noise (diffusers leaves alpha_bar_T = 0.36 at T = 100).
+            scale_linear_betas_by_timesteps=config.num_train_timesteps != 1000,
         )
         self.data = load_image_dataset(
             config.dataset,

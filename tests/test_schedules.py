@@ -109,3 +109,8 @@ def test_tables_are_float64_and_match_their_definitions():
     assert tables.posterior_log_variance_clipped[0].item() == pytest.approx(
         math.log(tables.posterior_variance[1].item())
     )
+
+
+def test_linear_scaling_is_capped_below_one_for_short_chains():
+    betas = make_betas("linear", 20, scale_linear_betas_by_timesteps=True)
+    assert betas.max() == 0.999 and np.prod(1 - betas) > 0
