@@ -426,3 +426,39 @@ def test_cli_fid_without_its_network_fails_early_and_clearly(
     assert main(argv) == 2
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_nll_of_a_class_conditional_model_is_that_of_its_null_label(tmp_path):
+    """For a UNet trained for classifier-free guidance, p(x) is the model given the null label."""
+    from diffusers import UNet2DModel
+
+    from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler, variational_bound
+    from hf_ddpm.evaluate import ReferenceData, evaluate_pipeline
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        num_class_embeds=3,
+    ).eval()
+    pipe = HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler(num_train_timesteps=8))
+    images = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    report = evaluate_pipeline(
+        pipe, ReferenceData(images, 256, "random", "test"), metrics="nll", seed=5
+    )
+
+    def null_label_model(x_t, t):
+        return unet(x_t, t, class_labels=torch.full((x_t.shape[0],), 2)).sample
+
+    expected = variational_bound(
+        null_label_model, pipe.scheduler, images, generator=torch.Generator().manual_seed(5)
+    )
+    assert report["metrics"]["nll"]["bpd"] == pytest.approx(
+        expected.total_bpd.mean().item(), rel=1e-5
+    )
