@@ -282,7 +282,9 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         The mean is eq. 7 at the predicted (and clipped) x_0; the noise is drawn like diffusers' ``DDPMScheduler``
         (one ``randn`` of the sample's shape and the model output's dtype), so both give the same samples with
         the same generator. The last step returns the mean without noise. Half-precision inputs are computed
-        in float32 and cast back.
+        in float32 and cast back. A ``timestep`` given as a CUDA tensor is not read back to the host (that
+        would stall the GPU every step): the step after the previous call is taken, so visit
+        ``self.timesteps`` in order, as every sampling loop does; pass Python ints to step out of order.
         """
         index = self._step_index(timestep)
         c = self._steps[index]
