@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .vlb import variational_bound
+from .vlb import call_model, variational_bound
 
 __all__ = [
     "NLLResult",
@@ -71,11 +71,6 @@ class NLLResult:
         out = asdict(self)
         del out["per_image_bpd"]
         return out
-
-
-def _call_model(model: Callable[..., Any], x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    out = model(x_t, t)
-    return out.sample if hasattr(out, "sample") else out
 
 
 def _summarise(
@@ -249,7 +244,7 @@ def importance_sampled_bound(
         )
         x_t = scheduler.add_noise(x0_rows, noise.to(x0.device), t)
         terms = scheduler.vlb_terms_bpd(
-            _call_model(model, x_t, t), x0_rows, x_t, t, num_bins=num_bins
+            call_model(model, x_t, t), x0_rows, x_t, t, num_bins=num_bins
         )
         values[rows] = terms.to(torch.float64) * weight[rows]
     rate = values[:draws].view(batch, num_timesteps).sum(1)

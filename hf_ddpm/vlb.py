@@ -80,7 +80,8 @@ class VariationalBound:
         return self.terms_bpd[:, 1:].sum(1)
 
 
-def _call_model(model: Callable[..., Any], x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def call_model(model: Callable[..., Any], x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``model(x_t, t)`` as a tensor: a diffusers UNet's ``.sample`` or the plain output."""
     out = model(x_t, t)
     return out.sample if hasattr(out, "sample") else out
 
@@ -116,7 +117,7 @@ def variational_bound(
             x0_rep.shape, generator=generator, device=noise_device, dtype=x0.dtype
         ).to(x0.device)
         x_t = scheduler.add_noise(x0_rep, noise, t)
-        out = _call_model(model, x_t, t)
+        out = call_model(model, x_t, t)
         values = scheduler.vlb_terms_bpd(out, x0_rep, x_t, t, num_bins=num_bins)
         terms[:, start : start + len(steps)] = values.view(len(steps), batch).T.to(torch.float64)
     prior = scheduler.prior_bpd(x0).to(torch.float64)
