@@ -27,6 +27,7 @@ class DiffusionTables:
     log_betas: torch.Tensor
     posterior_variance: torch.Tensor
     posterior_log_variance_clipped: torch.Tensor
+    log_variance_large: torch.Tensor
     posterior_mean_coef1: torch.Tensor
     posterior_mean_coef2: torch.Tensor
 
@@ -63,6 +64,11 @@ class DiffusionTables:
                 log_betas=np.log(betas),
                 posterior_variance=posterior_variance,
                 posterior_log_variance_clipped=posterior_log_variance_clipped,
+                # sigma_t^2 = beta_t (Ho et al. section 3.2), except beta-tilde_2 at t = 0 as in Ho et al.'s
+                # and improved-diffusion's code, so that L_0 is not judged with a tiny variance.
+                log_variance_large=np.concatenate(
+                    [posterior_log_variance_clipped[:1], np.log(betas[1:])]
+                ),
                 # Ho et al. eq. 7: mu-tilde_t = coef1 * x_0 + coef2 * x_t.
                 posterior_mean_coef1=betas * np.sqrt(ab_prev) / (1.0 - ab),
                 posterior_mean_coef2=(1.0 - ab_prev) * np.sqrt(1.0 - betas) / (1.0 - ab),

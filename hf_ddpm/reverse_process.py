@@ -44,19 +44,10 @@ def _fixed_small(
     )
 
 
-def _large_log_variance(
-    tables: DiffusionTables, t: torch.Tensor, like: torch.Tensor
-) -> torch.Tensor:
-    # Ho et al. / improved-diffusion: at t = 0 the "large" variance is beta-tilde_2, not beta_1, so the
-    # decoder L_0 is not judged with an unreasonably small variance.
-    log_large = torch.cat([tables.posterior_log_variance_clipped[1:2], tables.log_betas[1:]])
-    return extract(log_large, t, like)
-
-
 def _fixed_large(
     tables: DiffusionTables, _: torch.Tensor | None, t: torch.Tensor, like: torch.Tensor
 ):
-    log_variance = _large_log_variance(tables, t, like)
+    log_variance = extract(tables.log_variance_large, t, like)
     return torch.exp(log_variance), log_variance
 
 
