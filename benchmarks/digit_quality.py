@@ -88,6 +88,9 @@ def generate(
     kwargs = {}
     if classes is not None:
         kwargs = {"class_labels": torch.as_tensor(classes), "guidance_scale": guidance_scale}
+    elif getattr(pipeline.unet.config, "num_class_embeds", None):
+        # Unconditional samples of a CFG-trained model: its null label (the last class embedding).
+        kwargs = {"class_labels": [pipeline.unet.config.num_class_embeds - 1] * num}
     generator = torch.Generator().manual_seed(seed)
     out = pipeline(
         batch_size=num, generator=generator, num_inference_steps=steps, output_type="pt", **kwargs

@@ -154,14 +154,18 @@ def _generate(
     """``num_samples`` images in [0, 1], (N, C, H, W), from one CPU generator: reproducible on any device."""
     generator = torch.Generator("cpu").manual_seed(seed)
     pipe.set_progress_bar_config(disable=True)
+    # A class-conditional CFG model is judged as the model of p(x): its null label, like the NLL.
+    num_class_embeds = getattr(pipe.unet.config, "num_class_embeds", None)
     batches = []
     for start in tqdm(range(0, num_samples, batch_size), desc="sampling", leave=False):
         count = min(batch_size, num_samples - start)
+        labels = {"class_labels": [num_class_embeds - 1] * count} if num_class_embeds else {}
         out = pipe(
             batch_size=count,
             generator=generator,
             num_inference_steps=num_inference_steps,
             output_type="pt",
+            **labels,
         )
         batches.append(out.images.float().cpu())
     return torch.cat(batches)
