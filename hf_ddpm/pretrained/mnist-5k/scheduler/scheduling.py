@@ -1,0 +1,449 @@
+"""``HFDDPMScheduler``: the DDPM sampler and training objective behind diffusers' scheduler API.
+
+It reads and writes the same config as diffusers' ``DDPMScheduler`` (so ``from_config`` works both ways) and
+adds what diffusers leaves out: the posterior and p_theta as functions, the variational bound terms, the
+training losses, and correct fixed_large_log and respaced variances. All schedule arithmetic is float64.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .diffusion_tables import DiffusionTables, extract
+from .forward_process import q_posterior_mean_variance as _q_posterior_mean_variance
+from .forward_process import q_sample
+
+# diffusers' remote-code loader copies only the relative imports written in this file, not theirs.
+from .gaussian import normal_kl  # noqa: F401
+from .losses import resolve_loss_type
+from .parameterization import resolve_parameterization, velocity
+from .reverse_process import (
+    PMeanVariance,
+    ReverseProcess,
+    resolve_variance_type,
+    split_model_output,
+)
+from .reverse_process import p_mean_variance as _p_mean_variance
+from .schedules import make_betas
+from .vlb import prior_bpd as _prior_bpd
+from .vlb import vlb_terms_bpd as _vlb_terms_bpd
+
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+
+
+@dataclass
+class HFDDPMSchedulerOutput(BaseOutput):
+    """``prev_sample`` x_{t-1} and ``pred_original_sample``, the x_0 predicted at this step."""
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class _Step:
+    """Float64 constants of one sampling step t -> prev_t of the (possibly respaced) chain."""
+
+    sqrt_alpha_bar: float
+    sqrt_one_minus_alpha_bar: float
+    coef_x0: float  # posterior mean coefficients of eq. 7 for the effective beta of this step
+    coef_xt: float
+    std_small: float  # sqrt(beta-tilde)
+    std_large: float  # sqrt(effective beta)
+    log_small: float
+    log_large: float
+    adds_noise: bool
+
+
+def _clip(x0: torch.Tensor, limit: float) -> torch.Tensor:
+    return x0.clamp(-limit, limit)
+
+
+def _dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Imagen's dynamic thresholding (Saharia et al. 2022): s = the ``ratio`` quantile of |x0| per sample,
+    clamped to [1, max_value]; x0 is clipped to [-s, s] and divided by s."""
+    flat = x0.flatten(1).float()
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1.0, max=max_value).unsqueeze(1)
+    return (torch.maximum(torch.minimum(flat, s), -s) / s).reshape(x0.shape).to(x0.dtype)
+
+
+class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
+    """DDPM (Ho et al. 2020) with Nichol & Dhariwal 2021's cosine schedule, respacing and learned variances.
+
+    Args:
+        num_train_timesteps: T, the length of the forward process.
+        beta_start, beta_end, beta_schedule, trained_betas: the noise schedule; ``beta_schedule`` is one of
+            "linear", "scaled_linear", "squaredcos_cap_v2" (cosine), "sigmoid", "laplace".
+        variance_type: Sigma_theta: "fixed_small" (beta-tilde), "fixed_large" (beta), their "_log" twins (same
+            distribution), "learned" (the network outputs log Sigma) or "learned_range" (Nichol & Dhariwal eq. 15);
+            learned types need a network with twice the sample's channels.
+        clip_sample, clip_sample_range: clip the predicted x_0 to [-range, range] when sampling.
+        prediction_type: "epsilon", "sample" (x_0) or "v_prediction".
+        thresholding, dynamic_thresholding_ratio, sample_max_value: Imagen's dynamic thresholding of x_0.
+        timestep_spacing, steps_offset: how ``set_timesteps`` picks a subset: "leading", "trailing", "linspace".
+        rescale_betas_zero_snr: rescale to zero terminal SNR (Lin et al. 2024).
+        scale_linear_betas_by_timesteps: multiply beta_start and beta_end by 1000 / T (improved-diffusion).
+    """
+
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        variance_type: str = "fixed_small",
+        clip_sample: bool = True,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+        scale_linear_betas_by_timesteps: bool = False,
+    ) -> None:
+        if timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(
+                f"Unknown timestep_spacing {timestep_spacing!r}; allowed values: {', '.join(TIMESTEP_SPACINGS)}"
+            )
+        betas = make_betas(
+            beta_schedule,
+            num_train_timesteps,
+            beta_start,
+            beta_end,
+            trained_betas,
+            rescale_betas_zero_snr,
+            scale_linear_betas_by_timesteps,
+        )
+        if rescale_betas_zero_snr and prediction_type == "epsilon":
+            raise ValueError(
+                "rescale_betas_zero_snr makes alpha_bar_T = 0, where x_0 cannot be recovered from an epsilon "
+                "prediction; use prediction_type 'v_prediction' (or 'sample') with it"
+            )
+        self._tables = DiffusionTables.from_betas(betas)
+        # diffusers' public float32 views.
+        self.betas = torch.from_numpy(betas).float()
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = self._tables.alphas_cumprod.float()
+        self.init_noise_sigma = 1.0
+
+        self._parameterization = resolve_parameterization(prediction_type)
+        self._variance = resolve_variance_type(variance_type)
+        if thresholding:
+            process_x0 = partial(
+                _dynamic_threshold, ratio=dynamic_thresholding_ratio, max_value=sample_max_value
+            )
+        elif clip_sample:
+            process_x0 = partial(_clip, limit=clip_sample_range)
+        else:
+            process_x0 = None
+        self._process_x0 = process_x0
+        self._processes: dict[tuple[torch.device, bool], ReverseProcess] = {}
+
+        self.num_inference_steps: int | None = None
+        self.custom_timesteps = False
+        self._set_schedule(np.arange(num_train_timesteps - 1, -1, -1, dtype=np.int64), device=None)
+
+    # ----------------------------------------------------------------------------------------- schedule
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: list[int] | None = None,
+    ) -> None:
+        """Choose the sampling timesteps: ``num_inference_steps`` spaced by ``timestep_spacing``, or custom
+        strictly descending ``timesteps`` in [0, T). Each step then uses the effective beta between the two
+        kept timesteps (Nichol & Dhariwal 2021, section 4), for every variance type."""
+        num_train = self.config.num_train_timesteps
+        if (num_inference_steps is None) == (timesteps is None):
+            raise ValueError("Pass exactly one of num_inference_steps or timesteps")
+        if timesteps is not None:
+            ts = np.asarray([int(t) for t in timesteps], dtype=np.int64)
+            if ts.ndim != 1 or len(ts) == 0:
+                raise ValueError("timesteps must be a non-empty list of integers")
+            if np.any(np.diff(ts) >= 0):
+                raise ValueError(f"timesteps must be strictly descending, got {ts.tolist()}")
+            if ts[0] >= num_train or ts[-1] < 0:
+                raise ValueError(f"timesteps must lie in [0, {num_train}), got {ts.tolist()}")
+            self.custom_timesteps = True
+            self.num_inference_steps = len(ts)
+        else:
+            n = int(num_inference_steps)
+            if not 1 <= n <= num_train:
+                raise ValueError(
+                    f"num_inference_steps must be between 1 and num_train_timesteps={num_train}, got {num_inference_steps}"
+                )
+            spacing = self.config.timestep_spacing
+            if spacing == "linspace":
+                ts = np.linspace(0, num_train - 1, n).round()[::-1].astype(np.int64)
+            elif spacing == "leading":
+                ts = (np.arange(0, n) * (num_train // n)).round()[::-1].astype(
+                    np.int64
+                ) + self.config.steps_offset
+            else:
+                ts = np.round(np.arange(num_train, 0, -num_train / n)).astype(np.int64) - 1
+            if ts[0] >= num_train:
+                raise ValueError(
+                    f"steps_offset={self.config.steps_offset} pushes timestep {ts[0]} past num_train_timesteps={num_train}"
+                )
+            self.custom_timesteps = False
+            self.num_inference_steps = n
+        self._set_schedule(np.ascontiguousarray(ts), device)
+
+    def _set_schedule(self, ts: np.ndarray, device: str | torch.device | None) -> None:
+        ab = self._tables.alphas_cumprod.numpy()
+        prev = np.append(ts[1:], -1)
+        ab_t = ab[ts]
+        ab_prev = np.where(prev >= 0, ab[np.maximum(prev, 0)], 1.0)
+        beta = 1.0 - ab_t / ab_prev
+        with np.errstate(divide="ignore"):
+            small = np.maximum(beta * (1.0 - ab_prev) / (1.0 - ab_t), 1e-20)
+            coef_x0 = np.sqrt(ab_prev) * beta / (1.0 - ab_t)
+            coef_xt = np.sqrt(1.0 - beta) * (1.0 - ab_prev) / (1.0 - ab_t)
+        self._steps = [
+            _Step(*map(float, row), adds_noise=bool(p >= 0))
+            for row, p in zip(
+                zip(
+                    np.sqrt(ab_t),
+                    np.sqrt(1.0 - ab_t),
+                    coef_x0,
+                    coef_xt,
+                    np.sqrt(small),
+                    np.sqrt(beta),
+                    np.log(small),
+                    np.log(beta),
+                ),
+                prev,
+            )
+        ]
+        self._index_of = {int(t): i for i, t in enumerate(ts)}
+        self._prev_of = {int(t): int(p) for t, p in zip(ts, prev)}
+        self._cursor = 0
+        self.timesteps = torch.from_numpy(ts.copy()).to(device)
+
+    def _step_index(self, timestep: int | torch.Tensor) -> int:
+        if isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu":
+            # Reading a device tensor would stall the accelerator every step; sampling loops visit
+            # self.timesteps in order, so the next index is the cursor.
+            return self._cursor
+        index = self._index_of.get(int(timestep))
+        if index is None:
+            raise ValueError(
+                f"timestep {int(timestep)} is not on the current schedule; call set_timesteps and use one of "
+                f"scheduler.timesteps (first {self.timesteps[:5].tolist()}...)"
+            )
+        return index
+
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
+        """The timestep that follows ``timestep`` on the current schedule (-1 after the last)."""
+        prev = self._prev_of.get(int(timestep))
+        if prev is None:
+            raise ValueError(f"timestep {int(timestep)} is not on the current schedule")
+        return torch.tensor(prev) if isinstance(timestep, torch.Tensor) else prev
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
+        """DDPM feeds x_t to the network unscaled."""
+        return sample
+
+    def model_output_channels(self, sample_channels: int) -> int:
+        """Channels the network must output: twice the sample's for learned variances."""
+        return 2 * sample_channels if self._variance.learned else sample_channels
+
+    # ----------------------------------------------------------------------------------------- sampling
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ) -> HFDDPMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+        """x_{t-1} ~ p_theta(x_{t-1} | x_t) (Ho et al. Algorithm 2, on the respaced chain).
+
+        The mean is eq. 7 at the predicted (and clipped) x_0; the noise is drawn like diffusers' ``DDPMScheduler``
+        (one ``randn`` of the sample's shape and the model output's dtype), so both give the same samples with
+        the same generator. The last step returns the mean without noise. Half-precision inputs are computed
+        in float32 and cast back. A ``timestep`` given as a CUDA tensor is not read back to the host (that
+        would stall the GPU every step): the step after the previous call is taken, so visit
+        ``self.timesteps`` in order, as every sampling loop does; pass Python ints to step out of order.
+        """
+        index = self._step_index(timestep)
+        c = self._steps[index]
+        if model_output.shape == sample.shape and not self._variance.learned:
+            prediction, values = model_output, None  # the common case, without the checks' overhead
+        else:
+            prediction, values = split_model_output(model_output, sample, self._variance)
+        # Each no-op .to() is a dispatcher round trip, a tenth of the step on small tensors: cast only
+        # when the input is half precision.
+        upcast = sample.dtype not in (torch.float32, torch.float64)
+        x_t = sample.float() if upcast else sample
+        x0 = self._parameterization.to_x0_scalar(
+            prediction.float() if upcast else prediction,
+            x_t,
+            c.sqrt_alpha_bar,
+            c.sqrt_one_minus_alpha_bar,
+        )
+        if self._process_x0 is not None:
+            x0 = self._process_x0(x0)
+        prev = torch.mul(x_t, c.coef_xt).add_(x0, alpha=c.coef_x0)
+        if c.adds_noise:
+            noise = self._noise(prediction, generator)
+            if upcast:
+                noise = noise.float()
+            if values is None:
+                prev.add_(noise, alpha=c.std_large if self._variance.large else c.std_small)
+            else:
+                prev.addcmul_(self._learned_std(values.float() if upcast else values, c), noise)
+        self._cursor = index + 1
+        if upcast:
+            prev, x0 = prev.to(sample.dtype), x0.to(sample.dtype)
+        if not return_dict:
+            return prev, x0
+        return HFDDPMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+
+    def _learned_std(self, values: torch.Tensor, c: _Step) -> torch.Tensor:
+        if self._variance.name == "learned":
+            return torch.exp(0.5 * values)
+        # learned_range: exp(0.5 * (f log beta + (1 - f) log beta-tilde)) with f = (v + 1) / 2, as one affine map.
+        half_span = 0.25 * (c.log_large - c.log_small)
+        return torch.exp(values * half_span + (0.5 * c.log_small + half_span))
+
+    @staticmethod
+    def _noise(
+        like: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None
+    ) -> torch.Tensor:
+        if generator is None or (
+            isinstance(generator, torch.Generator) and generator.device.type == like.device.type
+        ):
+            return torch.randn(
+                like.shape, generator=generator, device=like.device, dtype=like.dtype
+            )
+        # Lists of generators and CPU generators for device samples: diffusers' own helper, for identical draws.
+        return randn_tensor(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+    # ------------------------------------------------------------------------------------ forward process
+
+    def _process(self, device: torch.device, process_x0: bool = True) -> ReverseProcess:
+        """The reverse process on ``device``; ``process_x0=False`` drops the clipping of x_0, which
+        training must not see (a clipped x_0 has no gradient), as improved-diffusion trains unclipped."""
+        process = self._processes.get((device, process_x0))
+        if process is None:
+            if process_x0:
+                tables = self._tables.to(device)
+                process = ReverseProcess(
+                    tables, self._parameterization, self._variance, self._process_x0
+                )
+            else:
+                process = dataclasses.replace(self._process(device), process_x0=None)
+            self._processes[(device, process_x0)] = process
+        return process
+
+    @staticmethod
+    def _as_batch_timesteps(timesteps: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(timesteps, device=like.device).long()
+        if t.ndim == 0:
+            t = t.expand(like.shape[0])
+        return t.reshape(-1)
+
+    def add_noise(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor | int
+    ) -> torch.Tensor:
+        """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, q(x_t | x_0) of Ho et al. eq. 4, with one
+        timestep per sample."""
+        t = self._as_batch_timesteps(timesteps, original_samples)
+        return q_sample(self._process(original_samples.device).tables, original_samples, t, noise)
+
+    def get_velocity(
+        self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor | int
+    ) -> torch.Tensor:
+        """v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (Salimans & Ho 2022)."""
+        t = self._as_batch_timesteps(timesteps, sample)
+        tables = self._process(sample.device).tables
+        return velocity(
+            sample,
+            noise,
+            extract(tables.sqrt_alphas_cumprod, t, sample),
+            extract(tables.sqrt_one_minus_alphas_cumprod, t, sample),
+        )
+
+    def q_posterior_mean_variance(
+        self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0) (Ho et al. eqs. 6-7)."""
+        t = self._as_batch_timesteps(t, x_t)
+        return _q_posterior_mean_variance(self._process(x_t.device).tables, x0, x_t, t)
+
+    def p_mean_variance(
+        self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int
+    ) -> PMeanVariance:
+        """p_theta(x_{t-1} | x_t) on the full T-step chain: mean, variance, log-variance and predicted x_0.
+
+        At t = 0 the decoder's variance follows Ho et al. and improved-diffusion: beta-tilde_2 for
+        fixed_large, the clipped log beta-tilde for fixed_small."""
+        t = self._as_batch_timesteps(t, x_t)
+        return _p_mean_variance(self._process(x_t.device), model_output, x_t, t)
+
+    # --------------------------------------------------------------------------------- bound and losses
+
+    def vlb_terms_bpd(
+        self,
+        model_output: torch.Tensor,
+        x0: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor | int,
+        num_bins: int = 256,
+    ) -> torch.Tensor:
+        """L_t in bits/dim per sample: KL(q(x_{t-1}|x_t,x_0) || p_theta(x_{t-1}|x_t)) for t > 0, the discretized
+        decoder -log p_theta(x_0 | x_1) for t = 0 (Ho et al. eqs. 5 and 13)."""
+        t = self._as_batch_timesteps(t, x_t)
+        return _vlb_terms_bpd(
+            self._process(x_t.device), model_output, x0, x_t, t, num_bins=num_bins
+        )
+
+    def prior_bpd(self, x0: torch.Tensor) -> torch.Tensor:
+        """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim per sample."""
+        return _prior_bpd(self._process(x0.device), x0)
+
+    def training_loss(
+        self,
+        model_output: torch.Tensor,
+        x0: torch.Tensor,
+        noise: torch.Tensor,
+        t: torch.Tensor,
+        loss_type: str = "simple",
+        min_snr_gamma: float | None = None,
+        x_t: torch.Tensor | None = None,
+        num_bins: int = 256,
+    ) -> torch.Tensor:
+        """Per-sample training loss (B,) for a network output at x_t = add_noise(x0, noise, t).
+
+        - "simple": L_simple, Ho et al. eq. 14, with the target of ``prediction_type``; ``min_snr_gamma``
+          applies Min-SNR-gamma weighting (Hang et al. 2023).
+        - "vlb": T * L_t in bits/dim, an unbiased estimate of the bound's sum for uniform t (pair with
+          ``LossSecondMomentResampler`` weights).
+        - "hybrid": L_simple + 0.001 * L_vlb with a stop-gradient on the mean (Nichol & Dhariwal eq. 16);
+          needs a learned variance.
+        """
+        loss = resolve_loss_type(loss_type)
+        t = self._as_batch_timesteps(t, x0)
+        process = self._process(x0.device, process_x0=False)
+        return loss(process, model_output, x0, noise, x_t, t, min_snr_gamma, num_bins)
