@@ -30,15 +30,6 @@ HELPER = Path(__file__).with_name("train_helper.py")
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two busy cores shared by several test runs: extra intra-op threads only spin.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _save(tmp_path, step, value=None):
     value = float(step) if value is None else value
     return save_checkpoint(

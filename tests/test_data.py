@@ -17,15 +17,6 @@ from hf_ddpm.data import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two busy cores shared by several test runs: extra intra-op threads only spin.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array, dtype=np.uint8).tobytes()).hexdigest()
 

@@ -20,15 +20,6 @@ from hf_ddpm.scheduling import HFDDPMScheduler
 T = 10
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny convolutions run far faster on one thread than on cores shared with other test processes.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _learned_variance_pipe(tiny_unet):
     scheduler = HFDDPMScheduler(
         num_train_timesteps=T, variance_type="learned_range", beta_schedule="squaredcos_cap_v2"

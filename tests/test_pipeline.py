@@ -14,15 +14,6 @@ from hf_ddpm.scheduling import HFDDPMScheduler
 T = 10
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny convolutions run far faster on one thread than on cores shared with other test processes.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _pipe(unet, scheduler):
     pipe = HFDDPMPipeline(unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)

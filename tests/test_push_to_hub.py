@@ -17,15 +17,6 @@ T = 10
 REPO = "tester/tiny-ddpm"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny convolutions run far faster on one thread than on cores shared with other test processes.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _pipe(tiny_unet):
     pipe = HFDDPMPipeline(
         tiny_unet(out_channels=6), HFDDPMScheduler(num_train_timesteps=T, variance_type="learned")

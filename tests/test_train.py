@@ -13,15 +13,6 @@ from hf_ddpm.train import TrainConfig, TrainingDivergedError, _EpochBatchSampler
 from hf_ddpm.unet_presets import PRESETS, build_unet, unet_config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two busy cores shared by several test runs: extra intra-op threads only spin.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _tiny(tmp_path, **overrides) -> TrainConfig:
     values = dict(
         dataset="sklearn-digits",
