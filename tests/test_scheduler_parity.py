@@ -289,3 +289,52 @@ def test_same_defaults_as_diffusers():
     torch.testing.assert_close(ours.alphas, theirs.alphas)
     x = torch.randn(2, 3, 4, 4)
     assert ours.scale_model_input(x, 10) is x
+
+
+@pytest.mark.parametrize("variance_type", ["fixed_small", "learned_range"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_step_leaves_its_inputs_alone(prediction_type, variance_type, dtype):
+    """The step clips x_0 and builds x_{t-1} in buffers of its own: the caller's model output and sample
+    (which a pipeline's callback may still hold) come back unchanged, whatever the prediction type."""
+    scheduler = HFDDPMScheduler(
+        prediction_type=prediction_type, variance_type=variance_type, clip_sample=True
+    )
+    scheduler.set_timesteps(10)
+    generator = torch.Generator().manual_seed(0)
+    sample = (3 * torch.randn(SHAPE, generator=generator)).to(dtype)
+    channels = scheduler.model_output_channels(SHAPE[1])
+    model_output = (3 * torch.randn((SHAPE[0], channels, *SHAPE[2:]), generator=generator)).to(dtype)
+    sample_before, output_before = sample.clone(), model_output.clone()
+    for t in scheduler.timesteps:
+        out = scheduler.step(model_output, int(t), sample, generator=generator)
+        assert torch.equal(sample, sample_before) and torch.equal(model_output, output_before)
+        assert out.pred_original_sample.abs().max() <= 1.0
+        assert out.prev_sample.data_ptr() not in (sample.data_ptr(), model_output.data_ptr())
+
+
+def test_step_output_behaves_like_diffusers_output():
+    """Pipelines read ``.prev_sample``, ``[0]``, ``["prev_sample"]`` or ``to_tuple()``; all agree with
+    diffusers' own output class, and the object survives pickling and torch's pytree flattening."""
+    import pickle
+
+    import torch.utils._pytree as pytree
+    from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
+
+    ours = HFDDPMScheduler()
+    ours.set_timesteps(5)
+    x, eps = torch.randn(SHAPE), torch.randn(SHAPE)
+    out = ours.step(eps, int(ours.timesteps[0]), x, generator=torch.Generator().manual_seed(0))
+    theirs = DDPMSchedulerOutput(prev_sample=out.prev_sample, pred_original_sample=out.pred_original_sample)
+    assert list(out.keys()) == list(theirs.keys()) == ["prev_sample", "pred_original_sample"]
+    assert out[0] is out.prev_sample is out["prev_sample"] is theirs[0]
+    assert out[1] is out.pred_original_sample is theirs["pred_original_sample"]
+    assert len(out.to_tuple()) == 2 and out.to_tuple()[1] is theirs.to_tuple()[1]
+    only_prev = type(out)(out.prev_sample)
+    assert list(only_prev.keys()) == ["prev_sample"] and only_prev.pred_original_sample is None
+    restored = pickle.loads(pickle.dumps(out))
+    assert torch.equal(restored.prev_sample, out.prev_sample) and list(restored.keys()) == list(out.keys())
+    leaves, spec = pytree.tree_flatten(out)
+    assert len(leaves) == 2 and pytree.tree_unflatten(leaves, spec)[1] is out[1]
+    prev, x0 = ours.step(eps, int(ours.timesteps[1]), x, return_dict=False)
+    assert prev.shape == x0.shape == SHAPE
