@@ -304,7 +304,9 @@ def test_step_leaves_its_inputs_alone(prediction_type, variance_type, dtype):
     generator = torch.Generator().manual_seed(0)
     sample = (3 * torch.randn(SHAPE, generator=generator)).to(dtype)
     channels = scheduler.model_output_channels(SHAPE[1])
-    model_output = (3 * torch.randn((SHAPE[0], channels, *SHAPE[2:]), generator=generator)).to(dtype)
+    model_output = (3 * torch.randn((SHAPE[0], channels, *SHAPE[2:]), generator=generator)).to(
+        dtype
+    )
     sample_before, output_before = sample.clone(), model_output.clone()
     for t in scheduler.timesteps:
         out = scheduler.step(model_output, int(t), sample, generator=generator)
@@ -325,7 +327,9 @@ def test_step_output_behaves_like_diffusers_output():
     ours.set_timesteps(5)
     x, eps = torch.randn(SHAPE), torch.randn(SHAPE)
     out = ours.step(eps, int(ours.timesteps[0]), x, generator=torch.Generator().manual_seed(0))
-    theirs = DDPMSchedulerOutput(prev_sample=out.prev_sample, pred_original_sample=out.pred_original_sample)
+    theirs = DDPMSchedulerOutput(
+        prev_sample=out.prev_sample, pred_original_sample=out.pred_original_sample
+    )
     assert list(out.keys()) == list(theirs.keys()) == ["prev_sample", "pred_original_sample"]
     assert out[0] is out.prev_sample is out["prev_sample"] is theirs[0]
     assert out[1] is out.pred_original_sample is theirs["pred_original_sample"]
@@ -333,7 +337,9 @@ def test_step_output_behaves_like_diffusers_output():
     only_prev = type(out)(out.prev_sample)
     assert list(only_prev.keys()) == ["prev_sample"] and only_prev.pred_original_sample is None
     restored = pickle.loads(pickle.dumps(out))
-    assert torch.equal(restored.prev_sample, out.prev_sample) and list(restored.keys()) == list(out.keys())
+    assert torch.equal(restored.prev_sample, out.prev_sample) and list(restored.keys()) == list(
+        out.keys()
+    )
     leaves, spec = pytree.tree_flatten(out)
     assert len(leaves) == 2 and pytree.tree_unflatten(leaves, spec)[1] is out[1]
     prev, x0 = ours.step(eps, int(ours.timesteps[1]), x, return_dict=False)
