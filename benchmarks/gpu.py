@@ -147,8 +147,10 @@ def _calibrate(sizes: Sizes, device: torch.device) -> dict[str, Any]:
 
 class _HFDDPMTrainStep:
     """hf_ddpm's training step, as ``hf_ddpm.train._Trainer._micro_step`` does it, with each speed option
-    explicit: noise from a device generator, t from ``UniformSampler``, ``HFDDPMScheduler.add_noise`` and
-    ``training_loss`` (L_simple), grad-norm clip 1, Adam, ``hf_ddpm.ema.EMA`` update, ``loss.item()``."""
+    explicit: noise from a device generator, t from ``UniformSampler`` on the host copied without a sync
+    (``hf_ddpm.data.to_device``), ``HFDDPMScheduler.add_noise`` and ``training_loss`` (L_simple), grad-norm
+    clip 1, Adam, ``hf_ddpm.ema.EMA`` update. Like ``hf-ddpm train``, it returns the loss as a device
+    tensor, read back in batches, not with a per-step ``.item()``."""
 
     def __init__(
         self,
@@ -177,11 +179,14 @@ class _HFDDPMTrainStep:
         self.device = device
         self.bf16 = bf16
 
-    def step(self, x0: torch.Tensor) -> float:
+    def step(self, x0: torch.Tensor) -> torch.Tensor:
+        from hf_ddpm.data import to_device
+
         noise = torch.randn(
             x0.shape, generator=self.noise_generator, device=self.device, dtype=x0.dtype
         )
-        t, weights = self.sampler.sample(x0.shape[0], self.device, generator=self.aux_generator)
+        t, weights = self.sampler.sample(x0.shape[0], generator=self.aux_generator)
+        t, weights = to_device(t, self.device), to_device(weights, self.device)
         x_t = self.scheduler.add_noise(x0, noise, t)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             output = self.model(x_t, t).sample
@@ -191,7 +196,7 @@ class _HFDDPMTrainStep:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.unet)
-        return loss.detach().item()
+        return loss.detach()
 
 
 def _train_runner(name: str, sizes: Sizes, device: torch.device) -> Any:
@@ -235,6 +240,7 @@ def _train(name: str, sizes: Sizes, device: torch.device) -> dict[str, Any]:
         losses.append(runner.step(x0))
     _sync(device)
     elapsed = time.perf_counter() - start
+    losses = [float(loss) for loss in losses]  # hf_ddpm's are device tensors, diffusers' floats
     if not all(math.isfinite(loss) for loss in losses):
         raise RuntimeError(f"{name}: non-finite training loss {losses}")
     return {

@@ -254,10 +254,22 @@ class _Preprocess:
         return out
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a small host tensor drawn during a training step to ``device`` without a host sync.
+
+    A copy from pageable memory waits for all GPU work queued before it, which would stall the host
+    once per step; a copy from pinned memory is queued like a kernel. Torch's pinned-memory cache keeps
+    the source alive until the copy has run.
+    """
+    if device.type != "cuda" or x.device.type != "cpu":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
+
+
 def random_horizontal_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Flip each image of a (B, C, H, W) batch left-right with probability 1/2, drawn from ``generator``."""
     flip = torch.rand(images.shape[0], generator=generator, device=generator.device) < 0.5
-    flip = flip.to(images.device).view(-1, 1, 1, 1)
+    flip = to_device(flip, images.device).view(-1, 1, 1, 1)
     return torch.where(flip, images.flip(-1), images)
 
 

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .data import random_horizontal_flip, to_device
 from .image_grid import image_grid
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,11 @@ class TrainConfig:
     num_samples: int = _opt(16, "images in each sample grid")
     sample_steps: int | None = _opt(None, "sampling steps for grids (default: T)", type=int)
     logger: str = _opt("tensorboard", "experiment tracker: tensorboard or none")
+    log_every: int = _opt(
+        10,
+        "steps between reads of the loss from the device: logs, progress bar and the NaN check "
+        "(each read waits for the GPU)",
+    )
     push_to_hub: bool = _opt(False, "push the final pipeline to the Hub")
     hub_model_id: str | None = _opt(None, "Hub repo id for --push-to-hub", type=str)
     hub_private: bool = _opt(False, "create the Hub repo as private")
@@ -142,6 +148,7 @@ class TrainConfig:
             "sample_every": 0,
             "num_samples": 1,
             "dataloader_num_workers": 0,
+            "log_every": 1,
         }
         for name, low in at_least.items():
             if getattr(self, name) < low:
@@ -452,7 +459,8 @@ class _Trainer:
     # ------------------------------------------------------------------------------------- training
 
     def _micro_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Forward and backward on one micro-batch; returns the loss averaged over all processes."""
+        """Forward and backward on one micro-batch; returns the loss averaged over all processes, as a
+        device tensor: reading it would wait for the GPU, so ``run`` reads losses in batches."""
         acc, config = self.accelerator, self.config
         device = acc.device
         keys = (config.seed, acc.process_index, self.batches_seen)
@@ -461,15 +469,15 @@ class _Trainer:
         torch.manual_seed(_derive_seed(*keys, _DROPOUT))
         x0 = batch["pixel_values"].to(device, non_blocking=True)
         if config.random_flip:
-            from .data import random_horizontal_flip
-
             x0 = random_horizontal_flip(x0, aux)
         labels = None
         if self.null_label is not None:
             drop = torch.rand(x0.shape[0], generator=aux) < config.class_dropout
-            labels = torch.where(drop, self.null_label, batch["label"]).to(device)
+            labels = to_device(torch.where(drop, self.null_label, batch["label"]), device)
         noise = torch.randn(x0.shape, generator=noise_gen, device=device, dtype=x0.dtype)
-        t, weights = self.timestep_sampler.sample(x0.shape[0], device, generator=aux)
+        # t is drawn on the host (the same t on every device type), then copied without a sync.
+        t, weights = self.timestep_sampler.sample(x0.shape[0], generator=aux)
+        t, weights = to_device(t, device), to_device(weights, device)
         x_t = self.scheduler.add_noise(x0, noise, t)
         with acc.accumulate(self.model):
             output = self.model(x_t, t, class_labels=labels).sample.float()
@@ -484,13 +492,8 @@ class _Trainer:
                 num_bins=self.data.num_bins,
             )
             loss = (per_sample * weights).mean()
+            # Averaged over ranks so that every rank sees the same value and stops at the same step.
             mean_loss = acc.reduce(loss.detach(), reduction="mean")
-            if not torch.isfinite(mean_loss):
-                raise TrainingDivergedError(
-                    f"the loss became {mean_loss.item()} at step {self.step + 1}; training stopped. "
-                    f"{self._last_good_message()} Lower --learning-rate, try --mixed-precision no, or "
-                    "check the data, then resume with --resume-from-checkpoint latest."
-                )
             if self.update_sampler:
                 self.timestep_sampler.update(acc.gather(t), acc.gather(per_sample.detach()))
             acc.backward(loss)
@@ -500,6 +503,32 @@ class _Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         self.batches_seen += 1
         return mean_loss
+
+    def _read_losses(
+        self, unread: list[tuple[int, float, torch.Tensor, torch.Tensor]], progress: Any
+    ) -> None:
+        """Read the losses and gradient norms of the steps since the last read in one device-to-host
+        copy, log them, and stop at the first non-finite loss. Empties ``unread``."""
+        if not unread:
+            return
+        values = torch.stack(
+            [
+                torch.stack([loss.float(), norm.float().to(loss.device)])
+                for _, _, loss, norm in unread
+            ]
+        ).tolist()
+        steps = [(step, lr) for step, lr, _, _ in unread]
+        unread.clear()
+        for (step, lr), (loss, grad_norm) in zip(steps, values):
+            if not math.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"the loss became {loss} at step {step}; training stopped. "
+                    f"{self._last_good_message()} Lower --learning-rate, try --mixed-precision no, or "
+                    "check the data, then resume with --resume-from-checkpoint latest."
+                )
+            self.recent_losses.append(loss)
+            self.accelerator.log({"loss": loss, "lr": lr, "grad_norm": grad_norm}, step=step)
+        progress.set_postfix(loss=f"{values[-1][0]:.4f}")
 
     def _last_good_message(self) -> str:
         from .checkpointing import latest_checkpoint
@@ -572,32 +601,32 @@ class _Trainer:
             desc="train",
             disable=not acc.is_local_main_process,
         )
-        self.grad_norm = torch.tensor(0.0)
+        self.grad_norm = torch.zeros((), device=acc.device)
+        unread: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []
         while self.step < config.max_steps:
-            step_loss = 0.0
-            for _ in range(config.gradient_accumulation_steps):
-                step_loss += self._micro_step(next(batches)).item()
-            step_loss /= config.gradient_accumulation_steps
+            step_loss = self._micro_step(next(batches))
+            for _ in range(config.gradient_accumulation_steps - 1):
+                step_loss = step_loss + self._micro_step(next(batches))
+            step_loss = step_loss / config.gradient_accumulation_steps
             # The LR factor for step s is applied to the update of step s, hence stepped after it.
             lr = self.lr_scheduler.get_last_lr()[0]
             self.lr_scheduler.step()
             self.ema.update(self.unwrapped)
             self.step += 1
-            self.recent_losses.append(step_loss)
+            unread.append((self.step, lr, step_loss, torch.as_tensor(self.grad_norm)))
             progress.update(1)
-            progress.set_postfix(loss=f"{step_loss:.4f}")
-            acc.log(
-                {
-                    "loss": step_loss,
-                    "lr": lr,
-                    "grad_norm": float(self.grad_norm),
-                },
-                step=self.step,
+            checkpoint_due = (
+                bool(config.checkpoint_every) and self.step % config.checkpoint_every == 0
             )
-            if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+            sample_due = bool(config.sample_every) and self.step % config.sample_every == 0
+            # A diverged loss must be seen before anything is written from the weights it produced.
+            if self.step % config.log_every == 0 or checkpoint_due or sample_due:
+                self._read_losses(unread, progress)
+            if checkpoint_due:
                 self._save_checkpoint()
-            if config.sample_every and self.step % config.sample_every == 0:
+            if sample_due:
                 self._log_samples()
+        self._read_losses(unread, progress)
         progress.close()
         if not (self.output_dir / f"checkpoint-{self.step}").exists():
             self._save_checkpoint()

@@ -169,6 +169,7 @@ def test_ema_rejects_bad_decay_and_mismatched_state():
         ({"resolution": 0}, r"--resolution must be >= 1, got 0"),
         ({"batch_size": 0}, r"--batch-size must be >= 1, got 0"),
         ({"max_steps": 0}, r"--max-steps must be >= 1"),
+        ({"log_every": 0}, r"--log-every must be >= 1, got 0"),
         ({"gradient_accumulation_steps": 0}, r"--gradient-accumulation-steps must be >= 1"),
         ({"checkpoints_total_limit": 0}, r"--checkpoints-total-limit must be >= 1"),
         ({"learning_rate": 0.0}, r"--learning-rate must be > 0"),
@@ -314,6 +315,63 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     out = Path(config.output_dir)
     assert latest_checkpoint(out) == out / "checkpoint-4"
     assert not (out / "model_index.json").exists()
+
+
+def test_nan_between_loss_reads_is_caught_before_the_next_checkpoint(tmp_path, monkeypatch):
+    """Losses stay on the device between reads (every --log-every steps), but a checkpoint forces a read
+    first: a loss that went NaN at step 3 stops the run before checkpoint-4 holds its weights."""
+    from hf_ddpm.checkpointing import latest_checkpoint
+    from hf_ddpm.scheduling import HFDDPMScheduler
+
+    real = HFDDPMScheduler.training_loss
+    calls = [0]
+
+    def poisoned(self, *args, **kwargs):
+        calls[0] += 1
+        loss = real(self, *args, **kwargs)
+        return loss * float("nan") if calls[0] == 3 else loss
+
+    monkeypatch.setattr(HFDDPMScheduler, "training_loss", poisoned)
+    config = _tiny(tmp_path, checkpoint_every=2, log_every=50, max_steps=8)
+    with pytest.raises(TrainingDivergedError, match=r"the loss became nan at step 3.*checkpoint-2"):
+        train(config)
+    out = Path(config.output_dir)
+    assert latest_checkpoint(out) == out / "checkpoint-2"
+    assert not (out / "checkpoint-4").exists()
+
+
+def _logged_scalars(out: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # accelerate writes the hyperparameters to a folder of their own beside the scalars.
+    for events in sorted({p.parent for p in (out / "logs").rglob("events.out.tfevents*")}):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            return [(e.step, e.value) for e in accumulator.Scalars(tag)]
+    raise AssertionError(f"no {tag!r} scalars under {out / 'logs'}")
+
+
+def test_batched_loss_reads_log_every_step_as_reading_each_step_does(tmp_path):
+    """--log-every only changes when losses are read from the device: every step is still logged, with
+    the same loss, learning rate and gradient norm as a run that reads after each step."""
+    logs = {}
+    for log_every in (1, 4):
+        config = _tiny(
+            tmp_path / str(log_every),
+            max_steps=7,
+            checkpoint_every=0,
+            logger="tensorboard",
+            log_every=log_every,
+        )
+        train(config)
+        logs[log_every] = {
+            tag: _logged_scalars(Path(config.output_dir), tag)
+            for tag in ("loss", "lr", "grad_norm")
+        }
+    assert [step for step, _ in logs[4]["loss"]] == list(range(1, 8))
+    assert logs[4] == logs[1]
+    assert all(value > 0 for _, value in logs[4]["grad_norm"])
 
 
 def test_failed_push_keeps_the_output_and_says_how_to_retry(tmp_path, hub_server, monkeypatch):
