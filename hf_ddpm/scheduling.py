@@ -231,30 +231,23 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         self._set_schedule(np.ascontiguousarray(ts), device)
 
     def _set_schedule(self, ts: np.ndarray, device: str | torch.device | None) -> None:
-        ab = self._tables.alphas_cumprod.numpy()
+        # The kept timesteps form a chain of their own, with effective betas 1 - alpha_bar_t / alpha_bar_prev
+        # (Nichol & Dhariwal 2021, section 4): its tables hold every step's constants, t ascending.
+        chain = DiffusionTables.from_alphas_cumprod(self._tables.alphas_cumprod.numpy()[ts[::-1]])
+        columns = (
+            chain.sqrt_alphas_cumprod,
+            chain.sqrt_one_minus_alphas_cumprod,
+            chain.posterior_mean_coef1,
+            chain.posterior_mean_coef2,
+            chain.posterior_variance.sqrt(),
+            chain.betas.sqrt(),
+            chain.posterior_log_variance_clipped,
+            chain.log_betas,
+        )
         prev = np.append(ts[1:], -1)
-        ab_t = ab[ts]
-        ab_prev = np.where(prev >= 0, ab[np.maximum(prev, 0)], 1.0)
-        beta = 1.0 - ab_t / ab_prev
-        with np.errstate(divide="ignore"):
-            small = np.maximum(beta * (1.0 - ab_prev) / (1.0 - ab_t), 1e-20)
-            coef_x0 = np.sqrt(ab_prev) * beta / (1.0 - ab_t)
-            coef_xt = np.sqrt(1.0 - beta) * (1.0 - ab_prev) / (1.0 - ab_t)
         self._steps = [
-            _Step(*map(float, row), adds_noise=bool(p >= 0))
-            for row, p in zip(
-                zip(
-                    np.sqrt(ab_t),
-                    np.sqrt(1.0 - ab_t),
-                    coef_x0,
-                    coef_xt,
-                    np.sqrt(small),
-                    np.sqrt(beta),
-                    np.log(small),
-                    np.log(beta),
-                ),
-                prev,
-            )
+            _Step(*row, adds_noise=bool(p >= 0))
+            for row, p in zip(torch.stack(columns, 1).flip(0).tolist(), prev)
         ]
         self._index_of = {int(t): i for i, t in enumerate(ts)}
         self._prev_of = {int(t): int(p) for t, p in zip(ts, prev)}
@@ -262,7 +255,7 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = torch.from_numpy(ts.copy()).to(device)
 
     def _step_index(self, timestep: int | torch.Tensor) -> int:
-        if isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu":
+        if isinstance(timestep, torch.Tensor) and not timestep.is_cpu:
             # Reading a device tensor would stall the accelerator every step; sampling loops visit
             # self.timesteps in order, so the next index is the cursor.
             return self._cursor
