@@ -33,28 +33,20 @@ def _no_host_sync():
 
 @pytest.mark.parametrize("class_conditional", [False, True])
 def test_training_steps_do_not_sync(tmp_path, class_conditional):
-    from hf_ddpm.train import TrainConfig, _Trainer
+    from test_train import _tiny
 
-    config = TrainConfig(
-        dataset="sklearn-digits",
-        model_preset="tiny",
-        resolution=8,
-        batch_size=8,
+    from hf_ddpm.data import collate
+    from hf_ddpm.train import _Trainer
+
+    config = _tiny(
+        tmp_path,
         max_steps=4,
-        num_train_timesteps=20,
-        lr_warmup_steps=2,
-        output_dir=str(tmp_path / "out"),
         checkpoint_every=0,
-        sample_every=0,
-        dataloader_num_workers=0,
-        logger="none",
         random_flip=True,
         class_column="label" if class_conditional else None,
     )
     trainer = _Trainer(config)
     assert trainer.accelerator.device.type == "cuda"
-    from hf_ddpm.data import collate
-
     examples = [trainer.train_data[i] for i in range(config.batch_size)]
     batch = {name: value.pin_memory() for name, value in collate(examples).items()}
     trainer._micro_step(batch)  # the first step initialises CUDA state and the optimizer's
