@@ -11,7 +11,9 @@ depend on the weights), on synthetic 32x32 RGB data:
   (fp32 and bf16 through accelerate), with peak memory and achieved TFLOP/s;
 - sampling 256 images x 1000 steps: ``HFDDPMPipeline`` plain (fp32) and fast (bf16 UNet, channels_last,
   ``torch.compile(mode="reduce-overhead")``, i.e. CUDA graphs), against ``DDPMPipeline``;
-- the chip's measured bf16 matmul rate, against which the achieved TFLOP/s are read.
+- the chip's measured bf16 matmul rate, against which the achieved TFLOP/s are read;
+- a check that hf_ddpm's training step and ``HFDDPMPipeline``'s sampling loop never make the host wait for the
+  GPU (``torch.cuda.set_sync_debug_mode("error")``).
 
 Each configuration runs in its own subprocess (clean accelerate state, compile caches and peak-memory
 counters). The run stops starting new configurations when ``--budget-s`` is spent, and says which it
@@ -70,7 +72,7 @@ TRAIN_CONFIGS = ("diffusers-fp32", "diffusers-bf16", "hf_ddpm-fp32", "hf_ddpm-bf
 SAMPLE_CONFIGS = ("diffusers", "hf_ddpm", "hf_ddpm-fast")
 # Cheapest first; the compiled configurations, which pay for compilation, last.
 WORKERS = (
-    [("calibrate", "matmul")]
+    [("calibrate", "matmul"), ("check", "host_syncs")]
     + [("train", c) for c in TRAIN_CONFIGS if c != "hf_ddpm-fast"]
     + [("sample", "diffusers"), ("sample", "hf_ddpm")]
     + [("train", "hf_ddpm-fast"), ("sample", "hf_ddpm-fast")]
@@ -303,10 +305,78 @@ def _sample(name: str, sizes: Sizes, device: torch.device, outdir: str) -> dict[
     return {"seconds": elapsed, "warmup_s": warmup_s, "peak_memory_gib": _peak_gib(device)}
 
 
+def _first_host_sync(device: torch.device, work: Any) -> str | None:
+    """Run ``work()`` (after one warm-up call) with CUDA's sync debug mode set to raise, and return the
+    error of the first operation that made the host wait for the GPU, or None if there was none."""
+    work()
+    _sync(device)
+    if device.type != "cuda":
+        return None  # the debug mode exists only on CUDA; a smoke run checks the code path
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        work()
+    except RuntimeError as error:
+        return str(error).splitlines()[0]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return None
+
+
+def _check_host_syncs(sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    """Three hf_ddpm training steps, and a 5-step sampling loop from its first callback to its last
+    (the ``pt`` output stays on the device), with no host sync allowed."""
+    from hf_ddpm.pipeline import HFDDPMPipeline
+    from hf_ddpm.scheduling import HFDDPMScheduler
+
+    step = _HFDDPMTrainStep(
+        sizes, device, bf16=False, channels_last=False, compile_model=False, fused_adam=False
+    )
+    x0 = torch.rand(4, 3, sizes.resolution, sizes.resolution, device=device).mul_(2).sub_(1)
+    training = _first_host_sync(device, lambda: [step.step(x0) for _ in range(3)])
+
+    pipe = HFDDPMPipeline(unet=_unet(sizes, device).eval(), scheduler=HFDDPMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    errors: list[str] = []
+
+    def on_step_end(pipeline: Any, index: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        # Checked from the first step's end: set_timesteps copies the schedule to the device once.
+        if index == 0 and device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("error")
+        return tensors
+
+    def sample() -> None:
+        generator = torch.Generator(device).manual_seed(0)
+        try:
+            pipe(
+                batch_size=4,
+                generator=generator,
+                num_inference_steps=5,
+                output_type="pt",
+                callback_on_step_end=on_step_end,
+            )
+        except RuntimeError as error:
+            errors.append(str(error).splitlines()[0])
+        finally:
+            if device.type == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+
+    sample()
+    _sync(device)
+    errors.clear()
+    sample()
+    return {
+        "train_step_first_sync": training,
+        "sampling_loop_first_sync": errors[0] if errors else None,
+        "checked": device.type == "cuda",
+    }
+
+
 def _worker(kind: str, name: str, sizes: Sizes, smoke: bool, outdir: str) -> dict[str, Any]:
     device = _device(smoke)
     if kind == "calibrate":
         return _calibrate(sizes, device)
+    if kind == "check":
+        return _check_host_syncs(sizes, device)
     if kind == "train":
         return _train(name, sizes, device)
     if kind == "sample":
@@ -447,6 +517,13 @@ def _table(result: dict[str, Any], sizes: Sizes) -> str:
     rows.append(
         ("bf16 matmul (measured)", "", "", _fmt(calib.get("bf16_matmul_tflops")), "chip rate")
     )
+    check = result.get("check", {}).get("host_syncs", {})
+    for what in ("train_step", "sampling_loop"):
+        first = check.get(f"{what}_first_sync")
+        verdict = "ERROR" if "error" in check else ("none" if first is None else first[:60])
+        if check and not check.get("checked"):
+            verdict = "not checked (no CUDA)"
+        rows.append((f"host syncs in {what.replace('_', ' ')}", verdict, "", "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
