@@ -77,17 +77,22 @@ def save_checkpoint(
     manifest_path = tmp / MANIFEST
     manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
     _fsync_and_hash(manifest_path)
+    _rename_into_place(tmp, final)
+    return final
+
+
+def _rename_into_place(tmp: Path, final: Path) -> None:
+    """Rename the complete folder ``tmp`` to ``final`` (same parent), replacing any folder there."""
     if final.exists():
         # Re-writing a step (e.g. after resuming from it): move the old one aside first, so that at
         # every moment one complete copy exists.
-        old = output_dir / f"{_TMP_PREFIX}old-{step}-{os.getpid()}"
+        old = final.parent / f"{_TMP_PREFIX}old-{final.name}-{os.getpid()}"
         final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old)
     else:
         tmp.rename(final)
-    _fsync_dir(output_dir)
-    return final
+    _fsync_dir(final.parent)
 
 
 def load_checkpoint(

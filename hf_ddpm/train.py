@@ -16,6 +16,14 @@ noise, timesteps, flips and label dropout come from generators seeded that way, 
 drawn from ``(seed, e)``. A checkpoint therefore only needs the step and the number of micro-batches seen
 to continue with the very same batches and noise as an uninterrupted run. It also stores the model, EMA,
 optimizer, LR schedule, timestep-sampler history, AMP scaler and the python/numpy/torch RNG states.
+
+Checkpoints on the Hub. ``--push-to-hub`` uploads the final pipeline (without checkpoints and logs) at the
+end. ``--hub-strategy checkpoint`` also uploads each checkpoint while training runs, to ``last-checkpoint/``
+(replacing the previous one), and ``every_save`` to its own ``checkpoint-N/``; uploads run in the
+background on the main process, one at a time and in order, and a failed one is a warning, never a stop
+(``hub_checkpoints.HubCheckpointUploader``). The final push waits for them. On a new machine,
+``--resume-from-checkpoint hub`` downloads that checkpoint into ``--output-dir``, checks it against its
+manifest, and resumes exactly.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,10 +50,15 @@ import torch
 from .data import random_horizontal_flip, to_device
 from .image_grid import image_grid
 
+if TYPE_CHECKING:
+    from .hub_checkpoints import HubCheckpointUploader
+
 logger = logging.getLogger(__name__)
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 LOGGERS = ("tensorboard", "none")
+# --resume-from-checkpoint value that downloads the checkpoint pushed to --hub-model-id.
+RESUME_FROM_HUB = "hub"
 _LEARNED_VARIANCES = ("learned", "learned_range")
 # Stream tags for _derive_seed: each random quantity gets its own independent stream.
 _DATA_ORDER, _NOISE, _AUX, _DROPOUT, _INIT = 1, 2, 3, 4, 5
@@ -97,7 +110,11 @@ class TrainConfig:
     output_dir: str = _opt("outputs/hf-ddpm", "where checkpoints and the final pipeline go")
     checkpoint_every: int = _opt(1000, "steps between checkpoints (0: only at the end)")
     checkpoints_total_limit: int | None = _opt(None, "keep only the newest N checkpoints", type=int)
-    resume_from_checkpoint: str | None = _opt(None, "'latest' or a checkpoint-N folder", type=str)
+    resume_from_checkpoint: str | None = _opt(
+        None,
+        "'latest', 'hub' (download the checkpoint pushed to --hub-model-id) or a checkpoint-N folder",
+        type=str,
+    )
     sample_every: int = _opt(1000, "steps between sample grids (0: only at the end)")
     num_samples: int = _opt(16, "images in each sample grid")
     sample_steps: int | None = _opt(None, "sampling steps for grids (default: T)", type=int)
@@ -110,12 +127,19 @@ class TrainConfig:
     push_to_hub: bool = _opt(False, "push the final pipeline to the Hub")
     hub_model_id: str | None = _opt(None, "Hub repo id for --push-to-hub", type=str)
     hub_private: bool = _opt(False, "create the Hub repo as private")
+    hub_strategy: str = _opt(
+        "end",
+        "what --push-to-hub uploads: end (the final pipeline only), checkpoint (also each checkpoint, "
+        "to last-checkpoint/, replacing the previous one), every_save (each checkpoint to its own "
+        "checkpoint-N/)",
+    )
     hub_token: str | None = _opt(
         None, "Hub token (default: the logged-in one); never saved", type=str
     )
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option and its allowed values."""
+        from .hub_checkpoints import HUB_STRATEGIES
         from .losses import LOSS_TYPES
         from .parameterization import PARAMETERIZATIONS
         from .reverse_process import VARIANCE_TYPES
@@ -129,6 +153,7 @@ class TrainConfig:
             "beta_schedule": BETA_SCHEDULES,
             "mixed_precision": MIXED_PRECISIONS,
             "logger": LOGGERS,
+            "hub_strategy": HUB_STRATEGIES,
         }
         if self.unet_config is None:
             choices["model_preset"] = tuple(PRESETS)
@@ -174,6 +199,16 @@ class TrainConfig:
             )
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push-to-hub needs --hub-model-id user/name")
+        if self.hub_strategy != "end" and not self.push_to_hub:
+            raise ValueError(
+                f"--hub-strategy {self.hub_strategy} uploads checkpoints with --push-to-hub; add "
+                "--push-to-hub --hub-model-id user/name, or use --hub-strategy end"
+            )
+        if self.resume_from_checkpoint == RESUME_FROM_HUB and not self.hub_model_id:
+            raise ValueError(
+                f"--resume-from-checkpoint {RESUME_FROM_HUB} needs --hub-model-id user/name (the repo "
+                "the checkpoints were pushed to)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved options, without the Hub token."""
@@ -214,6 +249,7 @@ class TrainResult:
     final_loss: float
     hub_url: str | None = None
     push_error: str | None = None
+    checkpoint_push_errors: list[str] = field(default_factory=list)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -330,7 +366,11 @@ class _Trainer:
             dynamo_backend="inductor" if config.compile else "no",
         )
         acc = self.accelerator
-        self.resume_path = resolve_resume(self.output_dir, config.resume_from_checkpoint)
+        self.resume_path = (
+            self._download_hub_checkpoint()
+            if config.resume_from_checkpoint == RESUME_FROM_HUB
+            else resolve_resume(self.output_dir, config.resume_from_checkpoint)
+        )
         self.scheduler = HFDDPMScheduler(
             num_train_timesteps=config.num_train_timesteps,
             beta_schedule=config.beta_schedule,
@@ -389,6 +429,8 @@ class _Trainer:
         self.batches_seen = 0
         self.train_data = preprocess(self.data, config.resolution)
         self.recent_losses: deque[float] = deque(maxlen=100)
+        # Built in run(), on the main process, when --hub-strategy uploads checkpoints.
+        self.uploader: HubCheckpointUploader | None = None
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -424,9 +466,39 @@ class _Trainer:
                 "training_state": tensors,
             }
             path = save_checkpoint(self.output_dir, self.step, groups, state)
+            if self.uploader is not None:
+                # Before pruning: the upload works on hard links, so pruning cannot pull files from under it.
+                self.uploader.submit(path, self.step)
             prune_checkpoints(self.output_dir, self.config.checkpoints_total_limit)
             logger.info("saved %s", path)
         acc.wait_for_everyone()
+
+    def _download_hub_checkpoint(self) -> Path | None:
+        """``--resume-from-checkpoint hub``: the main process downloads the checkpoint pushed to
+        ``--hub-model-id`` into the output folder; every process gets its path (or the error)."""
+        from accelerate.utils import broadcast_object_list
+
+        from .hub_checkpoints import download_hub_checkpoint
+
+        config, acc = self.config, self.accelerator
+        found: list[str | None] = [None, None]  # [checkpoint path, error message]
+        error: Exception | None = None
+        if acc.is_main_process:
+            try:
+                path = download_hub_checkpoint(
+                    self.output_dir, config.hub_model_id, token=config.hub_token
+                )
+                found[0] = None if path is None else str(path)
+            except (OSError, RuntimeError) as raised:
+                error = raised
+                found[1] = f"{type(raised).__name__}: {raised}"
+        # The other ranks must not wait forever at the next barrier for a download that failed.
+        broadcast_object_list(found)
+        if error is not None:
+            raise error
+        if found[1] is not None:
+            raise RuntimeError(f"the main process could not resume from the Hub: {found[1]}")
+        return None if found[0] is None else Path(found[0])
 
     def _load_checkpoint(self, path: Path) -> None:
         from .checkpointing import load_checkpoint, unflatten_state
@@ -583,6 +655,16 @@ class _Trainer:
             (self.output_dir / "train_config.json").write_text(
                 json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8"
             )
+            if config.push_to_hub and config.hub_strategy != "end":
+                from .hub_checkpoints import HubCheckpointUploader
+
+                self.uploader = HubCheckpointUploader(
+                    self.output_dir,
+                    config.hub_model_id,
+                    config.hub_strategy,
+                    private=config.hub_private,
+                    token=config.hub_token,
+                )
         if config.logger != "none":
             hparams = {k: v for k, v in config.to_dict().items() if v is not None}
             acc.init_trackers("hf-ddpm", config=hparams)
@@ -687,8 +769,12 @@ class _Trainer:
             sample_grid=grid,
         )
         if config.push_to_hub:
+            from .hub_checkpoints import HUB_STAGING_PREFIX
             from .hub_layout import HubPushError, push_folder_to_hub
 
+            if self.uploader is not None:
+                # The final commit comes after every checkpoint commit, so the repo ends on the pipeline.
+                result.checkpoint_push_errors = list(self.uploader.wait())
             try:
                 result.hub_url = push_folder_to_hub(
                     self.output_dir,
@@ -697,7 +783,12 @@ class _Trainer:
                     token=config.hub_token,
                     commit_message=f"hf-ddpm train: step {result.step}",
                     # Checkpoints hold optimizer state (hundreds of MB for ddpm-cifar10) and logs grow.
-                    ignore_patterns=["checkpoint-*", ".tmp-checkpoint-*", "logs/*"],
+                    ignore_patterns=[
+                        "checkpoint-*",
+                        ".tmp-checkpoint-*",
+                        f"{HUB_STAGING_PREFIX}*",
+                        "logs/*",
+                    ],
                 )
             except HubPushError as error:
                 result.push_error = str(error)
@@ -761,8 +852,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``hf-ddpm train``: 0 on success, 1 if training diverged or the push failed,
-    2 for bad options or data."""
+    """Entry point of ``hf-ddpm train``: 0 on success, 1 if training diverged, the final push failed or the
+    checkpoint to resume from is unusable or unreachable, 2 for bad options or data. Failed checkpoint
+    uploads (``--hub-strategy``) are printed as warnings and do not change the status."""
+    from .checkpointing import CorruptCheckpointError
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(args)
@@ -770,9 +864,13 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"hf-ddpm train: error: {error}", file=sys.stderr)
         return 2
-    except TrainingDivergedError as error:
+    # A checkpoint to resume from that fails its manifest check, or a Hub that cannot be reached for
+    # --resume-from-checkpoint hub: nothing was trained, and the message says which.
+    except (TrainingDivergedError, CorruptCheckpointError, ConnectionError) as error:
         print(f"hf-ddpm train: {error}", file=sys.stderr)
         return 1
+    for error in result.checkpoint_push_errors:
+        print(f"hf-ddpm train: warning: {error}", file=sys.stderr)
     if result.push_error:
         print(f"hf-ddpm train: {result.push_error}", file=sys.stderr)
         return 1

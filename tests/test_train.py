@@ -1,7 +1,10 @@
-"""hf-ddpm train: presets, EMA, options, data order, end-to-end run, NaN stop, push (ok and failed)."""
+"""hf-ddpm train: presets, EMA, options, data order, end-to-end run, NaN stop, push (ok and failed),
+checkpoints pushed while training runs and resumed from the Hub."""
 
+import hashlib
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +178,12 @@ def test_ema_rejects_bad_decay_and_mismatched_state():
         ({"learning_rate": 0.0}, r"--learning-rate must be > 0"),
         ({"loss": "hybrid"}, r"--loss hybrid trains a learned variance"),
         ({"push_to_hub": True}, r"--push-to-hub needs --hub-model-id"),
+        (
+            {"hub_strategy": "often"},
+            r"--hub-strategy 'often' is not one of end, checkpoint, every_save",
+        ),
+        ({"hub_strategy": "checkpoint"}, r"--hub-strategy checkpoint uploads checkpoints with"),
+        ({"resume_from_checkpoint": "hub"}, r"--resume-from-checkpoint hub needs --hub-model-id"),
         ({"sample_steps": 21}, r"--sample-steps must be in 1..20"),
     ],
 )
@@ -296,8 +305,8 @@ def test_tiny_run_end_to_end(tmp_path):
     assert state["step"] == 6 and state["batches_seen"] == 6
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    from hf_ddpm.checkpointing import latest_checkpoint
+def _poison_loss_at_call(monkeypatch, bad_call: int) -> None:
+    """Make the ``bad_call``-th training loss NaN (one micro-batch per step: the loss of that step)."""
     from hf_ddpm.scheduling import HFDDPMScheduler
 
     real = HFDDPMScheduler.training_loss
@@ -306,9 +315,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     def poisoned(self, *args, **kwargs):
         calls[0] += 1
         loss = real(self, *args, **kwargs)
-        return loss * float("nan") if calls[0] == 5 else loss
+        return loss * float("nan") if calls[0] == bad_call else loss
 
     monkeypatch.setattr(HFDDPMScheduler, "training_loss", poisoned)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from hf_ddpm.checkpointing import latest_checkpoint
+
+    _poison_loss_at_call(monkeypatch, 5)
     config = _tiny(tmp_path, checkpoint_every=2)
     with pytest.raises(TrainingDivergedError, match=r"the loss became nan at step 5.*checkpoint-4"):
         train(config)
@@ -321,17 +336,8 @@ def test_nan_between_loss_reads_is_caught_before_the_next_checkpoint(tmp_path, m
     """Losses stay on the device between reads (every --log-every steps), but a checkpoint forces a read
     first: a loss that went NaN at step 3 stops the run before checkpoint-4 holds its weights."""
     from hf_ddpm.checkpointing import latest_checkpoint
-    from hf_ddpm.scheduling import HFDDPMScheduler
 
-    real = HFDDPMScheduler.training_loss
-    calls = [0]
-
-    def poisoned(self, *args, **kwargs):
-        calls[0] += 1
-        loss = real(self, *args, **kwargs)
-        return loss * float("nan") if calls[0] == 3 else loss
-
-    monkeypatch.setattr(HFDDPMScheduler, "training_loss", poisoned)
+    _poison_loss_at_call(monkeypatch, 3)
     config = _tiny(tmp_path, checkpoint_every=2, log_every=50, max_steps=8)
     with pytest.raises(TrainingDivergedError, match=r"the loss became nan at step 3.*checkpoint-2"):
         train(config)
@@ -417,3 +423,239 @@ def test_push_to_loopback_hub_and_reload(tmp_path, hub_server):
     local = HFDDPMPipeline.from_pretrained(out)
     for name, value in local.unet.state_dict().items():
         torch.testing.assert_close(downloaded.unet.state_dict()[name], value)
+
+
+# ------------------------------------------------------------------------- checkpoints on the Hub
+
+
+def _no_retry_sleep(monkeypatch):
+    """Skip huggingface_hub's retry back-off, so that failing uploads fail fast."""
+    import time
+
+    from huggingface_hub.utils import _http
+
+    class _NoSleep:
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        @staticmethod
+        def sleep(seconds):
+            pass
+
+    monkeypatch.setattr(_http, "time", _NoSleep())
+
+
+def _remote_folder(files: dict[str, bytes], folder: str) -> dict[str, bytes]:
+    prefix = f"{folder}/"
+    return {name[len(prefix) :]: data for name, data in files.items() if name.startswith(prefix)}
+
+
+def _local_folder(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def _assert_whole_checkpoint(files: dict[str, bytes], step: int) -> None:
+    """hashlib's SHA-256 of every file equals the manifest's, and the manifest names them all."""
+    manifest = json.loads(files["manifest.json"])
+    assert manifest["step"] == step
+    assert sorted(files) == sorted([*manifest["sha256"], "manifest.json"])
+    for name, digest in manifest["sha256"].items():
+        assert hashlib.sha256(files[name]).hexdigest() == digest, name
+
+
+def test_checkpoint_strategy_keeps_the_newest_checkpoint_in_last_checkpoint(tmp_path, hub_server):
+    from huggingface_hub import HfApi
+
+    repo = "tester/live"
+    # A file left in last-checkpoint/ by an older run must not survive the replacement.
+    api = HfApi()
+    api.create_repo(repo)
+    api.upload_file(path_or_fileobj=b"old", path_in_repo="last-checkpoint/stale.bin", repo_id=repo)
+    config = _tiny(
+        tmp_path,
+        checkpoint_every=2,
+        checkpoints_total_limit=1,
+        push_to_hub=True,
+        hub_model_id=repo,
+        hub_strategy="checkpoint",
+    )
+    result = train(config)
+    out = Path(config.output_dir)
+    assert result.push_error is None and result.checkpoint_push_errors == []
+    remote = hub_server.files(repo)
+    assert _remote_folder(remote, "last-checkpoint") == _local_folder(out / "checkpoint-6")
+    for name in ("model_index.json", "samples.png", "train_config.json"):
+        assert remote[name] == (out / name).read_bytes(), name
+    assert not [n for n in remote if n.startswith(("checkpoint-", ".hub-upload-", "logs/"))]
+    assert not list(out.glob(".hub-upload-*"))
+
+
+def test_every_save_strategy_uploads_each_checkpoint_to_its_own_folder(
+    tmp_path, hub_server, monkeypatch
+):
+    import time
+
+    from huggingface_hub import HfApi
+
+    repo = "tester/every"
+    config = _tiny(
+        tmp_path,
+        checkpoint_every=2,
+        checkpoints_total_limit=1,
+        push_to_hub=True,
+        hub_model_id=repo,
+        hub_strategy="every_save",
+    )
+    out = Path(config.output_dir)
+    real_create_repo = HfApi.create_repo
+
+    def create_repo_on_a_slow_network(self, *args, **kwargs):
+        # The uploads queue behind this first job: hold it until the last checkpoint is written, so
+        # that checkpoint-2 and checkpoint-4 are pruned locally before their uploads start.
+        for _ in range(600):
+            if (out / "checkpoint-6").exists():
+                break
+            time.sleep(0.05)
+        return real_create_repo(self, *args, **kwargs)
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo_on_a_slow_network)
+    result = train(config)
+    assert result.push_error is None and result.checkpoint_push_errors == []
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"]
+    remote = hub_server.files(repo)
+    folders = {name.split("/")[0] for name in remote if "/" in name}
+    assert {f for f in folders if f.startswith("checkpoint-")} == {
+        "checkpoint-2",
+        "checkpoint-4",
+        "checkpoint-6",
+    }
+    assert "last-checkpoint" not in folders
+    for step in (2, 4, 6):
+        _assert_whole_checkpoint(_remote_folder(remote, f"checkpoint-{step}"), step)
+    assert _remote_folder(remote, "checkpoint-6") == _local_folder(out / "checkpoint-6")
+    assert "model_index.json" in remote
+
+
+def test_failed_checkpoint_uploads_warn_and_training_finishes(
+    tmp_path, hub_server, monkeypatch, caplog
+):
+    import hf_ddpm.hub_layout
+    from hf_ddpm.checkpointing import verify_checkpoint
+
+    _no_retry_sleep(monkeypatch)
+
+    class _FailWhileTraining:
+        """Every commit fails with a 500 until the final push begins."""
+
+        mode = "500"
+        active = True
+
+        @property
+        def remaining(self):
+            return 1 if self.active else 0
+
+        @remaining.setter
+        def remaining(self, value):
+            pass
+
+    failure = _FailWhileTraining()
+    hub_server.commit_failure = failure
+    real_push = hf_ddpm.hub_layout.push_folder_to_hub
+
+    def push_after_outage(*args, **kwargs):
+        failure.active = False
+        return real_push(*args, **kwargs)
+
+    monkeypatch.setattr(hf_ddpm.hub_layout, "push_folder_to_hub", push_after_outage)
+    repo = "tester/flaky"
+    config = _tiny(
+        tmp_path, checkpoint_every=2, push_to_hub=True, hub_model_id=repo, hub_strategy="checkpoint"
+    )
+    with caplog.at_level("WARNING", logger="hf_ddpm.hub_checkpoints"):
+        result = train(config)
+    out = Path(config.output_dir)
+    assert result.step == 6
+    for step in (2, 4, 6):
+        verify_checkpoint(out / f"checkpoint-{step}")
+    assert result.checkpoint_push_errors
+    for error in result.checkpoint_push_errors:
+        assert "to the Hub repo tester/flaky as last-checkpoint/ failed" in error and "500" in error
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("checkpoint-" in w and "failed" in w and "500" in w for w in warnings), warnings
+    # The final push still happened, after the outage.
+    assert result.push_error is None and result.hub_url is not None
+    remote = hub_server.files(repo)
+    assert "model_index.json" in remote
+    assert not [n for n in remote if n.startswith("last-checkpoint/")]
+    assert not list(out.glob(".hub-upload-*"))
+
+
+def _weights_of(path: Path) -> dict[str, torch.Tensor]:
+    from hf_ddpm.checkpointing import load_checkpoint
+
+    tensors, _ = load_checkpoint(path)
+    return {f"{group}/{k}": v for group in ("model", "ema") for k, v in tensors[group].items()}
+
+
+def test_resume_from_the_hub_copy_matches_an_uninterrupted_run(tmp_path, hub_server):
+    repo = "tester/preempted"
+    hub = dict(push_to_hub=True, hub_model_id=repo, hub_strategy="checkpoint")
+    straight = train(_tiny(tmp_path / "straight", checkpoint_every=3))
+    # The first machine trains 3 of the 6 steps, pushes, and is lost with its disk.
+    train(_tiny(tmp_path / "lost", checkpoint_every=3, max_steps=3, **hub))
+    pushed = _remote_folder(hub_server.files(repo), "last-checkpoint")
+    out = tmp_path / "lost" / "out"
+    shutil.rmtree(out)
+    resumed = train(
+        _tiny(tmp_path / "lost", checkpoint_every=3, resume_from_checkpoint="hub", **hub)
+    )
+    assert resumed.step == straight.step == 6
+    # The Hub copy itself, not a re-trained one: a fresh start would have re-written checkpoint-3 with
+    # this run's config (max_steps 6) in its state.json.
+    assert _local_folder(out / "checkpoint-3") == pushed
+    assert json.loads(pushed["state.json"])["config"]["max_steps"] == 3
+    a = _weights_of(tmp_path / "straight" / "out" / "checkpoint-6")
+    b = _weights_of(out / "checkpoint-6")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-6, atol=1e-7, msg=key)
+    assert any(not torch.equal(_weights_of(out / "checkpoint-3")[key], b[key]) for key in a)
+    assert _remote_folder(hub_server.files(repo), "last-checkpoint") == _local_folder(
+        out / "checkpoint-6"
+    )
+
+
+def test_resume_from_the_hub_checks_the_manifest_and_starts_fresh_without_a_checkpoint(
+    tmp_path, hub_server
+):
+    from huggingface_hub import HfApi
+
+    from hf_ddpm.checkpointing import CorruptCheckpointError, save_checkpoint
+    from hf_ddpm.hub_checkpoints import download_hub_checkpoint
+
+    assert download_hub_checkpoint(tmp_path / "a", "tester/absent") is None
+    repo = "tester/pushed"
+    api = HfApi()
+    api.create_repo(repo)
+    assert download_hub_checkpoint(tmp_path / "a", repo) is None  # a repo without checkpoints
+    source = save_checkpoint(tmp_path / "src", 7, {"model": {"w": torch.arange(4.0)}}, {"step": 7})
+    api.upload_folder(repo_id=repo, folder_path=source, path_in_repo="last-checkpoint")
+    got = download_hub_checkpoint(tmp_path / "a", repo)
+    assert got == tmp_path / "a" / "checkpoint-7"
+    assert _local_folder(got) == _local_folder(source)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["checkpoint-7"]
+
+    # One flipped byte on the Hub: the download is refused and nothing is left behind.
+    files = hub_server.files(repo)
+    weights = bytearray(files["last-checkpoint/model.safetensors"])
+    weights[-1] ^= 0xFF
+    files["last-checkpoint/model.safetensors"] = bytes(weights)
+    hub_server.repos[repo].commit(files, "corrupt")
+    with pytest.raises(
+        CorruptCheckpointError, match="model.safetensors does not match its checksum"
+    ):
+        download_hub_checkpoint(tmp_path / "b", repo)
+    assert list((tmp_path / "b").iterdir()) == []
+    with pytest.raises(CorruptCheckpointError, match="tester/pushed"):
+        train(_tiny(tmp_path, resume_from_checkpoint="hub", hub_model_id=repo))
+    assert not list((tmp_path / "out").glob("checkpoint-*"))
