@@ -25,7 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-BUNDLED_DATASETS = ("mnist-5k", "sklearn-digits")
+from .image_transform import BUNDLED_NUM_BINS, ImageTransform, dataset_num_bins
+
+BUNDLED_DATASETS = tuple(BUNDLED_NUM_BINS)
 SPLITS = ("train", "test")
 _HELD_OUT_FRACTION = 0.1
 _SPLIT_SEED = 0
@@ -97,8 +99,7 @@ def load_image_dataset(
         if split not in SPLITS:
             raise ValueError(f"split {split!r} is not one of {SPLITS} for the bundled {dataset!r}")
         raw = _bundled(dataset, split)
-        num_bins = 17 if dataset == "sklearn-digits" else 256
-        return _wrap(raw, dataset, image_column, class_column, num_bins=num_bins)
+        return _wrap(raw, dataset, image_column, class_column, num_bins=dataset_num_bins(dataset))
     raw = datasets.load_dataset(dataset, split=split)
     return _wrap(raw, dataset, image_column, class_column, num_bins=256)
 
@@ -213,18 +214,22 @@ def _wrap(
 def preprocess(data: ImageDataset, resolution: int) -> Any:
     """``data.dataset`` with a transform giving ``pixel_values`` (C, H, W) in [-1, 1] (and ``label``).
 
-    Each image is resized (bilinear) so that its shorter side is ``resolution``, center-cropped to
-    ``resolution`` x ``resolution``, kept grey or RGB as the data is, and scaled to [-1, 1]. For data with
-    fewer than 256 levels the result is snapped back onto the ``num_bins`` grid, so the discretised
-    likelihood stays exact. Random flips are applied per batch by :func:`random_horizontal_flip`, whose
-    generator the training loop controls, so that a resumed run sees the same flips.
+    Each image goes through :class:`hf_ddpm.image_transform.ImageTransform`: resized (bilinear) so that
+    its shorter side is ``resolution``, center-cropped to ``resolution`` x ``resolution``, kept grey or
+    RGB as the data is, and scaled to [-1, 1]. For data with fewer than 256 levels the result is snapped
+    back onto the ``num_bins`` grid, so the discretised likelihood stays exact. Random flips are applied
+    per batch by :func:`random_horizontal_flip`, whose generator the training loop controls, so that a
+    resumed run sees the same flips.
+
+    Raises:
+        ValueError: ``resolution`` is not a positive integer.
     """
-    if resolution <= 0:
-        raise ValueError(f"resolution must be a positive integer, got {resolution}")
     transform = _Preprocess(
-        mode="L" if data.channels == 1 else "RGB",
-        resolution=resolution,
-        levels=data.num_bins - 1,
+        ImageTransform(
+            mode="L" if data.channels == 1 else "RGB",
+            resolution=resolution,
+            num_bins=data.num_bins,
+        ),
         has_label="label" in data.dataset.column_names,
     )
     return data.dataset.with_transform(transform)
@@ -235,19 +240,12 @@ class _Preprocess:
     """The ``with_transform`` callable of :func:`preprocess`: a picklable object, not a closure, so
     DataLoader workers started with ``spawn`` (macOS, Windows) can receive it."""
 
-    mode: str
-    resolution: int
-    levels: int
+    image_transform: ImageTransform
     has_label: bool
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "pixel_values": [
-                _to_tensor(
-                    _resize_center_crop(img.convert(self.mode), self.resolution), self.levels
-                )
-                for img in batch["image"]
-            ]
+            "pixel_values": [self.image_transform(img) for img in batch["image"]]
         }
         if self.has_label:
             out["label"] = batch["label"]
@@ -279,26 +277,3 @@ def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     if "label" in examples[0]:
         batch["label"] = torch.tensor([e["label"] for e in examples], dtype=torch.long)
     return batch
-
-
-def _resize_center_crop(image: Any, resolution: int) -> Any:
-    from PIL import Image
-
-    w, h = image.size
-    scale = resolution / min(w, h)
-    new_w, new_h = max(resolution, round(w * scale)), max(resolution, round(h * scale))
-    if (new_w, new_h) != (w, h):
-        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    left, top = (new_w - resolution) // 2, (new_h - resolution) // 2
-    return image.crop((left, top, left + resolution, top + resolution))
-
-
-def _to_tensor(image: Any, levels: int) -> torch.Tensor:
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    if levels != 255:
-        array = np.rint(array * levels) / levels
-    if array.ndim == 2:
-        array = array[None]
-    else:
-        array = array.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(array * 2.0 - 1.0))

@@ -5,9 +5,9 @@ The Space's folder is assembled in a temporary directory, then uploaded in one c
 - the files of ``spaces_app/`` (``app.py``, ``requirements.txt``, example images, helpers);
 - its ``README.md`` with the model id in the front matter's ``models:`` list, which is where the app
   looks for its model when ``HF_DDPM_MODEL`` is not set;
-- a copy of the hf_ddpm modules the app uses (the pipeline, the scheduler and the variational bound,
-  with what they import), so the deployed Space loads the model without remote code and has the
-  likelihood tab, without hf_ddpm being on PyPI.
+- a copy of the hf_ddpm modules the app uses (the pipeline, the scheduler, the variational bound and
+  the image transform of training, with what they import), so the deployed Space loads the model
+  without remote code and has the likelihood tab, without hf_ddpm being on PyPI.
 
 The upload goes through huggingface_hub: ``create_repo(repo_type="space", space_sdk="gradio",
 exist_ok=True)``, then ``upload_folder``.
@@ -30,6 +30,9 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_APP_DIR = _PACKAGE_DIR.parent / "spaces_app"
 _APP_FILES = ("app.py", "requirements.txt", "README.md")
 _SKIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
+# Modules the app imports beyond hf_ddpm's public names: the transform that makes an upload the model's
+# input exactly as in training, so the likelihood tab's bits/dim match `hf-ddpm evaluate`.
+_APP_MODULES = ("image_transform",)
 
 
 def _check_repo_id(kind: str, repo_id: str) -> None:
@@ -42,13 +45,13 @@ def _check_repo_id(kind: str, repo_id: str) -> None:
 
 
 def package_modules() -> list[Path]:
-    """The hf_ddpm source files a Space needs: ``__init__.py`` and the modules of its public names
-    (pipeline, scheduler, variational bound), with every sibling they import."""
+    """The hf_ddpm source files a Space needs: ``__init__.py``, the modules of its public names
+    (pipeline, scheduler, variational bound) and the image transform, with every sibling they import."""
     from . import _PUBLIC
     from .hub_layout import relative_import_closure
 
     files = {_PACKAGE_DIR / "__init__.py"}
-    for module in set(_PUBLIC.values()):
+    for module in {*_PUBLIC.values(), *_APP_MODULES}:
         files.update(relative_import_closure(_PACKAGE_DIR / f"{module}.py"))
     return sorted(files)
 

@@ -9,11 +9,18 @@ Three tabs:
 * **Likelihood** evaluates the variational bound L = L_T + sum_{t>1} L_{t-1} + L_0 (Ho et al. eq. 5)
   in bits/dim with ``hf_ddpm.variational_bound``: prior L_T, rate sum_{t>1} L_{t-1}, distortion L_0.
 
+An uploaded image becomes x_0 through ``hf_ddpm.image_transform.ImageTransform``, the transform of
+``hf-ddpm train`` and ``hf-ddpm evaluate`` (shorter side resized bilinearly, centre crop, scaling to
+[-1, 1], snapping onto the data's levels), so the Likelihood tab's bits/dim for an image is the number
+the evaluation gives for it. The number of levels comes from the ``train_config.json`` that
+``hf-ddpm train`` saves beside the pipeline; a model without one is taken to have 8-bit data (256 levels).
+
 The model comes from ``--model``, else ``HF_DDPM_MODEL``, else the ``models:`` entry of this folder's
 README.md (filled in by ``hf-ddpm space``), else the model bundled with hf_ddpm. It loads with
 ``hf_ddpm.HFDDPMPipeline`` where hf_ddpm is importable, otherwise with
 ``DiffusionPipeline.from_pretrained(model, trust_remote_code=True)``. A model that is missing or fails
-to load leaves a page that says so.
+to load leaves a page that says so. Without hf_ddpm (a Space made from this folder alone) the Likelihood
+tab says that it needs hf_ddpm, and the Forward tab resizes an upload to the model's size as it is.
 
 Run locally: ``python spaces_app/app.py [--model PATH_OR_REPO] [--port 7860]``.
 """
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import inspect
+import json
 import math
 import os
 import queue
@@ -48,6 +56,11 @@ except ImportError:
         return fn
 
 
+try:  # hf_ddpm installed, or copied beside this file by `hf-ddpm space`
+    from hf_ddpm.image_transform import ImageTransform, dataset_num_bins
+except ImportError:  # a Space made from spaces_app/ alone: see _ResizeOnly
+    ImageTransform = None
+
 # Caps that keep one request from holding a CPU Space's queue for minutes; a GPU Space may raise them.
 MAX_IMAGES = int(os.environ.get("HF_DDPM_MAX_IMAGES", "16"))
 MAX_STEPS = int(os.environ.get("HF_DDPM_MAX_STEPS", "250"))
@@ -60,6 +73,9 @@ _EXAMPLES = sorted(str(path) for path in (_HERE / "examples").glob("*.png"))
 _BUNDLED_MODEL = Path("pretrained") / "mnist-5k"
 _FIXED_VARIANCES = ("fixed_small", "fixed_large")
 _LEARNED_VARIANCES = ("learned", "learned_range")
+# Written beside the pipeline by `hf-ddpm train`: names the data, and so its number of levels.
+_TRAIN_CONFIG = "train_config.json"
+_8_BIT_BINS = 256
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,9 @@ class LoadedModel:
     num_classes: int | None
     variance_types: tuple[str, ...]
     streams: bool
+    num_bins: int
+    num_bins_source: str
+    transform: Callable[[Image.Image], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -133,6 +152,42 @@ def _load_pipeline(model: str) -> Any:
     return HFDDPMPipeline.from_pretrained(model)
 
 
+def _train_config(model: str) -> dict[str, Any] | None:
+    """The model's train_config.json (a local folder's, or the Hub repo's), or None where it has none."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        if Path(model).is_dir():
+            path = Path(model) / _TRAIN_CONFIG
+            if not path.is_file():
+                return None
+        else:
+            path = Path(hf_hub_download(model, _TRAIN_CONFIG))
+        config = json.loads(path.read_text(encoding="utf-8"))
+    # No file, no network, or not JSON: the data is then unknown, which is not an error of the model.
+    except (OSError, ValueError, EntryNotFoundError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def data_num_bins(model: str) -> tuple[int, str]:
+    """How many intensity levels the model's training data had, and where that figure comes from.
+
+    ``hf-ddpm evaluate`` takes the levels from the dataset it reads; the Space has only the model, so it
+    reads the dataset from the model's train_config.json and falls back to 8-bit data (256 levels).
+    """
+    if ImageTransform is None:
+        return _8_BIT_BINS, "hf_ddpm is not installed here"
+    config = _train_config(model)
+    if config is None:
+        return _8_BIT_BINS, f"assumed 8-bit: the model has no {_TRAIN_CONFIG} naming its data"
+    folder = config.get("train_data_dir")
+    dataset = None if folder else config.get("dataset")
+    name = f"image folder {folder}" if folder else f"dataset {dataset}"
+    return dataset_num_bins(dataset), f"{name}, from the model's {_TRAIN_CONFIG}"
+
+
 def describe(pipe: Any, source: str) -> ModelState:
     """Move ``pipe`` to the best device and read what the page needs from its configs."""
     pipe.to("cuda" if torch.cuda.is_available() else "cpu")
@@ -150,6 +205,11 @@ def describe(pipe: Any, source: str) -> ModelState:
     # hf-ddpm train keeps the last class embedding as the null label of classifier-free guidance.
     num_class_embeds = getattr(unet_config, "num_class_embeds", None)
     num_classes = num_class_embeds - 1 if num_class_embeds else None
+    num_bins, num_bins_source = data_num_bins(source)
+    if ImageTransform is None:
+        transform: Callable[[Image.Image], torch.Tensor] = _ResizeOnly(channels, sample_size)
+    else:
+        transform = ImageTransform.for_channels(channels, sample_size, num_bins)
     loaded = LoadedModel(
         pipe=pipe,
         sample_size=sample_size,
@@ -158,6 +218,9 @@ def describe(pipe: Any, source: str) -> ModelState:
         num_classes=int(num_classes) if num_classes else None,
         variance_types=variance_types,
         streams="callback_on_step_end" in inspect.signature(pipe.__call__).parameters,
+        num_bins=num_bins,
+        num_bins_source=num_bins_source,
+        transform=transform,
     )
     return ModelState(
         loaded, f"Model: `{source}` ({sample_size}x{sample_size}, {channels} channel(s))."
@@ -205,13 +268,26 @@ def tile(images: np.ndarray) -> np.ndarray:
     return grid
 
 
-def image_to_tensor(image: np.ndarray, size: int, channels: int) -> torch.Tensor:
-    """An uploaded image -> (1, C, size, size) in [-1, 1], the model's input range."""
-    pil = Image.fromarray(np.asarray(image)).convert("L" if channels == 1 else "RGB")
-    if pil.size != (size, size):
-        pil = pil.resize((size, size), Image.Resampling.BICUBIC)
-    array = np.asarray(pil, dtype=np.float32).reshape(size, size, channels)
-    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0) / 127.5 - 1
+@dataclass(frozen=True)
+class _ResizeOnly:
+    """Without hf_ddpm there is no training transform to share: the Forward tab, the only user of an
+    upload then, gets it squeezed to the model's size. The Likelihood tab refuses instead."""
+
+    channels: int
+    size: int
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """``image`` as (C, size, size) in [-1, 1], resized (bicubic) without keeping its aspect."""
+        pil = image.convert("L" if self.channels == 1 else "RGB")
+        if pil.size != (self.size, self.size):
+            pil = pil.resize((self.size, self.size), Image.Resampling.BICUBIC)
+        array = np.asarray(pil, dtype=np.float32).reshape(self.size, self.size, self.channels)
+        return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1
+
+
+def image_to_tensor(image: np.ndarray, loaded: LoadedModel) -> torch.Tensor:
+    """An uploaded image -> (1, C, size, size) in [-1, 1], as training and evaluation prepare data."""
+    return loaded.transform(Image.fromarray(np.asarray(image)))[None]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -380,7 +456,7 @@ def _forward(
     image = _image(image)
     t = _int_in("t", t, 0, loaded.num_train_timesteps - 1)
     noise_seed = _int_in("Noise seed", noise_seed, 0, MAX_SEED)
-    x0 = image_to_tensor(image, loaded.sample_size, loaded.channels)
+    x0 = image_to_tensor(image, loaded)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(noise_seed))
     scheduler = loaded.pipe.scheduler
     x_t = scheduler.add_noise(x0, noise, torch.tensor([t]))
@@ -420,10 +496,14 @@ def _likelihood(
         ) from err
     pipe = loaded.pipe
     scheduler = HFDDPMScheduler.from_config(pipe.scheduler.config)
-    x0 = image_to_tensor(image, loaded.sample_size, loaded.channels).to(pipe.device)
+    x0 = image_to_tensor(image, loaded).to(pipe.device)
     with torch.no_grad():
         bound = variational_bound(
-            model, scheduler, x0, generator=torch.Generator().manual_seed(seed), num_bins=256
+            model,
+            scheduler,
+            x0,
+            generator=torch.Generator().manual_seed(seed),
+            num_bins=loaded.num_bins,
         )
     terms = bound.terms_bpd[0].double().cpu()
     summary = {
@@ -457,6 +537,20 @@ def _class_slider(loaded: LoadedModel | None) -> gr.Slider:
         step=1,
         label="Class",
         visible=num_classes is not None,
+    )
+
+
+def _preparation_note(loaded: LoadedModel | None) -> str:
+    """The Likelihood tab's words on how an upload becomes x_0, and on which levels."""
+    if loaded is None:
+        return ""
+    if ImageTransform is None:
+        return " It needs the hf_ddpm package, which this Space does not have."
+    size = loaded.sample_size
+    return (
+        f" An upload is prepared as `hf-ddpm train` and `hf-ddpm evaluate` prepare data: its shorter "
+        f"side resized (bilinear) to {size}, the centre {size}x{size} cropped, and its pixels scaled "
+        f"to [-1, 1] on the data's {loaded.num_bins} levels ({loaded.num_bins_source})."
     )
 
 
@@ -623,6 +717,8 @@ def build_demo(state: ModelState) -> gr.Blocks:
             gr.Markdown(
                 "The variational bound on -log p(x_0) in bits/dim: prior L_T, rate "
                 "(sum of L_1 .. L_{T-1}) and distortion L_0. It runs the model once per timestep."
+                + _preparation_note(loaded),
+                elem_id="likelihood_help",
             )
             with gr.Row():
                 with gr.Column():

@@ -1,4 +1,5 @@
-"""hf_ddpm.data: bundled splits, column detection, preprocessing, flips, error messages."""
+"""hf_ddpm.data and hf_ddpm.image_transform: bundled splits, column detection, preprocessing, flips,
+error messages."""
 
 import hashlib
 
@@ -6,6 +7,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from hf_ddpm.data import (
@@ -15,6 +17,10 @@ from hf_ddpm.data import (
     preprocess,
     random_horizontal_flip,
 )
+from hf_ddpm.image_transform import ImageTransform, dataset_num_bins
+
+# One intensity level of 8-bit data on the [-1, 1] scale.
+_LEVEL = 2 / 255
 
 
 def _digest(array: np.ndarray) -> str:
@@ -168,3 +174,89 @@ def test_random_horizontal_flip_follows_its_generator():
     for i in range(4):
         expected = images[i].flip(-1) if mask[i] else images[i]
         torch.testing.assert_close(flipped[i], expected)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "resolution"),
+    [(28, 40, 32), (40, 28, 32), (28, 28, 32), (28, 40, 20), (12, 20, 6)],
+)
+def test_image_transform_resizes_the_shorter_side_bilinearly_then_crops_the_centre(
+    height, width, resolution
+):
+    # Oracle: torch's bilinear resampling (antialiased, half-pixel centres, as PIL's BILINEAR) in
+    # float64, then the centre crop written out with slices. PIL rounds each of its two separable
+    # passes to 8 bits, so the two agree to within one level.
+    pixels = np.random.default_rng(height * width).integers(0, 256, (height, width), np.uint8)
+    got = ImageTransform("L", resolution)(Image.fromarray(pixels))
+    scale = resolution / min(height, width)
+    new_h, new_w = max(resolution, round(height * scale)), max(resolution, round(width * scale))
+    resized = F.interpolate(
+        torch.from_numpy(pixels).double()[None, None],
+        size=(new_h, new_w),
+        mode="bilinear",
+        align_corners=False,
+        antialias=True,
+    )[0]
+    top, left = (new_h - resolution) // 2, (new_w - resolution) // 2
+    expected = resized[:, top : top + resolution, left : left + resolution] / 255 * 2 - 1
+    assert got.shape == (1, resolution, resolution) and got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=0, atol=_LEVEL + 1e-6)
+
+
+def test_image_transform_snaps_onto_the_grid_of_the_data_levels():
+    # 17 levels: 8-bit value v is snapped to the nearest k / 16, i.e. to 2k / 16 - 1 on [-1, 1].
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    got = ImageTransform("L", 16, num_bins=17)(Image.fromarray(values))[0].numpy()
+    nearest = np.array([min(range(17), key=lambda k: abs(v / 255 - k / 16)) for v in range(256)])
+    np.testing.assert_allclose(got.ravel(), nearest / 16 * 2 - 1, atol=1e-6)
+    rgb = ImageTransform.for_channels(3, 16)(Image.fromarray(values).convert("RGB"))
+    assert rgb.shape == (3, 16, 16)
+    np.testing.assert_allclose(rgb[1].numpy().ravel(), np.arange(256) / 255 * 2 - 1, atol=1e-6)
+
+
+def test_data_preprocessing_is_the_image_transform(tmp_path):
+    # A 40x28 (w x h) image needs a resize and a centre crop; the bundled 17-level digits need snapping.
+    (tmp_path / "digits").mkdir()
+    pixels = np.random.default_rng(1).integers(0, 256, (28, 40), np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "digits" / "wide.png")
+    folder = load_image_dataset(train_data_dir=str(tmp_path))
+    assert (folder.channels, folder.num_bins) == (1, 256)
+    torch.testing.assert_close(
+        preprocess(folder, 32)[0]["pixel_values"],
+        ImageTransform("L", 32, 256)(Image.open(tmp_path / "digits" / "wide.png")),
+        rtol=0,
+        atol=0,
+    )
+    digits = load_image_dataset("sklearn-digits", split="test")
+    assert digits.num_bins == dataset_num_bins("sklearn-digits") == 17
+    torch.testing.assert_close(
+        preprocess(digits, 12)[5]["pixel_values"],
+        ImageTransform("L", 12, 17)(digits.dataset[5]["image"]),
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_dataset_num_bins_knows_the_bundled_sets_and_takes_others_as_8_bit():
+    assert dataset_num_bins("mnist-5k") == 256
+    assert dataset_num_bins("sklearn-digits") == 17
+    assert dataset_num_bins("user/some-hub-dataset") == 256
+    assert dataset_num_bins(None) == 256
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda: ImageTransform("CMYK", 8), r"mode must be one of \('L', 'RGB'\), got 'CMYK'"),
+        (lambda: ImageTransform("L", 0), "resolution must be a positive integer, got 0"),
+        (lambda: ImageTransform("L", 8, 1), "num_bins must be from 2 to 256, got 1"),
+        (lambda: ImageTransform("L", 8, 257), "num_bins must be from 2 to 256, got 257"),
+        (
+            lambda: ImageTransform.for_channels(4, 8),
+            r"channels must be 1 \(grey\) or 3 \(RGB\), got 4",
+        ),
+    ],
+)
+def test_image_transform_rejects_bad_settings_naming_the_allowed_values(make, words):
+    with pytest.raises(ValueError, match=words):
+        make()

@@ -3,11 +3,14 @@
 A tiny random UNet (8x8 grey images, T = 20) is saved and loaded through the app's own loader. Each
 check compares with an independent computation: the pipeline run directly with the same seed, the
 closed form q(x_t | x_0) written out here from diffusers' DDPMScheduler tables, the analytic prior KL,
-and ``hf_ddpm.variational_bound`` called directly.
+and ``hf_ddpm.variational_bound`` called directly. The likelihood tab is also checked with the bundled
+model against hf_ddpm's own evaluation path: the image read and preprocessed by ``hf_ddpm.data``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import httpx
@@ -19,7 +22,9 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler
+from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler, variational_bound
+from hf_ddpm.bundled import bundled_model_path
+from hf_ddpm.data import load_image_dataset, preprocess
 from spaces_app import app
 
 SIZE = 8
@@ -166,8 +171,6 @@ def test_likelihood_tab_returns_a_finite_bound(served, digit_png):
         summary["prior_bpd"] + summary["rate_bpd"] + summary["distortion_bpd"], rel=1e-6
     )
     # Same seed, same draws: the app's number is the library's number.
-    from hf_ddpm import variational_bound
-
     direct = variational_bound(
         loaded.pipe.unet,
         HFDDPMScheduler.from_config(loaded.pipe.scheduler.config),
@@ -248,6 +251,9 @@ assert state.model is not None, state.message
 assert type(state.model.pipe).__name__ == "HFDDPMPipeline" and state.model.streams
 outputs = list(app._generate(state, 1, 2, 4, "fixed_small", None, 1.0, lambda *a, **k: None))
 assert len(outputs) == 5 and len(outputs[-1][2]) == 2, [len(o) for o in outputs]
+# The forward tab still takes an upload, squeezed to the model's size (no training transform here).
+x0_shown, x_t, _ = app._forward(state, np.zeros((12, 8, 3), np.uint8), 3, 0)
+assert x0_shown.shape == x_t.shape == (8, 8, 3), (x0_shown.shape, x_t.shape)
 try:
     app._likelihood(state, np.zeros((8, 8, 3), np.uint8), 0, None)
 except gr.Error as error:
@@ -255,3 +261,118 @@ except gr.Error as error:
 """
     result = run_without_hf_ddpm(code)
     assert "LIKELIHOOD: The likelihood tab needs the hf_ddpm package" in result.stdout
+
+
+# --- The likelihood tab prepares an upload as training and `hf-ddpm evaluate` do -------------------
+
+# The bundled model's UNet and data, with the bound over 10 timesteps instead of its 1000 (~13 s per
+# image on one CPU thread): the preprocessing, the levels and the label under test do not depend on T.
+SHORT_T = 10
+
+
+@pytest.fixture(scope="module")
+def served_bundled():
+    state = app.load_model(str(bundled_model_path()))
+    assert state.model is not None, state.message
+    pipe = state.model.pipe
+    short = HFDDPMPipeline(
+        unet=pipe.unet,
+        scheduler=HFDDPMScheduler.from_config(pipe.scheduler.config, num_train_timesteps=SHORT_T),
+    )
+    loaded = dataclasses.replace(state.model, pipe=short, num_train_timesteps=SHORT_T)
+    demo = app.build_demo(app.ModelState(loaded, state.message))
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    client = Client(url, analytics_enabled=False, verbose=False)
+    yield client, loaded, url
+    client.close()
+    demo.close()
+
+
+def _held_out_digit() -> np.ndarray:
+    """A held-out MNIST digit (28x28), one of the Space's examples."""
+    return np.asarray(Image.open(app._HERE / "examples" / "mnist_test_digit_3.png").convert("L"))
+
+
+def _wide_digit() -> np.ndarray:
+    """The digit padded to 40 wide x 28 high with a ramp on each side: the model sees the centre crop."""
+    ramp = np.tile(np.linspace(0, 255, 6), (28, 1)).round().astype(np.uint8)
+    return np.concatenate([ramp, _held_out_digit(), ramp[:, ::-1]], axis=1)
+
+
+def _evaluation_bound(folder, loaded, seed: int, label: int):
+    """What hf_ddpm's own path gives: the image folder read and preprocessed by hf_ddpm.data (as
+    ``hf-ddpm evaluate --train-data-dir`` reads it), then the same bound function, seed and label."""
+    data = load_image_dataset(train_data_dir=str(folder))
+    x0 = preprocess(data, loaded.sample_size)[0]["pixel_values"][None]
+    unet = loaded.pipe.unet
+
+    def model(x_t: torch.Tensor, t: torch.Tensor):
+        return unet(x_t, t, class_labels=torch.full((x_t.shape[0],), label, dtype=torch.long))
+
+    scheduler = HFDDPMScheduler.from_config(loaded.pipe.scheduler.config)
+    generator = torch.Generator().manual_seed(seed)
+    return variational_bound(model, scheduler, x0, generator=generator, num_bins=data.num_bins)
+
+
+@pytest.mark.parametrize("make_image", [_held_out_digit, _wide_digit], ids=["28x28", "40x28"])
+def test_likelihood_tab_gives_the_evaluation_bits_per_dim_for_the_bundled_model(
+    served_bundled, tmp_path, make_image
+):
+    client, loaded, _ = served_bundled
+    pixels = make_image()
+    (tmp_path / "upload").mkdir()
+    path = tmp_path / "upload" / "image.png"
+    Image.fromarray(pixels).save(path)
+    # The bundled model's train_config.json names mnist-5k: 8-bit data.
+    assert loaded.num_bins == 256 and "mnist-5k" in loaded.num_bins_source
+    plot, summary = client.predict(handle_file(str(path)), 7, 3, api_name="/likelihood")
+    expected = _evaluation_bound(tmp_path / "upload", loaded, seed=7, label=3)
+    terms = np.array([row[1] for row in plot["data"]], dtype=np.float64)
+    np.testing.assert_allclose(terms, expected.terms_bpd[0].numpy(), rtol=1e-6, atol=1e-9)
+    assert summary["total_bpd"] == pytest.approx(float(expected.total_bpd[0]), rel=1e-6)
+    assert summary["prior_bpd"] == pytest.approx(float(expected.prior_bpd[0]), rel=1e-6)
+    # The forward tab shows the same x_0 the likelihood tab scored (to the display's 8 bits).
+    x0_shown, _, _ = client.predict(handle_file(str(path)), 0, 0, api_name="/forward")
+    data = load_image_dataset(train_data_dir=str(tmp_path / "upload"))
+    x0 = preprocess(data, loaded.sample_size)[0]["pixel_values"][0]
+    np.testing.assert_array_equal(_png(x0_shown), ((x0 + 1) * 127.5).round().numpy())
+
+
+def test_likelihood_tab_says_how_it_prepares_an_upload(served_bundled):
+    _, _, url = served_bundled
+    config = httpx.get(url + "config", timeout=30).json()
+    (help_text,) = [
+        str(c["props"]["value"])
+        for c in config["components"]
+        if c.get("props", {}).get("elem_id") == "likelihood_help"
+    ]
+    assert "resized (bilinear) to 32" in help_text
+    assert "256 levels (dataset mnist-5k, from the model's train_config.json)" in help_text
+
+
+def test_likelihood_tab_uses_the_levels_named_by_the_models_train_config(tmp_path):
+    # A model trained on scikit-learn's 17-level digits: without train_config.json the app can only
+    # assume 8-bit data; with it, the upload is snapped to 17 levels and L_0 uses 17 bins, as in
+    # `hf-ddpm evaluate --dataset sklearn-digits`.
+    folder = tmp_path / "digits-model"
+    _tiny_pipeline().save_pretrained(folder)
+    assumed = app.load_model(str(folder)).model
+    assert assumed.num_bins == 256 and "assumed 8-bit" in assumed.num_bins_source
+    config = {"dataset": "sklearn-digits", "train_data_dir": None, "resolution": SIZE}
+    (folder / "train_config.json").write_text(json.dumps(config))
+    loaded = app.load_model(str(folder)).model
+    assert loaded.num_bins == 17
+    data = load_image_dataset("sklearn-digits", split="test")
+    upload = np.asarray(
+        data.dataset[4]["image"].convert("RGB")
+    )  # as gr.Image(image_mode="RGB") gives
+    _, summary = app._likelihood(app.ModelState(loaded, ""), upload, 5, None)
+    expected = variational_bound(
+        loaded.pipe.unet,
+        HFDDPMScheduler.from_config(loaded.pipe.scheduler.config),
+        preprocess(data, SIZE)[4]["pixel_values"][None],
+        generator=torch.Generator().manual_seed(5),
+        num_bins=data.num_bins,
+    )
+    assert summary["total_bpd"] == pytest.approx(float(expected.total_bpd[0]), rel=1e-6)
+    assert summary["distortion_bpd"] == pytest.approx(float(expected.terms_bpd[0, 0]), rel=1e-6)

@@ -35,6 +35,8 @@ def test_space_folder_has_the_app_the_model_id_and_a_working_hf_ddpm(tmp_path):
         f"assert hf_ddpm.__file__.startswith({str(folder)!r}), hf_ddpm.__file__\n"
         "from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler\n"
         "from hf_ddpm import variational_bound\n"
+        # The app prepares uploads with the transform of training and evaluation.
+        "from hf_ddpm.image_transform import ImageTransform, dataset_num_bins\n"
         "HFDDPMScheduler(num_train_timesteps=10)\n"
     )
     result = subprocess.run(
@@ -66,7 +68,13 @@ def test_deploy_creates_a_gradio_space_and_uploads_the_folder(hub_server, capsys
     files = hub_server.files("spaces/tester/demo")
     space = hub_server.repos["spaces/tester/demo"]
     assert (space.kind, space.sdk) == ("space", "gradio")
-    assert {"app.py", "README.md", "requirements.txt", "hf_ddpm/scheduling.py"} <= set(files)
+    assert {
+        "app.py",
+        "README.md",
+        "requirements.txt",
+        "hf_ddpm/scheduling.py",
+        "hf_ddpm/image_transform.py",
+    } <= set(files)
     assert files["app.py"] == (DEFAULT_APP_DIR / "app.py").read_bytes()
     assert f"- {MODEL_ID}" in files["README.md"].decode()
     # The upload went to the Space (not a model repo of the same name).
