@@ -1,0 +1,244 @@
+"""The options of ``hf-ddpm train``: :class:`TrainConfig`, its validation, and its command line.
+
+One dataclass field per option, with its default and help; the command line has one flag per field
+(``--learning-rate`` for ``learning_rate``), and ``--config FILE`` reads any of them from JSON. Flags given
+on the command line win over the file, which wins over the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+LOGGERS = ("tensorboard", "none")
+# --resume-from-checkpoint value that downloads the checkpoint pushed to --hub-model-id.
+RESUME_FROM_HUB = "hub"
+_LEARNED_VARIANCES = ("learned", "learned_range")
+
+
+def _opt(default: Any, help: str, **argparse_kwargs: Any) -> Any:
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``hf-ddpm train``; field ``foo_bar`` is the flag ``--foo-bar``."""
+
+    dataset: str = _opt("mnist-5k", "Hub dataset id, or a bundled set: mnist-5k, sklearn-digits")
+    train_data_dir: str | None = _opt(None, "local image folder (overrides --dataset)", type=str)
+    split: str = _opt("train", "dataset split to train on")
+    image_column: str | None = _opt(
+        None, "image column (default: image, img, or the Image column)", type=str
+    )
+    class_column: str | None = _opt(
+        None, "label column: trains a class-conditional model", type=str
+    )
+    class_dropout: float = _opt(0.1, "probability of the null label (classifier-free guidance)")
+    resolution: int = _opt(32, "image side after resize and center crop")
+    random_flip: bool = _opt(False, "random horizontal flips")
+    batch_size: int = _opt(128, "batch size per process")
+    max_steps: int = _opt(10_000, "optimizer steps to train for")
+    learning_rate: float = _opt(2e-4, "Adam learning rate")
+    lr_warmup_steps: int = _opt(5000, "linear learning-rate warm-up steps")
+    max_grad_norm: float = _opt(1.0, "gradient-norm clip")
+    ema_decay: float = _opt(0.9999, "EMA decay (with warm-up)")
+    model_preset: str = _opt("ddpm-cifar10", "UNet preset: ddpm-cifar10, small, tiny")
+    unet_config: str | None = _opt(
+        None, "UNet2DModel config JSON (overrides --model-preset)", type=str
+    )
+    loss: str = _opt("simple", "training objective: simple, vlb, hybrid")
+    min_snr_gamma: float | None = _opt(None, "Min-SNR-gamma weighting of L_simple", type=float)
+    prediction_type: str = _opt("epsilon", "what the UNet predicts: epsilon, sample, v_prediction")
+    variance_type: str = _opt(
+        "fixed_small", "reverse-process variance, e.g. fixed_small, learned_range"
+    )
+    beta_schedule: str = _opt("linear", "beta schedule, e.g. linear, squaredcos_cap_v2")
+    num_train_timesteps: int = _opt(1000, "diffusion steps T")
+    mixed_precision: str = _opt("no", "no, fp16 or bf16")
+    gradient_accumulation_steps: int = _opt(1, "micro-batches per optimizer step")
+    seed: int = _opt(0, "seed of every random stream (data order, noise, init)")
+    dataloader_num_workers: int = _opt(2, "DataLoader worker processes")
+    compile: bool = _opt(False, "torch.compile the UNet (CUDA)")
+    output_dir: str = _opt("outputs/hf-ddpm", "where checkpoints and the final pipeline go")
+    checkpoint_every: int = _opt(1000, "steps between checkpoints (0: only at the end)")
+    checkpoints_total_limit: int | None = _opt(None, "keep only the newest N checkpoints", type=int)
+    resume_from_checkpoint: str | None = _opt(
+        None,
+        "'latest', 'hub' (download the checkpoint pushed to --hub-model-id) or a checkpoint-N folder",
+        type=str,
+    )
+    sample_every: int = _opt(1000, "steps between sample grids (0: only at the end)")
+    num_samples: int = _opt(16, "images in each sample grid")
+    sample_steps: int | None = _opt(None, "sampling steps for grids (default: T)", type=int)
+    logger: str = _opt("tensorboard", "experiment tracker: tensorboard or none")
+    log_every: int = _opt(
+        10,
+        "steps between reads of the loss from the device: logs, progress bar and the NaN check "
+        "(each read waits for the GPU)",
+    )
+    push_to_hub: bool = _opt(False, "push the final pipeline to the Hub")
+    hub_model_id: str | None = _opt(None, "Hub repo id for --push-to-hub", type=str)
+    hub_private: bool = _opt(False, "create the Hub repo as private")
+    hub_strategy: str = _opt(
+        "end",
+        "what --push-to-hub uploads: end (the final pipeline only), checkpoint (also each checkpoint, "
+        "to last-checkpoint/, replacing the previous one), every_save (each checkpoint to its own "
+        "checkpoint-N/)",
+    )
+    hub_token: str | None = _opt(
+        None, "Hub token (default: the logged-in one); never saved", type=str
+    )
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad option and its allowed values."""
+        from .hub_checkpoints import HUB_STRATEGIES
+        from .losses import LOSS_TYPES
+        from .parameterization import PARAMETERIZATIONS
+        from .reverse_process import VARIANCE_TYPES
+        from .schedules import BETA_SCHEDULES
+        from .unet_presets import PRESETS
+
+        choices = {
+            "loss": LOSS_TYPES,
+            "prediction_type": tuple(PARAMETERIZATIONS),
+            "variance_type": tuple(VARIANCE_TYPES),
+            "beta_schedule": BETA_SCHEDULES,
+            "mixed_precision": MIXED_PRECISIONS,
+            "logger": LOGGERS,
+            "hub_strategy": HUB_STRATEGIES,
+        }
+        if self.unet_config is None:
+            choices["model_preset"] = tuple(PRESETS)
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"--{_flag(name)} {getattr(self, name)!r} is not one of {', '.join(allowed)}"
+                )
+        at_least = {
+            "resolution": 1,
+            "batch_size": 1,
+            "max_steps": 1,
+            "num_train_timesteps": 2,
+            "gradient_accumulation_steps": 1,
+            "lr_warmup_steps": 0,
+            "checkpoint_every": 0,
+            "sample_every": 0,
+            "num_samples": 1,
+            "dataloader_num_workers": 0,
+            "log_every": 1,
+        }
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"--{_flag(name)} must be >= {low}, got {getattr(self, name)}")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ValueError(
+                f"--checkpoints-total-limit must be >= 1, got {self.checkpoints_total_limit}"
+            )
+        if self.sample_steps is not None and not 1 <= self.sample_steps <= self.num_train_timesteps:
+            raise ValueError(
+                f"--sample-steps must be in 1..{self.num_train_timesteps}, got {self.sample_steps}"
+            )
+        if not self.learning_rate > 0:
+            raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if not 0.0 <= self.class_dropout < 1.0:
+            raise ValueError(f"--class-dropout must be in [0, 1), got {self.class_dropout}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if self.loss == "hybrid" and self.variance_type not in _LEARNED_VARIANCES:
+            raise ValueError(
+                f"--loss hybrid trains a learned variance; use --variance-type one of "
+                f"{', '.join(_LEARNED_VARIANCES)} (got {self.variance_type!r})"
+            )
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("--push-to-hub needs --hub-model-id user/name")
+        if self.hub_strategy != "end" and not self.push_to_hub:
+            raise ValueError(
+                f"--hub-strategy {self.hub_strategy} uploads checkpoints with --push-to-hub; add "
+                "--push-to-hub --hub-model-id user/name, or use --hub-strategy end"
+            )
+        if self.resume_from_checkpoint == RESUME_FROM_HUB and not self.hub_model_id:
+            raise ValueError(
+                f"--resume-from-checkpoint {RESUME_FROM_HUB} needs --hub-model-id user/name (the repo "
+                "the checkpoints were pushed to)"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved options, without the Hub token."""
+        values = dataclasses.asdict(self)
+        values.pop("hub_token")
+        return values
+
+    def command(self) -> str:
+        """An ``hf-ddpm train`` command line that reproduces this config (non-default options only)."""
+        parts = ["hf-ddpm", "train"]
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "hub_token" or value == f.default:
+                continue
+            if isinstance(value, bool):
+                parts.append(f"--{_flag(f.name)}" if value else f"--no-{_flag(f.name)}")
+            else:
+                parts += [f"--{_flag(f.name)}", str(value)]
+        return shlex.join(parts)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from ``{field or flag name: value}``; unknown keys raise ``ValueError`` listing the known."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        normalised = {k.replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(set(normalised) - names)
+        if unknown:
+            raise ValueError(f"unknown train options {unknown}; the options are {sorted(names)}")
+        return cls(**normalised)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`TrainConfig` field, plus ``--config FILE``."""
+    parser.add_argument("--config", default=None, help="JSON file of options (flags override it)")
+    for f in dataclasses.fields(TrainConfig):
+        meta = dict(f.metadata)
+        help_text = meta.pop("help")
+        flag = f"--{_flag(f.name)}"
+        if isinstance(f.default, bool):
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=f"{help_text} (default: {f.default})",
+            )
+            continue
+        kind = meta.pop("type", type(f.default))
+        parser.add_argument(
+            flag,
+            type=kind,
+            default=argparse.SUPPRESS,
+            help=f"{help_text} (default: {f.default})",
+            **meta,
+        )
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults, then the ``--config`` file, then the flags given on the command line."""
+    values: dict[str, Any] = {}
+    config_file = getattr(args, "config", None)
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--config {config_file!r} does not exist")
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(loaded, dict):
+            raise ValueError(f"--config {config_file!r} must hold a JSON object of options")
+        values.update(loaded)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return TrainConfig.from_dict(values)
