@@ -338,8 +338,10 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
                     device=prediction.device,
                     dtype=prediction.dtype,
                 )
-            if upcast:
-                noise = noise.float()
+            if noise.dtype != x_t.dtype:
+                # Drawn in the model output's dtype, like diffusers; the chain stays in the sample's
+                # (float32 when a bf16 model runs under autocast on a float32 sample).
+                noise = noise.to(x_t.dtype)
             if values is None:
                 noise.mul_(c.std_large if self._variance.large else c.std_small)
             else:

@@ -344,3 +344,36 @@ def test_step_output_behaves_like_diffusers_output():
     assert len(leaves) == 2 and pytree.tree_unflatten(leaves, spec)[1] is out[1]
     prev, x0 = ours.step(eps, int(ours.timesteps[1]), x, return_dict=False)
     assert prev.shape == x0.shape == SHAPE
+
+
+@pytest.mark.parametrize(
+    "sample_dtype,output_dtype",
+    [
+        (torch.float32, torch.bfloat16),
+        (torch.float32, torch.float16),
+        (torch.float64, torch.float32),
+    ],
+)
+def test_step_keeps_the_samples_dtype_when_the_model_output_is_lower_precision(
+    sample_dtype, output_dtype, low_precision_noise
+):
+    """A model under autocast returns bf16/fp16 for a float32 sample: x_{t-1} stays in the sample's dtype,
+    as in diffusers, and as close to a float64 step on the same inputs and noise as diffusers' is."""
+    low_precision_noise["dtype"] = output_dtype
+    ours, theirs = HFDDPMScheduler(), DDPMScheduler()
+    reference = float64_reference()
+    for scheduler in (ours, theirs, reference):
+        scheduler.set_timesteps(50)
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(SHAPE, generator=generator, dtype=torch.float64).to(sample_dtype)
+    output = torch.randn(SHAPE, generator=generator, dtype=torch.float64).to(output_dtype)
+    for t in (int(ours.timesteps[10]), int(ours.timesteps[-2])):
+        results = {}
+        for name, scheduler in (("ours", ours), ("theirs", theirs), ("reference", reference)):
+            cast = (lambda x: x.double()) if name == "reference" else (lambda x: x)
+            g = torch.Generator().manual_seed(t)
+            results[name] = scheduler.step(cast(output), t, cast(sample), generator=g).prev_sample
+        assert results["ours"].dtype == results["theirs"].dtype == sample_dtype
+        ours_err = (results["ours"].double() - results["reference"]).abs().max()
+        theirs_err = (results["theirs"].double() - results["reference"]).abs().max()
+        assert ours_err <= theirs_err + 1e-6, (ours_err, theirs_err)
