@@ -175,7 +175,7 @@ def resolve_resume(output_dir: str | os.PathLike[str], resume: str | None) -> Pa
     path = Path(resume)
     if not path.exists():
         raise FileNotFoundError(
-            f"--resume-from-checkpoint {resume!r} does not exist; give 'latest' or a checkpoint-N folder"
+            f"--resume-from-checkpoint {resume!r} does not exist; give 'latest', 'hub' (with --hub-model-id) or a checkpoint-N folder"
         )
     verify_checkpoint(path)
     return path

@@ -305,10 +305,10 @@ class _Trainer:
                     self.output_dir, config.hub_model_id, token=config.hub_token
                 )
                 found[0] = None if path is None else str(path)
-            except (OSError, RuntimeError) as raised:
+            # Whatever it is, the other ranks must hear of it rather than wait at the broadcast.
+            except Exception as raised:
                 error = raised
                 found[1] = f"{type(raised).__name__}: {raised}"
-        # The other ranks must not wait forever at the next barrier for a download that failed.
         broadcast_object_list(found)
         if error is not None:
             raise error
@@ -531,10 +531,13 @@ class _Trainer:
         result = TrainResult(
             self.output_dir, self.step, float(np.mean(self.recent_losses or [math.nan]))
         )
-        if acc.is_main_process:
-            self._save_final(result)
         acc.wait_for_everyone()
         acc.end_training()
+        # Saving the pipeline and pushing it (after any queued checkpoint uploads) involve no other
+        # process: they come after the last collective, so a long upload cannot time out the other
+        # ranks waiting at a barrier.
+        if acc.is_main_process:
+            self._save_final(result)
         return result
 
     # ---------------------------------------------------------------------------------- final output

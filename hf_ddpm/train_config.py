@@ -157,6 +157,18 @@ class TrainConfig:
             )
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push-to-hub needs --hub-model-id user/name")
+        if self.hub_model_id is not None:
+            from huggingface_hub.errors import HFValidationError
+            from huggingface_hub.utils import validate_repo_id
+
+            # Caught here, not by a failed upload after hours of training.
+            try:
+                validate_repo_id(self.hub_model_id)
+            except HFValidationError as error:
+                raise ValueError(
+                    f"--hub-model-id {self.hub_model_id!r} is not a Hub repo id (user/name or name: "
+                    f"letters, digits, '-', '_', '.'): {error}"
+                ) from error
         if self.hub_strategy != "end" and not self.push_to_hub:
             raise ValueError(
                 f"--hub-strategy {self.hub_strategy} uploads checkpoints with --push-to-hub; add "

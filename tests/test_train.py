@@ -184,6 +184,10 @@ def test_ema_rejects_bad_decay_and_mismatched_state():
         ),
         ({"hub_strategy": "checkpoint"}, r"--hub-strategy checkpoint uploads checkpoints with"),
         ({"resume_from_checkpoint": "hub"}, r"--resume-from-checkpoint hub needs --hub-model-id"),
+        (
+            {"push_to_hub": True, "hub_model_id": "me/bad id!!"},
+            r"--hub-model-id 'me/bad id!!' is not a Hub repo id \(user/name",
+        ),
         ({"sample_steps": 21}, r"--sample-steps must be in 1..20"),
     ],
 )
