@@ -15,6 +15,9 @@ if [ "${1:-}" = "--prepare" ]; then
     # The device image has torch, transformers, huggingface_hub, accelerate and safetensors, not diffusers
     # (shared/DESIGN.md); diffusers is pure Python, so one wheel fits any Python 3.
     pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .whl diffusers==0.42.1
+    # Pillow (diffusers and hf_ddpm.pipeline import PIL) is not on DESIGN.md's list of what the image has.
+    pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 -d .whl "pillow>=10,<13"
     ls -l .whl
     exit 0
 fi
@@ -31,8 +34,8 @@ timeout 420 python benchmarks/gpu.py --json "$OUT/gpu.json" > "$OUT/gpu.log" 2>&
 echo "gpu.py exit $? after $(( $(date +%s) - start )) s" >> "$OUT/gpu.log"
 tail -n 20 "$OUT/gpu.log"
 
-# The pipeline's GPU tests need only torch and diffusers; the training-loop one needs datasets and
-# scikit-learn, which the image lacks (gpu.py's host_syncs check covers the training step instead).
+# The pipeline's GPU tests need only torch and diffusers. The training-loop sync test needs datasets and
+# scikit-learn, which the image lacks; gpu.py's host_syncs check runs the same calls without accelerate.
 if [ $(( $(date +%s) - start )) -lt 450 ] && python -c "import pytest" 2>/dev/null; then
     timeout 60 python -m pytest -q -m gpu -p no:cacheprovider tests/test_pipeline.py \
         "tests/test_gpu_host_syncs.py::test_sampling_loop_does_not_sync" > "$OUT/pytest-gpu.log" 2>&1

@@ -323,13 +323,17 @@ def _first_host_sync(device: torch.device, work: Any) -> str | None:
 
 
 def _check_host_syncs(sizes: Sizes, device: torch.device) -> dict[str, Any]:
-    """Three hf_ddpm training steps, and a 5-step sampling loop from its first callback to its last
-    (the ``pt`` output stays on the device), with no host sync allowed."""
+    """Three of this benchmark's hf_ddpm training steps (the calls of ``_Trainer._micro_step`` without
+    accelerate: tests/test_gpu_host_syncs.py checks the real one where ``datasets`` is installed), and a
+    5-step sampling loop of ``HFDDPMPipeline`` from its first callback to its ``pt`` output, with no host
+    sync allowed."""
     from hf_ddpm.pipeline import HFDDPMPipeline
     from hf_ddpm.scheduling import HFDDPMScheduler
 
+    # The options hf-ddpm train takes on CUDA: channels_last and fused Adam.
+    on_cuda = device.type == "cuda"
     step = _HFDDPMTrainStep(
-        sizes, device, bf16=False, channels_last=False, compile_model=False, fused_adam=False
+        sizes, device, bf16=False, channels_last=on_cuda, compile_model=False, fused_adam=on_cuda
     )
     x0 = torch.rand(4, 3, sizes.resolution, sizes.resolution, device=device).mul_(2).sub_(1)
     training = _first_host_sync(device, lambda: [step.step(x0) for _ in range(3)])

@@ -36,6 +36,8 @@ HUB_STRATEGIES = ("end", "checkpoint", "every_save")
 LAST_CHECKPOINT = "last-checkpoint"
 # Hard-linked snapshots of checkpoints waiting for upload; a pattern the final push must leave out.
 HUB_STAGING_PREFIX = ".hub-upload-"
+# Queued uploads beyond which submit() warns that uploads fall behind.
+_WARN_PENDING = 2
 
 
 class HubCheckpointUploader:
@@ -102,6 +104,16 @@ class HubCheckpointUploader:
         folder = self._folder_in_repo(Path(checkpoint))
         future = self._api.run_as_future(self._upload, staging, folder, Path(checkpoint).name, step)
         self._pending.append((future, staging))
+        waiting = sum(1 for _, s in self._pending if s is not None)
+        if waiting > _WARN_PENDING:
+            # every_save never drops a job: staged copies of pruned checkpoints hold their disk space
+            # until uploaded.
+            logger.warning(
+                "%d checkpoint uploads to %s are queued: uploads are slower than --checkpoint-every, "
+                "and the queued checkpoints keep their disk space until uploaded",
+                waiting,
+                self.repo_id,
+            )
 
     def wait(self) -> list[str]:
         """Block until every queued upload has finished or failed; return :attr:`errors`."""

@@ -33,7 +33,11 @@ def test_readme_hub_snippet_runs_against_a_loopback_hub(index, tmp_path, hub_ser
     repos = set(re.findall(r'"(user/[\w.-]+)"', SNIPPETS[index]))
     for repo_id in repos:
         HFDDPMPipeline(tiny_unet(), HFDDPMScheduler()).push_to_hub(repo_id)
+        # A stale card on the Hub: the snippet's push must replace it, so a skipped push shows.
+        stale = {**hub_server.files(repo_id), "README.md": b"stale card"}
+        hub_server.repos[repo_id].commit(stale, "stale card")
     before = {repo_id: hub_server.files(repo_id) for repo_id in repos}
+    heads = {repo_id: hub_server.repos[repo_id].head for repo_id in repos}
     script = tmp_path / "snippet.py"
     script.write_text(
         "import torch\ntorch.set_num_threads(1)\n" + SNIPPETS[index], encoding="utf-8"
@@ -51,6 +55,8 @@ def test_readme_hub_snippet_runs_against_a_loopback_hub(index, tmp_path, hub_ser
         # The snippet pushed what it loaded: the same weights and scheduler config, in a new commit.
         for repo_id in repos:
             after = hub_server.files(repo_id)
+            assert hub_server.repos[repo_id].head != heads[repo_id]
+            assert after["README.md"] != b"stale card"
             assert set(after) == set(before[repo_id])
             for name in (
                 "unet/diffusion_pytorch_model.safetensors",
