@@ -206,8 +206,12 @@ def describe(pipe: Any, source: str) -> ModelState:
     num_class_embeds = getattr(unet_config, "num_class_embeds", None)
     num_classes = num_class_embeds - 1 if num_class_embeds else None
     num_bins, num_bins_source = data_num_bins(source)
-    if ImageTransform is None:
-        transform: Callable[[Image.Image], torch.Tensor] = _ResizeOnly(channels, sample_size)
+    transform: Callable[[Image.Image], torch.Tensor]
+    if channels not in (1, 3):
+        # Generation still works; only an uploaded picture has no meaning for such a model.
+        transform = _NoUploads(channels)
+    elif ImageTransform is None:
+        transform = _ResizeOnly(channels, sample_size)
     else:
         transform = ImageTransform.for_channels(channels, sample_size, num_bins)
     loaded = LoadedModel(
@@ -247,10 +251,12 @@ def load_model(model: str | None) -> ModelState:
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] -> (B, H, W, 3) uint8; values outside [-1, 1] are clipped for display."""
+    """(B, C, H, W) in [-1, 1] -> (B, H, W, 3) uint8; values outside [-1, 1] are clipped for display.
+
+    One channel is shown grey and three as RGB; other counts show their first three channels, or
+    the first one in grey."""
     x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
+    x = x[:, :3] if x.shape[1] >= 3 else x[:, :1].expand(-1, 3, -1, -1)
     return x.permute(0, 2, 3, 1).numpy()
 
 
@@ -283,6 +289,19 @@ class _ResizeOnly:
             pil = pil.resize((self.size, self.size), Image.Resampling.BICUBIC)
         array = np.asarray(pil, dtype=np.float32).reshape(self.size, self.size, self.channels)
         return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1
+
+
+@dataclass(frozen=True)
+class _NoUploads:
+    """The upload transform of a model whose images are neither grey (1 channel) nor RGB (3)."""
+
+    channels: int
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        raise gr.Error(
+            f"This model works on {self.channels}-channel images; an uploaded picture can only be "
+            "used with a 1-channel (grey) or 3-channel (RGB) model."
+        )
 
 
 def image_to_tensor(image: np.ndarray, loaded: LoadedModel) -> torch.Tensor:

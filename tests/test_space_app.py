@@ -376,3 +376,33 @@ def test_likelihood_tab_uses_the_levels_named_by_the_models_train_config(tmp_pat
     )
     assert summary["total_bpd"] == pytest.approx(float(expected.total_bpd[0]), rel=1e-6)
     assert summary["distortion_bpd"] == pytest.approx(float(expected.terms_bpd[0, 0]), rel=1e-6)
+
+
+def test_a_model_that_is_neither_grey_nor_rgb_generates_and_refuses_uploads(tmp_path):
+    """Two-channel images: the model loads and generates; the upload tabs say why they cannot help."""
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=SIZE,
+        in_channels=2,
+        out_channels=2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+    HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler(num_train_timesteps=T)).save_pretrained(
+        tmp_path
+    )
+    state = app.load_model(str(tmp_path))
+    assert state.model is not None, state.message
+    outputs = list(app._generate(state, 1, 2, 4, "fixed_small", None, 1.0, lambda *a, **k: None))
+    assert outputs and len(outputs[-1][2]) == 2
+    for call in (
+        lambda: app._forward(state, np.zeros((8, 8, 3), np.uint8), 3, 0),
+        lambda: app._likelihood(state, np.zeros((8, 8, 3), np.uint8), 0, None),
+    ):
+        with pytest.raises(
+            app.gr.Error, match="2-channel images; an uploaded picture can only be used"
+        ):
+            call()
