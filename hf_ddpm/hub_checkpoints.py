@@ -198,8 +198,9 @@ def download_hub_checkpoint(
     """Download the checkpoint that training pushed to ``repo_id`` into ``output_dir/checkpoint-N``.
 
     Takes ``last-checkpoint/`` (``--hub-strategy checkpoint``), or else the highest ``checkpoint-N/``
-    (``every_save``), from one commit of the repo. The files land in a temporary folder, must pass
-    :func:`verify_checkpoint`, and are then renamed into place (replacing a local ``checkpoint-N``).
+    (``every_save``), from one commit of the repo: a repo that holds both (its runs changed strategy)
+    resumes from ``last-checkpoint/``, whatever its step. The files land in a temporary folder, must
+    pass :func:`verify_checkpoint`, and are then renamed into place (replacing a local ``checkpoint-N``).
 
     Returns:
         The local checkpoint folder, or ``None`` when the repo does not exist or holds no checkpoint
