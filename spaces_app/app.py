@@ -76,6 +76,8 @@ _LEARNED_VARIANCES = ("learned", "learned_range")
 # Written beside the pipeline by `hf-ddpm train`: names the data, and so its number of levels.
 _TRAIN_CONFIG = "train_config.json"
 _8_BIT_BINS = 256
+# The likelihood tab's "no class" choice for a class-conditional model.
+NO_CLASS = -1
 
 
 @dataclass(frozen=True)
@@ -500,7 +502,16 @@ def _likelihood(
     seed = _int_in("Seed", seed, 0, MAX_SEED)
     model = loaded.pipe.unet
     if loaded.num_classes is not None:
-        label = _int_in("Class", class_label, 0, loaded.num_classes - 1)
+        label = _int_in(
+            f"Class ({NO_CLASS}: none)",
+            NO_CLASS if class_label is None else class_label,
+            NO_CLASS,
+            loaded.num_classes - 1,
+        )
+        if label == NO_CLASS:
+            # The null label of classifier-free guidance: the bound on -log p(x), which is what
+            # `hf-ddpm evaluate` reports for a class-conditional model; a class gives -log p(x | y).
+            label = loaded.num_classes
 
         def model(x_t: torch.Tensor, t: torch.Tensor) -> Any:
             labels = torch.full((x_t.shape[0],), label, dtype=torch.long, device=x_t.device)
@@ -556,6 +567,22 @@ def _class_slider(loaded: LoadedModel | None) -> gr.Slider:
         step=1,
         label="Class",
         visible=num_classes is not None,
+    )
+
+
+def _likelihood_class(loaded: LoadedModel | None) -> gr.Dropdown:
+    """The likelihood tab's condition, for a class-conditional model: none (the default, -log p(x)) or a
+    class y (-log p(x | y))."""
+    num_classes = loaded.num_classes if loaded else None
+    choices = [("none: -log p(x), as hf-ddpm evaluate reports", NO_CLASS)]
+    choices += [(f"class {k}: -log p(x | y={k})", k) for k in range(num_classes or 0)]
+    # Custom values reach _likelihood, whose message names the allowed range, instead of Gradio's.
+    return gr.Dropdown(
+        choices,
+        value=NO_CLASS,
+        label="Condition on",
+        visible=num_classes is not None,
+        allow_custom_value=True,
     )
 
 
@@ -750,7 +777,7 @@ def build_demo(state: ModelState) -> gr.Blocks:
                         height=240,
                     )
                     lik_seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
-                    lik_class = _class_slider(loaded)
+                    lik_class = _likelihood_class(loaded)
                     lik_button = gr.Button("Compute the bound")
                     if _EXAMPLES:
                         gr.Examples(_EXAMPLES, inputs=lik_image, label="Held-out MNIST digits")

@@ -338,6 +338,37 @@ def test_likelihood_tab_gives_the_evaluation_bits_per_dim_for_the_bundled_model(
     np.testing.assert_array_equal(_png(x0_shown), ((x0 + 1) * 127.5).round().numpy())
 
 
+def test_likelihood_tab_without_a_class_gives_the_number_hf_ddpm_evaluate_reports(
+    served_bundled, tmp_path
+):
+    """For a class-conditional model the default condition is none: the bound of p(x), through the
+    null label, as ``hf-ddpm evaluate`` computes it (its own model wrapper); a class gives another."""
+    from hf_ddpm.evaluate import _unconditional_model
+
+    client, loaded, _ = served_bundled
+    (tmp_path / "upload").mkdir()
+    path = tmp_path / "upload" / "image.png"
+    Image.fromarray(_held_out_digit()).save(path)
+    _, unconditional = client.predict(
+        handle_file(str(path)), 7, app.NO_CLASS, api_name="/likelihood"
+    )
+    _, conditional = client.predict(handle_file(str(path)), 7, 3, api_name="/likelihood")
+    data = load_image_dataset(train_data_dir=str(tmp_path / "upload"))
+    x0 = preprocess(data, loaded.sample_size)[0]["pixel_values"][None]
+    scheduler = HFDDPMScheduler.from_config(loaded.pipe.scheduler.config)
+    expected = variational_bound(
+        _unconditional_model(loaded.pipe.unet),
+        scheduler,
+        x0,
+        generator=torch.Generator().manual_seed(7),
+        num_bins=data.num_bins,
+    )
+    assert unconditional["total_bpd"] == pytest.approx(float(expected.total_bpd[0]), rel=1e-6)
+    assert conditional["total_bpd"] != pytest.approx(unconditional["total_bpd"], rel=1e-3)
+    with pytest.raises(AppError, match=r"Class \(-1: none\) must be a whole number from -1 to 9"):
+        client.predict(handle_file(str(path)), 7, 10, api_name="/likelihood")
+
+
 def test_likelihood_tab_says_how_it_prepares_an_upload(served_bundled):
     _, _, url = served_bundled
     config = httpx.get(url + "config", timeout=30).json()
