@@ -58,13 +58,14 @@ def hub_server(monkeypatch, tmp_path):
     server.stop()
 
 
-def _tiny_unet(in_channels=3, out_channels=None, num_class_embeds=None, seed=0):
+def _tiny_unet(in_channels=3, out_channels=None, num_class_embeds=None, seed=0, sample_size=8):
+    """The tests' tiny UNet; test modules that build one at module scope import this function."""
     import torch
     from diffusers import UNet2DModel
 
     torch.manual_seed(seed)
     return UNet2DModel(
-        sample_size=8,
+        sample_size=sample_size,
         in_channels=in_channels,
         out_channels=out_channels or in_channels,
         block_out_channels=(8, 16),

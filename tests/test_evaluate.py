@@ -127,19 +127,9 @@ def test_proposal_validation():
 
 
 def _tiny_unet(seed=0):
-    from diffusers import UNet2DModel
+    from conftest import _tiny_unet
 
-    torch.manual_seed(seed)
-    return UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    ).eval()
+    return _tiny_unet(in_channels=1, seed=seed)
 
 
 def test_importance_sampled_estimate_agrees_with_the_exact_loop_on_a_tiny_unet():
@@ -430,23 +420,12 @@ def test_cli_fid_without_its_network_fails_early_and_clearly(
 
 def test_nll_of_a_class_conditional_model_is_that_of_its_null_label(tmp_path):
     """For a UNet trained for classifier-free guidance, p(x) is the model given the null label."""
-    from diffusers import UNet2DModel
+    from conftest import _tiny_unet
 
     from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler, variational_bound
     from hf_ddpm.evaluate import ReferenceData, evaluate_pipeline
 
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        num_class_embeds=3,
-    ).eval()
+    unet = _tiny_unet(in_channels=1, num_class_embeds=3)
     pipe = HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler(num_train_timesteps=8))
     images = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
     report = evaluate_pipeline(

@@ -17,7 +17,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from conftest import _tiny_unet
+from diffusers import DDPMScheduler
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -33,17 +34,7 @@ BETA_START, BETA_END = 1e-3, 0.2
 
 
 def _tiny_pipeline() -> HFDDPMPipeline:
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=SIZE,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
+    unet = _tiny_unet(in_channels=1, sample_size=SIZE)
     scheduler = HFDDPMScheduler(num_train_timesteps=T, beta_start=BETA_START, beta_end=BETA_END)
     return HFDDPMPipeline(unet=unet, scheduler=scheduler)
 
@@ -411,17 +402,7 @@ def test_likelihood_tab_uses_the_levels_named_by_the_models_train_config(tmp_pat
 
 def test_a_model_that_is_neither_grey_nor_rgb_generates_and_refuses_uploads(tmp_path):
     """Two-channel images: the model loads and generates; the upload tabs say why they cannot help."""
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=SIZE,
-        in_channels=2,
-        out_channels=2,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
+    unet = _tiny_unet(in_channels=2, sample_size=SIZE)
     HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler(num_train_timesteps=T)).save_pretrained(
         tmp_path
     )

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from diffusers import UNet2DModel
+from conftest import _tiny_unet
 from PIL import Image
 
 from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler
@@ -39,17 +38,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def page_url(tmp_path_factory):
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=16,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
+    unet = _tiny_unet(in_channels=1, sample_size=16)
     folder = tmp_path_factory.mktemp("tiny_ddpm")
     HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler(num_train_timesteps=10)).save_pretrained(
         folder
