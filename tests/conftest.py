@@ -58,6 +58,24 @@ def hub_server(monkeypatch, tmp_path):
     server.stop()
 
 
+@pytest.fixture
+def no_hub_retry_sleep(monkeypatch):
+    """Skip huggingface_hub's retry back-off, so that uploads to a failing loopback Hub fail fast."""
+    import time
+
+    from huggingface_hub.utils import _http
+
+    class _NoSleep:
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        @staticmethod
+        def sleep(seconds):
+            pass
+
+    monkeypatch.setattr(_http, "time", _NoSleep())
+
+
 def _tiny_unet(in_channels=3, out_channels=None, num_class_embeds=None, seed=0, sample_size=8):
     """The tests' tiny UNet; test modules that build one at module scope import this function."""
     import torch

@@ -31,21 +31,8 @@ def _sample(pipe):
 
 
 @pytest.fixture
-def hub_down(hub_server, monkeypatch):
+def hub_down(hub_server, no_hub_retry_sleep):
     """Make every commit fail, without waiting out huggingface_hub's retries and back-off."""
-    import time
-
-    from huggingface_hub.utils import _http
-
-    class _NoSleep:
-        def __getattr__(self, name):
-            return getattr(time, name)
-
-        @staticmethod
-        def sleep(seconds):
-            pass
-
-    monkeypatch.setattr(_http, "time", _NoSleep())
 
     def fail(mode):
         hub_server.fail_next_commits(1000, mode)

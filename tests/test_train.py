@@ -384,20 +384,9 @@ def test_batched_loss_reads_log_every_step_as_reading_each_step_does(tmp_path):
     assert all(value > 0 for _, value in logs[4]["grad_norm"])
 
 
-def test_failed_push_keeps_the_output_and_says_how_to_retry(tmp_path, hub_server, monkeypatch):
-    import time
-
-    from huggingface_hub.utils import _http
-
-    class _NoSleep:  # skip huggingface_hub's retry back-off
-        def __getattr__(self, name):
-            return getattr(time, name)
-
-        @staticmethod
-        def sleep(seconds):
-            pass
-
-    monkeypatch.setattr(_http, "time", _NoSleep())
+def test_failed_push_keeps_the_output_and_says_how_to_retry(
+    tmp_path, hub_server, no_hub_retry_sleep
+):
     hub_server.fail_next_commits(1000, "500")
     config = _tiny(tmp_path, max_steps=2, push_to_hub=True, hub_model_id="tester/down")
     result = train(config)
@@ -430,23 +419,6 @@ def test_push_to_loopback_hub_and_reload(tmp_path, hub_server):
 
 
 # ------------------------------------------------------------------------- checkpoints on the Hub
-
-
-def _no_retry_sleep(monkeypatch):
-    """Skip huggingface_hub's retry back-off, so that failing uploads fail fast."""
-    import time
-
-    from huggingface_hub.utils import _http
-
-    class _NoSleep:
-        def __getattr__(self, name):
-            return getattr(time, name)
-
-        @staticmethod
-        def sleep(seconds):
-            pass
-
-    monkeypatch.setattr(_http, "time", _NoSleep())
 
 
 def _remote_folder(files: dict[str, bytes], folder: str) -> dict[str, bytes]:
@@ -541,12 +513,10 @@ def test_every_save_strategy_uploads_each_checkpoint_to_its_own_folder(
 
 
 def test_failed_checkpoint_uploads_warn_and_training_finishes(
-    tmp_path, hub_server, monkeypatch, caplog
+    tmp_path, hub_server, monkeypatch, caplog, no_hub_retry_sleep
 ):
     import hf_ddpm.hub_layout
     from hf_ddpm.checkpointing import verify_checkpoint
-
-    _no_retry_sleep(monkeypatch)
 
     class _FailWhileTraining:
         """Every commit fails with a 500 until the final push begins."""
