@@ -246,6 +246,14 @@ def write_model_card(
     """
     folder = Path(folder)
     repo = repo_id or REPO_ID_PLACEHOLDER
+    call = "pipe(batch_size=4, num_inference_steps=1000)"
+    unet_config = folder / "unet" / "config.json"
+    if unet_config.is_file() and json.loads(unet_config.read_text()).get("num_class_embeds"):
+        # A class-conditional UNet needs labels; the last embedding is the null label of guidance.
+        call = (
+            "pipe(batch_size=4, class_labels=[0, 1, 2, 3], guidance_scale=2.0, "
+            "num_inference_steps=1000)"
+        )
     all_tags = list(dict.fromkeys(["ddpm", "hf-ddpm", "diffusers", *(tags or [])]))
     front = ["---", "library_name: diffusers", "pipeline_tag: unconditional-image-generation"]
     front += [f"license: {license}"] + _yaml_list("tags", all_tags)
@@ -270,7 +278,7 @@ def write_model_card(
         "from diffusers import DiffusionPipeline",
         "",
         f'pipe = DiffusionPipeline.from_pretrained("{repo}", trust_remote_code=True)',
-        "images = pipe(batch_size=4, num_inference_steps=1000).images",
+        f"images = {call}.images",
         "```",
         "",
         "With hf_ddpm installed (`pip install hf-ddpm`; no remote code runs):",
@@ -279,7 +287,7 @@ def write_model_card(
         "from hf_ddpm import HFDDPMPipeline",
         "",
         f'pipe = HFDDPMPipeline.from_pretrained("{repo}")',
-        "images = pipe(batch_size=4, num_inference_steps=1000).images",
+        f"images = {call}.images",
         "```",
     ]
     if (folder / SAMPLE_GRID).is_file():
