@@ -19,7 +19,7 @@ import torch
 from digit_quality import DigitJudge, generate, measure
 
 from hf_ddpm import HFDDPMPipeline
-from hf_ddpm.image_grid import image_grid
+from hf_ddpm.data.image_grid import image_grid
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "bundled-model.md"
 MARK = "\n## Evaluation\n"

@@ -211,7 +211,7 @@ class _StepLoop:
 def _scheduler_contenders(sizes: Sizes) -> tuple[Any, Any, torch.Tensor, torch.Tensor]:
     from diffusers import DDPMScheduler
 
-    from hf_ddpm.scheduling import HFDDPMScheduler
+    from hf_ddpm.core.scheduling import HFDDPMScheduler
 
     ours = HFDDPMScheduler(num_train_timesteps=sizes.step_timesteps)
     theirs = DDPMScheduler(num_train_timesteps=sizes.step_timesteps)
@@ -332,7 +332,7 @@ def naive_bound(
 
 
 def _nll_setup(sizes: Sizes, timesteps: int | None = None) -> tuple[Any, Any, torch.Tensor]:
-    from hf_ddpm.scheduling import HFDDPMScheduler
+    from hf_ddpm.core.scheduling import HFDDPMScheduler
 
     scheduler = HFDDPMScheduler(num_train_timesteps=timesteps or sizes.nll_timesteps)
     return _unet(sizes), scheduler, _data(sizes, sizes.nll_images, seed=3)
@@ -396,8 +396,8 @@ def bench_nll(sizes: Sizes) -> dict[str, Any]:
 def _pipelines(sizes: Sizes) -> tuple[Any, Any, Any]:
     from diffusers import DDPMPipeline, DDPMScheduler
 
-    from hf_ddpm.pipeline import HFDDPMPipeline
-    from hf_ddpm.scheduling import HFDDPMScheduler
+    from hf_ddpm.core.pipeline import HFDDPMPipeline
+    from hf_ddpm.core.scheduling import HFDDPMScheduler
 
     unet = _unet(sizes)
     ours = HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler())
@@ -470,11 +470,11 @@ def bench_sampling(sizes: Sizes) -> dict[str, Any]:
 class _OursTraining:
     """hf_ddpm's training step: what ``_Trainer.run`` does per optimizer step, less data loading and logs.
 
-    hf_ddpm.train exposes no public single-step function, so this drives the private ``_Trainer`` (its
+    hf_ddpm.training.train exposes no public single-step function, so this drives the private ``_Trainer`` (its
     ``_micro_step``, LR-scheduler step and EMA update) on a given batch."""
 
     def __init__(self, sizes: Sizes, workdir: str) -> None:
-        from hf_ddpm.train import TrainConfig, _Trainer
+        from hf_ddpm.training.train import TrainConfig, _Trainer
 
         config_path = os.path.join(workdir, "unet.json")
         with open(config_path, "w", encoding="utf-8") as f:

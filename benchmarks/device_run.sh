@@ -15,7 +15,7 @@ if [ "${1:-}" = "--prepare" ]; then
     # The device image has torch, transformers, huggingface_hub, accelerate and safetensors, not diffusers
     # (shared/DESIGN.md); diffusers is pure Python, so one wheel fits any Python 3.
     pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .whl diffusers==0.42.1
-    # Pillow (diffusers and hf_ddpm.pipeline import PIL) is not on DESIGN.md's list of what the image has.
+    # Pillow (diffusers and hf_ddpm.core.pipeline import PIL) is not on DESIGN.md's list of what the image has.
     pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 -d .whl "pillow>=10,<13"
     ls -l .whl

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from sklearn.neural_network import MLPClassifier
 
-from hf_ddpm.data import load_image_dataset, preprocess
-from hf_ddpm.frechet import feature_statistics, frechet_distance
+from hf_ddpm.data.image_datasets import load_image_dataset, preprocess
+from hf_ddpm.evaluation.frechet import feature_statistics, frechet_distance
 
 RESOLUTION = 32
 

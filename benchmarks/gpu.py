@@ -3,7 +3,7 @@
     python benchmarks/gpu.py [--json FILE] [--budget-s 290] [--sample-steps 1000]
     python benchmarks/gpu.py --smoke        # tiny sizes on CPU: checks the logic, measures nothing
 
-Ho et al. (2020)'s 35.7M ``ddpm-cifar10`` UNet (hf_ddpm.unet_presets), randomly initialised (the cost does not
+Ho et al. (2020)'s 35.7M ``ddpm-cifar10`` UNet (hf_ddpm.training.unet_presets), randomly initialised (the cost does not
 depend on the weights), on synthetic 32x32 RGB data:
 
 - training images/s at batch 128: hf_ddpm's step in fp32, bf16 autocast, and bf16 + channels_last +
@@ -105,7 +105,7 @@ def _peak_gib(device: torch.device) -> float | None:
 
 
 def _unet(sizes: Sizes, device: torch.device) -> Any:
-    from hf_ddpm.unet_presets import build_unet, unet_config
+    from hf_ddpm.training.unet_presets import build_unet, unet_config
 
     torch.manual_seed(0)
     config = unet_config(
@@ -148,10 +148,10 @@ def _calibrate(sizes: Sizes, device: torch.device) -> dict[str, Any]:
 
 
 class _HFDDPMTrainStep:
-    """hf_ddpm's training step, as ``hf_ddpm.train._Trainer._micro_step`` does it, with each speed option
+    """hf_ddpm's training step, as ``hf_ddpm.training.train._Trainer._micro_step`` does it, with each speed option
     explicit: noise from a device generator, t from ``UniformSampler`` on the host copied without a sync
-    (``hf_ddpm.data.to_device``), ``HFDDPMScheduler.add_noise`` and ``training_loss`` (L_simple), grad-norm
-    clip 1, Adam, ``hf_ddpm.ema.EMA`` update. Like ``hf-ddpm train``, it returns the loss as a device
+    (``hf_ddpm.data.image_datasets.to_device``), ``HFDDPMScheduler.add_noise`` and ``training_loss`` (L_simple), grad-norm
+    clip 1, Adam, ``hf_ddpm.training.ema.EMA`` update. Like ``hf-ddpm train``, it returns the loss as a device
     tensor, read back in batches, not with a per-step ``.item()``."""
 
     def __init__(
@@ -163,9 +163,9 @@ class _HFDDPMTrainStep:
         compile_model: bool,
         fused_adam: bool,
     ) -> None:
-        from hf_ddpm.ema import EMA
-        from hf_ddpm.scheduling import HFDDPMScheduler
-        from hf_ddpm.timestep_sampler import UniformSampler
+        from hf_ddpm.core.scheduling import HFDDPMScheduler
+        from hf_ddpm.training.ema import EMA
+        from hf_ddpm.training.timestep_sampler import UniformSampler
 
         unet = _unet(sizes, device).train()
         if channels_last:
@@ -182,7 +182,7 @@ class _HFDDPMTrainStep:
         self.bf16 = bf16
 
     def step(self, x0: torch.Tensor) -> torch.Tensor:
-        from hf_ddpm.data import to_device
+        from hf_ddpm.data.image_datasets import to_device
 
         noise = torch.randn(
             x0.shape, generator=self.noise_generator, device=self.device, dtype=x0.dtype
@@ -257,8 +257,8 @@ def _train(name: str, sizes: Sizes, device: torch.device) -> dict[str, Any]:
 def _pipeline(name: str, sizes: Sizes, device: torch.device) -> Any:
     from diffusers import DDPMPipeline, DDPMScheduler
 
-    from hf_ddpm.pipeline import HFDDPMPipeline
-    from hf_ddpm.scheduling import HFDDPMScheduler
+    from hf_ddpm.core.pipeline import HFDDPMPipeline
+    from hf_ddpm.core.scheduling import HFDDPMScheduler
 
     unet = _unet(sizes, device).eval()
     if name == "diffusers":
@@ -327,8 +327,8 @@ def _check_host_syncs(sizes: Sizes, device: torch.device) -> dict[str, Any]:
     accelerate: tests/test_gpu_host_syncs.py checks the real one where ``datasets`` is installed), and a
     5-step sampling loop of ``HFDDPMPipeline`` from its first callback to its ``pt`` output, with no host
     sync allowed."""
-    from hf_ddpm.pipeline import HFDDPMPipeline
-    from hf_ddpm.scheduling import HFDDPMScheduler
+    from hf_ddpm.core.pipeline import HFDDPMPipeline
+    from hf_ddpm.core.scheduling import HFDDPMScheduler
 
     # The options hf-ddpm train takes on CUDA: channels_last and fused Adam.
     on_cuda = device.type == "cuda"

@@ -9,20 +9,21 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_PUBLIC = {
-    "HFDDPMScheduler": "scheduling",
-    "HFDDPMSchedulerOutput": "scheduling",
-    "variational_bound": "vlb",
-    "VariationalBound": "vlb",
-    "HFDDPMPipeline": "pipeline",
+# Public name -> the module that defines it (relative to hf_ddpm); `hf-ddpm space` copies these modules.
+PUBLIC_API = {
+    "HFDDPMScheduler": "core.scheduling",
+    "HFDDPMSchedulerOutput": "core.scheduling",
+    "variational_bound": "evaluation.bound",
+    "VariationalBound": "evaluation.bound",
+    "HFDDPMPipeline": "core.pipeline",
 }
 
-__all__ = sorted(_PUBLIC)
+__all__ = sorted(PUBLIC_API)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        value = getattr(import_module(f".{_PUBLIC[name]}", __name__), name)
+    if name in PUBLIC_API:
+        value = getattr(import_module(f".{PUBLIC_API[name]}", __name__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'hf_ddpm' has no attribute {name!r}")

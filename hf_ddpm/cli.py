@@ -12,10 +12,16 @@ from importlib import import_module
 
 # name -> (module, one-line help)
 _SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("hf_ddpm.train", "train a DDPM on your images (accelerate + datasets)"),
-    "sample": ("hf_ddpm.sample", "generate images from a pipeline (the bundled model by default)"),
-    "evaluate": ("hf_ddpm.evaluate", "NLL bound in bits/dim, FID and FD-DINOv2 of a pipeline"),
-    "space": ("hf_ddpm.space", "create a Gradio Space on the Hub for a model"),
+    "train": ("hf_ddpm.training.train", "train a DDPM on your images (accelerate + datasets)"),
+    "sample": (
+        "hf_ddpm.sampling.sample",
+        "generate images from a pipeline (the bundled model by default)",
+    ),
+    "evaluate": (
+        "hf_ddpm.evaluation.evaluate",
+        "NLL bound in bits/dim, FID and FD-DINOv2 of a pipeline",
+    ),
+    "space": ("hf_ddpm.hub.space", "create a Gradio Space on the Hub for a model"),
 }
 
 

@@ -9,7 +9,7 @@ Three tabs:
 * **Likelihood** evaluates the variational bound L = L_T + sum_{t>1} L_{t-1} + L_0 (Ho et al. eq. 5)
   in bits/dim with ``hf_ddpm.variational_bound``: prior L_T, rate sum_{t>1} L_{t-1}, distortion L_0.
 
-An uploaded image becomes x_0 through ``hf_ddpm.image_transform.ImageTransform``, the transform of
+An uploaded image becomes x_0 through ``hf_ddpm.data.image_transform.ImageTransform``, the transform of
 ``hf-ddpm train`` and ``hf-ddpm evaluate`` (shorter side resized bilinearly, centre crop, scaling to
 [-1, 1], snapping onto the data's levels), so the Likelihood tab's bits/dim for an image is the number
 the evaluation gives for it. The number of levels comes from the ``train_config.json`` that
@@ -57,7 +57,7 @@ except ImportError:
 
 
 try:  # hf_ddpm installed, or copied beside this file by `hf-ddpm space`
-    from hf_ddpm.image_transform import ImageTransform, dataset_num_bins
+    from hf_ddpm.data.image_transform import ImageTransform, dataset_num_bins
 except ImportError:  # a Space made from spaces_app/ alone: see _ResizeOnly
     ImageTransform = None
 
@@ -68,7 +68,7 @@ MAX_STEPS = int(os.environ.get("HF_DDPM_MAX_STEPS", "250"))
 STREAM_FRAMES = 10
 MAX_SEED = 2**32 - 1
 _HERE = Path(__file__).resolve().parent
-# Held-out MNIST test digits (hf_ddpm.data's "test" split of mnist-5k), the bundled model's data.
+# Held-out MNIST test digits (hf_ddpm.data.image_datasets's "test" split of mnist-5k), the bundled model's data.
 _EXAMPLES = sorted(str(path) for path in (_HERE / "examples").glob("*.png"))
 _BUNDLED_MODEL = Path("pretrained") / "mnist-5k"
 _FIXED_VARIANCES = ("fixed_small", "fixed_large")

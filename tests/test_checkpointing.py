@@ -1,4 +1,4 @@
-"""hf_ddpm.checkpointing: atomic writes, manifests, corrupt/partial detection, pruning, state round trips,
+"""hf_ddpm.training.checkpointing: atomic writes, manifests, corrupt/partial detection, pruning, state round trips,
 and the end-to-end guarantee: a run killed with SIGKILL and resumed ends where an uninterrupted one does."""
 
 import json
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from hf_ddpm import checkpointing
-from hf_ddpm.checkpointing import (
+from hf_ddpm.training import checkpointing
+from hf_ddpm.training.checkpointing import (
     CorruptCheckpointError,
     flatten_state,
     latest_checkpoint,
@@ -24,7 +24,7 @@ from hf_ddpm.checkpointing import (
     save_checkpoint,
     unflatten_state,
 )
-from hf_ddpm.train import TrainConfig, train
+from hf_ddpm.training.train import TrainConfig, train
 
 HELPER = Path(__file__).with_name("train_helper.py")
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def test_latest_skips_partial_and_corrupt_with_a_warning(tmp_path, caplog):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF  # one flipped byte in the tensor data
     weights.write_bytes(bytes(data))
-    with caplog.at_level(logging.WARNING, logger="hf_ddpm.checkpointing"):
+    with caplog.at_level(logging.WARNING, logger="hf_ddpm.training.checkpointing"):
         assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-1"
     assert "checkpoint-3" in caplog.text and "no manifest.json" in caplog.text
     assert "checkpoint-2" in caplog.text and "checksum" in caplog.text
@@ -174,7 +174,7 @@ def _run_helper(config: dict, tmp_path: Path, name: str, kill_at: int | None = N
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
-    from hf_ddpm.checkpointing import load_checkpoint
+    from hf_ddpm.training.checkpointing import load_checkpoint
 
     tensors, _ = load_checkpoint(path)
     return {f"{group}/{k}": v for group in ("model", "ema") for k, v in tensors[group].items()}

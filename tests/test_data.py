@@ -1,4 +1,4 @@
-"""hf_ddpm.data and hf_ddpm.image_transform: bundled splits, column detection, preprocessing, flips,
+"""hf_ddpm.data.image_datasets and hf_ddpm.data.image_transform: bundled splits, column detection, preprocessing, flips,
 error messages."""
 
 import hashlib
@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from hf_ddpm.data import (
+from hf_ddpm.data.image_datasets import (
     collate,
     held_out_split,
     load_image_dataset,
     preprocess,
     random_horizontal_flip,
 )
-from hf_ddpm.image_transform import ImageTransform, dataset_num_bins
+from hf_ddpm.data.image_transform import ImageTransform, dataset_num_bins
 
 # One intensity level of 8-bit data on the [-1, 1] scale.
 _LEVEL = 2 / 255
@@ -123,7 +123,7 @@ def test_image_column_is_detected(column):
         {column: _grey(), "caption": ["a", "b"]},
         features=datasets.Features({column: datasets.Image(), "caption": datasets.Value("string")}),
     )
-    from hf_ddpm.data import _wrap
+    from hf_ddpm.data.image_datasets import _wrap
 
     data = _wrap(raw, "memory", None, None, num_bins=256)
     assert data.dataset.column_names == ["image"]
@@ -131,7 +131,7 @@ def test_image_column_is_detected(column):
 
 
 def test_missing_image_column_lists_the_columns():
-    from hf_ddpm.data import _wrap
+    from hf_ddpm.data.image_datasets import _wrap
 
     two = datasets.Dataset.from_dict(
         {"left": _grey(), "right": _grey()},
@@ -146,7 +146,7 @@ def test_missing_image_column_lists_the_columns():
 
 
 def test_image_column_from_saved_dataset_and_integer_labels(tmp_path):
-    from hf_ddpm.data import _wrap
+    from hf_ddpm.data.image_datasets import _wrap
 
     raw = datasets.Dataset.from_dict(
         {"pixels": _grey(3), "digit": [0, 4, 2]},

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_ddpm.nll import (
+from hf_ddpm.evaluation.nll import (
     exact_nll,
     importance_sampled_bound,
     importance_sampled_nll,
@@ -133,7 +133,7 @@ def _tiny_unet(seed=0):
 
 
 def test_importance_sampled_estimate_agrees_with_the_exact_loop_on_a_tiny_unet():
-    from hf_ddpm.scheduling import HFDDPMScheduler
+    from hf_ddpm.core.scheduling import HFDDPMScheduler
 
     unet, sched = _tiny_unet(), HFDDPMScheduler(num_train_timesteps=10)
     image = (
@@ -168,7 +168,7 @@ def test_importance_sampled_estimate_agrees_with_the_exact_loop_on_a_tiny_unet()
 def saved_pipeline(tmp_path_factory):
     from diffusers import DDPMScheduler
 
-    from hf_ddpm.pipeline import HFDDPMPipeline
+    from hf_ddpm.core.pipeline import HFDDPMPipeline
 
     # saved with diffusers' scheduler, as google/ddpm-* repos are; loading converts it to HFDDPMScheduler
     folder = tmp_path_factory.mktemp("pipe")
@@ -200,10 +200,10 @@ def test_cli_end_to_end(saved_pipeline, tiny_dinov2, tmp_path, capsys):
 
     from hf_ddpm import variational_bound
     from hf_ddpm.cli import main
-    from hf_ddpm.data import collate, load_image_dataset, preprocess
-    from hf_ddpm.features import DinoV2Features
-    from hf_ddpm.frechet import feature_statistics, frechet_distance
-    from hf_ddpm.pipeline import HFDDPMPipeline
+    from hf_ddpm.core.pipeline import HFDDPMPipeline
+    from hf_ddpm.data.image_datasets import collate, load_image_dataset, preprocess
+    from hf_ddpm.evaluation.features import DinoV2Features
+    from hf_ddpm.evaluation.frechet import feature_statistics, frechet_distance
 
     out = tmp_path / "eval" / "report.json"
     argv = [
@@ -283,8 +283,8 @@ def test_cli_bad_input(saved_pipeline, tmp_path, capsys):
 
 
 def test_python_api_rejects_too_few_samples_and_wrong_resolution(saved_pipeline):
-    from hf_ddpm.evaluate import ReferenceData, evaluate_pipeline
-    from hf_ddpm.pipeline import HFDDPMPipeline
+    from hf_ddpm.core.pipeline import HFDDPMPipeline
+    from hf_ddpm.evaluation.evaluate import ReferenceData, evaluate_pipeline
 
     pipe = HFDDPMPipeline.from_pretrained(saved_pipeline)
     ref = ReferenceData(torch.zeros(4, 1, 8, 8), 256, "zeros", "test")
@@ -307,7 +307,7 @@ def test_push_metrics_updates_the_model_index(hub_server):
     import yaml
     from huggingface_hub import HfApi
 
-    from hf_ddpm.evaluate import push_metrics_to_hub
+    from hf_ddpm.evaluation.evaluate import push_metrics_to_hub
 
     api = HfApi()
     api.create_repo("tester/tiny")
@@ -340,10 +340,10 @@ class _MeanPoolInception(torch.nn.Module):
 
 
 def test_python_api_fid_path_and_sampled_nll(saved_pipeline, tmp_path):
-    from hf_ddpm.evaluate import ReferenceData, evaluate_pipeline, format_table
-    from hf_ddpm.features import InceptionFeatures
-    from hf_ddpm.frechet import feature_statistics, frechet_distance
-    from hf_ddpm.pipeline import HFDDPMPipeline
+    from hf_ddpm.core.pipeline import HFDDPMPipeline
+    from hf_ddpm.evaluation.evaluate import ReferenceData, evaluate_pipeline, format_table
+    from hf_ddpm.evaluation.features import InceptionFeatures
+    from hf_ddpm.evaluation.frechet import feature_statistics, frechet_distance
 
     pipe = HFDDPMPipeline.from_pretrained(saved_pipeline)
     gen = torch.Generator().manual_seed(0)
@@ -423,7 +423,7 @@ def test_nll_of_a_class_conditional_model_is_that_of_its_null_label(tmp_path):
     from conftest import _tiny_unet
 
     from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler, variational_bound
-    from hf_ddpm.evaluate import ReferenceData, evaluate_pipeline
+    from hf_ddpm.evaluation.evaluate import ReferenceData, evaluate_pipeline
 
     unet = _tiny_unet(in_channels=1, num_class_embeds=3)
     pipe = HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler(num_train_timesteps=8))

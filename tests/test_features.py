@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from transformers import Dinov2Config, Dinov2Model
 
-from hf_ddpm.features import (
+from hf_ddpm.evaluation.features import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     INCEPTION_WEIGHTS_ENV,
@@ -16,7 +16,7 @@ from hf_ddpm.features import (
     find_inception_weights,
     reference_statistics,
 )
-from hf_ddpm.frechet import feature_statistics, frechet_distance
+from hf_ddpm.evaluation.frechet import feature_statistics, frechet_distance
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from hf_ddpm.diffusion_tables import DiffusionTables
-from hf_ddpm.forward_process import (
+from hf_ddpm.core.diffusion_tables import DiffusionTables
+from hf_ddpm.core.forward_process import (
     q_mean_variance,
     q_posterior_mean_variance,
     q_sample,
     q_step_sample,
 )
-from hf_ddpm.schedules import make_betas
+from hf_ddpm.core.schedules import make_betas
 
 T = 100
 

@@ -7,7 +7,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from hf_ddpm.frechet import (
+from hf_ddpm.evaluation.frechet import (
     FeatureStatistics,
     FrechetSqrtError,
     feature_statistics,

@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from hf_ddpm.elbo import gaussian_elbo
-from hf_ddpm.gaussian import (
+from hf_ddpm.core.elbo import gaussian_elbo
+from hf_ddpm.core.gaussian import (
     discretized_gaussian_log_likelihood,
     gaussian_log_likelihood,
     normal_kl,

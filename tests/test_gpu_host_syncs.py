@@ -35,8 +35,8 @@ def _no_host_sync():
 def test_training_steps_do_not_sync(tmp_path, class_conditional):
     from test_train import _tiny
 
-    from hf_ddpm.data import collate
-    from hf_ddpm.train import _Trainer
+    from hf_ddpm.data.image_datasets import collate
+    from hf_ddpm.training.train import _Trainer
 
     config = _tiny(
         tmp_path,

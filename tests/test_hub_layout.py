@@ -13,9 +13,9 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler
 from huggingface_hub import ModelCard
 
-from hf_ddpm.hub_layout import relative_import_closure
-from hf_ddpm.pipeline import HFDDPMPipeline
-from hf_ddpm.scheduling import HFDDPMScheduler
+from hf_ddpm.core.hub_layout import relative_import_closure
+from hf_ddpm.core.pipeline import HFDDPMPipeline
+from hf_ddpm.core.scheduling import HFDDPMScheduler
 
 T = 10
 
@@ -43,12 +43,10 @@ def _public(config):
 
 
 def _hf_ddpm_modules_imported_by(module):
-    """Oracle for the closure: the hf_ddpm modules Python itself loads when importing ``module``."""
-    code = (
-        f"import sys, {module}; print(' '.join(m for m in sys.modules if m.startswith('hf_ddpm.')))"
-    )
+    """Oracle for the closure: the hf_ddpm.core modules Python itself loads when importing ``module``."""
+    code = f"import sys, {module}; print(' '.join(m for m in sys.modules if m.startswith('hf_ddpm.core.')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return {name.split(".", 1)[1] + ".py" for name in out.stdout.split()}
+    return {name.rsplit(".", 1)[1] + ".py" for name in out.stdout.split()}
 
 
 _REMOTE_SAMPLE = """
@@ -81,7 +79,7 @@ def test_saved_layout(tiny_unet, tmp_path):
     assert "unet/diffusion_pytorch_model.safetensors" in files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl"))]
     copied = {f.split("/", 1)[1] for f in files if f.startswith("scheduler/") and f.endswith(".py")}
-    assert copied == _hf_ddpm_modules_imported_by("hf_ddpm.scheduling")
+    assert copied == _hf_ddpm_modules_imported_by("hf_ddpm.core.scheduling")
 
 
 def test_remote_code_load_without_hf_ddpm(tiny_unet, tmp_path, run_without_hf_ddpm):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hf_ddpm import HFDDPMScheduler, variational_bound
-from hf_ddpm.timestep_sampler import LossSecondMomentResampler, UniformSampler
+from hf_ddpm.training.timestep_sampler import LossSecondMomentResampler, UniformSampler
 
 T = 50
 

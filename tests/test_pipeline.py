@@ -8,8 +8,8 @@ import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler
 
-from hf_ddpm.pipeline import HFDDPMPipeline
-from hf_ddpm.scheduling import HFDDPMScheduler
+from hf_ddpm.core.pipeline import HFDDPMPipeline
+from hf_ddpm.core.scheduling import HFDDPMScheduler
 
 T = 10
 

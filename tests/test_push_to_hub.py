@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from hf_ddpm.hub_layout import HubPushError, push_folder_to_hub
-from hf_ddpm.pipeline import HFDDPMPipeline
-from hf_ddpm.scheduling import HFDDPMScheduler
+from hf_ddpm.core.hub_layout import HubPushError, push_folder_to_hub
+from hf_ddpm.core.pipeline import HFDDPMPipeline
+from hf_ddpm.core.scheduling import HFDDPMScheduler
 
 T = 10
 REPO = "tester/tiny-ddpm"

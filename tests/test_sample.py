@@ -3,7 +3,8 @@
 import pytest
 from PIL import Image
 
-from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler, cli, sample
+from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler, cli
+from hf_ddpm.sampling import sample
 
 
 def _save(tmp_path, tiny_unet, **unet_kwargs):

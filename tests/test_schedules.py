@@ -7,8 +7,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from hf_ddpm.diffusion_tables import DiffusionTables
-from hf_ddpm.schedules import (
+from hf_ddpm.core.diffusion_tables import DiffusionTables
+from hf_ddpm.core.schedules import (
     BETA_SCHEDULES,
     cosine_alpha_bar,
     make_betas,

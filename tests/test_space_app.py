@@ -4,7 +4,7 @@ A tiny random UNet (8x8 grey images, T = 20) is saved and loaded through the app
 check compares with an independent computation: the pipeline run directly with the same seed, the
 closed form q(x_t | x_0) written out here from diffusers' DDPMScheduler tables, the analytic prior KL,
 and ``hf_ddpm.variational_bound`` called directly. The likelihood tab is also checked with the bundled
-model against hf_ddpm's own evaluation path: the image read and preprocessed by ``hf_ddpm.data``.
+model against hf_ddpm's own evaluation path: the image read and preprocessed by ``hf_ddpm.data.image_datasets``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler, variational_bound
-from hf_ddpm.bundled import bundled_model_path
-from hf_ddpm.data import load_image_dataset, preprocess
+from hf_ddpm.data.image_datasets import load_image_dataset, preprocess
+from hf_ddpm.hub.bundled import bundled_model_path
 from spaces_app import app
 
 SIZE = 8
@@ -291,7 +291,7 @@ def _wide_digit() -> np.ndarray:
 
 
 def _evaluation_bound(folder, loaded, seed: int, label: int):
-    """What hf_ddpm's own path gives: the image folder read and preprocessed by hf_ddpm.data (as
+    """What hf_ddpm's own path gives: the image folder read and preprocessed by hf_ddpm.data.image_datasets (as
     ``hf-ddpm evaluate --train-data-dir`` reads it), then the same bound function, seed and label."""
     data = load_image_dataset(train_data_dir=str(folder))
     x0 = preprocess(data, loaded.sample_size)[0]["pixel_values"][None]
@@ -334,7 +334,7 @@ def test_likelihood_tab_without_a_class_gives_the_number_hf_ddpm_evaluate_report
 ):
     """For a class-conditional model the default condition is none: the bound of p(x), through the
     null label, as ``hf-ddpm evaluate`` computes it (its own model wrapper); a class gives another."""
-    from hf_ddpm.evaluate import _unconditional_model
+    from hf_ddpm.evaluation.evaluate import _unconditional_model
 
     client, loaded, _ = served_bundled
     (tmp_path / "upload").mkdir()

@@ -11,7 +11,7 @@ import pytest
 from huggingface_hub import SpaceCard
 
 from hf_ddpm import cli
-from hf_ddpm.space import DEFAULT_APP_DIR, prepare_space_folder
+from hf_ddpm.hub.space import DEFAULT_APP_DIR, prepare_space_folder
 
 MODEL_ID = "tester/tiny-ddpm"
 
@@ -36,7 +36,7 @@ def test_space_folder_has_the_app_the_model_id_and_a_working_hf_ddpm(tmp_path):
         "from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler\n"
         "from hf_ddpm import variational_bound\n"
         # The app prepares uploads with the transform of training and evaluation.
-        "from hf_ddpm.image_transform import ImageTransform, dataset_num_bins\n"
+        "from hf_ddpm.data.image_transform import ImageTransform, dataset_num_bins\n"
         "HFDDPMScheduler(num_train_timesteps=10)\n"
     )
     result = subprocess.run(
@@ -72,8 +72,8 @@ def test_deploy_creates_a_gradio_space_and_uploads_the_folder(hub_server, capsys
         "app.py",
         "README.md",
         "requirements.txt",
-        "hf_ddpm/scheduling.py",
-        "hf_ddpm/image_transform.py",
+        "hf_ddpm/core/scheduling.py",
+        "hf_ddpm/data/image_transform.py",
     } <= set(files)
     assert files["app.py"] == (DEFAULT_APP_DIR / "app.py").read_bytes()
     assert f"- {MODEL_ID}" in files["README.md"].decode()

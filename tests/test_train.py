@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from hf_ddpm.ema import EMA
-from hf_ddpm.train import TrainConfig, TrainingDivergedError, _EpochBatchSampler, train
-from hf_ddpm.unet_presets import PRESETS, build_unet, unet_config
+from hf_ddpm.training.ema import EMA
+from hf_ddpm.training.train import TrainConfig, TrainingDivergedError, _EpochBatchSampler, train
+from hf_ddpm.training.unet_presets import PRESETS, build_unet, unet_config
 
 
 def _tiny(tmp_path, **overrides) -> TrainConfig:
@@ -57,7 +57,7 @@ def test_ddpm_cifar10_preset_has_the_papers_35_7m_parameters():
 
 
 def test_learned_variance_and_classes_shape_the_unet():
-    from hf_ddpm.scheduling import HFDDPMScheduler
+    from hf_ddpm.core.scheduling import HFDDPMScheduler
 
     scheduler = HFDDPMScheduler(num_train_timesteps=10, variance_type="learned_range")
     config = unet_config(
@@ -211,7 +211,7 @@ def test_bad_data_and_resume_paths(tmp_path):
 
 def test_cli_reports_bad_input_and_config_file_precedence(tmp_path, capsys):
     from hf_ddpm.cli import main
-    from hf_ddpm.train import add_arguments, config_from_args
+    from hf_ddpm.training.train import add_arguments, config_from_args
 
     assert main(["train", "--model-preset", "huge", "--output-dir", str(tmp_path)]) == 2
     assert "--model-preset 'huge' is not one of" in capsys.readouterr().err
@@ -253,7 +253,7 @@ def test_data_order_is_a_function_of_seed_and_epoch_and_ranks_partition_it():
 
 
 def test_learning_rate_warms_up_linearly_then_stays():
-    from hf_ddpm.train import _warmup
+    from hf_ddpm.training.train import _warmup
 
     model = torch.nn.Linear(1, 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
@@ -271,8 +271,8 @@ def test_learning_rate_warms_up_linearly_then_stays():
 
 
 def test_tiny_run_end_to_end(tmp_path):
-    from hf_ddpm.checkpointing import load_checkpoint
-    from hf_ddpm.pipeline import HFDDPMPipeline
+    from hf_ddpm.core.pipeline import HFDDPMPipeline
+    from hf_ddpm.training.checkpointing import load_checkpoint
 
     config = _tiny(
         tmp_path,
@@ -311,7 +311,7 @@ def test_tiny_run_end_to_end(tmp_path):
 
 def _poison_loss_at_call(monkeypatch, bad_call: int) -> None:
     """Make the ``bad_call``-th training loss NaN (one micro-batch per step: the loss of that step)."""
-    from hf_ddpm.scheduling import HFDDPMScheduler
+    from hf_ddpm.core.scheduling import HFDDPMScheduler
 
     real = HFDDPMScheduler.training_loss
     calls = [0]
@@ -325,7 +325,7 @@ def _poison_loss_at_call(monkeypatch, bad_call: int) -> None:
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    from hf_ddpm.checkpointing import latest_checkpoint
+    from hf_ddpm.training.checkpointing import latest_checkpoint
 
     _poison_loss_at_call(monkeypatch, 5)
     config = _tiny(tmp_path, checkpoint_every=2)
@@ -339,7 +339,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 def test_nan_between_loss_reads_is_caught_before_the_next_checkpoint(tmp_path, monkeypatch):
     """Losses stay on the device between reads (every --log-every steps), but a checkpoint forces a read
     first: a loss that went NaN at step 3 stops the run before checkpoint-4 holds its weights."""
-    from hf_ddpm.checkpointing import latest_checkpoint
+    from hf_ddpm.training.checkpointing import latest_checkpoint
 
     _poison_loss_at_call(monkeypatch, 3)
     config = _tiny(tmp_path, checkpoint_every=2, log_every=50, max_steps=8)
@@ -398,7 +398,7 @@ def test_failed_push_keeps_the_output_and_says_how_to_retry(
 
 
 def test_push_to_loopback_hub_and_reload(tmp_path, hub_server):
-    from hf_ddpm.pipeline import HFDDPMPipeline
+    from hf_ddpm.core.pipeline import HFDDPMPipeline
 
     repo = "tester/tiny-digits"
     config = _tiny(tmp_path, max_steps=2, push_to_hub=True, hub_model_id=repo)
@@ -515,8 +515,8 @@ def test_every_save_strategy_uploads_each_checkpoint_to_its_own_folder(
 def test_failed_checkpoint_uploads_warn_and_training_finishes(
     tmp_path, hub_server, monkeypatch, caplog, no_hub_retry_sleep
 ):
-    import hf_ddpm.hub_layout
-    from hf_ddpm.checkpointing import verify_checkpoint
+    import hf_ddpm.core.hub_layout
+    from hf_ddpm.training.checkpointing import verify_checkpoint
 
     class _FailWhileTraining:
         """Every commit fails with a 500 until the final push begins."""
@@ -534,18 +534,18 @@ def test_failed_checkpoint_uploads_warn_and_training_finishes(
 
     failure = _FailWhileTraining()
     hub_server.commit_failure = failure
-    real_push = hf_ddpm.hub_layout.push_folder_to_hub
+    real_push = hf_ddpm.core.hub_layout.push_folder_to_hub
 
     def push_after_outage(*args, **kwargs):
         failure.active = False
         return real_push(*args, **kwargs)
 
-    monkeypatch.setattr(hf_ddpm.hub_layout, "push_folder_to_hub", push_after_outage)
+    monkeypatch.setattr(hf_ddpm.core.hub_layout, "push_folder_to_hub", push_after_outage)
     repo = "tester/flaky"
     config = _tiny(
         tmp_path, checkpoint_every=2, push_to_hub=True, hub_model_id=repo, hub_strategy="checkpoint"
     )
-    with caplog.at_level("WARNING", logger="hf_ddpm.hub_checkpoints"):
+    with caplog.at_level("WARNING", logger="hf_ddpm.training.hub_checkpoints"):
         result = train(config)
     out = Path(config.output_dir)
     assert result.step == 6
@@ -565,7 +565,7 @@ def test_failed_checkpoint_uploads_warn_and_training_finishes(
 
 
 def _weights_of(path: Path) -> dict[str, torch.Tensor]:
-    from hf_ddpm.checkpointing import load_checkpoint
+    from hf_ddpm.training.checkpointing import load_checkpoint
 
     tensors, _ = load_checkpoint(path)
     return {f"{group}/{k}": v for group in ("model", "ema") for k, v in tensors[group].items()}
@@ -604,8 +604,8 @@ def test_resume_from_the_hub_checks_the_manifest_and_starts_fresh_without_a_chec
 ):
     from huggingface_hub import HfApi
 
-    from hf_ddpm.checkpointing import CorruptCheckpointError, save_checkpoint
-    from hf_ddpm.hub_checkpoints import download_hub_checkpoint
+    from hf_ddpm.training.checkpointing import CorruptCheckpointError, save_checkpoint
+    from hf_ddpm.training.hub_checkpoints import download_hub_checkpoint
 
     assert download_hub_checkpoint(tmp_path / "a", "tester/absent") is None
     repo = "tester/pushed"

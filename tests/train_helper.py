@@ -1,4 +1,4 @@
-"""Run hf_ddpm.train.train in a subprocess for the resume-after-SIGKILL and the 2-process tests.
+"""Run hf_ddpm.training.train.train in a subprocess for the resume-after-SIGKILL and the 2-process tests.
 
 Usage: python tests/train_helper.py CONFIG_JSON REPORT_DIR [KILL_AT_FORWARD]
 
@@ -29,7 +29,8 @@ def main() -> None:
     from diffusers import UNet2DModel
     from PIL import Image
 
-    from hf_ddpm import checkpointing, pipeline, train
+    from hf_ddpm.core import pipeline
+    from hf_ddpm.training import checkpointing, train
 
     writes: list[str] = []
 

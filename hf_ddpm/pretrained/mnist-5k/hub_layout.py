@@ -32,7 +32,7 @@ SAMPLE_GRID = "samples.png"
 MODEL_CARD = "README.md"
 # Written into the card's usage snippets when the repo id is not known yet; push_folder_to_hub fills it in.
 REPO_ID_PLACEHOLDER = "your-username/your-model"
-_INSTALLED_PACKAGE = "hf_ddpm"
+_INSTALLED_PACKAGE = "hf_ddpm.core"
 # Weight formats this project never reads: skipping them keeps downloads of diffusers repos small.
 _IGNORED_DOWNLOADS = ["*.msgpack", "*.h5", "*.onnx", "*.ckpt", "*.onnx_data"]
 # The textual forms diffusers follows to copy a remote module's relative imports (dynamic_modules_utils).
@@ -101,7 +101,7 @@ def _check_diffusers_can_follow(source_file: Path, closure: list[Path]) -> None:
         )
 
 
-def _copy_source_closure(cls: type, destination: Path) -> str:
+def copy_source_closure(cls: type, destination: Path) -> str:
     """Copy the module defining ``cls`` and its relative imports into ``destination``; return its stem."""
     source = inspect.getsourcefile(cls)
     if source is None or cls.__module__ == "__main__":
@@ -145,7 +145,7 @@ def _save_component(component: Any, folder: Path, variant: str | None) -> list[s
         )
     if _is_diffusers_class(cls):
         return ["diffusers", cls.__name__]
-    return [_copy_source_closure(cls, folder), cls.__name__]
+    return [copy_source_closure(cls, folder), cls.__name__]
 
 
 def save_pipeline_folder(
@@ -179,7 +179,7 @@ def save_pipeline_folder(
     folder.mkdir(parents=True, exist_ok=True)
     pipeline_class = type(pipeline)
     index: dict[str, Any] = {
-        "_class_name": [_copy_source_closure(pipeline_class, folder), pipeline_class.__name__],
+        "_class_name": [copy_source_closure(pipeline_class, folder), pipeline_class.__name__],
         "_diffusers_version": diffusers.__version__,
     }
     for name, component in pipeline.components.items():
@@ -479,7 +479,8 @@ def load_pipeline(
 # --------------------------------------------------------------------------------------------------
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
+def network_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "the Hub could not be reached or refused", as opposed to a bug."""
     from huggingface_hub.errors import HfHubHTTPError
 
     # HfHubHTTPError derives from the HTTP client's base error (httpx or httpx2, by huggingface_hub
@@ -530,12 +531,12 @@ def push_folder_to_hub(
             create_pr=create_pr,
             ignore_patterns=ignore_patterns,
         )
-    except _network_errors() as error:
+    except network_errors() as error:
         raise HubPushError(
             f"Pushing {folder} to the Hub repo {repo_id} failed: {error}\n"
             f"Nothing local was lost: the pipeline is saved in {folder.resolve()}. Once the Hub can be "
             "reached (and your token can write there), retry with\n"
-            f"    hf_ddpm.hub_layout.push_folder_to_hub({str(folder.resolve())!r}, {repo_id!r})\n"
+            f"    hf_ddpm.core.hub_layout.push_folder_to_hub({str(folder.resolve())!r}, {repo_id!r})\n"
             f"or from a shell: hf upload {repo_id} {folder.resolve()} .",
             folder.resolve(),
         ) from error

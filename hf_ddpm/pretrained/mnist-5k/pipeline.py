@@ -24,7 +24,7 @@ from diffusers.utils.torch_utils import randn_tensor
 _OUTPUT_TYPES = ("pil", "np", "pt")
 _LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
 # True only for the installed package; a remote-code copy lives in diffusers' module cache instead.
-_RUNNING_AS_HF_DDPM = __package__ == "hf_ddpm"
+_RUNNING_AS_HF_DDPM = __package__ == "hf_ddpm.core"
 
 GeneratorArg = torch.Generator | list[torch.Generator] | None
 StepCallback = Callable[["HFDDPMPipeline", int, torch.Tensor, dict[str, Any]], dict[str, Any]]

@@ -108,14 +108,14 @@ def load_reference(
     image_column: str | None = None,
     max_images: int | None = None,
 ) -> ReferenceData:
-    """Read a dataset split with ``hf_ddpm.data`` (the same options and preprocessing as ``train``).
+    """Read a dataset split with ``hf_ddpm.data.image_datasets`` (the same options and preprocessing as ``train``).
 
     Args:
         resolution: side length to resize and center-crop to; the model's ``sample_size``.
-        dataset, train_data_dir, split, image_column: as for :func:`hf_ddpm.data.load_image_dataset`.
+        dataset, train_data_dir, split, image_column: as for :func:`hf_ddpm.data.image_datasets.load_image_dataset`.
         max_images: use only the first ``max_images`` images of the split.
     """
-    from .data import collate, load_image_dataset, preprocess
+    from hf_ddpm.data.image_datasets import collate, load_image_dataset, preprocess
 
     data = load_image_dataset(dataset, train_data_dir, split=split, image_column=image_column)
     count = len(data) if max_images is None else min(max_images, len(data))
@@ -173,7 +173,7 @@ def _generate(
 
 def save_grid(images: torch.Tensor, path: str | Path) -> Path:
     """Save up to 64 images in [0, 1] (N, C, H, W) as a near-square grid PNG."""
-    from .image_grid import image_grid
+    from hf_ddpm.data.image_grid import image_grid
 
     grid = image_grid(images[:_GRID_MAX_IMAGES].permute(0, 2, 3, 1).float().numpy())
     path = Path(path)
@@ -218,12 +218,12 @@ def evaluate_pipeline(
         batch_size: images per pipeline call and per NLL batch.
         seed: seeds sampling and the NLL's noise.
         nll_timesteps: K for the importance-sampled NLL estimate; None for the exact T-term loop.
-        nll_proposal: q(t) for that estimate (see :func:`hf_ddpm.nll.proposal_probabilities`); uniform
+        nll_proposal: q(t) for that estimate (see :func:`hf_ddpm.evaluation.nll.proposal_probabilities`); uniform
             when None, unless ``nll_proposal_images`` > 0.
         nll_proposal_images: build q(t) from the per-term means of the exact loop on this many reference
-            images (:func:`hf_ddpm.nll.term_means_proposal`); far lower variance than uniform.
+            images (:func:`hf_ddpm.evaluation.nll.term_means_proposal`); far lower variance than uniform.
         extractors: feature extractors by metric; built by :func:`build_extractors` when missing.
-        stats_cache_dir: where reference statistics are cached (see :func:`hf_ddpm.features.default_cache_dir`).
+        stats_cache_dir: where reference statistics are cached (see :func:`hf_ddpm.evaluation.features.default_cache_dir`).
         grid_path: where to write the sample grid PNG; None for no grid.
 
     Returns:
@@ -527,7 +527,7 @@ def _run(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     extractors = build_extractors(metrics, args.dinov2_model, args.inception_weights, device)
 
-    from .pipeline import HFDDPMPipeline
+    from hf_ddpm.core.pipeline import HFDDPMPipeline
 
     pipe = HFDDPMPipeline.from_pretrained(args.model).to(device)
     reference = load_reference(

@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 STATE = "state.json"
 FORMAT_VERSION = 1
-_NAME = re.compile(r"^checkpoint-(\d+)$")
-_TMP_PREFIX = ".tmp-checkpoint-"
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+TMP_PREFIX = ".tmp-checkpoint-"
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -61,7 +61,7 @@ def save_checkpoint(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(output_dir, step)
-    tmp = output_dir / f"{_TMP_PREFIX}{step}-{os.getpid()}"
+    tmp = output_dir / f"{TMP_PREFIX}{step}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -77,16 +77,16 @@ def save_checkpoint(
     manifest_path = tmp / MANIFEST
     manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
     _fsync_and_hash(manifest_path)
-    _rename_into_place(tmp, final)
+    rename_into_place(tmp, final)
     return final
 
 
-def _rename_into_place(tmp: Path, final: Path) -> None:
+def rename_into_place(tmp: Path, final: Path) -> None:
     """Rename the complete folder ``tmp`` to ``final`` (same parent), replacing any folder there."""
     if final.exists():
         # Re-writing a step (e.g. after resuming from it): move the old one aside first, so that at
         # every moment one complete copy exists.
-        old = final.parent / f"{_TMP_PREFIX}old-{final.name}-{os.getpid()}"
+        old = final.parent / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
         final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old)
@@ -146,7 +146,9 @@ def list_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if (m := _NAME.match(p.name))]
+    found = [
+        (int(m.group(1)), p) for p in output_dir.iterdir() if (m := CHECKPOINT_NAME.match(p.name))
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -187,7 +189,7 @@ def prune_checkpoints(output_dir: str | os.PathLike[str], total_limit: int | Non
     Returns the deleted checkpoint folders.
     """
     output_dir = Path(output_dir)
-    for stale in output_dir.glob(f"{_TMP_PREFIX}*"):
+    for stale in output_dir.glob(f"{TMP_PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
     if total_limit is None:
         return []

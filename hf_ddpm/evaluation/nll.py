@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .vlb import call_model, variational_bound
+from .bound import call_model, variational_bound
 
 __all__ = [
     "NLLResult",
@@ -153,7 +153,7 @@ def proposal_probabilities(num_timesteps: int, proposal: Any = None) -> torch.Te
         num_timesteps: T (at least 2).
         proposal: None (uniform over 1..T-1), non-negative weights of length T (entry 0 is ignored; the
             rest are normalised here), or an object with a ``probabilities()`` method such as
-            ``hf_ddpm.timestep_sampler.LossSecondMomentResampler``.
+            ``hf_ddpm.training.timestep_sampler.LossSecondMomentResampler``.
 
     Raises:
         ValueError: T < 2, a wrong length, or a weight for t >= 1 that is not finite and > 0 (a timestep with

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .bundled import bundled_model_path
+from hf_ddpm.hub.bundled import bundled_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _untrained_pipeline() -> Any:
     from diffusers import UNet2DModel
 
-    from .pipeline import HFDDPMPipeline
-    from .scheduling import HFDDPMScheduler
+    from hf_ddpm.core.pipeline import HFDDPMPipeline
+    from hf_ddpm.core.scheduling import HFDDPMScheduler
 
     logger.warning(
         "No model given and no bundled model in this checkout: sampling from a freshly initialised UNet "
@@ -59,7 +59,7 @@ def _untrained_pipeline() -> Any:
 
 def load_for_sampling(model: str | None) -> Any:
     """The pipeline named by ``model``, else the bundled one, else an untrained one (with a warning)."""
-    from .pipeline import HFDDPMPipeline
+    from hf_ddpm.core.pipeline import HFDDPMPipeline
 
     if model is None:
         bundled = bundled_model_path()
@@ -78,7 +78,7 @@ def sample_grid(
     guidance_scale: float = 1.0,
 ) -> Any:
     """``num_images`` samples as one near-square PIL grid."""
-    from .image_grid import image_grid
+    from hf_ddpm.data.image_grid import image_grid
 
     if num_images < 1:
         raise ValueError(f"--num-images must be >= 1, got {num_images}")

@@ -1,7 +1,7 @@
 """One image as the model sees it: the per-image transform of training, evaluation and the Space.
 
 ``hf-ddpm train`` and ``hf-ddpm evaluate`` apply it to every dataset image (through
-:func:`hf_ddpm.data.preprocess`), and the Space applies it to an uploaded image, so that the Space's
+:func:`hf_ddpm.data.image_datasets.preprocess`), and the Space applies it to an uploaded image, so that the Space's
 bits/dim for an image is the number the evaluation gives for the same image. The Space gets this file
 copied beside its app by ``hf-ddpm space``, so it imports only numpy, torch and PIL.
 

@@ -97,11 +97,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option and its allowed values."""
+        from hf_ddpm.core.losses import LOSS_TYPES
+        from hf_ddpm.core.parameterization import PARAMETERIZATIONS
+        from hf_ddpm.core.reverse_process import VARIANCE_TYPES
+        from hf_ddpm.core.schedules import BETA_SCHEDULES
+
         from .hub_checkpoints import HUB_STRATEGIES
-        from .losses import LOSS_TYPES
-        from .parameterization import PARAMETERIZATIONS
-        from .reverse_process import VARIANCE_TYPES
-        from .schedules import BETA_SCHEDULES
         from .unet_presets import PRESETS
 
         choices = {

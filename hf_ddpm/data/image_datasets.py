@@ -214,7 +214,7 @@ def _wrap(
 def preprocess(data: ImageDataset, resolution: int) -> Any:
     """``data.dataset`` with a transform giving ``pixel_values`` (C, H, W) in [-1, 1] (and ``label``).
 
-    Each image goes through :class:`hf_ddpm.image_transform.ImageTransform`: resized (bilinear) so that
+    Each image goes through :class:`hf_ddpm.data.image_transform.ImageTransform`: resized (bilinear) so that
     its shorter side is ``resolution``, center-cropped to ``resolution`` x ``resolution``, kept grey or
     RGB as the data is, and scaled to [-1, 1]. For data with fewer than 256 levels the result is snapped
     back onto the ``num_bins`` grid, so the discretised likelihood stays exact. Random flips are applied

@@ -44,8 +44,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .data import random_horizontal_flip, to_device
-from .image_grid import image_grid
+from hf_ddpm.data.image_datasets import random_horizontal_flip, to_device
+from hf_ddpm.data.image_grid import image_grid
+
 from .train_config import RESUME_FROM_HUB, TrainConfig, config_from_args
 
 # The CLI finds each subcommand's add_arguments and run in its module (cli.py).
@@ -162,10 +163,11 @@ class _Trainer:
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
+        from hf_ddpm.core.scheduling import HFDDPMScheduler
+        from hf_ddpm.data.image_datasets import load_image_dataset, preprocess
+
         from .checkpointing import resolve_resume
-        from .data import load_image_dataset, preprocess
         from .ema import EMA
-        from .scheduling import HFDDPMScheduler
         from .timestep_sampler import LossSecondMomentResampler, UniformSampler
         from .unet_presets import build_unet, unet_config
 
@@ -425,7 +427,7 @@ class _Trainer:
         return f"The last good checkpoint is {last}." if last else "No checkpoint was written yet."
 
     def _sample_grid(self) -> Any:
-        from .pipeline import HFDDPMPipeline
+        from hf_ddpm.core.pipeline import HFDDPMPipeline
 
         self.ema.copy_to(self.ema_unet)
         self.ema_unet.eval()
@@ -461,7 +463,7 @@ class _Trainer:
         from torch.utils.data import DataLoader
         from tqdm.auto import tqdm
 
-        from .data import collate
+        from hf_ddpm.data.image_datasets import collate
 
         acc, config = self.accelerator, self.config
         if self.resume_path is not None:
@@ -570,8 +572,8 @@ class _Trainer:
         return "\n".join(lines)
 
     def _save_final(self, result: TrainResult) -> None:
-        from .data import BUNDLED_DATASETS
-        from .pipeline import HFDDPMPipeline
+        from hf_ddpm.core.pipeline import HFDDPMPipeline
+        from hf_ddpm.data.image_datasets import BUNDLED_DATASETS
 
         config = self.config
         grid = self._sample_grid()  # also copies the EMA weights into ema_unet
@@ -588,8 +590,10 @@ class _Trainer:
             sample_grid=grid,
         )
         if config.push_to_hub:
+            from hf_ddpm.core.hub_layout import HubPushError, push_folder_to_hub
+
+            from .checkpointing import TMP_PREFIX
             from .hub_checkpoints import HUB_STAGING_PREFIX
-            from .hub_layout import HubPushError, push_folder_to_hub
 
             if self.uploader is not None:
                 # The final commit comes after every checkpoint commit, so the repo ends on the pipeline.
@@ -604,7 +608,7 @@ class _Trainer:
                     # Checkpoints hold optimizer state (hundreds of MB for ddpm-cifar10) and logs grow.
                     ignore_patterns=[
                         "checkpoint-*",
-                        ".tmp-checkpoint-*",
+                        f"{TMP_PREFIX}*",
                         f"{HUB_STAGING_PREFIX}*",
                         "logs/*",
                     ],

@@ -25,14 +25,14 @@ from huggingface_hub import SpaceCard, create_repo, upload_folder
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # spaces_app/ sits next to the package in a source checkout (and in an editable install).
 DEFAULT_APP_DIR = _PACKAGE_DIR.parent / "spaces_app"
 _APP_FILES = ("app.py", "requirements.txt", "README.md")
 _SKIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
 # Modules the app imports beyond hf_ddpm's public names: the transform that makes an upload the model's
 # input exactly as in training, so the likelihood tab's bits/dim match `hf-ddpm evaluate`.
-_APP_MODULES = ("image_transform",)
+_APP_MODULES = ("data.image_transform",)
 
 
 def _check_repo_id(kind: str, repo_id: str) -> None:
@@ -45,14 +45,21 @@ def _check_repo_id(kind: str, repo_id: str) -> None:
 
 
 def package_modules() -> list[Path]:
-    """The hf_ddpm source files a Space needs: ``__init__.py``, the modules of its public names
-    (pipeline, scheduler, variational bound) and the image transform, with every sibling they import."""
-    from . import _PUBLIC
-    from .hub_layout import relative_import_closure
+    """The hf_ddpm source files a Space needs, as paths relative to the package: ``__init__.py`` of the
+    package and of each subpackage on the way, the modules of its public names (pipeline, scheduler,
+    variational bound) and the image transform, with every sibling they import."""
+    from hf_ddpm import PUBLIC_API
+    from hf_ddpm.core.hub_layout import relative_import_closure
 
-    files = {_PACKAGE_DIR / "__init__.py"}
-    for module in {*_PUBLIC.values(), *_APP_MODULES}:
-        files.update(relative_import_closure(_PACKAGE_DIR / f"{module}.py"))
+    files = {Path("__init__.py")}
+    for module in {*PUBLIC_API.values(), *_APP_MODULES}:
+        source = _PACKAGE_DIR / f"{module.replace('.', '/')}.py"
+        for path in relative_import_closure(source):
+            relative = path.relative_to(_PACKAGE_DIR)
+            files.add(relative)
+            files.update(
+                parent / "__init__.py" for parent in relative.parents if parent != Path(".")
+            )
     return sorted(files)
 
 
@@ -88,8 +95,9 @@ def prepare_space_folder(app_dir: str | Path, model_id: str, destination: str | 
     card.save(destination / "README.md")
     package = destination / "hf_ddpm"
     package.mkdir(exist_ok=True)
-    for source in package_modules():
-        shutil.copy2(source, package / source.name)
+    for relative in package_modules():
+        (package / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(_PACKAGE_DIR / relative, package / relative)
     return destination
 
 

@@ -3,7 +3,7 @@
 :class:`HubCheckpointUploader` uploads each new checkpoint in the background while training goes on, so
 that a lost machine loses at most the steps since the last upload; :func:`download_hub_checkpoint`
 (``--resume-from-checkpoint hub``) brings the newest one back into an output folder, where it must pass
-the same manifest check (:func:`hf_ddpm.checkpointing.verify_checkpoint`) as a local one before training
+the same manifest check (:func:`hf_ddpm.training.checkpointing.verify_checkpoint`) as a local one before training
 resumes from it.
 """
 
@@ -17,16 +17,17 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
+from hf_ddpm.core.hub_layout import network_errors
+
 from .checkpointing import (
-    _NAME,
-    _TMP_PREFIX,
+    CHECKPOINT_NAME,
     MANIFEST,
+    TMP_PREFIX,
     CorruptCheckpointError,
-    _rename_into_place,
     checkpoint_path,
+    rename_into_place,
     verify_checkpoint,
 )
-from .hub_layout import _network_errors
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ def _newest_hub_checkpoint(files: list[str]) -> str | None:
     steps = [
         int(m.group(1))
         for name in files
-        if name.endswith(f"/{MANIFEST}") and (m := _NAME.match(name.split("/")[0]))
+        if name.endswith(f"/{MANIFEST}") and (m := CHECKPOINT_NAME.match(name.split("/")[0]))
     ]
     return f"checkpoint-{max(steps)}" if steps else None
 
@@ -223,7 +224,7 @@ def download_hub_checkpoint(
             repo_id,
         )
         return None
-    except _network_errors() as error:
+    except network_errors() as error:
         raise ConnectionError(
             f"--resume-from-checkpoint hub: cannot reach the Hub repo {repo_id}: {error}"
         ) from error
@@ -232,7 +233,7 @@ def download_hub_checkpoint(
         logger.warning("the Hub repo %s holds no checkpoint; starting fresh", repo_id)
         return None
     output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir / f"{_TMP_PREFIX}hub-{os.getpid()}"
+    tmp = output_dir / f"{TMP_PREFIX}hub-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
@@ -245,7 +246,7 @@ def download_hub_checkpoint(
                 allow_patterns=[f"{folder}/*"],
                 local_dir=tmp,
             )
-        except _network_errors() as error:
+        except network_errors() as error:
             raise ConnectionError(
                 f"--resume-from-checkpoint hub: downloading {folder}/ from the Hub repo {repo_id} "
                 f"failed: {error}"
@@ -260,7 +261,7 @@ def download_hub_checkpoint(
             ) from error
         step = json.loads((downloaded / MANIFEST).read_text(encoding="utf-8"))["step"]
         final = checkpoint_path(output_dir, int(step))
-        _rename_into_place(downloaded, final)
+        rename_into_place(downloaded, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("downloaded %s/%s (commit %s) to %s", repo_id, folder, info.sha, final)

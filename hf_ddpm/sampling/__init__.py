@@ -1,0 +1,1 @@
+"""The commands that run a saved pipeline: ``hf-ddpm sample``."""
