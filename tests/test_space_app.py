@@ -240,13 +240,13 @@ import app
 state = app.load_model({str(model_dir)!r})
 assert state.model is not None, state.message
 assert type(state.model.pipe).__name__ == "HFDDPMPipeline" and state.model.streams
-outputs = list(app._generate(state, 1, 2, 4, "fixed_small", None, 1.0, lambda *a, **k: None))
+outputs = list(app.generate_images(state, 1, 2, 4, "fixed_small", None, 1.0, lambda *a, **k: None))
 assert len(outputs) == 5 and len(outputs[-1][2]) == 2, [len(o) for o in outputs]
 # The forward tab still takes an upload, squeezed to the model's size (no training transform here).
-x0_shown, x_t, _ = app._forward(state, np.zeros((12, 8, 3), np.uint8), 3, 0)
+x0_shown, x_t, _ = app.forward_noise(state, np.zeros((12, 8, 3), np.uint8), 3, 0)
 assert x0_shown.shape == x_t.shape == (8, 8, 3), (x0_shown.shape, x_t.shape)
 try:
-    app._likelihood(state, np.zeros((8, 8, 3), np.uint8), 0, None)
+    app.likelihood_bound(state, np.zeros((8, 8, 3), np.uint8), 0, None)
 except gr.Error as error:
     print("LIKELIHOOD:", error.message)
 """
@@ -388,7 +388,7 @@ def test_likelihood_tab_uses_the_levels_named_by_the_models_train_config(tmp_pat
     upload = np.asarray(
         data.dataset[4]["image"].convert("RGB")
     )  # as gr.Image(image_mode="RGB") gives
-    _, summary = app._likelihood(app.ModelState(loaded, ""), upload, 5, None)
+    _, summary = app.likelihood_bound(app.ModelState(loaded, ""), upload, 5, None)
     expected = variational_bound(
         loaded.pipe.unet,
         HFDDPMScheduler.from_config(loaded.pipe.scheduler.config),
@@ -408,11 +408,11 @@ def test_a_model_that_is_neither_grey_nor_rgb_generates_and_refuses_uploads(tmp_
     )
     state = app.load_model(str(tmp_path))
     assert state.model is not None, state.message
-    outputs = list(app._generate(state, 1, 2, 4, "fixed_small", None, 1.0, lambda *a, **k: None))
+    outputs = list(app.generate_images(state, 1, 2, 4, "fixed_small", None, 1.0, lambda *a, **k: None))
     assert outputs and len(outputs[-1][2]) == 2
     for call in (
-        lambda: app._forward(state, np.zeros((8, 8, 3), np.uint8), 3, 0),
-        lambda: app._likelihood(state, np.zeros((8, 8, 3), np.uint8), 0, None),
+        lambda: app.forward_noise(state, np.zeros((8, 8, 3), np.uint8), 3, 0),
+        lambda: app.likelihood_bound(state, np.zeros((8, 8, 3), np.uint8), 0, None),
     ):
         with pytest.raises(
             app.gr.Error, match="2-channel images; an uploaded picture can only be used"

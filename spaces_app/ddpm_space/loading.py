@@ -1,0 +1,244 @@
+"""Load the model and read from its configs what shapes the page.
+
+It loads with ``hf_ddpm.HFDDPMPipeline`` where hf_ddpm is importable, otherwise with
+``DiffusionPipeline.from_pretrained(model, trust_remote_code=True)``. The choices the page offers (variance
+types, timestep spacings) come from the loaded scheduler's own code, so a choice the model's scheduler
+gains (an analytic variance once its config carries the moments it needs) appears without a change here.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import torch
+
+from .pictures import Transform, upload_transform
+
+try:  # hf_ddpm installed, or copied beside app.py by `hf-ddpm space`
+    from hf_ddpm.data.image_transform import dataset_num_bins
+except ImportError:
+    dataset_num_bins = None
+
+# Written beside the pipeline by `hf-ddpm train`: names the data, and so its number of levels.
+_TRAIN_CONFIG = "train_config.json"
+_8_BIT_BINS = 256
+# The samplers offered next to the model's own: diffusers' few-step solvers, swapped in by from_config.
+DDPM = "ddpm"
+DIFFUSERS_SAMPLERS = ("ddim", "dpm-solver++")
+# The spacings diffusers' DDIMScheduler and DPMSolverMultistepScheduler accept in set_timesteps.
+DIFFUSERS_SPACINGS = ("linspace", "leading", "trailing")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded pipeline and the facts about it that shape the page."""
+
+    pipe: Any
+    sample_size: int
+    channels: int
+    num_train_timesteps: int
+    num_classes: int | None
+    variance_types: tuple[str, ...]
+    streams: bool
+    num_bins: int
+    num_bins_source: str
+    transform: Transform
+    # The upload transform for a painted mask: the image's geometry, one grey channel.
+    mask_transform: Transform
+    samplers: tuple[str, ...] = (DDPM,)
+    timestep_spacings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """Either a model, or the reason there is none (shown on the page)."""
+
+    model: LoadedModel | None
+    message: str
+
+    def require(self) -> LoadedModel:
+        """The model, or a readable ``gr.Error`` saying why there is none."""
+        if self.model is None:
+            raise gr.Error(self.message, print_exception=False)
+        return self.model
+
+
+def load_pipeline(model: str) -> Any:
+    """``model`` (a folder or a Hub id) as a pipeline, through hf_ddpm or else through remote code."""
+    try:
+        from hf_ddpm import HFDDPMPipeline
+    except ImportError:
+        from diffusers import DiffusionPipeline
+
+        return DiffusionPipeline.from_pretrained(model, trust_remote_code=True)
+    return HFDDPMPipeline.from_pretrained(model)
+
+
+def _train_config(model: str) -> dict[str, Any] | None:
+    """The model's train_config.json (a local folder's, or the Hub repo's), or None where it has none."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        if Path(model).is_dir():
+            path = Path(model) / _TRAIN_CONFIG
+            if not path.is_file():
+                return None
+        else:
+            path = Path(hf_hub_download(model, _TRAIN_CONFIG))
+        config = json.loads(path.read_text(encoding="utf-8"))
+    # No file, no network, or not JSON: the data is then unknown, which is not an error of the model.
+    except (OSError, ValueError, EntryNotFoundError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def data_num_bins(model: str) -> tuple[int, str]:
+    """How many intensity levels the model's training data had, and where that figure comes from.
+
+    ``hf-ddpm evaluate`` takes the levels from the dataset it reads; the Space has only the model, so it
+    reads the dataset from the model's train_config.json and falls back to 8-bit data (256 levels).
+    """
+    if dataset_num_bins is None:
+        return _8_BIT_BINS, "hf_ddpm is not installed here"
+    config = _train_config(model)
+    if config is None:
+        return _8_BIT_BINS, f"assumed 8-bit: the model has no {_TRAIN_CONFIG} naming its data"
+    folder = config.get("train_data_dir")
+    dataset = None if folder else config.get("dataset")
+    name = f"image folder {folder}" if folder else f"dataset {dataset}"
+    return dataset_num_bins(dataset), f"{name}, from the model's {_TRAIN_CONFIG}"
+
+
+# --------------------------------------------------------------------------------------------------
+# What the scheduler offers
+# --------------------------------------------------------------------------------------------------
+
+
+def variance_is_learned(pipe: Any) -> bool:
+    """Whether the model predicts its own variance: its network outputs more channels than the sample
+    has (asked of the scheduler where it can say, as HFDDPMScheduler does, else of the UNet)."""
+    channels = int(pipe.unet.config.in_channels)
+    if hasattr(pipe.scheduler, "model_output_channels"):
+        return int(pipe.scheduler.model_output_channels(channels)) != channels
+    return int(pipe.unet.config.out_channels) != channels
+
+
+def _scheduler_code_constant(scheduler: Any, name: str) -> Any:
+    """A public constant of the scheduler's own code (the installed hf_ddpm, or the remote-code copy
+    that came with the model), looked up in its module and in the modules its functions come from."""
+    module = sys.modules.get(type(scheduler).__module__)
+    if module is None:
+        return None
+    if hasattr(module, name):
+        return getattr(module, name)
+    for value in vars(module).values():
+        home = inspect.getmodule(value) if inspect.isfunction(value) else None
+        if home is not None and home is not module and hasattr(home, name):
+            return getattr(home, name)
+    return None
+
+
+def _accepted(scheduler: Any, key: str, candidates: Any) -> dict[str, Any]:
+    """The configured value of ``key`` first, then each candidate the scheduler accepts with the
+    model's config (it raises ValueError for one that needs what the config lacks), each with the
+    scheduler it makes."""
+    configured = str(scheduler.config[key])
+    accepted = {}
+    for name in dict.fromkeys((configured, *(candidates or ()))):
+        try:
+            accepted[name] = type(scheduler).from_config(scheduler.config, **{key: name})
+        except ValueError:
+            continue
+    return accepted
+
+
+def offered_variance_types(pipe: Any) -> tuple[str, ...]:
+    """The variance types that fit this model: its own if it learned one (the output means something
+    else under another type), else every type of its scheduler that needs no learned output."""
+    scheduler = pipe.scheduler
+    if variance_is_learned(pipe):
+        return (str(scheduler.config.variance_type),)
+    channels = int(pipe.unet.config.in_channels)
+    candidates = _scheduler_code_constant(scheduler, "VARIANCE_TYPES")
+    return tuple(
+        name
+        for name, made in _accepted(scheduler, "variance_type", candidates).items()
+        if not hasattr(made, "model_output_channels")
+        or made.model_output_channels(channels) == channels
+    )
+
+
+def offered_timestep_spacings(pipe: Any) -> tuple[str, ...]:
+    """The ways the model's scheduler spaces a respaced chain, its configured one first."""
+    if "timestep_spacing" not in pipe.scheduler.config:
+        return ()
+    candidates = _scheduler_code_constant(pipe.scheduler, "TIMESTEP_SPACINGS")
+    return tuple(_accepted(pipe.scheduler, "timestep_spacing", candidates))
+
+
+def offered_samplers(pipe: Any, streams: bool) -> tuple[str, ...]:
+    """The model's own DDPM sampler, and diffusers' few-step solvers where they apply: a pipeline that
+    takes any scheduler (it streams, so it is hf_ddpm's) and a model with a fixed variance (DDIM and
+    DPM-Solver++ have no use for a learned variance's extra channels)."""
+    if not streams or variance_is_learned(pipe):
+        return (DDPM,)
+    return (DDPM, *DIFFUSERS_SAMPLERS)
+
+
+# --------------------------------------------------------------------------------------------------
+# Describing the model
+# --------------------------------------------------------------------------------------------------
+
+
+def describe(pipe: Any, source: str) -> ModelState:
+    """Move ``pipe`` to the best device and read what the page needs from its configs."""
+    pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+    unet_config = pipe.unet.config
+    sample_size = unet_config.sample_size
+    if not isinstance(sample_size, int):
+        sample_size = int(sample_size[0])
+    channels = int(unet_config.in_channels)
+    # hf-ddpm train keeps the last class embedding as the null label of classifier-free guidance.
+    num_class_embeds = getattr(unet_config, "num_class_embeds", None)
+    num_classes = num_class_embeds - 1 if num_class_embeds else None
+    num_bins, num_bins_source = data_num_bins(source)
+    streams = "callback_on_step_end" in inspect.signature(pipe.__call__).parameters
+    loaded = LoadedModel(
+        pipe=pipe,
+        sample_size=sample_size,
+        channels=channels,
+        num_train_timesteps=int(pipe.scheduler.config.num_train_timesteps),
+        num_classes=int(num_classes) if num_classes else None,
+        variance_types=offered_variance_types(pipe),
+        streams=streams,
+        num_bins=num_bins,
+        num_bins_source=num_bins_source,
+        transform=upload_transform(channels, sample_size, num_bins),
+        mask_transform=upload_transform(1, sample_size, _8_BIT_BINS),
+        samplers=offered_samplers(pipe, streams),
+        timestep_spacings=offered_timestep_spacings(pipe),
+    )
+    return ModelState(
+        loaded, f"Model: `{source}` ({sample_size}x{sample_size}, {channels} channel(s))."
+    )
+
+
+def load_model(model: str | None) -> ModelState:
+    """Load ``model`` and describe it; never raises, so the page comes up either way."""
+    if model is None:
+        return ModelState(
+            None,
+            "No model is configured: pass `--model REPO_OR_FOLDER` or set `HF_DDPM_MODEL` "
+            "(the model bundled with hf_ddpm is not installed here).",
+        )
+    try:
+        return describe(load_pipeline(model), model)
+    except Exception as err:  # any failure becomes a message on the page, not a crash
+        return ModelState(None, f"The model `{model}` failed to load: {type(err).__name__}: {err}")
