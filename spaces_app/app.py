@@ -182,6 +182,13 @@ def _steps_slider(loaded: LoadedModel | None, default: int) -> gr.Slider:
     )
 
 
+def _seed_box(label: str) -> gr.Number:
+    """A seed field. Its upper end is checked by the work function, whose message names the field and
+    the range, rather than by Gradio, whose message names neither (and shows a 20-digit seed rounded
+    by the browser)."""
+    return gr.Number(0, label=label, precision=0, minimum=0, info=f"0 to {MAX_SEED}")
+
+
 def _class_slider(loaded: LoadedModel | None) -> gr.Slider:
     """A class picker, shown only for a class-conditional model (a slider needs max > min)."""
     num_classes = loaded.num_classes if loaded else None
@@ -246,7 +253,7 @@ def build_generate_tab(state: ModelState) -> None:
     spacings = spacings_for(loaded, DDPM) if loaded else ()
     with gr.Row():
         with gr.Column(scale=1):
-            seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
+            seed = _seed_box("Seed")
             num_images = gr.Slider(
                 1, MAX_IMAGES, value=min(4, MAX_IMAGES), step=1, label="Number of images"
             )
@@ -341,7 +348,7 @@ def build_forward_tab(state: ModelState) -> None:
             t_slider = gr.Slider(
                 0, num_steps_train - 1, value=num_steps_train // 4, step=1, label="t"
             )
-            noise_seed = gr.Number(0, label="Noise seed", precision=0, minimum=0, maximum=MAX_SEED)
+            noise_seed = _seed_box("Noise seed")
             forward_button = gr.Button("Add noise")
             examples = examples_for(loaded)
             if examples:
@@ -411,7 +418,7 @@ def build_likelihood_tab(state: ModelState) -> None:
     with gr.Row():
         with gr.Column():
             lik_image = _upload("x_0")
-            lik_seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
+            lik_seed = _seed_box("Seed")
             lik_class = _condition_dropdown(loaded, "none: -log p(x), as hf-ddpm evaluate reports")
             lik_button = gr.Button("Compute the bound")
             examples = examples_for(loaded)
@@ -483,7 +490,7 @@ def build_edit_tab(state: ModelState) -> None:
                 step=1,
                 label=f"Resamplings per stretch of {editing.JUMP_LENGTH} steps (RePaint's r)",
             )
-            seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
+            seed = _seed_box("Seed")
             condition = _condition_dropdown(loaded, "none")
             guidance = _guidance_slider(loaded)
             button = gr.Button("Edit", variant="primary", elem_id="edit", interactive=available)

@@ -199,6 +199,86 @@ def test_bad_forward_and_likelihood_input_gives_a_readable_error(served, digit_p
         client.predict(None, 0, 0, api_name="/likelihood")
 
 
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b"this is a text file, not a picture", "not a format PIL knows"),
+        # A real PNG cut short: PIL identifies it, then fails to decode it.
+        ("truncated", "truncated"),
+    ],
+    ids=["text", "truncated"],
+)
+def test_an_upload_that_is_not_an_image_gets_a_message_naming_the_file(
+    served, digit_png, tmp_path, content, words
+):
+    client, _ = served
+    fake = tmp_path / "holiday.png"
+    fake.write_bytes(digit_png.read_bytes()[:60] if content == "truncated" else content)
+    for args, api_name in (((3, 0), "/forward"), ((0, 0), "/likelihood")):
+        with pytest.raises(AppError) as raised:
+            client.predict(handle_file(str(fake)), *args, api_name=api_name)
+        message = str(raised.value)
+        assert "`holiday.png` is not an image this Space can read" in message, message
+        assert words in message, message
+
+
+def test_a_twenty_digit_seed_is_refused_with_the_range(served, digit_png):
+    client, _ = served
+    seed = 12345678901234567890
+    with pytest.raises(AppError, match=r"Seed must be a whole number from 0 to 4294967295"):
+        _generate(client, seed=seed).result()
+    with pytest.raises(AppError, match=r"Noise seed must be a whole number from 0 to 4294967295"):
+        client.predict(handle_file(str(digit_png)), 3, seed, api_name="/forward")
+
+
+def _silent(*args, **kwargs):
+    return None
+
+
+def test_steps_at_the_spaces_cap_say_so_in_the_status_line(tmp_path):
+    """The slider clamps a typed 100,000 to the cap; the status line then says that it is the cap."""
+    num_train = app.MAX_STEPS + 50
+    unet = _tiny_unet(in_channels=1, sample_size=4)
+    HFDDPMPipeline(
+        unet=unet, scheduler=HFDDPMScheduler(num_train_timesteps=num_train)
+    ).save_pretrained(tmp_path)
+    state = app.load_model(str(tmp_path))
+    assert state.model is not None, state.message
+    *_, capped = app.generate_images(
+        state, 0, 1, app.MAX_STEPS, "fixed_small", None, 1.0, _silent, timestep_spacing="trailing"
+    )
+    assert f"{app.MAX_STEPS} steps is this Space's cap per request (HF_DDPM_MAX_STEPS)" in capped[3]
+    assert f"the model has T = {num_train}" in capped[3]
+    *_, below = app.generate_images(state, 0, 1, 5, "fixed_small", None, 1.0, _silent)
+    assert "cap" not in below[3]
+    with pytest.raises(app.gr.Error, match=f"from 1 to {app.MAX_STEPS}; got 100000"):
+        next(app.generate_images(state, 0, 1, 100_000, "fixed_small", None, 1.0, _silent))
+
+
+def _dataset_labels(demo) -> list[str]:
+    return [
+        str(c["props"].get("label"))
+        for c in demo.get_config_file()["components"]
+        if c.get("type") == "dataset"
+    ]
+
+
+def test_examples_are_offered_only_to_a_model_of_their_channels(tmp_path, model_dir):
+    """The held-out MNIST digits are grey: a 1-channel model gets them, an RGB model none."""
+    grey = app.load_model(str(model_dir))
+    examples = app.examples_for(grey.model)
+    assert examples and all(Image.open(path).mode == "L" for path in examples)
+    assert "Held-out MNIST digits" in _dataset_labels(app.build_demo(grey))
+    unet = _tiny_unet(in_channels=3, sample_size=SIZE)
+    HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler(num_train_timesteps=T)).save_pretrained(
+        tmp_path
+    )
+    rgb = app.load_model(str(tmp_path))
+    assert rgb.model is not None and rgb.model.channels == 3
+    assert app.examples_for(rgb.model) == []
+    assert _dataset_labels(app.build_demo(rgb)) == []
+
+
 def test_a_model_that_fails_to_load_still_serves_a_page_that_says_so(tmp_path):
     state = app.load_model(str(tmp_path / "no-such-model"))
     assert state.model is None
@@ -408,7 +488,9 @@ def test_a_model_that_is_neither_grey_nor_rgb_generates_and_refuses_uploads(tmp_
     )
     state = app.load_model(str(tmp_path))
     assert state.model is not None, state.message
-    outputs = list(app.generate_images(state, 1, 2, 4, "fixed_small", None, 1.0, lambda *a, **k: None))
+    outputs = list(
+        app.generate_images(state, 1, 2, 4, "fixed_small", None, 1.0, lambda *a, **k: None)
+    )
     assert outputs and len(outputs[-1][2]) == 2
     for call in (
         lambda: app.forward_noise(state, np.zeros((8, 8, 3), np.uint8), 3, 0),

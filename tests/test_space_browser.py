@@ -1,4 +1,5 @@
-"""The Space in a real browser: Debian's headless Chromium, driven by Playwright, clicks Generate.
+"""The Space in a real browser: Debian's headless Chromium, driven by Playwright, clicks Generate,
+uploads a file that is not an image, and paints a mask on the Edit tab.
 
 Needs /usr/bin/chromium (``apt-get install chromium``; never ``playwright install``). The screenshot is
 saved under the test's tmp_path and copied to test-artifacts/ (git-ignored) for a person to look at.
@@ -53,37 +54,62 @@ def page_url(tmp_path_factory):
     demo.close()
 
 
-def test_generate_in_a_real_browser_shows_non_blank_samples(page_url, tmp_path):
+@pytest.fixture
+def browser():
     from playwright.sync_api import sync_playwright
 
     os.environ.setdefault("NO_PROXY", "localhost,127.0.0.1")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(page_url, wait_until="domcontentloaded", timeout=60_000)
-            page.get_by_role("button", name="Generate", exact=True).click(timeout=60_000)
-            images = page.locator("#samples img")
-            # The default request is 4 images; wait until all have arrived and decoded.
-            page.wait_for_function(
-                "() => { const imgs = document.querySelectorAll('#samples img');"
-                " return imgs.length >= 4 && [...imgs].every(i => i.complete && i.naturalWidth > 0); }",
-                timeout=120_000,
-            )
-            shot = tmp_path / "space_generate.png"
-            page.screenshot(path=str(shot), full_page=True)
-            ARTIFACTS.mkdir(exist_ok=True)
-            shutil.copy(shot, ARTIFACTS / shot.name)
-
-            assert images.count() >= 4
-            first = images.first
-            assert first.is_visible()
-            assert first.evaluate("img => img.naturalWidth") == 16
-            pixels = np.asarray(
-                Image.open(io.BytesIO(first.screenshot())).convert("L"), dtype=float
-            )
-            # A random UNet's samples are speckled: a blank (or failed) image would be flat.
-            assert pixels.std() > 10, f"sample looks blank (pixel std {pixels.std():.2f})"
-            assert "Done: 4 image(s)" in page.locator("#generate_status").inner_text()
+            yield browser
         finally:
             browser.close()
+
+
+def _open(browser, url: str):
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+    return page
+
+
+def _keep_screenshot(page, tmp_path, name: str) -> None:
+    shot = tmp_path / name
+    page.screenshot(path=str(shot), full_page=True)
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy(shot, ARTIFACTS / shot.name)
+
+
+def test_generate_in_a_real_browser_shows_non_blank_samples(page_url, browser, tmp_path):
+    page = _open(browser, page_url)
+    page.get_by_role("button", name="Generate", exact=True).click(timeout=60_000)
+    images = page.locator("#samples img")
+    # The default request is 4 images; wait until all have arrived and decoded.
+    page.wait_for_function(
+        "() => { const imgs = document.querySelectorAll('#samples img');"
+        " return imgs.length >= 4 && [...imgs].every(i => i.complete && i.naturalWidth > 0); }",
+        timeout=120_000,
+    )
+    _keep_screenshot(page, tmp_path, "space_generate.png")
+
+    assert images.count() >= 4
+    first = images.first
+    assert first.is_visible()
+    assert first.evaluate("img => img.naturalWidth") == 16
+    pixels = np.asarray(Image.open(io.BytesIO(first.screenshot())).convert("L"), dtype=float)
+    # A random UNet's samples are speckled: a blank (or failed) image would be flat.
+    assert pixels.std() > 10, f"sample looks blank (pixel std {pixels.std():.2f})"
+    assert "Done: 4 image(s)" in page.locator("#generate_status").inner_text()
+
+
+def test_a_text_file_named_png_gets_a_message_in_the_browser(page_url, browser, tmp_path):
+    """The Forward tab redraws x_t on upload; a file that is not an image must say so in words."""
+    fake = tmp_path / "not_a_picture.png"
+    fake.write_text("a text file with a picture's name")
+    page = _open(browser, page_url)
+    page.get_by_role("tab", name="Forward process").click(timeout=60_000)
+    page.locator("input[type=file]").first.set_input_files(str(fake))
+    toast = page.get_by_text("`not_a_picture.png` is not an image this Space can read")
+    toast.first.wait_for(timeout=60_000)
+    _keep_screenshot(page, tmp_path, "space_fake_png.png")
+    assert "Upload a PNG, JPEG or WebP picture" in toast.first.inner_text()

@@ -127,8 +127,12 @@ def readable_upload(component: UploadComponent) -> UploadComponent:
         except _DECODING_ERRORS as err:
             name = _upload_name(payload)
             shown = f"`{name}`" if name else "The uploaded file"
+            # PIL's own words name the server's temporary copy, which means nothing to the user.
+            detail = (
+                "not a format PIL knows" if isinstance(err, PIL.UnidentifiedImageError) else err
+            )
             raise gr.Error(
-                f"{shown} is not an image this Space can read ({type(err).__name__}: {err}). "
+                f"{shown} is not an image this Space can read ({detail}). "
                 "Upload a PNG, JPEG or WebP picture.",
                 print_exception=False,
             ) from err
