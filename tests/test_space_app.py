@@ -18,7 +18,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import _tiny_unet
-from diffusers import DDPMScheduler
+from diffusers import (
+    DDIMPipeline,
+    DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+)
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -126,6 +132,105 @@ def test_generate_streams_intermediate_frames(served):
     np.testing.assert_allclose(np.delete(last_x_t, SIZE, axis=1), final, atol=1)
     assert not np.array_equal(first_x_t, last_x_t)
     assert _png(frames[0][1]).shape == first_x_t.shape
+
+
+def _diffusers_samples(model_dir, scheduler, seed: int, count: int, steps: int) -> np.ndarray:
+    """diffusers' own loop: DDIMPipeline for DDIM (eta 0), DDPMPipeline's loop for any other scheduler."""
+    unet = HFDDPMPipeline.from_pretrained(model_dir).unet
+    make = DDIMPipeline if isinstance(scheduler, DDIMScheduler) else DDPMPipeline
+    pipe = make(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        batch_size=count,
+        generator=torch.Generator().manual_seed(seed),
+        num_inference_steps=steps,
+        output_type="np",
+    ).images
+    return (images[..., 0] * 255).round().astype(np.int16)
+
+
+def _config(model_dir):
+    return HFDDPMScheduler.from_pretrained(model_dir, subfolder="scheduler").config
+
+
+@pytest.mark.parametrize(
+    ("sampler", "make_scheduler"),
+    [
+        ("ddim", lambda config: DDIMScheduler.from_config(config)),
+        (
+            "dpm-solver++",
+            lambda config: DPMSolverMultistepScheduler.from_config(
+                config, algorithm_type="dpmsolver++"
+            ),
+        ),
+    ],
+)
+def test_the_diffusers_samplers_give_what_diffusers_own_pipelines_give(
+    served, model_dir, sampler, make_scheduler
+):
+    client, _ = served
+    job = _generate(client, sampler=sampler, num_images=2, steps=6, seed=4)
+    _, _, gallery, status = job.result()
+    images = np.stack([_png(item["image"]) for item in gallery])
+    expected = _diffusers_samples(model_dir, make_scheduler(_config(model_dir)), 4, 2, 6)
+    np.testing.assert_allclose(images, expected, atol=1)
+    assert f"{sampler} sampler" in status
+    # DDIM reports its predicted x_0 each step; DPM-Solver++ does not, and the page says so.
+    frames = job.outputs()[:-1]
+    assert len(frames) == 6 and all(frame[0] for frame in frames)
+    if sampler == "ddim":
+        assert all(frame[1] for frame in frames)
+    else:
+        assert all(frame[1] is None for frame in frames)
+        assert "does not report its predicted x_0" in frames[0][3]
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "linspace"])
+def test_the_timestep_spacing_is_the_schedulers(served, model_dir, spacing):
+    client, _ = served
+    _, _, gallery, status = _generate(client, timestep_spacing=spacing, steps=5).result()
+    pipe = HFDDPMPipeline.from_pretrained(model_dir)
+    pipe.scheduler = HFDDPMScheduler.from_config(pipe.scheduler.config, timestep_spacing=spacing)
+    images = pipe(
+        batch_size=3,
+        generator=torch.Generator().manual_seed(3),
+        num_inference_steps=5,
+        output_type="np",
+    ).images
+    expected = (images[..., 0] * 255).round().astype(np.int16)
+    np.testing.assert_allclose(
+        np.stack([_png(item["image"]) for item in gallery]), expected, atol=1
+    )
+    assert f"{spacing} spacing" in status
+    with pytest.raises(AppError, match="not in the list of choices"):
+        _generate(client, timestep_spacing="bogus").result()
+
+
+def test_the_offered_choices_come_from_the_schedulers_code(tmp_path, model_dir, monkeypatch):
+    """Fixed types for a fixed-variance model, the learned type alone (and no diffusers sampler) for
+    a learned one; a type the scheduler's own table gains is offered without a change to the app."""
+    from hf_ddpm.core import reverse_process
+
+    fixed = app.load_model(str(model_dir)).model
+    assert {"fixed_small", "fixed_large"} <= set(fixed.variance_types)
+    assert not {"learned", "learned_range"} & set(fixed.variance_types)
+    assert fixed.samplers == ("ddpm", "ddim", "dpm-solver++")
+    assert fixed.timestep_spacings[0] == "leading"
+    assert set(fixed.timestep_spacings) == {"leading", "trailing", "linspace"}
+
+    unet = _tiny_unet(in_channels=1, out_channels=2, sample_size=SIZE)
+    scheduler = HFDDPMScheduler(num_train_timesteps=T, variance_type="learned_range")
+    HFDDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp_path / "learned")
+    learned = app.load_model(str(tmp_path / "learned")).model
+    assert learned.variance_types == ("learned_range",)
+    assert learned.samplers == ("ddpm",)
+
+    monkeypatch.setitem(
+        reverse_process.VARIANCE_TYPES,
+        "newly_added",
+        dataclasses.replace(reverse_process.VARIANCE_TYPES["fixed_small"], name="newly_added"),
+    )
+    assert "newly_added" in app.load_model(str(model_dir)).model.variance_types
 
 
 @pytest.mark.parametrize("t", [0, 7, T - 1])
