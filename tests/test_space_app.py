@@ -29,6 +29,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+import hf_ddpm
 from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler, variational_bound
 from hf_ddpm.data.image_datasets import load_image_dataset, preprocess
 from hf_ddpm.hub.bundled import bundled_model_path
@@ -605,3 +606,166 @@ def test_a_model_that_is_neither_grey_nor_rgb_generates_and_refuses_uploads(tmp_
             app.gr.Error, match="2-channel images; an uploaded picture can only be used"
         ):
             call()
+
+
+# --- The Edit tab: inpainting (RePaint) and image-to-image (SDEdit) -------------------------------
+
+requires_editing = pytest.mark.skipif(
+    not hasattr(hf_ddpm, "HFDDPMInpaintPipeline"),
+    reason="hf_ddpm has no HFDDPMInpaintPipeline / HFDDPMImg2ImgPipeline yet",
+)
+
+
+def _editor_value(background, layer, composite) -> dict:
+    return {
+        "background": handle_file(str(background)),
+        "layers": [handle_file(str(layer))] if layer else [],
+        "composite": handle_file(str(composite)),
+        "id": None,
+    }
+
+
+@pytest.fixture
+def painted_digit(tmp_path, digit_png):
+    """The 8x8 test picture with a painted layer over its lower half (as the ImageEditor returns it:
+    RGBA, opaque where painted) and the composite of the two."""
+    layer = np.zeros((SIZE, SIZE, 4), np.uint8)
+    layer[SIZE // 2 :] = (255, 0, 255, 255)
+    Image.fromarray(layer, "RGBA").save(tmp_path / "layer.png")
+    composite = np.asarray(Image.open(digit_png).convert("RGBA")).copy()
+    composite[SIZE // 2 :] = layer[SIZE // 2 :]
+    Image.fromarray(composite, "RGBA").save(tmp_path / "composite.png")
+    return digit_png, tmp_path / "layer.png", tmp_path / "composite.png"
+
+
+def _edit(client, editor, **overrides):
+    args = {
+        "editor": editor,
+        "mode": "Inpaint",
+        "strength": 0.5,
+        "steps": 10,
+        "jump_n_sample": 3,
+        "seed": 5,
+        "class_label": app.NO_CLASS,
+        "guidance_scale": 1,
+    }
+    args.update(overrides)
+    return client.submit(**args, api_name="/edit")
+
+
+@requires_editing
+def test_edit_inpaints_the_painted_region_as_the_pipeline_does_and_streams(
+    served, model_dir, painted_digit
+):
+    client, _ = served
+    background, layer, composite = painted_digit
+    job = _edit(client, _editor_value(background, layer, composite))
+    _, result, status = job.result()
+    frames = job.outputs()[:-1]
+    assert frames and all(frame[0] and frame[1] is None for frame in frames)
+    assert "inpainted with 10 steps x 3 resamplings (jump length 10)" in status
+    picture = _png(str(background))
+    got = _png(result)
+    # The known (upper) half is the picture itself; the painted half is new.
+    np.testing.assert_array_equal(got[: SIZE // 2], picture[: SIZE // 2])
+    assert not np.array_equal(got[SIZE // 2 :], picture[SIZE // 2 :])
+    # The app's fill is the pipeline's, called directly with the same picture, mask and seed.
+    mask = np.zeros((SIZE, SIZE), np.float32)
+    mask[SIZE // 2 :] = 1
+    pipe = hf_ddpm.HFDDPMInpaintPipeline.from_pipe(HFDDPMPipeline.from_pretrained(model_dir))
+    expected = pipe(
+        image=picture.astype(np.float32)[..., None] / 255,
+        mask_image=mask,
+        num_inference_steps=10,
+        jump_length=10,
+        jump_n_sample=3,
+        generator=torch.Generator().manual_seed(5),
+        output_type="np",
+    ).images[0, ..., 0]
+    np.testing.assert_allclose(got, (expected * 255).round(), atol=1)
+
+
+@requires_editing
+def test_edit_image_to_image_is_the_pipeline_on_the_composite(served, model_dir, painted_digit):
+    client, _ = served
+    background, layer, composite = painted_digit
+    editor = _editor_value(background, layer, composite)
+    _, result, status = _edit(client, editor, mode="Image-to-image", strength=0.6).result()
+    assert "image-to-image at strength 0.6" in status
+    # What the model sees of the composite: grey, as ImageTransform("L", ...) converts it.
+    rough = np.asarray(Image.open(composite).convert("L"), dtype=np.float32) / 255
+    pipe = hf_ddpm.HFDDPMImg2ImgPipeline.from_pipe(HFDDPMPipeline.from_pretrained(model_dir))
+    expected = pipe(
+        image=rough[..., None],
+        strength=0.6,
+        num_inference_steps=10,
+        generator=torch.Generator().manual_seed(5),
+        output_type="np",
+    ).images[0, ..., 0]
+    np.testing.assert_allclose(_png(result), (expected * 255).round(), atol=1)
+
+
+@requires_editing
+@pytest.mark.parametrize(
+    ("layer", "overrides", "words"),
+    [
+        (False, {}, "Paint the region to fill with the brush"),
+        (True, {"jump_n_sample": 11}, "maximum"),
+        (True, {"mode": "Image-to-image", "strength": 0}, "minimum"),
+        (True, {"mode": "Outpaint"}, "not in the list of choices"),
+    ],
+)
+def test_bad_edit_input_gives_a_readable_error(served, painted_digit, layer, overrides, words):
+    client, _ = served
+    background, painted, composite = painted_digit
+    editor = _editor_value(background, painted if layer else None, composite)
+    with pytest.raises(AppError, match=words):
+        _edit(client, editor, **overrides).result()
+
+
+def _editor_arrays(background, layer, composite) -> dict:
+    """An ImageEditor value as the tab's function receives it (type="numpy", image_mode="RGBA")."""
+    return {
+        "background": np.asarray(Image.open(background).convert("RGBA")),
+        "layers": [np.asarray(Image.open(layer).convert("RGBA"))],
+        "composite": np.asarray(Image.open(composite).convert("RGBA")),
+    }
+
+
+@requires_editing
+def test_inpainting_work_is_capped_like_generate(tmp_path, painted_digit):
+    """RePaint runs the model about steps x resamplings times: more than the cap is refused."""
+    unet = _tiny_unet(in_channels=1, sample_size=SIZE)
+    scheduler = HFDDPMScheduler(num_train_timesteps=app.MAX_STEPS + 50)
+    HFDDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp_path / "long")
+    state = app.load_model(str(tmp_path / "long"))
+    editor = _editor_arrays(*painted_digit)
+    steps = app.MAX_STEPS // 2 + 1
+    with pytest.raises(app.gr.Error, match=rf"{steps} x 2 = {2 * steps} times; this Space allows"):
+        next(app.edit_image(state, editor, "Inpaint", 0.5, steps, 2, 0, None, 1.0, _silent))
+
+
+def test_without_the_editing_pipelines_the_page_comes_up_and_the_tab_says_why(
+    model_dir, painted_digit, monkeypatch
+):
+    from spaces_app.ddpm_space import editing
+
+    monkeypatch.setattr(editing, "editing_pipelines", lambda: None)
+    state = app.load_model(str(model_dir))
+    config = app.build_demo(state).get_config_file()
+    (button,) = [
+        c["props"] for c in config["components"] if c.get("props", {}).get("elem_id") == "edit"
+    ]
+    assert button["interactive"] is False
+    (help_text,) = [
+        str(c["props"]["value"])
+        for c in config["components"]
+        if c.get("props", {}).get("elem_id") == "edit_help"
+    ]
+    assert "has no editing pipelines" in help_text
+    with pytest.raises(app.gr.Error, match="needs hf_ddpm's HFDDPMInpaintPipeline"):
+        next(
+            app.edit_image(
+                state, _editor_arrays(*painted_digit), "Inpaint", 0.5, 5, 1, 0, None, 1.0, _silent
+            )
+        )

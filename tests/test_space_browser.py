@@ -17,6 +17,7 @@ import pytest
 from conftest import _tiny_unet
 from PIL import Image
 
+import hf_ddpm
 from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler
 from spaces_app import app
 
@@ -30,6 +31,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+DIGIT = Path(app.__file__).resolve().parent / "examples" / "mnist_test_digit_7.png"
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
@@ -113,3 +115,35 @@ def test_a_text_file_named_png_gets_a_message_in_the_browser(page_url, browser, 
     toast.first.wait_for(timeout=60_000)
     _keep_screenshot(page, tmp_path, "space_fake_png.png")
     assert "Upload a PNG, JPEG or WebP picture" in toast.first.inner_text()
+
+
+@pytest.mark.skipif(
+    not hasattr(hf_ddpm, "HFDDPMInpaintPipeline"),
+    reason="hf_ddpm has no HFDDPMInpaintPipeline yet",
+)
+def test_paint_a_mask_with_the_mouse_and_inpaint(page_url, browser, tmp_path):
+    """Upload a digit into the Edit tab's ImageEditor, paint its lower half with the brush (the
+    default tool), run the inpainting and wait for the result image."""
+    page = _open(browser, page_url)
+    page.get_by_role("tab", name="Edit").click(timeout=60_000)
+    page.locator("#edit_input input[type=file]").first.set_input_files(str(DIGIT))
+    canvas = page.locator("#edit_input canvas").first
+    canvas.wait_for(timeout=60_000)
+    page.wait_for_timeout(1_000)  # the uploaded picture is drawn onto the canvas
+    box = canvas.bounding_box()
+    centre_x, centre_y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    for dy in (20, 50, 80, 110):  # strokes across the picture's lower half
+        page.mouse.move(centre_x - 120, centre_y + dy)
+        page.mouse.down()
+        page.mouse.move(centre_x + 120, centre_y + dy, steps=12)
+        page.mouse.up()
+    page.locator("#edit").click(timeout=60_000)
+    page.wait_for_function(
+        "() => { const img = document.querySelector('#edit_result img');"
+        " return img && img.complete && img.naturalWidth > 0; }",
+        timeout=120_000,
+    )
+    _keep_screenshot(page, tmp_path, "space_edit.png")
+    assert "Done: inpainted" in page.locator("#edit_status").inner_text()
+    result = page.locator("#edit_result img").first
+    assert result.evaluate("img => img.naturalWidth") == 16
