@@ -25,7 +25,7 @@ from .forward_process import q_sample
 
 # diffusers' remote-code loader copies only the relative imports written in this file, not theirs.
 from .gaussian import normal_kl  # noqa: F401
-from .losses import resolve_loss_type
+from .losses import LossInputs, resolve_loss_type
 from .parameterization import resolve_parameterization, velocity, x0_from_prediction
 from .reverse_process import PMeanVariance, ReverseProcess, split_model_output
 from .reverse_process import p_mean_variance as _p_mean_variance
@@ -450,6 +450,14 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
           needs a learned variance.
         """
         loss = resolve_loss_type(loss_type)
-        t = self._as_batch_timesteps(t, x0)
-        process = self._process(x0.device, process_x0=False)
-        return loss(process, model_output, x0, noise, x_t, t, min_snr_gamma, num_bins)
+        inputs = LossInputs(
+            process=self._process(x0.device, process_x0=False),
+            model_output=model_output,
+            x0=x0,
+            noise=noise,
+            t=self._as_batch_timesteps(t, x0),
+            x_t=x_t,
+            min_snr_gamma=min_snr_gamma,
+            num_bins=num_bins,
+        )
+        return loss(inputs)
