@@ -21,9 +21,9 @@ import torch
 
 from .diffusion_tables import DiffusionTables, extract
 
-# The sampler's noise scale sigma of one step, from the network's variance channels (None for a fixed type):
-# a Python float for fixed types, so that the step multiplies by a scalar.
-NoiseScale = Callable[[torch.Tensor | None], float | torch.Tensor]
+# The sampler's noise scale sigma of one step: a Python float for a fixed type (the step multiplies by a
+# scalar, with no call), a function of the network's variance channels for a learned one.
+NoiseScale = float | Callable[[torch.Tensor], torch.Tensor]
 # chain -> two float64 columns indexed like the chain's tables.
 Columns = Callable[[DiffusionTables], tuple[torch.Tensor, torch.Tensor]]
 
@@ -54,11 +54,7 @@ class VarianceType(Protocol):
         ...
 
 
-def _constant(std: float, values: torch.Tensor | None) -> float:
-    return std
-
-
-def _exp_affine(slope: float, intercept: float, values: torch.Tensor | None) -> torch.Tensor:
+def _exp_affine(slope: float, intercept: float, values: torch.Tensor) -> torch.Tensor:
     return torch.mul(values, slope).add_(intercept).exp_()
 
 
@@ -75,7 +71,7 @@ class FixedChainVariance:
         return extract(self.variance, t, like), extract(self.log_variance, t, like)
 
     def noise_scales(self) -> list[NoiseScale]:
-        return [partial(_constant, std) for std in self.variance.sqrt().tolist()]
+        return self.variance.sqrt().tolist()
 
 
 @dataclass(frozen=True)

@@ -332,7 +332,10 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
                 # Drawn in the model output's dtype, like diffusers; the chain stays in the sample's
                 # (float32 when a bf16 model runs under autocast on a float32 sample).
                 noise = noise.to(x_t.dtype)
-            noise.mul_(c.noise_scale(values.float() if upcast and values is not None else values))
+            if values is None:
+                noise.mul_(c.noise_scale)
+            else:
+                noise.mul_(c.noise_scale(values.float() if upcast else values))
             # The scaled noise's buffer becomes x_{t-1}: one allocation fewer per step.
             prev = noise.add_(x_t, alpha=c.coef_xt).add_(x0, alpha=c.coef_x0)
         else:
