@@ -39,7 +39,8 @@ class ChainVariance(Protocol):
         ...
 
     def noise_scales(self) -> list[NoiseScale]:
-        """The sampler's noise scale sigma = exp(log-variance / 2) of each chain index, in index order."""
+        """The sampler's noise scale sigma = sqrt(variance) of each chain index, in index order: a float
+        for a fixed type, a function of the variance channels for a learned one."""
         ...
 
 
