@@ -155,7 +155,9 @@ def plot(cells: dict, samplers, ks, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="a pipeline folder or repo; the bundled model")
+    parser.add_argument(
+        "--model", default=None, help="a pipeline folder or repo; the bundled model"
+    )
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
     parser.add_argument("--ks", default="10,25,50,100,1000")
     parser.add_argument("--num-samples", type=int, default=128)
@@ -177,7 +179,6 @@ def main() -> None:
     cells = _load(args.cache)
     if not args.table_only:
         from hf_ddpm import HFDDPMPipeline
-
         from hf_ddpm.hub.bundled import BUNDLED_MODEL_DIR
 
         pipeline = HFDDPMPipeline.from_pretrained(args.model or BUNDLED_MODEL_DIR)
