@@ -79,8 +79,9 @@ def _png(path: str) -> np.ndarray:
     return np.asarray(Image.open(path).convert("L"), dtype=np.int16)
 
 
-def _reference_samples(model_dir, seed: int, count: int, steps: int) -> np.ndarray:
-    pipe = HFDDPMPipeline.from_pretrained(model_dir)
+def _sample_pngs(pipe, seed: int, count: int, steps: int) -> np.ndarray:
+    """``pipe``'s images for one seed, as the 8-bit grey pixels the app sends."""
+    pipe.set_progress_bar_config(disable=True)
     images = pipe(
         batch_size=count,
         generator=torch.Generator().manual_seed(seed),
@@ -88,6 +89,10 @@ def _reference_samples(model_dir, seed: int, count: int, steps: int) -> np.ndarr
         output_type="np",
     ).images
     return (images[..., 0] * 255).round().astype(np.int16)
+
+
+def _reference_samples(model_dir, seed: int, count: int, steps: int) -> np.ndarray:
+    return _sample_pngs(HFDDPMPipeline.from_pretrained(model_dir), seed, count, steps)
 
 
 def _generate(client: Client, **overrides):
@@ -139,15 +144,7 @@ def _diffusers_samples(model_dir, scheduler, seed: int, count: int, steps: int) 
     """diffusers' own loop: DDIMPipeline for DDIM (eta 0), DDPMPipeline's loop for any other scheduler."""
     unet = HFDDPMPipeline.from_pretrained(model_dir).unet
     make = DDIMPipeline if isinstance(scheduler, DDIMScheduler) else DDPMPipeline
-    pipe = make(unet=unet, scheduler=scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    images = pipe(
-        batch_size=count,
-        generator=torch.Generator().manual_seed(seed),
-        num_inference_steps=steps,
-        output_type="np",
-    ).images
-    return (images[..., 0] * 255).round().astype(np.int16)
+    return _sample_pngs(make(unet=unet, scheduler=scheduler), seed, count, steps)
 
 
 def _config(model_dir):
@@ -192,13 +189,7 @@ def test_the_timestep_spacing_is_the_schedulers(served, model_dir, spacing):
     _, _, gallery, status = _generate(client, timestep_spacing=spacing, steps=5).result()
     pipe = HFDDPMPipeline.from_pretrained(model_dir)
     pipe.scheduler = HFDDPMScheduler.from_config(pipe.scheduler.config, timestep_spacing=spacing)
-    images = pipe(
-        batch_size=3,
-        generator=torch.Generator().manual_seed(3),
-        num_inference_steps=5,
-        output_type="np",
-    ).images
-    expected = (images[..., 0] * 255).round().astype(np.int16)
+    expected = _sample_pngs(pipe, seed=3, count=3, steps=5)
     np.testing.assert_allclose(
         np.stack([_png(item["image"]) for item in gallery]), expected, atol=1
     )
@@ -210,7 +201,7 @@ def test_the_timestep_spacing_is_the_schedulers(served, model_dir, spacing):
 def test_the_offered_choices_come_from_the_schedulers_code(tmp_path, model_dir, monkeypatch):
     """Fixed types for a fixed-variance model, the learned type alone (and no diffusers sampler) for
     a learned one; a type the scheduler's own table gains is offered without a change to the app."""
-    from hf_ddpm.core import reverse_process
+    from hf_ddpm.core import variance
 
     fixed = app.load_model(str(model_dir)).model
     assert {"fixed_small", "fixed_large"} <= set(fixed.variance_types)
@@ -227,9 +218,9 @@ def test_the_offered_choices_come_from_the_schedulers_code(tmp_path, model_dir, 
     assert learned.samplers == ("ddpm",)
 
     monkeypatch.setitem(
-        reverse_process.VARIANCE_TYPES,
+        variance.VARIANCE_TYPES,
         "newly_added",
-        dataclasses.replace(reverse_process.VARIANCE_TYPES["fixed_small"], name="newly_added"),
+        dataclasses.replace(variance.VARIANCE_TYPES["fixed_small"], name="newly_added"),
     )
     assert "newly_added" in app.load_model(str(model_dir)).model.variance_types
 
