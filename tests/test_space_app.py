@@ -426,9 +426,15 @@ try:
     app.likelihood_bound(state, np.zeros((8, 8, 3), np.uint8), 0, None)
 except gr.Error as error:
     print("LIKELIHOOD:", error.message)
+# The whole page, Edit tab included, comes up; the Edit tab says what it lacks.
+config = app.build_demo(state).get_config_file()
+help_text = [c["props"]["value"] for c in config["components"]
+             if c.get("props", {{}}).get("elem_id") == "edit_help"]
+print("EDIT:", help_text)
 """
     result = run_without_hf_ddpm(code)
     assert "LIKELIHOOD: The likelihood tab needs the hf_ddpm package" in result.stdout
+    assert "has no editing pipelines" in result.stdout.split("EDIT:")[1]
 
 
 # --- The likelihood tab prepares an upload as training and `hf-ddpm evaluate` do -------------------

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .inputs import MAX_SEED, MAX_STEPS, class_or_null, guidance, int_in
+from .inputs import MAX_SEED, MAX_STEPS, class_or_null, guidance, int_in, steps_note
 from .loading import LoadedModel, ModelState
 from .pictures import image_to_tensor, pipeline_images_to_uint8, tile, to_uint8
 from .streaming import Finished, every_nth_step, stream_pipeline
@@ -149,7 +149,8 @@ def edit_image(
     for item in stream_pipeline(pipe, call_kwargs, frame_of, ["latents"]):
         if isinstance(item, Finished):
             result = pipeline_images_to_uint8(item.images)[0]
-            yield result, result, f"Done: {what}, seed {seed}."
+            note = steps_note(steps, loaded.num_train_timesteps)
+            yield result, result, f"Done: {what}, seed {seed}.{note}"
         else:
             step, x_t = item
             progress((min(step + 1, total), total), desc="denoising", unit="steps")
