@@ -384,6 +384,15 @@ class HFDDPMPipelineMixin:
         )
 
     @classmethod
+    def from_pipe(cls, pipeline: Any, **kwargs: Any) -> Any:
+        """``DiffusionPipeline.from_pipe``: a pipeline of this class on ``pipeline``'s components (and its
+        ``null_class_label``), without a reload. The UNet is passed on explicitly, since diffusers would
+        otherwise keep only a UNet of exactly the hinted classes and drop any other ``ModelMixin``."""
+        if getattr(pipeline, "unet", None) is not None:
+            kwargs.setdefault("unet", pipeline.unet)
+        return super().from_pipe(pipeline, **kwargs)
+
+    @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
     ) -> Any:
