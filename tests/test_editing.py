@@ -557,3 +557,105 @@ def test_edit_pipelines_load_as_remote_code_without_hf_ddpm(
     ).images
     # The same code and weights; one float32 rounding apart at most (the subprocess runs one thread).
     np.testing.assert_allclose(remote, np.stack([a, b]), atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def saved_tiny(tiny_unet, tmp_path):
+    pipe = HFDDPMPipeline(
+        unet=tiny_unet(in_channels=1), scheduler=HFDDPMScheduler(num_train_timesteps=20)
+    )
+    pipe.save_pretrained(tmp_path / "model")
+    image = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    image[2:6, 3:5] = 255
+    PIL.Image.fromarray(image).save(tmp_path / "digit.png")
+    mask = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    mask[SIZE // 2 :] = 255
+    PIL.Image.fromarray(mask).convert("RGB").save(tmp_path / "mask.png")
+    return tmp_path
+
+
+def test_cli_inpaint_and_img2img_write_one_image_per_seed(saved_tiny):
+    from hf_ddpm.cli import main
+
+    model, d = str(saved_tiny / "model"), saved_tiny
+    args = ["--image", str(d / "digit.png"), "--num-inference-steps", "4", "--num-images", "3"]
+    assert (
+        main(
+            [
+                "inpaint",
+                model,
+                *args,
+                "--mask",
+                str(d / "mask.png"),
+                "--output",
+                str(d / "a.png"),
+                "--jump-length",
+                "2",
+                "--jump-n-sample",
+                "2",
+            ]
+        )
+        == 0
+    )
+    assert main(["img2img", model, *args, "--strength", "0.5", "--output", str(d / "b.png")]) == 0
+    for name in ("a.png", "b.png"):
+        with PIL.Image.open(d / name) as written:
+            assert written.size == (3 * SIZE, SIZE) and written.mode == "L"
+    # The known (upper) half of every inpainted image is the input's.
+    row = np.asarray(PIL.Image.open(d / "a.png"))
+    digit = np.asarray(PIL.Image.open(d / "digit.png"))
+    for i in range(3):
+        np.testing.assert_array_equal(
+            row[: SIZE // 2, i * SIZE : (i + 1) * SIZE], digit[: SIZE // 2]
+        )
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"--image": "missing.png"}, FileNotFoundError, r"--image .*missing.png: no such file"),
+        ({"--image": "fake.png"}, ValueError, r"--image .*fake.png is not an image"),
+        (
+            {"--image": "big.png"},
+            ValueError,
+            r"--image .*big.png is 9x8 pixels, but the model takes 8x8",
+        ),
+        ({"--mask": "missing.png"}, FileNotFoundError, r"--mask .*missing.png: no such file"),
+        ({"--mask": "black.png"}, ValueError, "all black: nothing to fill"),
+        ({"--output": "out.jpg"}, ValueError, r"--output must be a \.png file"),
+    ],
+)
+def test_cli_inpaint_errors_name_the_flag_and_file(saved_tiny, change, error, message):
+    from hf_ddpm.cli import main
+
+    d = saved_tiny
+    (d / "fake.png").write_text("not a png")
+    PIL.Image.new("L", (SIZE + 1, SIZE)).save(d / "big.png")
+    PIL.Image.new("L", (SIZE, SIZE)).save(d / "black.png")
+    flags = {"--image": "digit.png", "--mask": "mask.png", "--output": "out.png"}
+    flags.update(change)
+    argv = ["inpaint", str(d / "model"), "--num-inference-steps", "2"]
+    for flag, name in flags.items():
+        argv += [flag, str(d / name)]
+    with pytest.raises(error, match=message):
+        main(argv)
+    assert not (d / "out.png").exists()
+
+
+def test_cli_img2img_rejects_a_bad_strength(saved_tiny):
+    from hf_ddpm.cli import main
+
+    d = saved_tiny
+    argv = [
+        "img2img",
+        str(d / "model"),
+        "--image",
+        str(d / "digit.png"),
+        "--output",
+        str(d / "o.png"),
+    ]
+    with pytest.raises(ValueError, match=r"strength must be a number in \(0, 1\]"):
+        main([*argv, "--strength", "1.5", "--num-inference-steps", "2"])
