@@ -659,3 +659,27 @@ def test_cli_img2img_rejects_a_bad_strength(saved_tiny):
     ]
     with pytest.raises(ValueError, match=r"strength must be a number in \(0, 1\]"):
         main([*argv, "--strength", "1.5", "--num-inference-steps", "2"])
+
+
+_REMOTE_HUB_EDIT = """
+import sys
+import numpy as np
+from diffusers import DiffusionPipeline
+
+for name, cls_name in (("pipeline_inpaint", "HFDDPMInpaintPipeline"), ("pipeline_img2img", "HFDDPMImg2ImgPipeline")):
+    pipe = DiffusionPipeline.from_pretrained("user/edit-me", custom_pipeline=name, trust_remote_code=True)
+    assert type(pipe).__name__ == cls_name, type(pipe)
+    pipe.set_progress_bar_config(disable=True)
+    image = np.zeros((8, 8, 3))
+    mask = np.zeros((8, 8)); mask[4:] = 1
+    kwargs = dict(mask_image=mask, jump_n_sample=1) if name == "pipeline_inpaint" else dict(strength=0.5)
+    assert pipe(image=image, num_inference_steps=3, output_type="np", **kwargs).images.shape == (1, 8, 8, 3)
+assert not any(m.split(".")[0] == "hf_ddpm" for m in sys.modules)
+"""
+
+
+def test_edit_pipelines_load_from_a_pushed_repo_without_hf_ddpm(
+    tiny_unet, hub_server, run_without_hf_ddpm
+):
+    HFDDPMPipeline(tiny_unet(), HFDDPMScheduler(num_train_timesteps=20)).push_to_hub("user/edit-me")
+    run_without_hf_ddpm(textwrap.dedent(_REMOTE_HUB_EDIT), env=hub_server.env)
