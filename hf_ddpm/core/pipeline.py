@@ -93,9 +93,7 @@ class HFDDPMPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
         device = self._execution_device
         labels = self._class_labels(class_labels, guidance_scale, batch_size, device)
 
-        sample_size = self.unet.config.sample_size
-        height, width = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
-        shape = (batch_size, self.unet.config.in_channels, height, width)
+        shape = self._sample_shape(batch_size)
         # Drawn exactly as DDPMPipeline draws it, so both give the same images from one seed. The chain
         # itself stays in float32 whatever the UNet's dtype: fp16 steps lose the small late updates.
         latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
@@ -104,11 +102,7 @@ class HFDDPMPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
         latents = self._run_chain(
             latents, labels, guidance_scale, generator, callback_on_step_end, tensor_names
         )
-        images = self._postprocess(latents, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images)
+        return self._output(latents, output_type, return_dict)
 
     def _check_inputs(
         self,

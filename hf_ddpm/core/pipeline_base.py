@@ -6,8 +6,8 @@ remote-code module as its only ``DiffusionPipeline`` subclass, so each pipeline 
 ``pipeline_inpaint.py``, ``pipeline_img2img.py``) must hold exactly one, and this module none.
 
 Remote code: this file is copied next to ``pipeline.py`` in every saved folder, so it imports only torch,
-numpy, PIL, diffusers and the standard library at module level; ``hub_layout`` is imported inside the
-methods that need it.
+diffusers, the standard library and its siblings; ``hub_layout`` is imported inside the methods that
+need it.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-import PIL.Image
 import torch
-from diffusers import ModelMixin, SchedulerMixin, UNet2DModel
+from diffusers import ImagePipelineOutput, ModelMixin, SchedulerMixin, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+from .edit_inputs import ImageArg, broadcast_batch, prepare_images, prepare_masks
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
@@ -309,14 +309,40 @@ class HFDDPMPipelineMixin:
             )
         return latents
 
-    def _postprocess(
-        self, latents: torch.Tensor, output_type: str
-    ) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
+    def _sample_shape(self, batch_size: int) -> tuple[int, int, int, int]:
+        """(batch_size, channels, height, width) of the UNet's samples."""
+        config = self.unet.config
+        size = config.sample_size
+        height, width = (size, size) if isinstance(size, int) else size
+        return (batch_size, config.in_channels, height, width)
+
+    def _edit_inputs(
+        self, image: ImageArg, generator: GeneratorArg, mask_image: ImageArg | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """The images to edit in [-1, 1], the masks (1 = fill) if given, and the batch size they and a
+        list of generators agree on (each gives 1 or B)."""
+        device = self._execution_device
+        _, channels, height, width = self._sample_shape(1)
+        x0 = prepare_images(image, channels, height, width, device)
+        sizes = {"image": x0.shape[0]}
+        fill = None
+        if mask_image is not None:
+            fill = prepare_masks(mask_image, height, width, device)
+            sizes["mask_image"] = fill.shape[0]
+        if isinstance(generator, list):
+            sizes["generator"] = len(generator)
+        return x0, fill, broadcast_batch(sizes)
+
+    def _output(
+        self, latents: torch.Tensor, output_type: str, return_dict: bool
+    ) -> ImagePipelineOutput | tuple:
+        """The finished samples as ``output_type``, in an ``ImagePipelineOutput`` or a 1-tuple."""
         images = (latents / 2 + 0.5).clamp(0, 1)
-        if output_type == "pt":
-            return images
-        array = images.cpu().permute(0, 2, 3, 1).numpy()
-        return array if output_type == "np" else self.numpy_to_pil(array)
+        if output_type != "pt":
+            array = images.cpu().permute(0, 2, 3, 1).numpy()
+            images = array if output_type == "np" else self.numpy_to_pil(array)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
 
     # -------------------------------------------------------------------------- saving and loading
 

@@ -19,7 +19,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .diffusion_tables import DiffusionTables  # noqa: F401  (imported by forward_process)
-from .edit_inputs import ImageArg, broadcast_batch, prepare_images, prepare_masks
+from .edit_inputs import ImageArg
 from .forward_process import q_transition_sample
 from .gaussian import reparameterize  # noqa: F401  (imported by forward_process)
 from .hub_layout import MODEL_INDEX  # noqa: F401  (imported by the mixin's save and load methods)
@@ -105,16 +105,7 @@ class HFDDPMInpaintPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
         Returns:
             ``ImagePipelineOutput(images=...)``, or ``(images,)`` when ``return_dict`` is False.
         """
-        device = self._execution_device
-        config = self.unet.config
-        sample_size = config.sample_size
-        height, width = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
-        x0 = prepare_images(image, config.in_channels, height, width, device)
-        fill = prepare_masks(mask_image, height, width, device)
-        sizes = {"image": x0.shape[0], "mask_image": fill.shape[0]}
-        if isinstance(generator, list):
-            sizes["generator"] = len(generator)
-        batch_size = broadcast_batch(sizes)
+        x0, fill, batch_size = self._edit_inputs(image, generator, mask_image)
         tensor_names = self._check_common_inputs(
             batch_size,
             generator,
@@ -123,9 +114,10 @@ class HFDDPMInpaintPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
             callback_on_step_end,
             callback_on_step_end_tensor_inputs,
         )
+        device = self._execution_device
         levels = repaint_schedule(num_inference_steps, jump_length, jump_n_sample)
         labels = self._class_labels(class_labels, guidance_scale, batch_size, device)
-        shape = (batch_size, config.in_channels, height, width)
+        shape = self._sample_shape(batch_size)
         x0, keep = x0.expand(shape), (1.0 - fill).expand(shape)
 
         def noise() -> torch.Tensor:
@@ -172,8 +164,4 @@ class HFDDPMInpaintPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
                     step_index += 1
                 progress.update()
 
-        images = self._postprocess(latents, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images)
+        return self._output(latents, output_type, return_dict)

@@ -16,7 +16,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .edit_inputs import ImageArg, broadcast_batch, prepare_images
+from .edit_inputs import ImageArg
 from .hub_layout import MODEL_INDEX  # noqa: F401  (imported by the mixin's save and load methods)
 from .pipeline_base import CallbackArg, ClassLabelsArg, GeneratorArg, HFDDPMPipelineMixin
 
@@ -73,15 +73,7 @@ class HFDDPMImg2ImgPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
         Returns:
             ``ImagePipelineOutput(images=...)``, or ``(images,)`` when ``return_dict`` is False.
         """
-        device = self._execution_device
-        config = self.unet.config
-        sample_size = config.sample_size
-        height, width = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
-        x0 = prepare_images(image, config.in_channels, height, width, device)
-        sizes = {"image": x0.shape[0]}
-        if isinstance(generator, list):
-            sizes["generator"] = len(generator)
-        batch_size = broadcast_batch(sizes)
+        x0, _, batch_size = self._edit_inputs(image, generator)
         tensor_names = self._check_common_inputs(
             batch_size,
             generator,
@@ -90,6 +82,7 @@ class HFDDPMImg2ImgPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
             callback_on_step_end,
             callback_on_step_end_tensor_inputs,
         )
+        device = self._execution_device
         num_train_timesteps = self.scheduler.config.num_train_timesteps
         self.scheduler.set_timesteps(num_inference_steps)
         kept = sdedit_timesteps(self.scheduler.timesteps.tolist(), strength, num_train_timesteps)
@@ -97,15 +90,11 @@ class HFDDPMImg2ImgPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
 
         # The cut chain is a chain of its own: the same steps, each between the same two timesteps.
         self.scheduler.set_timesteps(timesteps=kept, device=device)
-        shape = (batch_size, config.in_channels, height, width)
+        shape = self._sample_shape(batch_size)
         noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         t0 = torch.full((batch_size,), kept[0], device=device)
         latents = self.scheduler.add_noise(x0.expand(shape), noise, t0)
         latents = self._run_chain(
             latents, labels, guidance_scale, generator, callback_on_step_end, tensor_names
         )
-        images = self._postprocess(latents, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images)
+        return self._output(latents, output_type, return_dict)
