@@ -27,7 +27,8 @@ def _pil_to_array(image: PIL.Image.Image, channels: int | None, name: str) -> np
     if channels is None:
         return np.asarray(image.convert("L"), dtype=np.float32)[..., None] / 255.0
     have = _pil_channels(image)
-    if have != channels:
+    # A palette image may hold grey or colour alike: it converts to either.
+    if have != channels and image.mode not in ("P", "PA"):
         mode = "L" if channels == 1 else "RGB"
         raise ValueError(
             f"{name} has {have} channel(s) (PIL mode {image.mode!r}), but this model takes {channels}-channel "
