@@ -28,6 +28,7 @@ from .pipeline_base import (
 )
 from .pipeline_img2img import HFDDPMImg2ImgPipeline  # noqa: F401
 from .pipeline_inpaint import HFDDPMInpaintPipeline  # noqa: F401
+from .variance import LEARNED_VARIANCE_TYPES  # noqa: F401  (imported by pipeline_base)
 
 
 class HFDDPMPipeline(HFDDPMPipelineMixin, DiffusionPipeline):

@@ -20,10 +20,12 @@ import torch
 from diffusers import ImagePipelineOutput, ModelMixin, SchedulerMixin, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
+# diffusers' remote-code loader copies only the relative imports written in a module, not theirs.
+from .diffusion_tables import DiffusionTables  # noqa: F401  (imported by variance)
 from .edit_inputs import ImageArg, broadcast_batch, prepare_images, prepare_masks
+from .variance import LEARNED_VARIANCE_TYPES
 
 OUTPUT_TYPES = ("pil", "np", "pt")
-LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
 # True only for the installed package; a remote-code copy lives in diffusers' module cache instead.
 RUNNING_AS_HF_DDPM = __package__ == "hf_ddpm.core"
 

@@ -16,9 +16,11 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .diffusion_tables import DiffusionTables  # noqa: F401  (imported by variance)
 from .edit_inputs import ImageArg
 from .hub_layout import MODEL_INDEX  # noqa: F401  (imported by the mixin's save and load methods)
 from .pipeline_base import CallbackArg, ClassLabelsArg, GeneratorArg, HFDDPMPipelineMixin
+from .variance import LEARNED_VARIANCE_TYPES  # noqa: F401  (imported by pipeline_base)
 
 
 def sdedit_timesteps(timesteps: list[int], strength: float, num_train_timesteps: int) -> list[int]:

@@ -24,6 +24,7 @@ from .forward_process import q_transition_sample
 from .gaussian import reparameterize  # noqa: F401  (imported by forward_process)
 from .hub_layout import MODEL_INDEX  # noqa: F401  (imported by the mixin's save and load methods)
 from .pipeline_base import CallbackArg, ClassLabelsArg, GeneratorArg, HFDDPMPipelineMixin
+from .variance import LEARNED_VARIANCE_TYPES  # noqa: F401  (imported by pipeline_base)
 
 
 def repaint_schedule(num_steps: int, jump_length: int, jump_n_sample: int) -> list[int]:
