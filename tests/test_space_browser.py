@@ -121,6 +121,17 @@ def test_a_text_file_named_png_gets_a_message_in_the_browser(page_url, browser, 
     not hasattr(hf_ddpm, "HFDDPMInpaintPipeline"),
     reason="hf_ddpm has no HFDDPMInpaintPipeline yet",
 )
+def _wait_until_drawn(page, canvas, timeout_s: float = 60) -> None:
+    """Wait until the uploaded picture shows on the editor's canvas (a WebGL canvas, so read from a
+    screenshot): the digit's white strokes on black make its pixels vary."""
+    for _ in range(int(timeout_s * 2)):
+        pixels = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("L"), dtype=float)
+        if pixels.std() > 20:
+            return
+        page.wait_for_timeout(500)
+    raise AssertionError(f"the uploaded picture never appeared (pixel std {pixels.std():.1f})")
+
+
 def test_paint_a_mask_with_the_mouse_and_inpaint(page_url, browser, tmp_path):
     """Upload a digit into the Edit tab's ImageEditor, paint its lower half with the brush (the
     default tool), run the inpainting and wait for the result image."""
@@ -129,7 +140,7 @@ def test_paint_a_mask_with_the_mouse_and_inpaint(page_url, browser, tmp_path):
     page.locator("#edit_input input[type=file]").first.set_input_files(str(DIGIT))
     canvas = page.locator("#edit_input canvas").first
     canvas.wait_for(timeout=60_000)
-    page.wait_for_timeout(1_000)  # the uploaded picture is drawn onto the canvas
+    _wait_until_drawn(page, canvas)
     box = canvas.bounding_box()
     centre_x, centre_y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     for dy in (20, 50, 80, 110):  # strokes across the picture's lower half
@@ -137,6 +148,7 @@ def test_paint_a_mask_with_the_mouse_and_inpaint(page_url, browser, tmp_path):
         page.mouse.down()
         page.mouse.move(centre_x + 120, centre_y + dy, steps=12)
         page.mouse.up()
+    page.wait_for_timeout(500)  # the editor commits the last stroke
     page.locator("#edit").click(timeout=60_000)
     page.wait_for_function(
         "() => { const img = document.querySelector('#edit_result img');"
