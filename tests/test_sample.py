@@ -55,14 +55,34 @@ def test_without_a_model_it_samples_an_untrained_unet_and_says_so(tmp_path, monk
     assert grid.size == (32, 32)
 
 
-def test_output_must_be_png(tmp_path, tiny_unet):
-    with pytest.raises(SystemExit, match=r"\.png"):
-        cli.main(
-            [
-                "sample",
-                "--model",
-                str(_save(tmp_path, tiny_unet)),
-                "--output",
-                str(tmp_path / "a.jpg"),
-            ]
-        )
+def test_output_must_be_png(tmp_path, tiny_unet, capsys):
+    argv = [
+        "sample",
+        "--model",
+        str(_save(tmp_path, tiny_unet)),
+        "--output",
+        str(tmp_path / "a.jpg"),
+    ]
+    assert cli.main(argv) == 2
+    assert "--output must be a .png file" in capsys.readouterr().err
+    assert not (tmp_path / "a.jpg").exists()
+
+
+def test_steps_default_to_the_models_T(tmp_path, tiny_unet, monkeypatch):
+    """A model with T = 10 samples in 10 steps by default (1000 used to be fixed, and failed)."""
+    model = _save(tmp_path, tiny_unet)
+    seen = {}
+    original = HFDDPMPipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        seen.update(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(HFDDPMPipeline, "__call__", spy)
+    out = tmp_path / "grid.png"
+    assert (
+        cli.main(["sample", "--model", str(model), "--output", str(out), "--num-images", "1"]) == 0
+    )
+    assert seen["num_inference_steps"] == 10
+    assert Image.open(out).size == (8, 8)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
