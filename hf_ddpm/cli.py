@@ -15,7 +15,8 @@ What every subcommand shares lives here, once:
 - **``--device``** is checked before any model is loaded: CUDA (or MPS) asked for on a machine without it
   is a user error.
 - **Help**: every option's default is shown once, after its description, and ``None`` defaults are not.
-- **Logs**: httpx and httpcore (huggingface_hub's HTTP client) log at WARNING, not one line per request.
+- **Logs**: huggingface_hub's HTTP client (httpx or httpx2, and their httpcore) logs at WARNING, not one
+  line per request.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     NotADirectoryError,
     ImportError,
 )
-_QUIET_LOGGERS = ("httpx", "httpcore")
+# huggingface_hub's HTTP client logs every request at INFO: httpx, or httpx2 in huggingface_hub >= 2.
+_QUIET_LOGGERS = ("httpx", "httpcore", "httpx2", "httpcore2")
 
 
 @dataclass(frozen=True)
