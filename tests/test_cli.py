@@ -61,6 +61,7 @@ def _cases():
         ([*evaluate[:2], "--metrics", "nll,is"], ["--metrics", "nll, fid, fd-dinov2"]),
         ([*evaluate, "--batch-size", "0"], ["--batch-size", ">= 1"]),
         ([*evaluate, "--nll-timesteps", "0"], ["--nll-timesteps", ">= 1"]),
+        ([*evaluate, "--grid", "{m}/g.png", "--num-samples", "0"], ["--num-samples", ">= 1"]),
         ([*evaluate, "--threads", "-2"], ["--threads"]),
         ([*evaluate, "--train-data-dir", "{m}/images"], ["--split train", "no 'test' split"]),
         (

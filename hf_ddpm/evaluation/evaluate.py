@@ -151,6 +151,10 @@ class EvaluationOptions:
                 f"a Fréchet distance needs at least 2 samples; got num_samples={self.num_samples} "
                 "(--num-samples)"
             )
+        if self.grid_path is not None and self.num_samples < 1:
+            raise ValueError(
+                f"a sample grid needs num_samples (--num-samples) >= 1; got {self.num_samples}"
+            )
         at_least = {
             "batch_size": (self.batch_size, 1),
             "num_inference_steps": (self.num_inference_steps, 1),
