@@ -67,6 +67,16 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "NLL bound in bits/dim, FID and FD-DINOv2 of a pipeline",
         threads=True,
     ),
+    "inpaint": Subcommand(
+        "hf_ddpm.sampling.inpaint",
+        "fill the white region of a mask in an image (RePaint)",
+        threads=True,
+    ),
+    "img2img": Subcommand(
+        "hf_ddpm.sampling.img2img",
+        "redraw an image from part-way up the noise (SDEdit)",
+        threads=True,
+    ),
     "space": Subcommand("hf_ddpm.hub.space", "create a Gradio Space on the Hub for a model"),
 }
 

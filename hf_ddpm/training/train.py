@@ -577,7 +577,11 @@ class _Trainer:
 
         config = self.config
         grid = self._sample_grid()  # also copies the EMA weights into ema_unet
-        pipeline = HFDDPMPipeline(unet=self.ema_unet, scheduler=self.scheduler)
+        # With label dropout the null label was trained: the saved pipeline samples p(x) without labels.
+        null_label = self.null_label if config.class_dropout > 0 else None
+        pipeline = HFDDPMPipeline(
+            unet=self.ema_unet, scheduler=self.scheduler, null_class_label=null_label
+        )
         hub_dataset = config.train_data_dir is None and config.dataset not in BUNDLED_DATASETS
         pipeline.save_pretrained(
             self.output_dir,
