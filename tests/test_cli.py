@@ -70,6 +70,18 @@ def _cases():
             ["--num-inference-steps", f"1..{T}"],
         ),
         ([*evaluate[:2], "--metrics", "fd-dinov2"], ["facebook/dinov2-base", "--dinov2-model"]),
+        # inpaint and img2img (their validation is sampling/edit_files.py's)
+        (
+            ["inpaint", "{m}/plain", "--image", "{m}/none.png", "--mask", "{m}/images/0.png"]
+            + ["--output", "{m}/o.png"],
+            ["--image", "none.png"],
+        ),
+        (
+            ["img2img", "{m}/plain", "--image", "{m}/images/0.png", "--output", "{m}/o.png"]
+            + ["--strength", "1.5", "--num-inference-steps", "2"],
+            ["strength"],
+        ),
+        (["img2img", "{m}/plain", "--image", "{m}/images/0.png"], ["--output", "required"]),
         # space
         (["space", "tester/demo", "--model", "."], ["--model", "local folder"]),
         (["space", "tester/demo"], ["--model", "required"]),
@@ -170,7 +182,9 @@ def test_threads_is_offered_by_the_torch_commands_only():
     def options(command):
         return {s for a in _subparser(command)._actions for s in a.option_strings}
 
-    assert all("--threads" in options(c) for c in ("train", "sample", "evaluate"))
+    assert all(
+        "--threads" in options(c) for c in ("train", "sample", "evaluate", "inpaint", "img2img")
+    )
     assert "--threads" not in options("space")
 
 
@@ -181,7 +195,7 @@ def _help(command, capsys):
     return " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
 
 
-@pytest.mark.parametrize("command", ["train", "sample", "evaluate", "space"])
+@pytest.mark.parametrize("command", ["train", "sample", "evaluate", "inpaint", "img2img", "space"])
 def test_help_shows_each_default_once_and_never_none(command, capsys):
     text = _help(command, capsys)
     assert "(default: None)" not in text
