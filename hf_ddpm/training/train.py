@@ -47,7 +47,7 @@ import torch
 from hf_ddpm.data.image_datasets import random_horizontal_flip, to_device
 from hf_ddpm.data.image_grid import image_grid
 
-from .train_config import RESUME_FROM_HUB, TrainConfig, config_from_args
+from .train_config import DATA_RECORD, RESUME_FROM_HUB, TrainConfig, config_from_args
 
 # The CLI finds each subcommand's add_arguments and run in its module (cli.py).
 from .train_config import add_arguments as add_arguments
@@ -204,6 +204,8 @@ class _Trainer:
             split=config.split,
             image_column=config.image_column,
             class_column=config.class_column,
+            channels=config.channels,
+            skip_bad_images=config.skip_bad_images,
         )
         # Label num_classes is the null class of classifier-free guidance (HFDDPMPipeline's convention).
         self.null_label = self.data.num_classes
@@ -249,6 +251,15 @@ class _Trainer:
         self.recent_losses: deque[float] = deque(maxlen=100)
         # Built in run(), on the main process, when --hub-strategy uploads checkpoints.
         self.uploader: HubCheckpointUploader | None = None
+
+    def _data_record(self) -> dict[str, Any]:
+        data = self.data
+        return {
+            "source": data.name,
+            "images": len(data),
+            "channels": data.channels,
+            "skipped_images": list(data.skipped),
+        }
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -470,8 +481,9 @@ class _Trainer:
             self._load_checkpoint(self.resume_path)
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            record = {**config.to_dict(), DATA_RECORD: self._data_record()}
             (self.output_dir / "train_config.json").write_text(
-                json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8"
+                json.dumps(record, indent=2) + "\n", encoding="utf-8"
             )
             if config.push_to_hub and config.hub_strategy != "end":
                 from .hub_checkpoints import HubCheckpointUploader

@@ -15,10 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hf_ddpm.data.ingest import CHANNEL_CHOICES
+
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 LOGGERS = ("tensorboard", "none")
 # --resume-from-checkpoint value that downloads the checkpoint pushed to --hub-model-id.
 RESUME_FROM_HUB = "hub"
+# Key of train_config.json that records what the run found in its data (image count, channels, skipped
+# files); not an option, so reading the file back as --config ignores it.
+DATA_RECORD = "data"
 _LEARNED_VARIANCES = ("learned", "learned_range")
 
 
@@ -38,6 +43,17 @@ class TrainConfig:
     )
     class_column: str | None = _opt(
         None, "label column: trains a class-conditional model", type=str
+    )
+    channels: int | None = _opt(
+        None,
+        "image channels to train on: 1 (grey) or 3 (RGB); default: 3 if any image of the folder is in "
+        "colour, else 1",
+        type=int,
+    )
+    skip_bad_images: bool = _opt(
+        False,
+        "leave out the files of --train-data-dir that cannot be read (listed in the log and "
+        "train_config.json) instead of stopping",
     )
     class_dropout: float = _opt(0.1, "probability of the null label (classifier-free guidance)")
     resolution: int = _opt(32, "image side after resize and center crop")
@@ -137,6 +153,8 @@ class TrainConfig:
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ValueError(f"--{_flag(name)} must be >= {low}, got {getattr(self, name)}")
+        if self.channels is not None and self.channels not in CHANNEL_CHOICES:
+            raise ValueError(f"--channels must be 1 (grey) or 3 (RGB), got {self.channels}")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise ValueError(
                 f"--checkpoints-total-limit must be >= 1, got {self.checkpoints_total_limit}"
@@ -204,7 +222,7 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from ``{field or flag name: value}``; unknown keys raise ``ValueError`` listing the known."""
         names = {f.name for f in dataclasses.fields(cls)}
-        normalised = {k.replace("-", "_"): v for k, v in values.items()}
+        normalised = {k.replace("-", "_"): v for k, v in values.items() if k != DATA_RECORD}
         unknown = sorted(set(normalised) - names)
         if unknown:
             raise ValueError(f"unknown train options {unknown}; the options are {sorted(names)}")

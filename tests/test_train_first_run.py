@@ -1,0 +1,129 @@
+"""hf-ddpm train on a user's own small image folder (issue 14): bad files found before anything is
+written, channels decided from the whole folder, defaults that scale to the run, few-step sample grids,
+output folders that are never mixed, and a start-up summary."""
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hf_ddpm.training.train import TrainConfig, train
+
+
+def _folder(path: Path, grey: int = 6, colour: int = 0, size: int = 8) -> Path:
+    """``grey`` grey PNGs, then ``colour`` RGB ones, named so that a grey one sorts first."""
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(grey):
+        Image.fromarray(rng.integers(0, 256, (size, size), np.uint8)).save(path / f"a{i:02d}.png")
+    for i in range(colour):
+        pixels = rng.integers(0, 256, (size, size, 3), np.uint8)
+        Image.fromarray(pixels).save(path / f"b{i:02d}.png")
+    return path
+
+
+def _truncate_copy(source: Path, target: Path) -> None:
+    """What ``head -c 120 some.png > zz.png`` does to a bigger PNG: its pixel data is cut off."""
+    whole = source.read_bytes()
+    target.write_bytes(whole[: len(whole) // 2])
+
+
+def _config(tmp_path: Path, data: Path, **overrides) -> TrainConfig:
+    values = dict(
+        train_data_dir=str(data),
+        model_preset="tiny",
+        resolution=8,
+        batch_size=2,
+        max_steps=2,
+        num_train_timesteps=20,
+        lr_warmup_steps=1,
+        output_dir=str(tmp_path / "out"),
+        checkpoint_every=0,
+        sample_every=0,
+        num_samples=2,
+        dataloader_num_workers=0,
+        logger="none",
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+# ---------------------------------------------------------------------------------- data ingestion
+
+
+def test_a_truncated_image_stops_before_training_and_is_named(tmp_path):
+    data = _folder(tmp_path / "c", grey=4, colour=1)
+    _truncate_copy(data / "b00.png", data / "zz.png")
+    (data / "aa.png").write_bytes(b"not a png")  # sorts first
+    config = _config(tmp_path, data)
+    with pytest.raises(ValueError) as raised:
+        train(config)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "2 of 7 images cannot be read" in message
+    assert "aa.png" in message and "zz.png" in message and "--skip-bad-images" in message
+    assert not Path(config.output_dir).exists()
+
+
+def test_the_error_lists_the_first_ten_bad_files_and_counts_them(tmp_path):
+    data = _folder(tmp_path / "c", grey=2)
+    for i in range(13):
+        (data / f"bad{i:02d}.png").write_bytes(b"x")
+    with pytest.raises(ValueError, match="13 of 15 images cannot be read") as raised:
+        train(_config(tmp_path, data))
+    message = str(raised.value)
+    assert [f"bad{i:02d}.png" in message for i in range(13)] == [True] * 10 + [False] * 3
+    assert "and 3 more" in message
+
+
+def test_skip_bad_images_trains_on_the_rest_and_records_them(tmp_path, caplog):
+    data = _folder(tmp_path / "c", grey=4)
+    _truncate_copy(data / "a00.png", data / "zz.png")
+    config = _config(tmp_path, data, skip_bad_images=True)
+    with caplog.at_level(logging.WARNING, logger="hf_ddpm.data.image_datasets"):
+        result = train(config)
+    assert result.step == 2
+    assert "zz.png" in caplog.text
+    record = json.loads((Path(config.output_dir) / "train_config.json").read_text())
+    assert record["data"]["skipped_images"] == ["zz.png"]
+    assert record["data"]["images"] == 4
+
+
+def test_one_colour_image_makes_the_folder_rgb_unless_channels_says_otherwise(tmp_path):
+    from hf_ddpm.data.image_datasets import load_image_dataset, preprocess
+
+    data = _folder(tmp_path / "c", grey=3, colour=1)  # a grey image sorts first
+    mixed = load_image_dataset(train_data_dir=str(data))
+    assert mixed.channels == 3
+    # The grey images are converted: three equal planes holding the grey values.
+    first = preprocess(mixed, 8)[0]["pixel_values"]
+    grey = np.asarray(Image.open(data / "a00.png"), dtype=np.float32) / 255 * 2 - 1
+    for plane in first.numpy():
+        np.testing.assert_allclose(plane, grey, atol=1e-6)
+    assert load_image_dataset(train_data_dir=str(data), channels=1).channels == 1
+    assert load_image_dataset(train_data_dir=str(_folder(tmp_path / "g", grey=2))).channels == 1
+    with pytest.raises(ValueError, match=r"--channels must be 1 \(grey\) or 3 \(RGB\), got 2"):
+        train(_config(tmp_path, data, channels=2))
+
+
+def test_the_scan_decodes_every_image_on_a_thread_pool_for_big_folders(tmp_path, monkeypatch):
+    import threading
+
+    from hf_ddpm.data import ingest
+
+    data = _folder(tmp_path / "c", grey=40)
+    threads = set()
+    real = ingest._decoded_mode
+
+    def recording(path):
+        threads.add(threading.current_thread().name)
+        return real(path)
+
+    monkeypatch.setattr(ingest, "_decoded_mode", recording)
+    paths = sorted(str(p) for p in data.iterdir())
+    scan = ingest.scan_images(data, paths)
+    assert scan.readable == tuple(range(40)) and scan.unreadable == () and scan.colour == 0
+    assert all(name.startswith("hf-ddpm-ingest") for name in threads)
