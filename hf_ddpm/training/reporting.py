@@ -1,0 +1,141 @@
+"""What a training run tells its user: losses (and the NaN stop), sample grids, and the model card text."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from hf_ddpm.data.image_grid import image_grid
+
+from .checkpointing import latest_checkpoint
+from .setup import TrainingSetup
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .step import StepOutcome
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class LossLog:
+    """Losses of the steps not yet read from the device; :meth:`read` reads them all in one copy.
+
+    Attributes:
+        recent: the last 100 losses read, for the card's final loss.
+    """
+
+    def __init__(self, setup: TrainingSetup) -> None:
+        self.setup = setup
+        self.unread: list[StepOutcome] = []
+        self.recent: deque[float] = deque(maxlen=100)
+
+    def add(self, outcome: StepOutcome) -> None:
+        self.unread.append(outcome)
+
+    def read(self, progress: Any) -> None:
+        """Read the losses and gradient norms of the steps since the last read in one device-to-host
+        copy, log them, and stop at the first non-finite loss."""
+        if not self.unread:
+            return
+        values = torch.stack(
+            [
+                torch.stack([o.loss.float(), o.grad_norm.float().to(o.loss.device)])
+                for o in self.unread
+            ]
+        ).tolist()
+        steps = [(o.step, o.lr) for o in self.unread]
+        self.unread.clear()
+        for (step, lr), (loss, grad_norm) in zip(steps, values):
+            if not math.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"the loss became {loss} at step {step}; training stopped. "
+                    f"{self._last_good_message()} Lower --learning-rate, try --mixed-precision no, or "
+                    "check the data, then resume with --resume-from-checkpoint latest."
+                )
+            self.recent.append(loss)
+            self.setup.accelerator.log({"loss": loss, "lr": lr, "grad_norm": grad_norm}, step=step)
+        progress.set_postfix(loss=f"{values[-1][0]:.4f}")
+
+    def final_loss(self) -> float:
+        return float(np.mean(self.recent or [math.nan]))
+
+    def _last_good_message(self) -> str:
+        last = latest_checkpoint(self.setup.output_dir)
+        return f"The last good checkpoint is {last}." if last else "No checkpoint was written yet."
+
+
+def sample_grid(setup: TrainingSetup) -> Image.Image:
+    """A grid of ``--num-samples`` images from the EMA weights (copied into ``setup.ema_unet``)."""
+    from hf_ddpm.core.pipeline import HFDDPMPipeline
+
+    config = setup.config
+    setup.ema.copy_to(setup.ema_unet)
+    setup.ema_unet.eval()
+    pipeline = HFDDPMPipeline(unet=setup.ema_unet, scheduler=setup.scheduler)
+    pipeline.set_progress_bar_config(disable=True)
+    n = config.num_samples
+    labels = None if setup.null_label is None else [i % setup.null_label for i in range(n)]
+    generator = torch.Generator(setup.accelerator.device).manual_seed(config.seed)
+    images = pipeline(
+        batch_size=n,
+        generator=generator,
+        num_inference_steps=config.sample_steps or config.num_train_timesteps,
+        output_type="np",
+        class_labels=labels,
+    ).images
+    return image_grid(images)
+
+
+def log_samples(setup: TrainingSetup, step: int) -> None:
+    """Save a sample grid as ``samples/step-N.png`` (and to TensorBoard) on the main process."""
+    acc = setup.accelerator
+    if acc.is_main_process:
+        grid = sample_grid(setup)
+        samples_dir = setup.output_dir / "samples"
+        samples_dir.mkdir(parents=True, exist_ok=True)
+        grid.save(samples_dir / f"step-{step:07d}.png")
+        if setup.config.logger == "tensorboard":
+            image = np.asarray(grid.convert("RGB"))[None]
+            acc.get_tracker("tensorboard").log_images(
+                {"samples": image}, step=step, dataformats="NHWC"
+            )
+    acc.wait_for_everyone()
+
+
+def card_description(setup: TrainingSetup, step: int, losses: LossLog) -> str:
+    """The training section of the model card."""
+    config, data = setup.config, setup.data
+    classes = f", {data.num_classes} classes" if data.num_classes else ""
+    lines = [
+        "A denoising diffusion probabilistic model (Ho, Jain & Abbeel 2020) trained with hf_ddpm "
+        "and sampled by ancestral sampling. The weights are the exponential moving average.",
+        "",
+        "## Training",
+        "",
+        f"- Command: `{config.command()}`",
+        f"- Data: {data.name} (split {config.split!r}, {len(data)} images, {data.channels} "
+        f"channel(s){classes}), {config.resolution}x{config.resolution}",
+        f"- Steps: {step} at batch {config.batch_size} x {setup.accelerator.num_processes} "
+        f"process(es) x {config.gradient_accumulation_steps} accumulation",
+        f"- Objective: L_{config.loss}, {config.prediction_type} prediction, "
+        f"{config.variance_type} variance, {config.beta_schedule} betas, T={config.num_train_timesteps}",
+        f"- Final loss (mean of the last {len(losses.recent)} steps): {losses.final_loss():.5f}",
+        f"- Optimiser: Adam {config.learning_rate:g}, {config.lr_warmup_steps}-step warm-up, "
+        f"grad clip {config.max_grad_norm:g}, EMA {config.ema_decay:g}",
+    ]
+    if setup.null_label is not None:
+        lines.append(
+            f"- Class-conditional: label {setup.null_label} is the null class for classifier-free "
+            f"guidance (label dropout {config.class_dropout:g})"
+        )
+    return "\n".join(lines)
