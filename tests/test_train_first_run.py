@@ -127,3 +127,66 @@ def test_the_scan_decodes_every_image_on_a_thread_pool_for_big_folders(tmp_path,
     scan = ingest.scan_images(data, paths)
     assert scan.readable == tuple(range(40)) and scan.unreadable == () and scan.colour == 0
     assert all(name.startswith("hf-ddpm-ingest") for name in threads)
+
+
+# ------------------------------------------------------------------------------ defaults that scale
+
+
+def test_default_warmup_is_capped_at_a_tenth_of_max_steps_with_a_note():
+    short, notes = TrainConfig(max_steps=100).with_scaled_defaults(1000, 1)
+    assert short.lr_warmup_steps == 10
+    assert notes == [
+        "--lr-warmup-steps 10: the default 5000 is capped at 10% of --max-steps 100",
+    ]
+    long, notes = TrainConfig(max_steps=100_000).with_scaled_defaults(1000, 1)
+    assert (long.lr_warmup_steps, notes) == (5000, [])
+    given, notes = TrainConfig(max_steps=100, lr_warmup_steps=40).with_scaled_defaults(1000, 1)
+    assert (given.lr_warmup_steps, notes) == (40, [])
+    _, notes = TrainConfig(max_steps=100, lr_warmup_steps=400).with_scaled_defaults(1000, 1)
+    assert "never reaches --learning-rate" in notes[0]
+
+
+def test_a_resumed_run_keeps_its_warmup_when_max_steps_grows():
+    first, _ = TrainConfig(max_steps=100).with_scaled_defaults(1000, 1)
+    resumed, notes = TrainConfig(max_steps=300).with_scaled_defaults(1000, 1, first.to_dict())
+    assert (resumed.lr_warmup_steps, resumed.batch_size, notes) == (10, 128, [])
+
+
+def test_default_batch_is_capped_at_the_data_and_a_given_one_says_what_fits():
+    one, notes = TrainConfig().with_scaled_defaults(64, 1)
+    assert one.batch_size == 64
+    assert notes[0] == (
+        "--batch-size 64: the default 128 x 1 process(es) is more than the 64 images of the data"
+    )
+    two, _ = TrainConfig().with_scaled_defaults(64, 2)
+    assert two.batch_size == 32
+    assert TrainConfig().with_scaled_defaults(1000, 2)[0].batch_size == 128
+    with pytest.raises(
+        ValueError, match="--batch-size 100 x 1 process.*give --batch-size 64 or less"
+    ):
+        TrainConfig(batch_size=100).with_scaled_defaults(64, 1)
+
+
+def test_the_readme_train_command_works_on_a_64_image_folder(tmp_path, capsys, caplog):
+    import shlex
+
+    from hf_ddpm.cli import main
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("hf-ddpm train --train-data-dir ./my_images")
+    end = readme.index("\n", readme.index("\\\n", start) + 2)  # the command's two lines
+    command = shlex.split(readme[start:end].replace("\\\n", " "))
+    push = command.index("--push-to-hub")
+    args = command[2:push]  # the run itself; pushing is tested elsewhere
+    assert "--batch-size" not in args and "--lr-warmup-steps" not in args
+    args[args.index("./my_images")] = str(_folder(tmp_path / "my_images", grey=40, colour=24))
+    args[args.index("out/my-ddpm")] = str(tmp_path / "out")
+    # Made small for a test, but with the README's batch and warm-up defaults.
+    small = ["--model-preset", "tiny", "--resolution", "8", "--max-steps", "2"]
+    quiet = ["--num-train-timesteps", "20", "--logger", "none", "--dataloader-num-workers", "0"]
+    with caplog.at_level(logging.INFO):
+        assert main(["train", *args, *small, *quiet]) == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "out" / "train_config.json").read_text())
+    assert (record["batch_size"], record["lr_warmup_steps"]) == (64, 1)
+    assert "--batch-size 64: the default 128" in caplog.text
+    assert "--lr-warmup-steps 1: the default 5000" in caplog.text

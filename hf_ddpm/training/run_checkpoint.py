@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .checkpointing import (
+    STATE,
     flatten_state,
     load_checkpoint,
     prune_checkpoints,
@@ -73,6 +74,12 @@ def save_run_checkpoint(
         logger.info("saved %s", path)
     acc.wait_for_everyone()
     return path
+
+
+def saved_options(path: Path) -> dict[str, Any]:
+    """The options (``TrainConfig.to_dict``) the run that wrote checkpoint ``path`` was trained with."""
+    state = json.loads((Path(path) / STATE).read_text(encoding="utf-8"))
+    return dict(state["config"])
 
 
 def load_run_checkpoint(setup: TrainingSetup, progress: TrainingStep, path: Path) -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .reporting import LossLog, TrainingDivergedError, card_description, log_samples, sample_grid
-from .run_checkpoint import load_run_checkpoint, save_run_checkpoint
+from .run_checkpoint import load_run_checkpoint, save_run_checkpoint, saved_options
 from .setup import (
     TrainingSetup,
     build_setup,
@@ -221,7 +221,8 @@ def train(config: TrainConfig) -> TrainResult:
 
     The steps, in order: validate the options; read the data (every image of a folder checked) before
     anything is written; build the accelerator; find the checkpoint to resume from (downloading it for
-    ``--resume-from-checkpoint hub``); build the model and optimiser; train.
+    ``--resume-from-checkpoint hub``); fill in the defaults that scale with the run (batch size,
+    warm-up), logging a note for each one scaled down; build the model and optimiser; train.
 
     Raises:
         ValueError / FileNotFoundError: bad options or data (raised before any training step).
@@ -231,6 +232,10 @@ def train(config: TrainConfig) -> TrainResult:
     data = load_training_data(config)
     accelerator = make_accelerator(config)
     resume_path = resolve_resume_source(config, accelerator)
+    saved = None if resume_path is None else saved_options(resume_path)
+    config, notes = config.with_scaled_defaults(len(data), accelerator.num_processes, saved)
+    for note in notes:
+        logger.info("note: %s", note)
     setup = build_setup(config, accelerator, data)
     return _Trainer(setup, resume_path).run()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,11 @@ RESUME_FROM_HUB = "hub"
 # Key of train_config.json that records what the run found in its data (image count, channels, skipped
 # files); not an option, so reading the file back as --config ignores it.
 DATA_RECORD = "data"
+# The paper's batch and warm-up (Ho et al. 2020), used when the flags are not given and the run is big
+# enough: the batch is capped at the number of images, the warm-up at WARMUP_FRACTION of --max-steps.
+PAPER_BATCH_SIZE = 128
+PAPER_WARMUP_STEPS = 5000
+WARMUP_FRACTION = 0.1
 _LEARNED_VARIANCES = ("learned", "learned_range")
 
 
@@ -58,10 +64,20 @@ class TrainConfig:
     class_dropout: float = _opt(0.1, "probability of the null label (classifier-free guidance)")
     resolution: int = _opt(32, "image side after resize and center crop")
     random_flip: bool = _opt(False, "random horizontal flips")
-    batch_size: int = _opt(128, "batch size per process")
+    batch_size: int | None = _opt(
+        None,
+        f"batch size per process (default: {PAPER_BATCH_SIZE}, or fewer so that one global batch fits "
+        "in the data)",
+        type=int,
+    )
     max_steps: int = _opt(10_000, "optimizer steps to train for")
     learning_rate: float = _opt(2e-4, "Adam learning rate")
-    lr_warmup_steps: int = _opt(5000, "linear learning-rate warm-up steps")
+    lr_warmup_steps: int | None = _opt(
+        None,
+        f"linear learning-rate warm-up steps (default: {PAPER_WARMUP_STEPS}, or "
+        f"{WARMUP_FRACTION:.0%} of --max-steps when that is fewer)",
+        type=int,
+    )
     max_grad_norm: float = _opt(1.0, "gradient-norm clip")
     ema_decay: float = _opt(0.9999, "EMA decay (with warm-up)")
     model_preset: str = _opt("ddpm-cifar10", "UNet preset: ddpm-cifar10, small, tiny")
@@ -151,7 +167,7 @@ class TrainConfig:
             "log_every": 1,
         }
         for name, low in at_least.items():
-            if getattr(self, name) < low:
+            if getattr(self, name) is not None and getattr(self, name) < low:
                 raise ValueError(f"--{_flag(name)} must be >= {low}, got {getattr(self, name)}")
         if self.channels is not None and self.channels not in CHANNEL_CHOICES:
             raise ValueError(f"--channels must be 1 (grey) or 3 (RGB), got {self.channels}")
@@ -198,6 +214,62 @@ class TrainConfig:
                 f"--resume-from-checkpoint {RESUME_FROM_HUB} needs --hub-model-id user/name (the repo "
                 "the checkpoints were pushed to)"
             )
+
+    def with_scaled_defaults(
+        self, num_images: int, num_processes: int, saved: dict[str, Any] | None = None
+    ) -> tuple[TrainConfig, list[str]]:
+        """This config with ``--batch-size`` and ``--lr-warmup-steps`` filled in when not given, and a
+        note for each default that was scaled down to fit the run.
+
+        The batch is the paper's 128, capped so that one global batch (``batch_size * num_processes``)
+        fits in ``num_images``; the warm-up is the paper's 5,000 steps, capped at ``WARMUP_FRACTION`` of
+        ``--max-steps``. A resumed run (``saved``: the checkpoint's options) keeps the checkpoint's
+        values, so that changing ``--max-steps`` does not change its learning-rate schedule.
+
+        Raises:
+            ValueError: a given ``--batch-size`` is more than the data holds, or even one image per
+                process is more than the data holds.
+        """
+        notes: list[str] = []
+        batch_size, warmup = self.batch_size, self.lr_warmup_steps
+        saved = saved or {}
+        if batch_size is None and saved.get("batch_size") is not None:
+            batch_size = saved["batch_size"]
+        if warmup is None and saved.get("lr_warmup_steps") is not None:
+            warmup = saved["lr_warmup_steps"]
+        fits = num_images // num_processes
+        if batch_size is None:
+            if fits < 1:
+                raise ValueError(
+                    f"the dataset has {num_images} images, fewer than one per process "
+                    f"({num_processes} processes); use more images or fewer processes"
+                )
+            batch_size = min(PAPER_BATCH_SIZE, fits)
+            if batch_size < PAPER_BATCH_SIZE:
+                notes.append(
+                    f"--batch-size {batch_size}: the default {PAPER_BATCH_SIZE} x {num_processes} "
+                    f"process(es) is more than the {num_images} images of the data"
+                )
+        elif batch_size * num_processes > num_images:
+            raise ValueError(
+                f"--batch-size {batch_size} x {num_processes} process(es) is more than the "
+                f"{num_images} images of the data, fewer than one global batch; give "
+                f"--batch-size {max(fits, 1)} or less, or leave it out to fit the data"
+            )
+        if warmup is None:
+            cap = math.ceil(WARMUP_FRACTION * self.max_steps)
+            warmup = min(PAPER_WARMUP_STEPS, cap)
+            if warmup < PAPER_WARMUP_STEPS:
+                notes.append(
+                    f"--lr-warmup-steps {warmup}: the default {PAPER_WARMUP_STEPS} is capped at "
+                    f"{WARMUP_FRACTION:.0%} of --max-steps {self.max_steps}"
+                )
+        elif warmup >= self.max_steps:
+            notes.append(
+                f"--lr-warmup-steps {warmup} is not less than --max-steps {self.max_steps}: the "
+                "learning rate never reaches --learning-rate"
+            )
+        return dataclasses.replace(self, batch_size=batch_size, lr_warmup_steps=warmup), notes
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved options, without the Hub token."""
