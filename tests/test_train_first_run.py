@@ -190,3 +190,48 @@ def test_the_readme_train_command_works_on_a_64_image_folder(tmp_path, capsys, c
     assert (record["batch_size"], record["lr_warmup_steps"]) == (64, 1)
     assert "--batch-size 64: the default 128" in caplog.text
     assert "--lr-warmup-steps 1: the default 5000" in caplog.text
+
+
+# ------------------------------------------------------------------------------------ sample grids
+
+
+def _record_sampling_steps(monkeypatch) -> list[int]:
+    from hf_ddpm.core.scheduling import HFDDPMScheduler
+
+    steps: list[int] = []
+    real = HFDDPMScheduler.set_timesteps
+
+    def recording(self, num_inference_steps=None, *args, **kwargs):
+        steps.append(num_inference_steps)
+        return real(self, num_inference_steps, *args, **kwargs)
+
+    monkeypatch.setattr(HFDDPMScheduler, "set_timesteps", recording)
+    return steps
+
+
+def test_grids_take_50_steps_by_default_and_say_so(tmp_path, monkeypatch, caplog):
+    steps = _record_sampling_steps(monkeypatch)
+    data = _folder(tmp_path / "c", grey=4)
+    config = _config(tmp_path, data, num_train_timesteps=100, sample_every=2, num_samples=3)
+    with caplog.at_level(logging.INFO, logger="hf_ddpm.training.reporting"):
+        train(config)
+    assert steps == [50, 50]  # the grid at step 2, then the final one
+    assert caplog.text.count("sampling 3 images, 50 steps") == 2
+    out = Path(config.output_dir)
+    assert (out / "samples.png").is_file() and (out / "samples" / "step-0000002.png").is_file()
+
+
+def test_no_grid_and_sample_every_0_draw_nothing(tmp_path, monkeypatch):
+    from hf_ddpm.core.pipeline import HFDDPMPipeline
+    from hf_ddpm.training.checkpointing import load_checkpoint
+
+    steps = _record_sampling_steps(monkeypatch)
+    config = _config(tmp_path, _folder(tmp_path / "c", grey=4), grid=False)
+    train(config)
+    out = Path(config.output_dir)
+    assert steps == [] and not (out / "samples.png").exists() and not (out / "samples").exists()
+    # The saved pipeline still holds the EMA weights.
+    tensors, _ = load_checkpoint(out / "checkpoint-2")
+    saved = HFDDPMPipeline.from_pretrained(out).unet.state_dict()
+    for name, value in tensors["ema"].items():
+        np.testing.assert_array_equal(saved[name].numpy(), value.numpy())

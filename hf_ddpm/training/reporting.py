@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,9 +15,12 @@ from hf_ddpm.data.image_grid import image_grid
 
 from .checkpointing import latest_checkpoint
 from .setup import TrainingSetup
+from .train_config import GRID_STEPS
 
 if TYPE_CHECKING:
     from PIL import Image
+
+    from hf_ddpm.core.scheduling import HFDDPMScheduler
 
     from .step import StepOutcome
 
@@ -74,42 +78,79 @@ class LossLog:
         return f"The last good checkpoint is {last}." if last else "No checkpoint was written yet."
 
 
-def sample_grid(setup: TrainingSetup) -> Image.Image:
-    """A grid of ``--num-samples`` images from the EMA weights (copied into ``setup.ema_unet``)."""
-    from hf_ddpm.core.pipeline import HFDDPMPipeline
+@dataclass(frozen=True)
+class GridSampling:
+    """How training draws its sample grids: the one place that picks their steps and reverse variance.
 
-    config = setup.config
-    setup.ema.copy_to(setup.ema_unet)
-    setup.ema_unet.eval()
-    pipeline = HFDDPMPipeline(unet=setup.ema_unet, scheduler=setup.scheduler)
-    pipeline.set_progress_bar_config(disable=True)
-    n = config.num_samples
-    labels = None if setup.null_label is None else [i % setup.null_label for i in range(n)]
-    generator = torch.Generator(setup.accelerator.device).manual_seed(config.seed)
-    images = pipeline(
-        batch_size=n,
-        generator=generator,
-        num_inference_steps=config.sample_steps or config.num_train_timesteps,
-        output_type="np",
-        class_labels=labels,
-    ).images
-    return image_grid(images)
+    Attributes:
+        num_inference_steps: the respaced sampling steps.
+        scheduler: the scheduler the grid's pipeline samples with.
+        variance: what the log says about the reverse-process variance.
+    """
+
+    num_inference_steps: int
+    scheduler: HFDDPMScheduler
+    variance: str
 
 
-def log_samples(setup: TrainingSetup, step: int) -> None:
-    """Save a sample grid as ``samples/step-N.png`` (and to TensorBoard) on the main process."""
-    acc = setup.accelerator
-    if acc.is_main_process:
-        grid = sample_grid(setup)
-        samples_dir = setup.output_dir / "samples"
-        samples_dir.mkdir(parents=True, exist_ok=True)
-        grid.save(samples_dir / f"step-{step:07d}.png")
-        if setup.config.logger == "tensorboard":
-            image = np.asarray(grid.convert("RGB"))[None]
-            acc.get_tracker("tensorboard").log_images(
-                {"samples": image}, step=step, dataformats="NHWC"
-            )
-    acc.wait_for_everyone()
+def grid_sampling(setup: TrainingSetup) -> GridSampling:
+    """``--sample-steps``, or ``GRID_STEPS`` (at most T), with the trained scheduler's own variance."""
+    config, scheduler = setup.config, setup.scheduler
+    steps = config.sample_steps or min(GRID_STEPS, config.num_train_timesteps)
+    return GridSampling(steps, scheduler, f"the scheduler's {scheduler.config.variance_type}")
+
+
+class SampleGrids:
+    """The run's sample grids, drawn from the EMA weights (copied into ``setup.ema_unet``) on the main
+    process, with a progress bar."""
+
+    def __init__(self, setup: TrainingSetup) -> None:
+        self.setup = setup
+        self.sampling = grid_sampling(setup)
+
+    def grid(self) -> Image.Image:
+        """A grid of ``--num-samples`` images."""
+        from hf_ddpm.core.pipeline import HFDDPMPipeline
+
+        setup, sampling = self.setup, self.sampling
+        config = setup.config
+        setup.ema.copy_to(setup.ema_unet)
+        setup.ema_unet.eval()
+        pipeline = HFDDPMPipeline(unet=setup.ema_unet, scheduler=sampling.scheduler)
+        n = config.num_samples
+        logger.info(
+            "sampling %d images, %d steps (%s variance; --sample-steps sets the steps)",
+            n,
+            sampling.num_inference_steps,
+            sampling.variance,
+        )
+        pipeline.set_progress_bar_config(desc=f"sampling {n} images", leave=False)
+        labels = None if setup.null_label is None else [i % setup.null_label for i in range(n)]
+        generator = torch.Generator(setup.accelerator.device).manual_seed(config.seed)
+        images = pipeline(
+            batch_size=n,
+            generator=generator,
+            num_inference_steps=sampling.num_inference_steps,
+            output_type="np",
+            class_labels=labels,
+        ).images
+        return image_grid(images)
+
+    def log(self, step: int) -> None:
+        """Save a grid as ``samples/step-N.png`` (and to TensorBoard) on the main process."""
+        setup = self.setup
+        acc = setup.accelerator
+        if acc.is_main_process:
+            grid = self.grid()
+            samples_dir = setup.output_dir / "samples"
+            samples_dir.mkdir(parents=True, exist_ok=True)
+            grid.save(samples_dir / f"step-{step:07d}.png")
+            if setup.config.logger == "tensorboard":
+                image = np.asarray(grid.convert("RGB"))[None]
+                acc.get_tracker("tensorboard").log_images(
+                    {"samples": image}, step=step, dataformats="NHWC"
+                )
+        acc.wait_for_everyone()
 
 
 def card_description(setup: TrainingSetup, step: int, losses: LossLog) -> str:

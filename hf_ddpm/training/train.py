@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .reporting import LossLog, TrainingDivergedError, card_description, log_samples, sample_grid
+from .reporting import LossLog, SampleGrids, TrainingDivergedError, card_description
 from .run_checkpoint import load_run_checkpoint, save_run_checkpoint, saved_options
 from .setup import (
     TrainingSetup,
@@ -76,6 +76,7 @@ class _Trainer:
         self.setup = setup
         self.progress = TrainingStep(setup)
         self.losses = LossLog(setup)
+        self.grids = SampleGrids(setup)
         self.resume_path = resume_path
         # Built in run(), on the main process, when --hub-strategy uploads checkpoints.
         self.uploader: HubCheckpointUploader | None = None
@@ -152,7 +153,7 @@ class _Trainer:
             if checkpoint_due:
                 save_run_checkpoint(setup, progress, self.uploader)
             if sample_due:
-                log_samples(setup, step)
+                self.grids.log(step)
         self.losses.read(bar)
         bar.close()
         if not (setup.output_dir / f"checkpoint-{progress.step}").exists():
@@ -172,7 +173,10 @@ class _Trainer:
         from hf_ddpm.data.image_datasets import BUNDLED_DATASETS
 
         setup, config = self.setup, self.setup.config
-        grid = sample_grid(setup)  # also copies the EMA weights into ema_unet
+        # The grid copies the EMA weights into ema_unet; without one they are copied here.
+        grid = self.grids.grid() if config.grid else None
+        if grid is None:
+            setup.ema.copy_to(setup.ema_unet)
         pipeline = HFDDPMPipeline(unet=setup.ema_unet, scheduler=setup.scheduler)
         hub_dataset = config.train_data_dir is None and config.dataset not in BUNDLED_DATASETS
         pipeline.save_pretrained(
