@@ -235,3 +235,60 @@ def test_no_grid_and_sample_every_0_draw_nothing(tmp_path, monkeypatch):
     saved = HFDDPMPipeline.from_pretrained(out).unet.state_dict()
     for name, value in tensors["ema"].items():
         np.testing.assert_array_equal(saved[name].numpy(), value.numpy())
+
+
+# -------------------------------------------------------------------------- output folders and resume
+
+
+def _checkpoints(out: Path) -> list[str]:
+    return sorted(p.name for p in out.glob("checkpoint-*"))
+
+
+def test_a_folder_with_another_runs_checkpoints_is_refused_or_overwritten(tmp_path):
+    from hf_ddpm.training.run_checkpoint import read_run_state
+
+    data = _folder(tmp_path / "c", grey=4)
+    first = _config(tmp_path, data, max_steps=4, checkpoint_every=2, sample_every=2)
+    train(first)
+    out = Path(first.output_dir)
+    assert _checkpoints(out) == ["checkpoint-2", "checkpoint-4"]
+    before = (out / "checkpoint-4" / "state.json").read_bytes()
+    again = _config(tmp_path, data, max_steps=3, seed=1)
+    with pytest.raises(ValueError) as raised:
+        train(again)
+    message = str(raised.value)
+    for words in ("already holds 2 checkpoint(s)", "checkpoint-4", "--resume-from-checkpoint"):
+        assert words in message
+    assert "--overwrite-output-dir" in message
+    assert (out / "checkpoint-4" / "state.json").read_bytes() == before
+
+    train(_config(tmp_path, data, max_steps=3, seed=1, overwrite_output_dir=True))
+    assert _checkpoints(out) == ["checkpoint-3"]
+    assert not (out / "samples").exists()  # the old run's grids went with its checkpoints
+    assert read_run_state(out / "checkpoint-3")["config"]["seed"] == 1
+    with pytest.raises(ValueError, match="--overwrite-output-dir deletes the checkpoints"):
+        train(_config(tmp_path, data, overwrite_output_dir=True, resume_from_checkpoint="latest"))
+
+
+def test_resume_refuses_options_that_break_exactness_and_names_each(tmp_path, caplog):
+    data = _folder(tmp_path / "c", grey=4)
+    train(_config(tmp_path, data, max_steps=2, learning_rate=1e-3))
+    changed = dict(resume_from_checkpoint="latest", batch_size=4, learning_rate=2e-3)
+    with pytest.raises(ValueError) as raised:
+        train(_config(tmp_path, data, max_steps=4, **changed))
+    message = str(raised.value)
+    assert "--batch-size 2 (now 4)" in message and "--learning-rate 0.001 (now 0.002)" in message
+    assert "global batch: 2 (now 4" in message and "--allow-config-change" in message
+    assert "--max-steps" not in message  # running longer keeps a resume exact
+    with caplog.at_level(logging.WARNING, logger="hf_ddpm.training.run_checkpoint"):
+        result = train(_config(tmp_path, data, max_steps=4, allow_config_change=True, **changed))
+    assert result.step == 4
+    assert "not bit-for-bit" in caplog.text and "--batch-size 2 (now 4)" in caplog.text
+
+
+def test_resume_latest_without_a_checkpoint_says_it_starts_fresh(tmp_path, caplog):
+    config = _config(tmp_path, _folder(tmp_path / "c", grey=4), resume_from_checkpoint="latest")
+    with caplog.at_level(logging.INFO, logger="hf_ddpm.training.setup"):
+        assert train(config).step == 2
+    assert "--resume-from-checkpoint latest" in caplog.text
+    assert "holds no checkpoint yet, so this run starts fresh" in caplog.text

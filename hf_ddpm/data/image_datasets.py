@@ -63,6 +63,15 @@ class ImageDataset:
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def record(self) -> dict[str, Any]:
+        """What a run records about its data: source, image count, channels, skipped files."""
+        return {
+            "source": self.name,
+            "images": len(self),
+            "channels": self.channels,
+            "skipped_images": list(self.skipped),
+        }
+
 
 def load_image_dataset(
     dataset: str | None = "mnist-5k",

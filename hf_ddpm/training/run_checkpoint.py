@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .checkpointing import (
     STATE,
+    TMP_PREFIX,
     flatten_state,
+    list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
@@ -24,11 +27,17 @@ from .checkpointing import (
 from .determinism import rng_state, set_rng_state
 from .setup import TrainingSetup
 from .step import TrainingStep
+from .train_config import RESUMABLE_OPTIONS, TrainConfig
 
 if TYPE_CHECKING:
+    from hf_ddpm.data.image_datasets import ImageDataset
+
     from .hub_checkpoints import HubCheckpointUploader
 
 logger = logging.getLogger(__name__)
+
+# What --overwrite-output-dir deletes besides the checkpoints: the old run's grids and logs.
+OLD_RUN_FOLDERS = ("samples", "logs")
 
 
 def _json_round_trip(value: object) -> object:
@@ -59,6 +68,7 @@ def save_run_checkpoint(
             "global_batch": setup.batch_sampler.global_batch,
             "unet_config": _json_round_trip(setup.unet_config),
             "config": config.to_dict(),
+            "data": setup.data.record(),
             "training_state": skeleton,
         }
         groups = {
@@ -76,10 +86,92 @@ def save_run_checkpoint(
     return path
 
 
-def saved_options(path: Path) -> dict[str, Any]:
-    """The options (``TrainConfig.to_dict``) the run that wrote checkpoint ``path`` was trained with."""
-    state = json.loads((Path(path) / STATE).read_text(encoding="utf-8"))
-    return dict(state["config"])
+def read_run_state(path: Path) -> dict[str, Any]:
+    """The ``state.json`` of checkpoint ``path``: its step, options (``config``), data and global batch."""
+    return json.loads((Path(path) / STATE).read_text(encoding="utf-8"))
+
+
+def check_output_dir(config: TrainConfig) -> None:
+    """Refuse to start a new run in a folder that holds another run's checkpoints.
+
+    A later ``--resume-from-checkpoint latest`` would otherwise pick up the old run's checkpoint.
+
+    Raises:
+        ValueError: ``--output-dir`` holds checkpoints, and neither ``--resume-from-checkpoint`` nor
+            ``--overwrite-output-dir`` is given.
+    """
+    if config.resume_from_checkpoint is not None or config.overwrite_output_dir:
+        return
+    found = list_checkpoints(config.output_dir)
+    if found:
+        names = ", ".join(p.name for p in found[-3:])
+        raise ValueError(
+            f"--output-dir {config.output_dir!r} already holds {len(found)} checkpoint(s) of another "
+            f"run (newest: {names}); continue it with --resume-from-checkpoint latest, start over with "
+            "--overwrite-output-dir (deletes them), or choose another --output-dir"
+        )
+
+
+def clear_output_dir(output_dir: Path) -> list[Path]:
+    """``--overwrite-output-dir``: delete the old run's checkpoints, sample grids and logs; return them."""
+    doomed = [*list_checkpoints(output_dir), *output_dir.glob(f"{TMP_PREFIX}*")]
+    doomed += [output_dir / name for name in OLD_RUN_FOLDERS if (output_dir / name).is_dir()]
+    for path in doomed:
+        shutil.rmtree(path)
+    if doomed:
+        logger.info(
+            "--overwrite-output-dir: deleted %s from %s",
+            ", ".join(p.name for p in doomed),
+            output_dir,
+        )
+    return doomed
+
+
+def resume_differences(
+    saved: dict[str, Any], config: TrainConfig, num_processes: int, data: ImageDataset
+) -> list[str]:
+    """Each option (and data or process-count change) of ``config`` that differs from the checkpoint's
+    ``saved`` state in a way that breaks an exact resume, as ``"--flag OLD (now NEW)"``."""
+    now = config.to_dict()
+    before = {**TrainConfig().to_dict(), **saved["config"]}
+    differences = [
+        f"--{name.replace('_', '-')} {before[name]!r} (now {now[name]!r})"
+        for name in now
+        if name not in RESUMABLE_OPTIONS and before.get(name) != now[name]
+    ]
+    saved_images = saved.get("data", {}).get("images")
+    if saved_images is not None and saved_images != len(data):
+        differences.append(f"the data: {saved_images} images (now {len(data)})")
+    global_batch = config.batch_size * num_processes
+    if saved["global_batch"] != global_batch:
+        differences.append(
+            f"the global batch: {saved['global_batch']} (now {global_batch}: --batch-size "
+            f"{config.batch_size} x {num_processes} process(es))"
+        )
+    return differences
+
+
+def check_resume_options(
+    path: Path, saved: dict[str, Any], config: TrainConfig, num_processes: int, data: ImageDataset
+) -> None:
+    """Refuse to resume from ``path`` with options that break exactness, naming each difference; with
+    ``--allow-config-change`` they are logged as a warning instead.
+
+    Raises:
+        ValueError: an option that changes the run's numbers differs from the checkpoint's.
+    """
+    differences = resume_differences(saved, config, num_processes, data)
+    if not differences:
+        return
+    listed = "; ".join(differences)
+    if config.allow_config_change:
+        logger.warning("--allow-config-change: resuming %s, but not bit-for-bit: %s", path, listed)
+        return
+    raise ValueError(
+        f"--resume-from-checkpoint {str(path)!r} was trained with other options, and resuming with "
+        f"these would not continue it exactly: {listed}. Give the checkpoint's values, or pass "
+        "--allow-config-change to resume anyway"
+    )
 
 
 def load_run_checkpoint(setup: TrainingSetup, progress: TrainingStep, path: Path) -> None:
@@ -93,12 +185,6 @@ def load_run_checkpoint(setup: TrainingSetup, progress: TrainingStep, path: Path
         raise ValueError(
             f"checkpoint {path} holds a UNet with a different config; resume with the same "
             "--model-preset/--unet-config, resolution, data channels, classes and variance type"
-        )
-    if state["global_batch"] != setup.batch_sampler.global_batch:
-        logger.warning(
-            "the global batch changed from %d to %d: resuming, but not bit-for-bit",
-            state["global_batch"],
-            setup.batch_sampler.global_batch,
         )
     training_state = unflatten_state(state["training_state"], tensors["training_state"])
     setup.unwrapped.load_state_dict(tensors["model"])

@@ -86,9 +86,20 @@ def resolve_resume_source(config: TrainConfig, accelerator: Accelerator) -> Path
     """
     from .checkpointing import resolve_resume
 
-    if config.resume_from_checkpoint == RESUME_FROM_HUB:
-        return _download_hub_checkpoint(config, accelerator)
-    return resolve_resume(config.output_dir, config.resume_from_checkpoint)
+    resume = config.resume_from_checkpoint
+    if resume == RESUME_FROM_HUB:
+        path = _download_hub_checkpoint(config, accelerator)
+        where = f"the Hub repo {config.hub_model_id}"
+    else:
+        path = resolve_resume(config.output_dir, resume)
+        where = f"--output-dir {config.output_dir}"
+    if resume is not None and path is None:
+        logger.info(
+            "note: --resume-from-checkpoint %s: %s holds no checkpoint yet, so this run starts fresh",
+            resume,
+            where,
+        )
+    return path
 
 
 def _download_hub_checkpoint(config: TrainConfig, accelerator: Accelerator) -> Path | None:

@@ -34,10 +34,17 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .reporting import LossLog, SampleGrids, TrainingDivergedError, card_description
-from .run_checkpoint import load_run_checkpoint, save_run_checkpoint, saved_options
+from .run_checkpoint import (
+    check_output_dir,
+    check_resume_options,
+    clear_output_dir,
+    load_run_checkpoint,
+    read_run_state,
+    save_run_checkpoint,
+)
 from .setup import (
     TrainingSetup,
     build_setup,
@@ -81,15 +88,6 @@ class _Trainer:
         # Built in run(), on the main process, when --hub-strategy uploads checkpoints.
         self.uploader: HubCheckpointUploader | None = None
 
-    def _data_record(self) -> dict[str, Any]:
-        data = self.setup.data
-        return {
-            "source": data.name,
-            "images": len(data),
-            "channels": data.channels,
-            "skipped_images": list(data.skipped),
-        }
-
     def _start(self) -> None:
         """Resume, write train_config.json, start the checkpoint uploader and the trackers."""
         setup, config = self.setup, self.setup.config
@@ -98,7 +96,9 @@ class _Trainer:
             load_run_checkpoint(setup, self.progress, self.resume_path)
         if acc.is_main_process:
             setup.output_dir.mkdir(parents=True, exist_ok=True)
-            record = {**config.to_dict(), DATA_RECORD: self._data_record()}
+            if config.overwrite_output_dir:
+                clear_output_dir(setup.output_dir)
+            record = {**config.to_dict(), DATA_RECORD: setup.data.record()}
             (setup.output_dir / "train_config.json").write_text(
                 json.dumps(record, indent=2) + "\n", encoding="utf-8"
             )
@@ -223,23 +223,30 @@ class _Trainer:
 def train(config: TrainConfig) -> TrainResult:
     """Train a DDPM as ``config`` says; see the module docstring for the guarantees.
 
-    The steps, in order: validate the options; read the data (every image of a folder checked) before
+    The steps, in order: validate the options; refuse an output folder that holds another run's
+    checkpoints (unless resuming or overwriting); read the data (every image of a folder checked) before
     anything is written; build the accelerator; find the checkpoint to resume from (downloading it for
     ``--resume-from-checkpoint hub``); fill in the defaults that scale with the run (batch size,
-    warm-up), logging a note for each one scaled down; build the model and optimiser; train.
+    warm-up), logging a note for each one scaled down; on resume, refuse options that break exactness
+    (unless ``--allow-config-change``); build the model and optimiser; train.
 
     Raises:
         ValueError / FileNotFoundError: bad options or data (raised before any training step).
         TrainingDivergedError: the loss became NaN or infinite.
     """
     config.validate()
+    check_output_dir(config)
     data = load_training_data(config)
     accelerator = make_accelerator(config)
     resume_path = resolve_resume_source(config, accelerator)
-    saved = None if resume_path is None else saved_options(resume_path)
-    config, notes = config.with_scaled_defaults(len(data), accelerator.num_processes, saved)
+    saved = None if resume_path is None else read_run_state(resume_path)
+    config, notes = config.with_scaled_defaults(
+        len(data), accelerator.num_processes, None if saved is None else saved["config"]
+    )
     for note in notes:
         logger.info("note: %s", note)
+    if saved is not None:
+        check_resume_options(resume_path, saved, config, accelerator.num_processes, data)
     setup = build_setup(config, accelerator, data)
     return _Trainer(setup, resume_path).run()
 

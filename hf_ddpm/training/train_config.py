@@ -30,6 +30,33 @@ DATA_RECORD = "data"
 PAPER_BATCH_SIZE = 128
 PAPER_WARMUP_STEPS = 5000
 WARMUP_FRACTION = 0.1
+# Options that a resumed run may change without changing its numbers: how long it runs, where and how
+# often it writes, logs and pushes, and how it loads data. Every other option must match the checkpoint's
+# (``run_checkpoint.check_resume_options``), so a new option is checked unless it is listed here.
+RESUMABLE_OPTIONS = frozenset(
+    {
+        "max_steps",
+        "output_dir",
+        "checkpoint_every",
+        "checkpoints_total_limit",
+        "resume_from_checkpoint",
+        "overwrite_output_dir",
+        "allow_config_change",
+        "sample_every",
+        "grid",
+        "num_samples",
+        "sample_steps",
+        "logger",
+        "log_every",
+        "push_to_hub",
+        "hub_model_id",
+        "hub_private",
+        "hub_strategy",
+        "dataloader_num_workers",
+        "compile",
+        "skip_bad_images",
+    }
+)
 # Steps of training's sample grids when --sample-steps is not given. Respaced ancestral sampling (Nichol &
 # Dhariwal 2021, section 4) at 50 steps draws a grid in seconds, where T = 1000 steps take minutes.
 GRID_STEPS = 50
@@ -107,6 +134,16 @@ class TrainConfig:
         None,
         "'latest', 'hub' (download the checkpoint pushed to --hub-model-id) or a checkpoint-N folder",
         type=str,
+    )
+    overwrite_output_dir: bool = _opt(
+        False,
+        "start over in an --output-dir that holds another run: deletes its checkpoints, samples/ "
+        "and logs/",
+    )
+    allow_config_change: bool = _opt(
+        False,
+        "resume although options that change the run's numbers (batch size, seed, model, data, "
+        "learning rate, ...) differ from the checkpoint's; the resume is then not exact",
     )
     sample_every: int = _opt(1000, "steps between sample grids (0: none during training)")
     grid: bool = _opt(
@@ -218,6 +255,11 @@ class TrainConfig:
             raise ValueError(
                 f"--hub-strategy {self.hub_strategy} uploads checkpoints with --push-to-hub; add "
                 "--push-to-hub --hub-model-id user/name, or use --hub-strategy end"
+            )
+        if self.overwrite_output_dir and self.resume_from_checkpoint is not None:
+            raise ValueError(
+                "--overwrite-output-dir deletes the checkpoints that --resume-from-checkpoint "
+                f"{self.resume_from_checkpoint} would continue from; give one of them"
             )
         if self.resume_from_checkpoint == RESUME_FROM_HUB and not self.hub_model_id:
             raise ValueError(
