@@ -4,10 +4,12 @@ output folders that are never mixed, and a start-up summary."""
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from hf_ddpm.training.train import TrainConfig, train
@@ -292,3 +294,82 @@ def test_resume_latest_without_a_checkpoint_says_it_starts_fresh(tmp_path, caplo
         assert train(config).step == 2
     assert "--resume-from-checkpoint latest" in caplog.text
     assert "holds no checkpoint yet, so this run starts fresh" in caplog.text
+
+
+# --------------------------------------------------------------------- start-up summary and records
+
+
+def _device() -> str:
+    from accelerate import PartialState
+
+    return str(PartialState().device)
+
+
+def test_one_startup_line_says_device_images_parameters_batch_steps_and_warmup(tmp_path, caplog):
+    from hf_ddpm.core.pipeline import HFDDPMPipeline
+
+    config = _config(tmp_path, _folder(tmp_path / "c", grey=6), gradient_accumulation_steps=2)
+    with caplog.at_level(logging.INFO, logger="hf_ddpm.training.train"):
+        train(config)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training on")]
+    assert len(lines) == 1
+    unet = HFDDPMPipeline.from_pretrained(config.output_dir).unet
+    parameters = sum(p.numel() for p in unet.parameters())
+    device = _device()
+    assert lines[0] == (
+        f"training on {device}: 6 images (1 channel(s), 8x8), "
+        f"{parameters:,} parameters, batch 2 per process x 1 process(es) x 2 accumulation = 4 "
+        "images per step, 2 steps, warm-up 1 steps"
+    )
+
+
+def test_train_config_json_names_only_the_data_the_run_read(tmp_path):
+    config = _config(tmp_path, _folder(tmp_path / "c", grey=4))
+    train(config)
+    record = json.loads((Path(config.output_dir) / "train_config.json").read_text())
+    assert record["dataset"] is None and record["train_data_dir"] == config.train_data_dir
+    assert record["data"]["source"] == f"imagefolder:{config.train_data_dir}"
+    # The record reads back as --config for the same run.
+    again = TrainConfig.from_dict(record)
+    assert again.to_dict() == TrainConfig.from_dict(config.to_dict()).to_dict()
+    assert "--dataset" not in again.command()
+
+
+def test_checkpoint_files_get_the_mode_a_plain_open_gives(tmp_path):
+    config = _config(tmp_path, _folder(tmp_path / "c", grey=4))
+    train(config)
+    umask = os.umask(0)
+    os.umask(umask)
+    checkpoint = Path(config.output_dir) / "checkpoint-2"
+    modes = {p.name: p.stat().st_mode & 0o777 for p in checkpoint.iterdir()}
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask), modes
+    assert "model.safetensors" in modes
+
+
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="fp16 works on an accelerator")
+def test_fp16_on_cpu_warns_that_it_does_nothing(tmp_path):
+    # A process of its own: accelerate's state, mixed precision included, is fixed once per process.
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
+    args = ["--train-data-dir", str(_folder(tmp_path / "c", grey=4)), "--model-preset", "tiny"]
+    args += ["--resolution", "8", "--max-steps", "1", "--num-train-timesteps", "10", "--no-grid"]
+    args += [
+        "--logger",
+        "none",
+        "--dataloader-num-workers",
+        "0",
+        "--output-dir",
+        str(tmp_path / "o"),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "hf_ddpm.cli", "train", *args, "--mixed-precision", "fp16"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "--mixed-precision fp16 does nothing on cpu: training runs in float32" in done.stderr

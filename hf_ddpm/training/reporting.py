@@ -153,6 +153,25 @@ class SampleGrids:
         acc.wait_for_everyone()
 
 
+def startup_summary(setup: TrainingSetup, step: int) -> str:
+    """One line that says what this run will do: device, images, parameters, batch, steps, warm-up."""
+    config, acc, data = setup.config, setup.accelerator, setup.data
+    parameters = sum(p.numel() for p in setup.unwrapped.parameters())
+    per_process, processes = config.batch_size, acc.num_processes
+    accumulation = config.gradient_accumulation_steps
+    batch = f"batch {per_process} per process x {processes} process(es)"
+    if accumulation > 1:
+        batch += f" x {accumulation} accumulation"
+    resuming = f" (resuming at step {step})" if step else ""
+    precision = "" if acc.mixed_precision == "no" else f" {acc.mixed_precision}"
+    return (
+        f"training on {acc.device}{precision}: {len(data)} images ({data.channels} channel(s), "
+        f"{config.resolution}x{config.resolution}), {parameters:,} parameters, {batch} = "
+        f"{per_process * processes * accumulation} images per step, {config.max_steps} steps"
+        f"{resuming}, warm-up {config.lr_warmup_steps} steps"
+    )
+
+
 def card_description(setup: TrainingSetup, step: int, losses: LossLog) -> str:
     """The training section of the model card."""
     config, data = setup.config, setup.data

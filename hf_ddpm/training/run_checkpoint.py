@@ -134,10 +134,12 @@ def resume_differences(
     ``saved`` state in a way that breaks an exact resume, as ``"--flag OLD (now NEW)"``."""
     now = config.to_dict()
     before = {**TrainConfig().to_dict(), **saved["config"]}
+    # --train-data-dir replaces --dataset (older checkpoints still record the unused default).
+    ignored = {"dataset"} if now["train_data_dir"] is not None else set()
     differences = [
         f"--{name.replace('_', '-')} {before[name]!r} (now {now[name]!r})"
         for name in now
-        if name not in RESUMABLE_OPTIONS and before.get(name) != now[name]
+        if name not in RESUMABLE_OPTIONS | ignored and before.get(name) != now[name]
     ]
     saved_images = saved.get("data", {}).get("images")
     if saved_images is not None and saved_images != len(data):

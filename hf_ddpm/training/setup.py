@@ -62,12 +62,15 @@ def multi_process_without_accelerator() -> bool:
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
-    """The run's ``Accelerator``: devices, processes, mixed precision, accumulation and trackers."""
+    """The run's ``Accelerator``: devices, processes, mixed precision, accumulation and trackers.
+
+    ``--mixed-precision fp16`` where accelerate cannot use it (a CPU) is a logged warning.
+    """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
     output_dir = Path(config.output_dir)
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=multi_process_without_accelerator(),
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -77,6 +80,13 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         ),
         dynamo_backend="inductor" if config.compile else "no",
     )
+    if config.mixed_precision == "fp16" and not accelerator.native_amp:
+        # accelerate then leaves autocast and the loss scaler off without a word.
+        logger.warning(
+            "--mixed-precision fp16 does nothing on %s: training runs in float32 (bf16 works on CPU)",
+            accelerator.device.type,
+        )
+    return accelerator
 
 
 def resolve_resume_source(config: TrainConfig, accelerator: Accelerator) -> Path | None:

@@ -36,7 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .reporting import LossLog, SampleGrids, TrainingDivergedError, card_description
+from .reporting import (
+    LossLog,
+    SampleGrids,
+    TrainingDivergedError,
+    card_description,
+    startup_summary,
+)
 from .run_checkpoint import (
     check_output_dir,
     check_resume_options,
@@ -95,6 +101,7 @@ class _Trainer:
         if self.resume_path is not None:
             load_run_checkpoint(setup, self.progress, self.resume_path)
         if acc.is_main_process:
+            logger.info("%s", startup_summary(setup, self.progress.step))
             setup.output_dir.mkdir(parents=True, exist_ok=True)
             if config.overwrite_output_dir:
                 clear_output_dir(setup.output_dir)

@@ -324,9 +324,12 @@ class TrainConfig:
         return dataclasses.replace(self, batch_size=batch_size, lr_warmup_steps=warmup), notes
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved options, without the Hub token."""
+        """The resolved options, without the Hub token; ``dataset`` is ``None`` when ``train_data_dir``
+        replaces it, so a record never names a dataset the run did not read."""
         values = dataclasses.asdict(self)
         values.pop("hub_token")
+        if self.train_data_dir is not None:
+            values["dataset"] = None
         return values
 
     def command(self) -> str:
@@ -334,7 +337,7 @@ class TrainConfig:
         parts = ["hf-ddpm", "train"]
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "hub_token" or value == f.default:
+            if f.name == "hub_token" or value == f.default or value is None:
                 continue
             if isinstance(value, bool):
                 parts.append(f"--{_flag(f.name)}" if value else f"--no-{_flag(f.name)}")
