@@ -2,7 +2,8 @@
 
 Python API: :class:`TrainConfig` (its options and command line live in ``train_config.py``) and
 :func:`train`. The defaults follow Ho et al. (2020):
-Adam 2e-4 with a 5,000-step linear warm-up, gradient-norm clip 1, EMA 0.9999, T = 1000 linear betas,
+batch 128 and Adam 2e-4 with a 5,000-step linear warm-up (both scaled down to a small run: the batch to
+the data, the warm-up to 10% of ``--max-steps``), gradient-norm clip 1, EMA 0.9999, T = 1000 linear betas,
 L_simple, and the 35.7M ``ddpm-cifar10`` UNet.
 
 Multi-GPU or multi-node: ``accelerate launch --multi_gpu --num_processes N -m hf_ddpm.cli train ...``
