@@ -470,13 +470,12 @@ def bench_sampling(sizes: Sizes) -> dict[str, Any]:
 class _OursTraining:
     """hf_ddpm's training step: what ``hf-ddpm train`` does per optimizer step, less data loading and logs.
 
-    Built from hf_ddpm.training.setup and driven through hf_ddpm.training.step.TrainingStep (its
+    Built by hf_ddpm.training.train.prepare_training and driven through a TrainingStep (its
     ``micro_step``, then the LR-scheduler step and EMA update) on a given batch."""
 
     def __init__(self, sizes: Sizes, workdir: str) -> None:
-        from hf_ddpm.training.setup import build_setup, load_training_data, make_accelerator
         from hf_ddpm.training.step import TrainingStep
-        from hf_ddpm.training.train import TrainConfig
+        from hf_ddpm.training.train import TrainConfig, prepare_training
 
         config_path = os.path.join(workdir, "unet.json")
         with open(config_path, "w", encoding="utf-8") as f:
@@ -493,8 +492,7 @@ class _OursTraining:
             dataloader_num_workers=0,
             max_steps=10**9,
         )
-        config.validate()
-        self.setup = build_setup(config, make_accelerator(config), load_training_data(config))
+        self.setup, _ = prepare_training(config)
         self.training_step = TrainingStep(self.setup)
         self.channels = self.setup.data.channels
 

@@ -36,8 +36,8 @@ def test_training_steps_do_not_sync(tmp_path, class_conditional):
     from test_train import _tiny
 
     from hf_ddpm.data.image_datasets import collate
-    from hf_ddpm.training.setup import build_setup, load_training_data, make_accelerator
     from hf_ddpm.training.step import TrainingStep
+    from hf_ddpm.training.train import prepare_training
 
     config = _tiny(
         tmp_path,
@@ -46,7 +46,7 @@ def test_training_steps_do_not_sync(tmp_path, class_conditional):
         random_flip=True,
         class_column="label" if class_conditional else None,
     )
-    setup = build_setup(config, make_accelerator(config), load_training_data(config))
+    setup, _ = prepare_training(config)
     training_step = TrainingStep(setup)
     assert setup.accelerator.device.type == "cuda"
     examples = [setup.train_data[i] for i in range(config.batch_size)]

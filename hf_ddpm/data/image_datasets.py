@@ -17,6 +17,7 @@ The evaluation and the bundled model use ``"test"`` as held-out data, so this ru
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -176,8 +177,7 @@ def _ingest_folder(
         how,
     )
     data = _wrap(raw, name, column, class_column, 256, chosen)
-    data.skipped = tuple(n for n, _ in scan.unreadable)
-    return data
+    return dataclasses.replace(data, skipped=tuple(n for n, _ in scan.unreadable))
 
 
 def held_out_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -186,7 +186,16 @@ class TrainingSetup:
 
 def build_setup(config: TrainConfig, accelerator: Accelerator, data: ImageDataset) -> TrainingSetup:
     """Scheduler, UNet (seeded from ``(seed, INIT)``), EMA, Adam, warm-up and timestep sampler for
-    ``data``, placed by ``accelerator``."""
+    ``data``, placed by ``accelerator``.
+
+    ``config`` must have its scaled defaults filled in (:meth:`TrainConfig.with_scaled_defaults`);
+    ``hf_ddpm.training.train.prepare_training`` runs the whole sequence.
+    """
+    if config.batch_size is None or config.lr_warmup_steps is None:
+        raise ValueError(
+            "build_setup needs --batch-size and --lr-warmup-steps filled in: pass the config "
+            "through TrainConfig.with_scaled_defaults first"
+        )
     from hf_ddpm.core.scheduling import HFDDPMScheduler
     from hf_ddpm.data.image_datasets import preprocess
 

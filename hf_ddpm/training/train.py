@@ -228,19 +228,19 @@ class _Trainer:
                 logger.error("%s", error)
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Train a DDPM as ``config`` says; see the module docstring for the guarantees.
+def prepare_training(config: TrainConfig) -> tuple[TrainingSetup, Path | None]:
+    """Everything before the first step, in order, each an explicit step; returns the built setup and
+    the checkpoint to resume from (``None`` for a fresh start).
 
-    The steps, in order: validate the options; refuse an output folder that holds another run's
-    checkpoints (unless resuming or overwriting); read the data (every image of a folder checked) before
-    anything is written; build the accelerator; find the checkpoint to resume from (downloading it for
-    ``--resume-from-checkpoint hub``); fill in the defaults that scale with the run (batch size,
-    warm-up), logging a note for each one scaled down; on resume, refuse options that break exactness
-    (unless ``--allow-config-change``); build the model and optimiser; train.
+    Validate the options; refuse an output folder that holds another run's checkpoints (unless resuming
+    or overwriting); read the data (every image of a folder checked) before anything is written; build
+    the accelerator; find the checkpoint to resume from (downloading it for ``--resume-from-checkpoint
+    hub``); fill in the defaults that scale with the run (batch size, warm-up), logging a note for each
+    one scaled down; on resume, refuse options that break exactness (unless ``--allow-config-change``);
+    build the model and optimiser.
 
     Raises:
-        ValueError / FileNotFoundError: bad options or data (raised before any training step).
-        TrainingDivergedError: the loss became NaN or infinite.
+        ValueError / FileNotFoundError: bad options or data.
     """
     config.validate()
     check_output_dir(config)
@@ -255,7 +255,18 @@ def train(config: TrainConfig) -> TrainResult:
         logger.info("note: %s", note)
     if saved is not None:
         check_resume_options(resume_path, saved, config, accelerator.num_processes, data)
-    setup = build_setup(config, accelerator, data)
+    return build_setup(config, accelerator, data), resume_path
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train a DDPM as ``config`` says (:func:`prepare_training`, then the loop); see the module
+    docstring for the guarantees.
+
+    Raises:
+        ValueError / FileNotFoundError: bad options or data (raised before any training step).
+        TrainingDivergedError: the loss became NaN or infinite.
+    """
+    setup, resume_path = prepare_training(config)
     return _Trainer(setup, resume_path).run()
 
 
