@@ -128,7 +128,7 @@ def test_the_scan_decodes_every_image_on_a_thread_pool_for_big_folders(tmp_path,
     paths = sorted(str(p) for p in data.iterdir())
     scan = ingest.scan_images(data, paths)
     assert scan.readable == tuple(range(40)) and scan.unreadable == () and scan.colour == 0
-    assert all(name.startswith("hf-ddpm-ingest") for name in threads)
+    assert threads and all(name.startswith("hf-ddpm-ingest") for name in threads)
 
 
 # ------------------------------------------------------------------------------ defaults that scale
@@ -373,3 +373,15 @@ def test_fp16_on_cpu_warns_that_it_does_nothing(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "--mixed-precision fp16 does nothing on cpu: training runs in float32" in done.stderr
+
+
+def test_train_help_renders_and_states_each_default_once(capsys):
+    from hf_ddpm.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text
+    assert "10% of --max-steps" in text  # a literal percent sign survives argparse's formatting
+    assert "(default: 50, or T if fewer)" in text and "(default: 0.0002)" in text

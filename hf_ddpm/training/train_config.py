@@ -360,29 +360,31 @@ def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
+def _help(field_: dataclasses.Field, text: str) -> str:
+    """``text`` with its default appended, unless the text already says it or there is none; escaped
+    for argparse, which %-formats help strings."""
+    if field_.default is not None and "default" not in text:
+        text = f"{text} (default: {field_.default})"
+    return text.replace("%", "%%")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per :class:`TrainConfig` field, plus ``--config FILE``."""
     parser.add_argument("--config", default=None, help="JSON file of options (flags override it)")
     for f in dataclasses.fields(TrainConfig):
         meta = dict(f.metadata)
-        help_text = meta.pop("help")
+        help_text = _help(f, meta.pop("help"))
         flag = f"--{_flag(f.name)}"
         if isinstance(f.default, bool):
             parser.add_argument(
                 flag,
                 action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
-                help=f"{help_text} (default: {f.default})",
+                help=help_text,
             )
             continue
         kind = meta.pop("type", type(f.default))
-        parser.add_argument(
-            flag,
-            type=kind,
-            default=argparse.SUPPRESS,
-            help=f"{help_text} (default: {f.default})",
-            **meta,
-        )
+        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text, **meta)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
