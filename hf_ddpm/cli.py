@@ -21,6 +21,11 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "hf_ddpm.evaluation.evaluate",
         "NLL bound in bits/dim, FID and FD-DINOv2 of a pipeline",
     ),
+    "inpaint": (
+        "hf_ddpm.sampling.inpaint",
+        "fill the white region of a mask in an image (RePaint)",
+    ),
+    "img2img": ("hf_ddpm.sampling.img2img", "redraw an image from part-way up the noise (SDEdit)"),
     "space": ("hf_ddpm.hub.space", "create a Gradio Space on the Hub for a model"),
 }
 

@@ -4,7 +4,8 @@ The layout is the one ``DiffusionPipeline.from_pretrained(folder_or_repo, trust_
 on a machine without hf_ddpm (diffusers 0.42):
 
 - ``model_index.json`` with ``_class_name: ["pipeline", "HFDDPMPipeline"]`` and ``pipeline.py`` (plus
-  this file, which it imports) at the root;
+  the modules it imports relatively: this file, ``variance.py``, ``diffusion_tables.py``, and the edit
+  pipelines ``pipeline_inpaint.py`` and ``pipeline_img2img.py`` with their siblings) at the root;
 - a component whose class is not diffusers' own, e.g. the scheduler, recorded as
   ``["scheduling", "HFDDPMScheduler"]`` with ``scheduler/scheduling.py`` and every module it imports
   relatively copied beside its config;
@@ -148,6 +149,17 @@ def _save_component(component: Any, folder: Path, variant: str | None) -> list[s
     return [copy_source_closure(cls, folder), cls.__name__]
 
 
+def pipeline_options(pipeline: Any) -> dict[str, Any]:
+    """The pipeline's registered options that are not components and not None (e.g. a set
+    ``null_class_label``): stored in model_index.json beside the components, where both loading paths
+    (``load_pipeline`` and ``DiffusionPipeline.from_pretrained``) pass them back to ``__init__``."""
+    return {
+        name: value
+        for name, value in pipeline.config.items()
+        if not name.startswith("_") and name not in pipeline.components and value is not None
+    }
+
+
 def save_pipeline_folder(
     pipeline: Any,
     save_directory: str | os.PathLike,
@@ -184,6 +196,7 @@ def save_pipeline_folder(
     }
     for name, component in pipeline.components.items():
         index[name] = _save_component(component, folder / name, variant)
+    index.update(pipeline_options(pipeline))
     (folder / MODEL_INDEX).write_text(
         json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
@@ -430,10 +443,11 @@ def load_pipeline(
         revision, token, cache_dir, local_files_only: passed to ``snapshot_download``.
         **components: ready-made components (``unet=...``, ``scheduler=...``) that replace saved ones.
     """
-    expected = [
-        name for name in inspect.signature(pipeline_class.__init__).parameters if name != "self"
-    ]
-    unknown = sorted(set(components) - set(expected))
+    parameters = inspect.signature(pipeline_class.__init__).parameters
+    # Components have no default; options (e.g. null_class_label) do, and are read from the index.
+    expected = [n for n, p in parameters.items() if n != "self" and p.default is p.empty]
+    options = [n for n, p in parameters.items() if n != "self" and p.default is not p.empty]
+    unknown = sorted(set(components) - set(expected) - set(options))
     if unknown:
         raise TypeError(
             f"{pipeline_class.__name__}.from_pretrained got unexpected arguments {unknown}; components are "
@@ -449,6 +463,7 @@ def load_pipeline(
     )
     index = json.loads((folder / MODEL_INDEX).read_text(encoding="utf-8"))
     loaded = dict(components)
+    loaded.update((n, index[n]) for n in options if n in index and n not in components)
     for name in expected:
         if name in loaded:
             continue

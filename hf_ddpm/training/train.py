@@ -185,7 +185,11 @@ class _Trainer:
         grid = self.grids.grid() if config.grid else None
         if grid is None:
             setup.ema.copy_to(setup.ema_unet)
-        pipeline = HFDDPMPipeline(unet=setup.ema_unet, scheduler=setup.scheduler)
+        # With label dropout the null label was trained: the saved pipeline samples p(x) without labels.
+        null_label = setup.null_label if config.class_dropout > 0 else None
+        pipeline = HFDDPMPipeline(
+            unet=setup.ema_unet, scheduler=setup.scheduler, null_class_label=null_label
+        )
         hub_dataset = config.train_data_dir is None and config.dataset not in BUNDLED_DATASETS
         pipeline.save_pretrained(
             setup.output_dir,

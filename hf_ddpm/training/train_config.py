@@ -60,7 +60,6 @@ RESUMABLE_OPTIONS = frozenset(
 # Steps of training's sample grids when --sample-steps is not given. Respaced ancestral sampling (Nichol &
 # Dhariwal 2021, section 4) at 50 steps draws a grid in seconds, where T = 1000 steps take minutes.
 GRID_STEPS = 50
-_LEARNED_VARIANCES = ("learned", "learned_range")
 
 
 def _opt(default: Any, help: str, **argparse_kwargs: Any) -> Any:
@@ -176,10 +175,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option and its allowed values."""
-        from hf_ddpm.core.losses import LOSS_TYPES
+        from hf_ddpm.core.losses import LOSS_TYPES, check_loss_fits_variance
         from hf_ddpm.core.parameterization import PARAMETERIZATIONS
-        from hf_ddpm.core.reverse_process import VARIANCE_TYPES
         from hf_ddpm.core.schedules import BETA_SCHEDULES
+        from hf_ddpm.core.variance import VARIANCE_TYPES
 
         from .hub_checkpoints import HUB_STRATEGIES
         from .unet_presets import PRESETS
@@ -232,11 +231,7 @@ class TrainConfig:
             raise ValueError(f"--class-dropout must be in [0, 1), got {self.class_dropout}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
-        if self.loss == "hybrid" and self.variance_type not in _LEARNED_VARIANCES:
-            raise ValueError(
-                f"--loss hybrid trains a learned variance; use --variance-type one of "
-                f"{', '.join(_LEARNED_VARIANCES)} (got {self.variance_type!r})"
-            )
+        check_loss_fits_variance(self.loss, self.variance_type, ("--loss", "--variance-type"))
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push-to-hub needs --hub-model-id user/name")
         if self.hub_model_id is not None:
