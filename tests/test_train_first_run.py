@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_train import _tiny
 
 from hf_ddpm.training.train import TrainConfig, train
 
@@ -34,23 +35,10 @@ def _truncate_copy(source: Path, target: Path) -> None:
 
 
 def _config(tmp_path: Path, data: Path, **overrides) -> TrainConfig:
-    values = dict(
-        train_data_dir=str(data),
-        model_preset="tiny",
-        resolution=8,
-        batch_size=2,
-        max_steps=2,
-        num_train_timesteps=20,
-        lr_warmup_steps=1,
-        output_dir=str(tmp_path / "out"),
-        checkpoint_every=0,
-        sample_every=0,
-        num_samples=2,
-        dataloader_num_workers=0,
-        logger="none",
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
+    """test_train's tiny run, on the image folder ``data``, two steps of batch 2."""
+    values = dict(train_data_dir=str(data), batch_size=2, max_steps=2, lr_warmup_steps=1)
+    values.update(checkpoint_every=0, num_samples=2, learning_rate=2e-4)
+    return _tiny(tmp_path, **{**values, **overrides})
 
 
 # ---------------------------------------------------------------------------------- data ingestion
