@@ -9,6 +9,7 @@ epsilon-predictor is E[eps | x_t] = (x_t - a E[x_0 | x_t]) / sigma. An image who
 c_known has exactly one completion under this prior: c_known everywhere.
 """
 
+import re
 import textwrap
 
 import numpy as np
@@ -628,7 +629,9 @@ def test_cli_inpaint_and_img2img_write_one_image_per_seed(saved_tiny):
         ({"--output": "out.jpg"}, ValueError, r"--output must be a \.png file"),
     ],
 )
-def test_cli_inpaint_errors_name_the_flag_and_file(saved_tiny, change, error, message):
+def test_cli_inpaint_errors_name_the_flag_and_file(
+    saved_tiny, change, error, message, monkeypatch, capsys
+):
     from hf_ddpm.cli import main
 
     d = saved_tiny
@@ -640,12 +643,16 @@ def test_cli_inpaint_errors_name_the_flag_and_file(saved_tiny, change, error, me
     argv = ["inpaint", str(d / "model"), "--num-inference-steps", "2"]
     for flag, name in flags.items():
         argv += [flag, str(d / name)]
+    # one line and exit 2 (cli.py); HF_DDPM_DEBUG=1 re-raises the error itself
+    assert main(argv) == 2
+    assert re.search(message, capsys.readouterr().err)
+    monkeypatch.setenv("HF_DDPM_DEBUG", "1")
     with pytest.raises(error, match=message):
         main(argv)
     assert not (d / "out.png").exists()
 
 
-def test_cli_img2img_rejects_a_bad_strength(saved_tiny):
+def test_cli_img2img_rejects_a_bad_strength(saved_tiny, capsys):
     from hf_ddpm.cli import main
 
     d = saved_tiny
@@ -657,8 +664,8 @@ def test_cli_img2img_rejects_a_bad_strength(saved_tiny):
         "--output",
         str(d / "o.png"),
     ]
-    with pytest.raises(ValueError, match=r"strength must be a number in \(0, 1\]"):
-        main([*argv, "--strength", "1.5", "--num-inference-steps", "2"])
+    assert main([*argv, "--strength", "1.5", "--num-inference-steps", "2"]) == 2
+    assert re.search(r"strength must be a number in \(0, 1\]", capsys.readouterr().err)
 
 
 _REMOTE_HUB_EDIT = """
