@@ -22,6 +22,10 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "NLL bound in bits/dim, FID and FD-DINOv2 of a pipeline",
     ),
     "space": ("hf_ddpm.hub.space", "create a Gradio Space on the Hub for a model"),
+    "calibrate": (
+        "hf_ddpm.evaluation.calibrate",
+        "Gamma_n for Analytic-DPM's variance, into a model",
+    ),
 }
 
 

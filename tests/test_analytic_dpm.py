@@ -189,3 +189,179 @@ def test_bad_eps_second_moment_names_the_calibrate_command(value, match):
     with pytest.raises(ValueError, match=match) as info:
         check_eps_second_moment(value, 8)
     assert "hf-ddpm calibrate" in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The scheduler's eps_second_moment and timestep_spacing="optimal".
+
+
+def _gamma_config(num_train_timesteps=1000, **kwargs):
+    from hf_ddpm import HFDDPMScheduler
+
+    ab = HFDDPMScheduler(num_train_timesteps=num_train_timesteps).alphas_cumprod.double().numpy()
+    gamma = _mixture(ab).eps_second_moment().tolist()
+    return HFDDPMScheduler(
+        num_train_timesteps=num_train_timesteps, eps_second_moment=gamma, **kwargs
+    )
+
+
+def test_eps_second_moment_round_trips_and_diffusers_ignores_it(tmp_path):
+    from diffusers import DDPMScheduler
+
+    from hf_ddpm import HFDDPMScheduler
+
+    scheduler = _gamma_config(num_train_timesteps=20)
+    scheduler.save_pretrained(tmp_path)
+    loaded = HFDDPMScheduler.from_pretrained(tmp_path)
+    assert loaded.config.eps_second_moment == scheduler.config.eps_second_moment
+    assert len(loaded.config.eps_second_moment) == 20
+    # diffusers builds its scheduler as without the key, and keeps the key in its config for the way back
+    theirs = DDPMScheduler.from_config(loaded.config)
+    plain = DDPMScheduler(num_train_timesteps=20)
+    theirs.set_timesteps(5)
+    plain.set_timesteps(5)
+    assert torch.equal(theirs.timesteps, plain.timesteps)
+    assert torch.equal(theirs.alphas_cumprod, plain.alphas_cumprod)
+    back = HFDDPMScheduler.from_config(theirs.config)
+    assert back.config.eps_second_moment == scheduler.config.eps_second_moment
+
+
+def test_optimal_spacing_is_the_dynamic_program_and_is_cached():
+    scheduler = _gamma_config(timestep_spacing="optimal")
+    gamma = np.asarray(scheduler.config.eps_second_moment)
+    ab = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    for k in (10, 50):
+        scheduler.set_timesteps(k)
+        assert scheduler.timesteps.tolist() == optimal_timesteps(ab, gamma, k)
+    cached = scheduler._optimal_timesteps[10]
+    scheduler.set_timesteps(10)
+    assert scheduler._optimal_timesteps[10] is cached
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"timestep_spacing": "optimal"},
+        {"timestep_spacing": "optimal", "eps_second_moment": [0.5] * 999},
+        {"eps_second_moment": [0.5] * 999 + [float("inf")]},
+    ],
+)
+def test_scheduler_refuses_missing_or_bad_moments(kwargs):
+    from hf_ddpm import HFDDPMScheduler
+
+    with pytest.raises(ValueError, match="hf-ddpm calibrate"):
+        HFDDPMScheduler(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# hf-ddpm calibrate: Gamma by Monte Carlo, against the closed form of Gaussian data.
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_calibration_matches_the_closed_form_within_monte_carlo_error(prediction_type):
+    from hf_ddpm import HFDDPMScheduler
+    from hf_ddpm.evaluation.calibrate import eps_second_moment
+
+    scheduler = HFDDPMScheduler(
+        num_train_timesteps=40,
+        scale_linear_betas_by_timesteps=True,
+        prediction_type=prediction_type,
+    )
+    ab = scheduler.alphas_cumprod.double().numpy()
+    oracle = GaussianOracle(M, S, ab, prediction_type)
+    g = torch.Generator().manual_seed(5)
+    images = M + S * torch.randn(48, 1, 4, 4, generator=g, dtype=torch.float64)
+    result = eps_second_moment(oracle, scheduler, images, generator=g, max_batch_size=100)
+    expected = oracle.eps_second_moment()
+    z = (result.values - expected) / result.stderr
+    assert result.num_images == 48 and result.values.shape == (40,)
+    assert np.abs(z).max() < 5, (z, result.values, expected)
+    # the closed form is not a constant that anything would match
+    assert expected[0] < 0.01 and expected[-1] > 0.99
+
+
+def _tiny_pipeline(num_class_embeds=None):
+    from conftest import _tiny_unet
+
+    from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler
+
+    unet = _tiny_unet(in_channels=1, num_class_embeds=num_class_embeds)
+    return HFDDPMPipeline(unet, HFDDPMScheduler(num_train_timesteps=10))
+
+
+def test_calibrate_pipeline_uses_the_null_label_and_sets_the_scheduler():
+    from hf_ddpm.evaluation.bound import unconditional_model
+    from hf_ddpm.evaluation.calibrate import calibrate_pipeline, eps_second_moment
+
+    pipeline = _tiny_pipeline(num_class_embeds=4)
+    images = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    result = calibrate_pipeline(
+        pipeline, images, generator=torch.Generator().manual_seed(1), progress=False
+    )
+    unet = pipeline.unet
+
+    def label_zero(x_t, t):
+        return unet(x_t, t, class_labels=torch.zeros_like(t)).sample
+
+    for model, same in ((unconditional_model(unet), True), (label_zero, False)):
+        direct = eps_second_moment(
+            model, pipeline.scheduler, images, torch.Generator().manual_seed(1), progress=False
+        )
+        assert np.allclose(direct.values, result.values) == same
+    assert pipeline.scheduler.config.eps_second_moment == result.values.tolist()
+    assert pipeline.scheduler.config.variance_type == "fixed_small"
+    with pytest.raises(ValueError, match=r"\(M, 1, 8, 8\)"):
+        calibrate_pipeline(pipeline, images[:, :, :4, :4])
+    with pytest.raises(ValueError, match="non-empty"):
+        eps_second_moment(unet, pipeline.scheduler, images[:0])
+
+
+def test_write_is_atomic_and_keeps_the_variance_type_unless_asked(tmp_path, monkeypatch):
+    import json
+    import os
+
+    from hf_ddpm.evaluation.calibrate import write_eps_second_moment
+
+    _tiny_pipeline().save_pretrained(tmp_path)
+    config_path = tmp_path / "scheduler" / "scheduler_config.json"
+    before = config_path.read_text()
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_eps_second_moment(tmp_path, [0.5] * 10)
+    monkeypatch.undo()
+    assert config_path.read_text() == before
+    assert sorted(p.name for p in config_path.parent.iterdir() if p.suffix == ".tmp") == []
+    with pytest.raises(ValueError, match="num_train_timesteps=10"):
+        write_eps_second_moment(tmp_path, [0.5] * 9)
+    write_eps_second_moment(tmp_path, [0.5] * 10)
+    config = json.loads(config_path.read_text())
+    assert config["eps_second_moment"] == [0.5] * 10 and config["variance_type"] == "fixed_small"
+    write_eps_second_moment(tmp_path, [0.25] * 10, set_default=True)
+    config = json.loads(config_path.read_text())
+    assert config["eps_second_moment"] == [0.25] * 10 and config["variance_type"] == "analytic"
+
+
+def test_calibrate_command_end_to_end(tmp_path, capsys):
+    import json
+
+    from hf_ddpm.cli import main
+
+    source, output = tmp_path / "model", tmp_path / "calibrated"
+    _tiny_pipeline().save_pretrained(source)
+    before = (source / "scheduler" / "scheduler_config.json").read_text()
+    argv = ["calibrate", str(source), "--num-images", "3", "--output", str(output)]
+    assert main(argv) == 0
+    assert "Gamma_n over 3 images" in capsys.readouterr().out
+    assert (source / "scheduler" / "scheduler_config.json").read_text() == before
+    config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
+    assert len(config["eps_second_moment"]) == 10 and config["variance_type"] == "fixed_small"
+    assert (output / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+    assert main(["calibrate", "someone/not-here", "--num-images", "2"]) == 2
+    assert "--output" in capsys.readouterr().err
+    assert main(["calibrate", str(source), "--num-images", "0"]) == 2
+    assert "--num-images" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .analytic import check_eps_second_moment, optimal_timesteps
 from .diffusion_tables import DiffusionTables, extract
 from .forward_process import q_posterior_mean_variance as _q_posterior_mean_variance
 from .forward_process import q_sample
@@ -38,7 +39,7 @@ from .schedules import make_betas
 from .vlb import prior_bpd as _prior_bpd
 from .vlb import vlb_terms_bpd as _vlb_terms_bpd
 
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace", "optimal")
 
 
 @dataclass(init=False)
@@ -104,9 +105,17 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         clip_sample, clip_sample_range: clip the predicted x_0 to [-range, range] when sampling.
         prediction_type: "epsilon", "sample" (x_0) or "v_prediction".
         thresholding, dynamic_thresholding_ratio, sample_max_value: Imagen's dynamic thresholding of x_0.
-        timestep_spacing, steps_offset: how ``set_timesteps`` picks a subset: "leading", "trailing", "linspace".
+        timestep_spacing, steps_offset: how ``set_timesteps`` picks a subset: "leading", "trailing", "linspace",
+            or "optimal", the K timesteps that minimise the K-step bound under the analytic variance (Bao et al.
+            2022, section 4; needs ``eps_second_moment``).
         rescale_betas_zero_snr: rescale to zero terminal SNR (Lin et al. 2024).
         scale_linear_betas_by_timesteps: multiply beta_start and beta_end by 1000 / T (improved-diffusion).
+        eps_second_moment: Gamma_n = E ||eps_theta(x_n, n)||^2 / d for n = 0..T-1, the statistic of the trained
+            network that the analytic variance and the optimal spacing need (``hf-ddpm calibrate`` writes it);
+            diffusers' own schedulers ignore the key.
+        analytic_clip_last_step: with the analytic variance, cap the last noise-adding step's variance at about a
+            pixel bin of 8-bit data (2 bins for the linear schedule, 1 otherwise), the paper's setting for
+            sampling; it loosens the bound of few-step chains, so it is off by default.
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
@@ -131,6 +140,8 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
         scale_linear_betas_by_timesteps: bool = False,
+        eps_second_moment: list[float] | None = None,
+        analytic_clip_last_step: bool = False,
     ) -> None:
         if timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(
@@ -151,6 +162,13 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
                 "prediction; use prediction_type 'v_prediction' (or 'sample') with it"
             )
         self._tables = DiffusionTables.from_betas(betas)
+        needs_moments = variance_type == "analytic" or timestep_spacing == "optimal"
+        self._eps_second_moment = (
+            check_eps_second_moment(eps_second_moment, num_train_timesteps)
+            if eps_second_moment is not None or needs_moments
+            else None
+        )
+        self._optimal_timesteps: dict[int, np.ndarray] = {}
         # diffusers' public float32 views.
         self.betas = torch.from_numpy(betas).float()
         self.alphas = 1.0 - self.betas
@@ -214,7 +232,16 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
                     f"num_inference_steps must be between 1 and num_train_timesteps={num_train}, got {num_inference_steps}"
                 )
             spacing = self.config.timestep_spacing
-            if spacing == "linspace":
+            if spacing == "optimal":
+                ts = self._optimal_timesteps.get(n)
+                if ts is None:
+                    ts = np.asarray(
+                        optimal_timesteps(
+                            self._tables.alphas_cumprod.numpy(), self._eps_second_moment, n
+                        )
+                    )
+                    self._optimal_timesteps[n] = ts
+            elif spacing == "linspace":
                 ts = np.linspace(0, num_train - 1, n).round()[::-1].astype(np.int64)
             elif spacing == "leading":
                 ts = (np.arange(0, n) * (num_train // n)).round()[::-1].astype(

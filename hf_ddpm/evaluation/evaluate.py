@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .bound import unconditional_model
 from .features import (
     DEFAULT_DINOV2_MODEL,
     DinoV2Features,
@@ -339,7 +340,7 @@ def _nll(
     generator = torch.Generator(device).manual_seed(seed)
     batches = (x.to(device) for x in reference.images.split(batch_size))
     common = {"num_bins": reference.num_bins, "generator": generator}
-    model = _unconditional_model(pipe.unet)
+    model = unconditional_model(pipe.unet)
     if nll_timesteps is None:
         return exact_nll(model, pipe.scheduler, batches, **common)
     if proposal is None and proposal_images > 0:
@@ -350,22 +351,6 @@ def _nll(
             model, pipe.scheduler, x, proposal_generator, reference.num_bins
         )
     return importance_sampled_nll(model, pipe.scheduler, batches, nll_timesteps, proposal, **common)
-
-
-def _unconditional_model(unet: Any) -> Any:
-    """The network of p(x): the UNet itself, or for a class-conditional UNet trained for classifier-free
-    guidance by hf-ddpm train, the UNet given its null label (the last class embedding)."""
-    num_class_embeds = getattr(unet.config, "num_class_embeds", None)
-    if not num_class_embeds:
-        return unet
-
-    def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        null = torch.full(
-            (x_t.shape[0],), num_class_embeds - 1, device=x_t.device, dtype=torch.long
-        )
-        return unet(x_t, t, class_labels=null).sample
-
-    return model
 
 
 def format_table(report: dict[str, Any]) -> str:
