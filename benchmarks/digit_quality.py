@@ -26,7 +26,7 @@ from hf_ddpm.evaluation.frechet import feature_statistics, frechet_distance
 RESOLUTION = 32
 
 
-def _real_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
+def real_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
     data = preprocess(load_image_dataset("mnist-5k", split=split, class_column="label"), RESOLUTION)
     batch = data[: len(data)]
     images = torch.stack(list(batch["pixel_values"])).numpy().reshape(len(data), -1)
@@ -42,11 +42,11 @@ class DigitJudge:
 
     @classmethod
     def train(cls, seed: int = 0) -> DigitJudge:
-        x, y = _real_digits("train")
+        x, y = real_digits("train")
         classifier = MLPClassifier(hidden_layer_sizes=(256, 128), max_iter=60, random_state=seed)
         classifier.fit(x, y)
         judge = cls(classifier, np.empty(0))
-        judge.reference_features = judge.features(_real_digits("test")[0])
+        judge.reference_features = judge.features(real_digits("test")[0])
         return judge
 
     def features(self, images: np.ndarray) -> np.ndarray:
@@ -107,7 +107,7 @@ def measure(
     guidance_scale: float = 2.0,
 ) -> QualityReport:
     classes = np.arange(num_samples) % 10
-    real, real_labels = _real_digits("test")
+    real, real_labels = real_digits("test")
     noise = np.random.default_rng(seed).uniform(-1, 1, size=(num_samples, RESOLUTION * RESOLUTION))
     return QualityReport(
         unconditional=judge.judge(generate(pipeline, num_samples, steps, seed)),

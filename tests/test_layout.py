@@ -147,3 +147,15 @@ def test_bundled_model_generates_the_same_images_through_its_own_code_and_the_pa
     assert type(remote).__module__.startswith("diffusers_modules")
     installed = HFDDPMPipeline.from_pretrained(bundled_model_path())
     np.testing.assert_array_equal(draw(remote), draw(installed))
+
+
+def test_the_architecture_picture_matches_the_code():
+    import subprocess
+
+    script = PACKAGE.parent / "docs" / "import_graph.py"
+    if not script.is_file():
+        pytest.skip("no docs/ in this installation")
+    result = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr

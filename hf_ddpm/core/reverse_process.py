@@ -1,8 +1,7 @@
 """The reverse (generative) process p_theta(x_{t-1} | x_t) = N(mu_theta(x_t, t), Sigma_theta(x_t, t)).
 
-Ho et al. 2020 (eq. 1, section 3.2) fix Sigma to sigma_t^2 I with sigma_t^2 = beta_t ("large") or
-beta-tilde_t ("small"); Nichol & Dhariwal 2021 (eq. 15) learn it as an interpolation in log space between the
-two. The mean is the posterior mean of eq. 7 with the network's prediction of x_0 plugged in.
+The mean is the posterior mean of eq. 7 (Ho et al. 2020) with the network's prediction of x_0 plugged in;
+Sigma_theta is the variance type's (:mod:`.variance`: fixed beta-tilde_t or beta_t, or learned).
 """
 
 from __future__ import annotations
@@ -15,77 +14,8 @@ import torch
 
 from .diffusion_tables import DiffusionTables, extract
 from .forward_process import q_posterior_mean_variance
-from .parameterization import Parameterization
-
-# (tables, model variance values or None, t, like) -> (variance, log_variance)
-VarianceFn = Callable[
-    [DiffusionTables, torch.Tensor | None, torch.Tensor, torch.Tensor],
-    tuple[torch.Tensor, torch.Tensor],
-]
-
-
-@dataclass(frozen=True)
-class VarianceType:
-    """One choice of Sigma_theta: whether the network outputs it (doubling its channels), and how."""
-
-    name: str
-    learned: bool
-    variance: VarianceFn
-    # Whether the sampler's noise scale is beta_t (large) rather than beta-tilde_t (small); learned types
-    # compute theirs per element.
-    large: bool = False
-
-
-def _fixed_small(
-    tables: DiffusionTables, _: torch.Tensor | None, t: torch.Tensor, like: torch.Tensor
-):
-    return extract(tables.posterior_variance, t, like), extract(
-        tables.posterior_log_variance_clipped, t, like
-    )
-
-
-def _fixed_large(
-    tables: DiffusionTables, _: torch.Tensor | None, t: torch.Tensor, like: torch.Tensor
-):
-    log_variance = extract(tables.log_variance_large, t, like)
-    return torch.exp(log_variance), log_variance
-
-
-def _learned(
-    tables: DiffusionTables, values: torch.Tensor | None, t: torch.Tensor, like: torch.Tensor
-):
-    # The network outputs log Sigma directly (improved-diffusion's LEARNED).
-    return torch.exp(values), values
-
-
-def _learned_range(
-    tables: DiffusionTables, values: torch.Tensor | None, t: torch.Tensor, like: torch.Tensor
-):
-    # Nichol & Dhariwal eq. 15: log Sigma = v log beta_t + (1 - v) log beta-tilde_t, with v = (output + 1) / 2.
-    min_log = extract(tables.posterior_log_variance_clipped, t, like)
-    max_log = extract(tables.log_betas, t, like)
-    frac = (values + 1.0) / 2.0
-    log_variance = frac * max_log + (1.0 - frac) * min_log
-    return torch.exp(log_variance), log_variance
-
-
-VARIANCE_TYPES: dict[str, VarianceType] = {
-    "fixed_small": VarianceType("fixed_small", False, _fixed_small),
-    "fixed_small_log": VarianceType("fixed_small_log", False, _fixed_small),
-    "fixed_large": VarianceType("fixed_large", False, _fixed_large, large=True),
-    "fixed_large_log": VarianceType("fixed_large_log", False, _fixed_large, large=True),
-    "learned": VarianceType("learned", True, _learned),
-    "learned_range": VarianceType("learned_range", True, _learned_range),
-}
-
-
-def resolve_variance_type(variance_type: str) -> VarianceType:
-    try:
-        return VARIANCE_TYPES[variance_type]
-    except KeyError:
-        raise ValueError(
-            f"Unknown variance_type {variance_type!r}; allowed values: {', '.join(VARIANCE_TYPES)}"
-        ) from None
+from .parameterization import Parameterization, x0_from_prediction
+from .variance import ChainVariance, VarianceType
 
 
 def split_model_output(
@@ -122,26 +52,50 @@ class PMeanVariance(NamedTuple):
 @dataclass(frozen=True)
 class ReverseProcess:
     """Everything p_theta needs besides the network: the chain's tables, what the network predicts, how
-    Sigma is chosen, and what is done to the predicted x_0 (clipping or thresholding, or nothing)."""
+    Sigma is chosen, and what is done to the predicted x_0 (clipping or thresholding, or nothing).
+
+    Build it with :meth:`on_chain`, which evaluates the parameterization and the variance type on the
+    tables once: ``x0_coefficients`` (c_xt, c_out) and ``chain_variance`` per timestep."""
 
     tables: DiffusionTables
     parameterization: Parameterization
     variance: VarianceType
+    x0_coefficients: tuple[torch.Tensor, torch.Tensor]
+    chain_variance: ChainVariance
     process_x0: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @classmethod
+    def on_chain(
+        cls,
+        tables: DiffusionTables,
+        parameterization: Parameterization,
+        variance: VarianceType,
+        process_x0: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> ReverseProcess:
+        """p_theta on the full chain of ``tables`` (index t is timestep t)."""
+        timesteps = torch.arange(tables.num_timesteps, device=tables.betas.device)
+        return cls(
+            tables,
+            parameterization,
+            variance,
+            parameterization.x0_coefficients(
+                tables.sqrt_alphas_cumprod, tables.sqrt_one_minus_alphas_cumprod
+            ),
+            variance.on_chain(tables, timesteps),
+            process_x0,
+        )
 
 
 def p_mean_variance(
     process: ReverseProcess, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
 ) -> PMeanVariance:
     """mu_theta and Sigma_theta at per-sample timesteps ``t`` (B,): eq. 7's posterior mean evaluated at the
-    predicted x_0, and the variance of ``process.variance``."""
-    tables = process.tables
+    predicted x_0, and the variance of ``process.chain_variance``."""
     prediction, values = split_model_output(model_output, x_t, process.variance)
-    a = extract(tables.sqrt_alphas_cumprod, t, x_t)
-    s = extract(tables.sqrt_one_minus_alphas_cumprod, t, x_t)
-    pred_x0 = process.parameterization.to_x0(prediction, x_t, a, s)
+    c_xt, c_out = (extract(c, t, x_t) for c in process.x0_coefficients)
+    pred_x0 = x0_from_prediction(prediction, x_t, c_xt, c_out)
     if process.process_x0 is not None:
         pred_x0 = process.process_x0(pred_x0)
-    mean, _, _ = q_posterior_mean_variance(tables, pred_x0, x_t, t)
-    var, log_var = process.variance.variance(tables, values, t, x_t)
+    mean, _, _ = q_posterior_mean_variance(process.tables, pred_x0, x_t, t)
+    var, log_var = process.chain_variance.p_variance(values, t, x_t)
     return PMeanVariance(mean, var, log_var, pred_x0)

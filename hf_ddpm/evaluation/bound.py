@@ -57,6 +57,39 @@ def unconditional_model(unet: Any) -> Callable[..., Any]:
 
 
 @torch.no_grad()
+def bound_terms_bpd(
+    model: Callable[..., Any],
+    scheduler: Any,
+    x0: torch.Tensor,
+    image_index: torch.Tensor,
+    timesteps: torch.Tensor,
+    rows_per_call: int,
+    generator: torch.Generator | None = None,
+    num_bins: int = 256,
+) -> torch.Tensor:
+    """L_t in bits/dim (float64, (N,)) of image ``x0[image_index[n]]`` at t = ``timesteps[n]``, each pair
+    with its own draw x_t ~ q(x_t | x_0), evaluated ``rows_per_call`` pairs per network call.
+
+    The bound loops of this package (the exact T-term bound and the importance-sampled one) are this loop
+    over different pairs. The noise of each call is one ``randn`` of its rows' shape on the generator's
+    device, in row order."""
+    values = torch.empty(len(timesteps), dtype=torch.float64, device=x0.device)
+    noise_device = generator.device if generator is not None else x0.device
+    for start in range(0, len(timesteps), rows_per_call):
+        rows = slice(start, min(start + rows_per_call, len(timesteps)))
+        t = timesteps[rows]
+        x0_rows = x0[image_index[rows]]
+        noise = torch.randn(
+            x0_rows.shape, generator=generator, device=noise_device, dtype=x0.dtype
+        ).to(x0.device)
+        x_t = scheduler.add_noise(x0_rows, noise, t)
+        out = call_model(model, x_t, t)
+        terms = scheduler.vlb_terms_bpd(out, x0_rows, x_t, t, num_bins=num_bins)
+        values[rows] = terms.to(torch.float64)
+    return values
+
+
+@torch.no_grad()
 def variational_bound(
     model: Callable[..., Any],
     scheduler: Any,
@@ -75,20 +108,18 @@ def variational_bound(
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
     batch = x0.shape[0]
-    num_timesteps = scheduler.config.num_train_timesteps
-    per_call = max(1, max_batch_size // batch)
-    terms = torch.empty(batch, num_timesteps, dtype=torch.float64, device=x0.device)
-    noise_device = generator.device if generator is not None else x0.device
-    for start in range(0, num_timesteps, per_call):
-        steps = torch.arange(start, min(start + per_call, num_timesteps), device=x0.device)
-        t = steps.repeat_interleave(batch)
-        x0_rep = x0.repeat(len(steps), *([1] * (x0.ndim - 1)))
-        noise = torch.randn(
-            x0_rep.shape, generator=generator, device=noise_device, dtype=x0.dtype
-        ).to(x0.device)
-        x_t = scheduler.add_noise(x0_rep, noise, t)
-        out = call_model(model, x_t, t)
-        values = scheduler.vlb_terms_bpd(out, x0_rep, x_t, t, num_bins=num_bins)
-        terms[:, start : start + len(steps)] = values.view(len(steps), batch).T.to(torch.float64)
+    steps = torch.arange(scheduler.config.num_train_timesteps, device=x0.device)
+    # Rows timestep-major: each call holds whole timesteps, every image at each.
+    values = bound_terms_bpd(
+        model,
+        scheduler,
+        x0,
+        image_index=torch.arange(batch, device=x0.device).repeat(len(steps)),
+        timesteps=steps.repeat_interleave(batch),
+        rows_per_call=max(1, max_batch_size // batch) * batch,
+        generator=generator,
+        num_bins=num_bins,
+    )
+    terms = values.view(len(steps), batch).T
     prior = scheduler.prior_bpd(x0).to(torch.float64)
     return VariationalBound(total_bpd=prior + terms.sum(1), terms_bpd=terms, prior_bpd=prior)

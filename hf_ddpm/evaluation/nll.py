@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .bound import call_model, variational_bound
+from .bound import bound_terms_bpd, variational_bound
 
 __all__ = [
     "NLLResult",
@@ -130,8 +130,8 @@ def exact_nll(
         )
         parts["total"].append(bound.total_bpd.cpu())
         parts["prior"].append(bound.prior_bpd.cpu())
-        parts["rate"].append(bound.terms_bpd[:, 1:].sum(1).cpu())
-        parts["distortion"].append(bound.terms_bpd[:, 0].cpu())
+        parts["rate"].append(bound.rate_bpd.cpu())
+        parts["distortion"].append(bound.distortion_bpd.cpu())
     if not parts["total"]:
         raise ValueError("no images to evaluate the NLL on")
     cat = {name: torch.cat(values) for name, values in parts.items()}
@@ -234,19 +234,17 @@ def importance_sampled_bound(
     image_index = torch.cat([image_index.repeat_interleave(num_timesteps), image_index])
     q_dev = q.to(x0.device)
     weight = torch.cat([1.0 / (num_timesteps * q_dev[t_all[:draws]]), q_dev.new_ones(batch)])
-    values = torch.empty(len(t_all), dtype=torch.float64, device=x0.device)
-    for start in range(0, len(t_all), max_batch_size):
-        rows = slice(start, min(start + max_batch_size, len(t_all)))
-        t = t_all[rows]
-        x0_rows = x0[image_index[rows]]
-        noise = torch.randn(
-            x0_rows.shape, generator=generator, device=sample_device, dtype=x0.dtype
-        )
-        x_t = scheduler.add_noise(x0_rows, noise.to(x0.device), t)
-        terms = scheduler.vlb_terms_bpd(
-            call_model(model, x_t, t), x0_rows, x_t, t, num_bins=num_bins
-        )
-        values[rows] = terms.to(torch.float64) * weight[rows]
+    terms = bound_terms_bpd(
+        model,
+        scheduler,
+        x0,
+        image_index=image_index,
+        timesteps=t_all,
+        rows_per_call=max_batch_size,
+        generator=generator,
+        num_bins=num_bins,
+    )
+    values = terms * weight
     rate = values[:draws].view(batch, num_timesteps).sum(1)
     distortion = values[draws:]
     prior = scheduler.prior_bpd(x0).to(torch.float64)

@@ -19,7 +19,6 @@ MIXED_PRECISIONS = ("no", "fp16", "bf16")
 LOGGERS = ("tensorboard", "none")
 # --resume-from-checkpoint value that downloads the checkpoint pushed to --hub-model-id.
 RESUME_FROM_HUB = "hub"
-_LEARNED_VARIANCES = ("learned", "learned_range")
 
 
 def _opt(default: Any, help: str, **argparse_kwargs: Any) -> Any:
@@ -97,10 +96,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option and its allowed values."""
-        from hf_ddpm.core.losses import LOSS_TYPES
+        from hf_ddpm.core.losses import LOSS_TYPES, check_loss_fits_variance
         from hf_ddpm.core.parameterization import PARAMETERIZATIONS
-        from hf_ddpm.core.reverse_process import VARIANCE_TYPES
         from hf_ddpm.core.schedules import BETA_SCHEDULES
+        from hf_ddpm.core.variance import VARIANCE_TYPES
 
         from .hub_checkpoints import HUB_STRATEGIES
         from .unet_presets import PRESETS
@@ -151,11 +150,7 @@ class TrainConfig:
             raise ValueError(f"--class-dropout must be in [0, 1), got {self.class_dropout}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
-        if self.loss == "hybrid" and self.variance_type not in _LEARNED_VARIANCES:
-            raise ValueError(
-                f"--loss hybrid trains a learned variance; use --variance-type one of "
-                f"{', '.join(_LEARNED_VARIANCES)} (got {self.variance_type!r})"
-            )
+        check_loss_fits_variance(self.loss, self.variance_type, ("--loss", "--variance-type"))
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push-to-hub needs --hub-model-id user/name")
         if self.hub_model_id is not None:

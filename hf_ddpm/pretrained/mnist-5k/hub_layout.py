@@ -4,7 +4,7 @@ The layout is the one ``DiffusionPipeline.from_pretrained(folder_or_repo, trust_
 on a machine without hf_ddpm (diffusers 0.42):
 
 - ``model_index.json`` with ``_class_name: ["pipeline", "HFDDPMPipeline"]`` and ``pipeline.py`` (plus
-  this file, which it imports) at the root;
+  the modules it imports relatively: this file, ``variance.py`` and ``diffusion_tables.py``) at the root;
 - a component whose class is not diffusers' own, e.g. the scheduler, recorded as
   ``["scheduling", "HFDDPMScheduler"]`` with ``scheduler/scheduling.py`` and every module it imports
   relatively copied beside its config;

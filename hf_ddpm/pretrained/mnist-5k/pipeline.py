@@ -2,10 +2,11 @@
 
 This file is remote code: ``save_pretrained`` copies it to the root of every saved folder, and
 ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` imports it where hf_ddpm is not
-installed. So it imports only torch, numpy, PIL, diffusers and the standard library at module level.
-Its one sibling, ``hub_layout``, is imported inside the methods that need it with the textual form
-diffusers follows, so diffusers copies that file next to this one, and a pipeline loaded through remote
-code saves the same loadable layout as one built from the installed package.
+installed. So besides torch, numpy, PIL, diffusers and the standard library it imports only siblings, each
+with the textual form diffusers follows (``from .x import``), so that diffusers copies them next to this
+file: ``variance`` (the variance types, with its own sibling ``diffusion_tables``) at module level, and
+``hub_layout`` inside the methods that need it, so that a pipeline loaded through remote code saves the
+same loadable layout as one built from the installed package.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
 
+# diffusers' remote-code loader copies only the relative imports written in this file, not theirs.
+from .diffusion_tables import DiffusionTables  # noqa: F401
+from .variance import LEARNED_VARIANCE_TYPES
+
 _OUTPUT_TYPES = ("pil", "np", "pt")
-_LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
 # True only for the installed package; a remote-code copy lives in diffusers' module cache instead.
 _RUNNING_AS_HF_DDPM = __package__ == "hf_ddpm.core"
 
@@ -40,7 +44,7 @@ def expected_unet_out_channels(scheduler: Any, in_channels: int) -> int:
     if hasattr(scheduler, "model_output_channels"):
         return int(scheduler.model_output_channels(in_channels))
     variance_type = getattr(scheduler.config, "variance_type", None)
-    return 2 * in_channels if variance_type in _LEARNED_VARIANCE_TYPES else in_channels
+    return 2 * in_channels if variance_type in LEARNED_VARIANCE_TYPES else in_channels
 
 
 def _check_unet_matches_scheduler(unet: Any, scheduler: Any) -> None:
@@ -53,7 +57,7 @@ def _check_unet_matches_scheduler(unet: Any, scheduler: Any) -> None:
         raise ValueError(
             f"The unet has in_channels={in_channels} and out_channels={out_channels}, but the scheduler "
             f"({type(scheduler).__name__}, variance_type={variance_type!r}) needs out_channels={needed}: "
-            f"2 x in_channels for the variance types {list(_LEARNED_VARIANCE_TYPES)}, in_channels otherwise. "
+            f"2 x in_channels for the variance types {list(LEARNED_VARIANCE_TYPES)}, in_channels otherwise. "
             "Use a UNet that matches, or a scheduler with the variance_type the UNet was trained for."
         )
 

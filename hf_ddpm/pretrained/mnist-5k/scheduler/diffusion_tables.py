@@ -20,14 +20,12 @@ class DiffusionTables:
 
     betas: torch.Tensor
     alphas_cumprod: torch.Tensor
-    alphas_cumprod_prev: torch.Tensor
     sqrt_alphas_cumprod: torch.Tensor
     sqrt_one_minus_alphas_cumprod: torch.Tensor
     log_one_minus_alphas_cumprod: torch.Tensor
     log_betas: torch.Tensor
     posterior_variance: torch.Tensor
     posterior_log_variance_clipped: torch.Tensor
-    log_variance_large: torch.Tensor
     posterior_mean_coef1: torch.Tensor
     posterior_mean_coef2: torch.Tensor
 
@@ -57,18 +55,12 @@ class DiffusionTables:
             tables = dict(
                 betas=betas,
                 alphas_cumprod=ab,
-                alphas_cumprod_prev=ab_prev,
                 sqrt_alphas_cumprod=np.sqrt(ab),
                 sqrt_one_minus_alphas_cumprod=np.sqrt(1.0 - ab),
                 log_one_minus_alphas_cumprod=np.log(1.0 - ab),
                 log_betas=np.log(betas),
                 posterior_variance=posterior_variance,
                 posterior_log_variance_clipped=posterior_log_variance_clipped,
-                # sigma_t^2 = beta_t (Ho et al. section 3.2), except beta-tilde_2 at t = 0 as in Ho et al.'s
-                # and improved-diffusion's code, so that L_0 is not judged with a tiny variance.
-                log_variance_large=np.concatenate(
-                    [posterior_log_variance_clipped[:1], np.log(betas[1:])]
-                ),
                 # Ho et al. eq. 7: mu-tilde_t = coef1 * x_0 + coef2 * x_t.
                 posterior_mean_coef1=betas * np.sqrt(ab_prev) / (1.0 - ab),
                 posterior_mean_coef2=(1.0 - ab_prev) * np.sqrt(1.0 - betas) / (1.0 - ab),

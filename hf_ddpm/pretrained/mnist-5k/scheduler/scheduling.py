@@ -26,16 +26,12 @@ from .forward_process import q_sample
 
 # diffusers' remote-code loader copies only the relative imports written in this file, not theirs.
 from .gaussian import normal_kl  # noqa: F401
-from .losses import resolve_loss_type
-from .parameterization import resolve_parameterization, velocity
-from .reverse_process import (
-    PMeanVariance,
-    ReverseProcess,
-    resolve_variance_type,
-    split_model_output,
-)
+from .losses import LossInputs, resolve_loss_type
+from .parameterization import resolve_parameterization, velocity, x0_from_prediction
+from .reverse_process import PMeanVariance, ReverseProcess, split_model_output
 from .reverse_process import p_mean_variance as _p_mean_variance
 from .schedules import make_betas
+from .variance import NoiseScale, resolve_variance_type
 from .vlb import prior_bpd as _prior_bpd
 from .vlb import vlb_terms_bpd as _vlb_terms_bpd
 
@@ -65,14 +61,11 @@ class HFDDPMSchedulerOutput(BaseOutput):
 class _Step:
     """Float64 constants of one sampling step t -> prev_t of the (possibly respaced) chain."""
 
-    sqrt_alpha_bar: float
-    sqrt_one_minus_alpha_bar: float
+    x0_coef_xt: float  # x_0 = x0_coef_xt * x_t + x0_coef_out * prediction (the parameterization's)
+    x0_coef_out: float
     coef_x0: float  # posterior mean coefficients of eq. 7 for the effective beta of this step
     coef_xt: float
-    std_small: float  # sqrt(beta-tilde)
-    std_large: float  # sqrt(effective beta)
-    log_small: float
-    log_large: float
+    noise_scale: NoiseScale  # the variance type's sigma of this step
     adds_noise: bool
 
 
@@ -186,9 +179,8 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         else:
             process_x0 = None
         self._process_x0 = process_x0
-        # step() may clip its own x_0 in place, saving an allocation, unless x_0 is the network's output
-        # itself (prediction_type="sample"), which belongs to the caller.
-        if clip_sample and not thresholding and self._parameterization.name != "sample":
+        # step() computes x_0 into a buffer of its own, so it may clip it in place: one allocation fewer.
+        if clip_sample and not thresholding:
             self._step_process_x0 = partial(_clip_in_place, limit=clip_sample_range)
         else:
             self._step_process_x0 = process_x0
@@ -260,21 +252,22 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
     def _set_schedule(self, ts: np.ndarray, device: str | torch.device | None) -> None:
         # The kept timesteps form a chain of their own, with effective betas 1 - alpha_bar_t / alpha_bar_prev
         # (Nichol & Dhariwal 2021, section 4): its tables hold every step's constants, t ascending.
-        chain = DiffusionTables.from_alphas_cumprod(self._tables.alphas_cumprod.numpy()[ts[::-1]])
+        ascending = ts[::-1].copy()
+        chain = DiffusionTables.from_alphas_cumprod(self._tables.alphas_cumprod.numpy()[ascending])
         columns = (
-            chain.sqrt_alphas_cumprod,
-            chain.sqrt_one_minus_alphas_cumprod,
+            *self._parameterization.x0_coefficients(
+                chain.sqrt_alphas_cumprod, chain.sqrt_one_minus_alphas_cumprod
+            ),
             chain.posterior_mean_coef1,
             chain.posterior_mean_coef2,
-            chain.posterior_variance.sqrt(),
-            chain.betas.sqrt(),
-            chain.posterior_log_variance_clipped,
-            chain.log_betas,
         )
+        noise_scales = self._variance.on_chain(chain, torch.from_numpy(ascending)).noise_scales()
         prev = np.append(ts[1:], -1)
         self._steps = [
-            _Step(*row, adds_noise=bool(p >= 0))
-            for row, p in zip(torch.stack(columns, 1).flip(0).tolist(), prev)
+            _Step(*row, noise_scale=scale, adds_noise=bool(p >= 0))
+            for row, scale, p in zip(
+                torch.stack(columns, 1).flip(0).tolist(), noise_scales[::-1], prev
+            )
         ]
         self._index_of = {int(t): i for i, t in enumerate(ts)}
         self._prev_of = {int(t): int(p) for t, p in zip(ts, prev)}
@@ -338,11 +331,8 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         # when the input is half precision.
         upcast = sample.dtype not in (torch.float32, torch.float64)
         x_t = sample.float() if upcast else sample
-        x0 = self._parameterization.to_x0_scalar(
-            prediction.float() if upcast else prediction,
-            x_t,
-            c.sqrt_alpha_bar,
-            c.sqrt_one_minus_alpha_bar,
+        x0 = x0_from_prediction(
+            prediction.float() if upcast else prediction, x_t, c.x0_coef_xt, c.x0_coef_out
         )
         if self._step_process_x0 is not None:
             x0 = self._step_process_x0(x0)
@@ -370,9 +360,9 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
                 # (float32 when a bf16 model runs under autocast on a float32 sample).
                 noise = noise.to(x_t.dtype)
             if values is None:
-                noise.mul_(c.std_large if self._variance.large else c.std_small)
+                noise.mul_(c.noise_scale)
             else:
-                noise.mul_(self._learned_std(values.float() if upcast else values, c))
+                noise.mul_(c.noise_scale(values.float() if upcast else values))
             # The scaled noise's buffer becomes x_{t-1}: one allocation fewer per step.
             prev = noise.add_(x_t, alpha=c.coef_xt).add_(x0, alpha=c.coef_x0)
         else:
@@ -384,13 +374,6 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
             return prev, x0
         return HFDDPMSchedulerOutput(prev, x0)
 
-    def _learned_std(self, values: torch.Tensor, c: _Step) -> torch.Tensor:
-        if self._variance.name == "learned":
-            return torch.exp(0.5 * values)
-        # learned_range: exp(0.5 * (f log beta + (1 - f) log beta-tilde)) with f = (v + 1) / 2, as one affine map.
-        half_span = 0.25 * (c.log_large - c.log_small)
-        return torch.exp(values * half_span + (0.5 * c.log_small + half_span))
-
     # ------------------------------------------------------------------------------------ forward process
 
     def _process(self, device: torch.device, process_x0: bool = True) -> ReverseProcess:
@@ -399,9 +382,11 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         process = self._processes.get((device, process_x0))
         if process is None:
             if process_x0:
-                tables = self._tables.to(device)
-                process = ReverseProcess(
-                    tables, self._parameterization, self._variance, self._process_x0
+                process = ReverseProcess.on_chain(
+                    self._tables.to(device),
+                    self._parameterization,
+                    self._variance,
+                    self._process_x0,
                 )
             else:
                 process = dataclasses.replace(self._process(device), process_x0=None)
@@ -495,6 +480,14 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
           needs a learned variance.
         """
         loss = resolve_loss_type(loss_type)
-        t = self._as_batch_timesteps(t, x0)
-        process = self._process(x0.device, process_x0=False)
-        return loss(process, model_output, x0, noise, x_t, t, min_snr_gamma, num_bins)
+        inputs = LossInputs(
+            process=self._process(x0.device, process_x0=False),
+            model_output=model_output,
+            x0=x0,
+            noise=noise,
+            t=self._as_batch_timesteps(t, x0),
+            x_t=x_t,
+            min_snr_gamma=min_snr_gamma,
+            num_bins=num_bins,
+        )
+        return loss(inputs)
