@@ -370,7 +370,10 @@ def test_calibrate_command_end_to_end(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------------------
 # The bound of a K-step chain: variational_bound(..., num_inference_steps=K).
 
-BOUND_M, BOUND_S = 0.1, 0.25  # narrow enough that 8-bit clipping to [-1, 1] leaves the edge bins empty
+BOUND_M, BOUND_S = (
+    0.1,
+    0.25,
+)  # narrow enough that 8-bit clipping to [-1, 1] leaves the edge bins empty
 
 
 def _scheduler(variance_type, spacing="leading", gamma=None, **kwargs):
@@ -466,7 +469,11 @@ def test_k_step_bound_is_above_the_entropy_and_analytic_is_the_tightest(steps):
     for variance_type in ("fixed_small", "fixed_large", "analytic"):
         scheduler = _scheduler(variance_type, gamma=oracle.eps_second_moment())
         total = variational_bound(
-            oracle, scheduler, x0, generator=torch.Generator().manual_seed(5), num_inference_steps=steps
+            oracle,
+            scheduler,
+            x0,
+            generator=torch.Generator().manual_seed(5),
+            num_inference_steps=steps,
         ).total_bpd
         bounds[variance_type] = (total.mean().item(), (total.std() / math.sqrt(len(total))).item())
     message = f"entropy {entropy:.3f}; " + ", ".join(
@@ -493,8 +500,139 @@ def test_optimal_trajectory_bound_is_below_even_spacing(steps):
     for spacing in ("optimal", "leading", "linspace"):
         scheduler = _scheduler("analytic", spacing, gamma)
         total = variational_bound(
-            oracle, scheduler, x0, generator=torch.Generator().manual_seed(7), num_inference_steps=steps
+            oracle,
+            scheduler,
+            x0,
+            generator=torch.Generator().manual_seed(7),
+            num_inference_steps=steps,
         ).total_bpd
         bounds[spacing] = (total.mean().item(), (total.std() / math.sqrt(len(total))).item())
     message = ", ".join(f"{k}: {m:.3f} +- {s:.3f}" for k, (m, s) in bounds.items())
     assert bounds["optimal"][0] < min(bounds["leading"][0], bounds["linspace"][0]), message
+
+
+def test_evaluate_reports_the_k_step_bound_and_refuses_importance_sampling_on_it():
+    from hf_ddpm import variational_bound
+    from hf_ddpm.evaluation.evaluate import ReferenceData, evaluate_pipeline
+
+    pipeline = _tiny_pipeline()
+    images = torch.randint(0, 256, (8, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    reference = ReferenceData(images / 255 * 2 - 1, 256, "random", "test")
+    report = evaluate_pipeline(
+        pipeline, reference, metrics="nll", num_inference_steps=4, batch_size=4, seed=3
+    )
+    nll = report["metrics"]["nll"]
+    gen = torch.Generator().manual_seed(3)
+    bounds = [
+        variational_bound(
+            pipeline.unet, pipeline.scheduler, x, generator=gen, num_inference_steps=4
+        )
+        for x in reference.images.split(4)
+    ]
+    assert bounds[0].terms_bpd.shape == (4, 4)
+    assert nll["bpd"] == pytest.approx(float(torch.cat([b.total_bpd for b in bounds]).mean()))
+    assert nll["estimator"] == "exact, 4-step chain" and nll["timesteps_per_image"] == 4
+    with pytest.raises(ValueError, match="nll_timesteps"):
+        evaluate_pipeline(
+            pipeline, reference, metrics="nll", num_inference_steps=4, nll_timesteps=2
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# variance_type="analytic" in the scheduler: the step, p_theta and the bound share its one formula.
+
+
+def _gaussian_analytic_scheduler(**kwargs):
+    return _scheduler(
+        "analytic", gamma=GaussianOracle(M, S, LINEAR_AB).eps_second_moment(), **kwargs
+    )
+
+
+@pytest.mark.parametrize("steps", [1000, 7])
+def test_step_noise_is_the_analytic_sigma_and_p_theta_has_it_too(steps):
+    """The step's sigma, measured from two generators, is Theorem 1's sigma^2 = beta-tilde + c^2 Var[x_0|x_r]
+    with the Gaussian closed forms (written here); on the full chain p_mean_variance has the same."""
+    scheduler = _gaussian_analytic_scheduler()
+    scheduler.set_timesteps(steps)
+    kept = scheduler.timesteps.tolist()
+    x0_var = GaussianOracle(M, S, LINEAR_AB).x0_posterior_variance()
+    output = torch.randn(3, 1, 2, 2, dtype=torch.float64)
+    sample = torch.randn(3, 1, 2, 2, dtype=torch.float64)
+    for k in (0, len(kept) // 2, len(kept) - 2):
+        r, s = kept[k], kept[k + 1]
+        prevs, zs = [], []
+        for seed in (1, 2):
+            prevs.append(
+                scheduler.step(output, r, sample, generator=torch.Generator().manual_seed(seed))
+            )
+            zs.append(
+                torch.randn(
+                    3, 1, 2, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+                )
+            )
+        sigma = (prevs[0].prev_sample - prevs[1].prev_sample) / (zs[0] - zs[1])
+        beta = 1 - LINEAR_AB[r] / LINEAR_AB[s]
+        lam2 = beta * (1 - LINEAR_AB[s]) / (1 - LINEAR_AB[r])
+        coef2 = LINEAR_AB[s] * beta**2 / (1 - LINEAR_AB[r]) ** 2
+        expected = lam2 + coef2 * x0_var[r]
+        np.testing.assert_allclose(sigma.numpy() ** 2, expected, rtol=1e-9)
+        if steps == 1000:
+            p = scheduler.p_mean_variance(output, sample, r)
+            np.testing.assert_allclose(p.variance.numpy(), expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("steps", [5, 10, 50])
+def test_analytic_samples_match_the_data_far_better_than_fixed_variances(steps):
+    """Monte Carlo through HFDDPMScheduler.step with the exact predictor on N(M, S^2): the analytic
+    variance's samples have the data's mean and std within sampling error; fixed_small's and fixed_large's
+    std are off by percents at these K (the assertion message lists all three)."""
+    oracle = GaussianOracle(M, S, LINEAR_AB)
+    n = 20_000
+    errors = {}
+    for variance_type in ("analytic", "fixed_small", "fixed_large"):
+        scheduler = _scheduler(variance_type, gamma=oracle.eps_second_moment())
+        scheduler.set_timesteps(steps)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(n, 1, 1, 1, generator=g, dtype=torch.float64)
+        for t in scheduler.timesteps:
+            x = scheduler.step(oracle(x, t), t, x, generator=g).prev_sample
+        errors[variance_type] = (abs(x.mean().item() - M), abs(x.std().item() - S))
+    message = ", ".join(
+        f"{k}: |mean err| {m:.4f}, |std err| {s:.4f}" for k, (m, s) in errors.items()
+    )
+    mean_se, std_se = S / math.sqrt(n), S / math.sqrt(2 * n)
+    assert errors["analytic"][0] < 5 * mean_se and errors["analytic"][1] < 5 * std_se, message
+    fixed = min(errors["fixed_small"][1], errors["fixed_large"][1])
+    assert errors["analytic"][1] < 0.3 * fixed, message
+
+
+def test_variance_type_analytic_without_moments_names_calibrate():
+    from hf_ddpm import HFDDPMScheduler
+
+    with pytest.raises(ValueError, match="hf-ddpm calibrate"):
+        HFDDPMScheduler(variance_type="analytic")
+    with pytest.raises(ValueError, match="analytic"):
+        HFDDPMScheduler(variance_type="nonsense")
+
+
+def test_last_step_clip_is_a_config_switch_of_the_same_variance():
+    plain = _gaussian_analytic_scheduler()
+    clipped = _gaussian_analytic_scheduler(analytic_clip_last_step=True)
+    for scheduler in (plain, clipped):
+        scheduler.set_timesteps(10)
+    bound = last_step_max_variance(2.0)
+    output = torch.zeros(2, 1, 2, 2, dtype=torch.float64)
+    sample = torch.randn(2, 1, 2, 2, dtype=torch.float64)
+    sigmas = {}
+    for name, scheduler in (("plain", plain), ("clipped", clipped)):
+        prevs = [
+            scheduler.step(output, 100, sample, generator=torch.Generator().manual_seed(s))
+            for s in (1, 2)
+        ]
+        z = [
+            torch.randn(2, 1, 2, 2, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+            for s in (1, 2)
+        ]
+        sigmas[name] = ((prevs[0].prev_sample - prevs[1].prev_sample) / (z[0] - z[1])).mean().item()
+    assert sigmas["clipped"] ** 2 == pytest.approx(bound, rel=1e-9)
+    assert sigmas["plain"] ** 2 > 10 * bound

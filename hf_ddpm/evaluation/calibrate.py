@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hf_ddpm.core.parameterization import resolve_parameterization
+from hf_ddpm.core.parameterization import resolve_parameterization, x0_from_prediction
 
-from .bound import call_model, unconditional_model
+from .bound import measure_noised_rows, unconditional_model
 
 # The authors found M = 10 images per timestep within 0.002 bits/dim of the full training set on CIFAR-10
 # (Appendix G.2); 64 keeps Gamma's relative error near 1e-3 on MNIST digits at T UNet calls per image.
@@ -61,9 +61,8 @@ def _epsilon(
     s = (1 - ab).sqrt().view_as(a)
     if scheduler.config.prediction_type == "epsilon":
         return output.double()
-    x0 = resolve_parameterization(scheduler.config.prediction_type).to_x0(
-        output.double(), x_t.double(), a, s
-    )
+    c_xt, c_out = resolve_parameterization(scheduler.config.prediction_type).x0_coefficients(a, s)
+    x0 = x0_from_prediction(output.double(), x_t.double(), c_xt, c_out)
     return (x_t.double() - a * x0) / s
 
 
@@ -90,30 +89,35 @@ def eps_second_moment(
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
     num_timesteps = scheduler.config.num_train_timesteps
-    # Per image and timestep: ||eps_theta||^2 / d, and ||eps||^2 / d of the noise that made x_n.
-    predicted = torch.empty(images.shape[0], num_timesteps, dtype=torch.float64)
-    drawn = torch.empty_like(predicted)
-    noise_device = generator.device if generator is not None else images.device
-    image_chunks = images.split(max_batch_size)
-    per_call = max(1, max_batch_size // len(image_chunks[0]))
-    calls = [
-        (i, start) for i in range(len(image_chunks)) for start in range(0, num_timesteps, per_call)
-    ]
-    row = np.cumsum([0] + [len(c) for c in image_chunks])
-    for i, start in tqdm(calls, desc="calibrating Gamma", disable=not progress, leave=False):
-        x0 = image_chunks[i]
-        steps = torch.arange(start, min(start + per_call, num_timesteps), device=x0.device)
-        t = steps.repeat_interleave(len(x0))
-        x0_rep = x0.repeat(len(steps), 1, 1, 1)
-        noise = torch.randn(
-            x0_rep.shape, generator=generator, device=noise_device, dtype=x0.dtype
-        ).to(x0.device)
-        x_t = scheduler.add_noise(x0_rep, noise, t)
-        eps = _epsilon(scheduler, call_model(model, x_t, t), x_t, t)
-        for table, value in ((predicted, eps), (drawn, noise.double())):
-            moments = value.pow(2).flatten(1).mean(1).view(len(steps), len(x0)).T.cpu()
-            table[row[i] : row[i + 1], start : start + len(steps)] = moments
-    return _control_variate_mean(predicted.numpy(), drawn.numpy())
+    count = images.shape[0]
+    steps = torch.arange(num_timesteps, device=images.device)
+    bar = tqdm(
+        total=num_timesteps * count, desc="calibrating Gamma", disable=not progress, leave=False
+    )
+
+    def moments(
+        out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        # Per row: ||eps_theta||^2 / d, and ||eps||^2 / d of the noise that made x_t.
+        bar.update(len(t))
+        eps = _epsilon(scheduler, out, x_t, t)
+        return torch.stack(
+            [eps.pow(2).flatten(1).mean(1), noise.double().pow(2).flatten(1).mean(1)], 1
+        )
+
+    with bar:
+        rows = measure_noised_rows(
+            model,
+            scheduler,
+            images,
+            image_index=torch.arange(count, device=images.device).repeat(num_timesteps),
+            timesteps=steps.repeat_interleave(count),
+            rows_per_call=max_batch_size,
+            measure=moments,
+            generator=generator,
+        )
+    predicted, drawn = rows.view(num_timesteps, count, 2).permute(2, 1, 0).cpu().numpy()
+    return _control_variate_mean(predicted, drawn)
 
 
 def _control_variate_mean(predicted: np.ndarray, drawn: np.ndarray) -> EpsSecondMoment:

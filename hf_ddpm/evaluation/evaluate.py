@@ -215,7 +215,8 @@ def evaluate_pipeline(
         reference: held-out images (see :func:`load_reference`).
         metrics: any of ``nll``, ``fid``, ``fd-dinov2``.
         num_samples: images generated for the Fréchet distances (the grid shows up to 64 of them).
-        num_inference_steps: sampling steps; defaults to the scheduler's ``num_train_timesteps``.
+        num_inference_steps: sampling steps; defaults to the scheduler's ``num_train_timesteps``. When given,
+            the ``nll`` metric is the bound of that K-step chain (the scheduler's spacing and variance type).
         batch_size: images per pipeline call and per NLL batch.
         seed: seeds sampling and the NLL's noise.
         nll_timesteps: K for the importance-sampled NLL estimate; None for the exact T-term loop.
@@ -249,6 +250,12 @@ def evaluate_pipeline(
         )
     if "nll" in names:
         _check_nll_model(pipe)
+        if nll_timesteps is not None and num_inference_steps is not None:
+            raise ValueError(
+                "the importance-sampled NLL (nll_timesteps) samples the terms of the full T-step chain; "
+                "the K-step chain of num_inference_steps has only K terms: drop nll_timesteps to evaluate "
+                "them all"
+            )
     steps = num_inference_steps or int(pipe.scheduler.config.num_train_timesteps)
     if extractors is None:
         extractors = build_extractors(frechet)
@@ -261,7 +268,14 @@ def evaluate_pipeline(
     if "nll" in names:
         start = time.perf_counter()
         results["nll"] = _nll(
-            pipe, reference, batch_size, seed, nll_timesteps, nll_proposal, nll_proposal_images
+            pipe,
+            reference,
+            batch_size,
+            seed,
+            nll_timesteps,
+            nll_proposal,
+            nll_proposal_images,
+            num_inference_steps,
         ).to_dict()
         timings["nll_s"] = time.perf_counter() - start
 
@@ -335,6 +349,7 @@ def _nll(
     nll_timesteps: int | None,
     proposal: Any,
     proposal_images: int,
+    num_inference_steps: int | None,
 ) -> NLLResult:
     device = pipe.unet.device
     generator = torch.Generator(device).manual_seed(seed)
@@ -342,7 +357,9 @@ def _nll(
     common = {"num_bins": reference.num_bins, "generator": generator}
     model = unconditional_model(pipe.unet)
     if nll_timesteps is None:
-        return exact_nll(model, pipe.scheduler, batches, **common)
+        return exact_nll(
+            model, pipe.scheduler, batches, num_inference_steps=num_inference_steps, **common
+        )
     if proposal is None and proposal_images > 0:
         # a generator of its own, so that building the proposal does not shift the estimate's draws
         x = reference.images[:proposal_images].to(device)
@@ -449,7 +466,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-inference-steps",
         type=int,
         default=None,
-        help="sampling steps (default: all training steps)",
+        help="sampling steps, and the K-step chain whose bound the nll metric reports (default: all "
+        "training steps)",
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)

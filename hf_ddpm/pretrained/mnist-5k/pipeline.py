@@ -4,7 +4,7 @@ This file is remote code: ``save_pretrained`` copies it to the root of every sav
 ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` imports it where hf_ddpm is not
 installed. So besides torch, numpy, PIL, diffusers and the standard library it imports only siblings, each
 with the textual form diffusers follows (``from .x import``), so that diffusers copies them next to this
-file: ``variance`` (the variance types, with its own sibling ``diffusion_tables``) at module level, and
+file: ``variance`` (the variance types, with its own siblings ``diffusion_tables`` and ``analytic``) at module level, and
 ``hub_layout`` inside the methods that need it, so that a pipeline loaded through remote code saves the
 same loadable layout as one built from the installed package.
 """
@@ -23,6 +23,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
 
 # diffusers' remote-code loader copies only the relative imports written in this file, not theirs.
+from .analytic import check_eps_second_moment  # noqa: F401
 from .diffusion_tables import DiffusionTables  # noqa: F401
 from .variance import LEARNED_VARIANCE_TYPES
 
