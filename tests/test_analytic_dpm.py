@@ -455,11 +455,24 @@ def _entropy_bits(mean, std, num_bins=256):
     return float(-(p * np.log2(p)).sum())
 
 
+def _mean_bound(model, scheduler, x0, steps, seed):
+    """The K-step bound's mean over the images and its standard error, in bits/dim."""
+    from hf_ddpm import variational_bound
+
+    total = variational_bound(
+        model,
+        scheduler,
+        x0,
+        generator=torch.Generator().manual_seed(seed),
+        num_inference_steps=steps,
+    ).total_bpd
+    return total.mean().item(), (total.std() / math.sqrt(len(total))).item()
+
+
 @pytest.mark.parametrize("steps", [5, 10, 50])
 def test_k_step_bound_is_above_the_entropy_and_analytic_is_the_tightest(steps):
     """Discretized N(0.1, 0.25^2) data, the exact predictor: every K-step bound is >= the data's exact
     entropy, and the analytic variance's bound is below both fixed variances' on the same chain."""
-    from hf_ddpm import variational_bound
 
     oracle = GaussianOracle(BOUND_M, BOUND_S, LINEAR_AB)
     g = torch.Generator().manual_seed(4)
@@ -468,14 +481,7 @@ def test_k_step_bound_is_above_the_entropy_and_analytic_is_the_tightest(steps):
     bounds = {}
     for variance_type in ("fixed_small", "fixed_large", "analytic"):
         scheduler = _scheduler(variance_type, gamma=oracle.eps_second_moment())
-        total = variational_bound(
-            oracle,
-            scheduler,
-            x0,
-            generator=torch.Generator().manual_seed(5),
-            num_inference_steps=steps,
-        ).total_bpd
-        bounds[variance_type] = (total.mean().item(), (total.std() / math.sqrt(len(total))).item())
+        bounds[variance_type] = _mean_bound(oracle, scheduler, x0, steps, seed=5)
     message = f"entropy {entropy:.3f}; " + ", ".join(
         f"{k}: {m:.3f} +- {s:.3f}" for k, (m, s) in bounds.items()
     )
@@ -490,7 +496,6 @@ def test_optimal_trajectory_bound_is_below_even_spacing(steps):
     """Mixture data (its reverse kernels are not Gaussian, so the timesteps matter; for Gaussian data
     every trajectory has the same bound) with its exact predictor and the analytic variance: the bound
     on the optimal trajectory is below the bound with leading and linspace spacing."""
-    from hf_ddpm import variational_bound
 
     oracle = _mixture(LINEAR_AB)
     gamma = oracle.eps_second_moment()
@@ -498,15 +503,7 @@ def test_optimal_trajectory_bound_is_below_even_spacing(steps):
     x0 = _discretize(oracle.sample((48, 1, 8, 8), g))
     bounds = {}
     for spacing in ("optimal", "leading", "linspace"):
-        scheduler = _scheduler("analytic", spacing, gamma)
-        total = variational_bound(
-            oracle,
-            scheduler,
-            x0,
-            generator=torch.Generator().manual_seed(7),
-            num_inference_steps=steps,
-        ).total_bpd
-        bounds[spacing] = (total.mean().item(), (total.std() / math.sqrt(len(total))).item())
+        bounds[spacing] = _mean_bound(oracle, _scheduler("analytic", spacing, gamma), x0, steps, 7)
     message = ", ".join(f"{k}: {m:.3f} +- {s:.3f}" for k, (m, s) in bounds.items())
     assert bounds["optimal"][0] < min(bounds["leading"][0], bounds["linspace"][0]), message
 

@@ -210,16 +210,9 @@ def write_eps_second_moment(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``hf-ddpm calibrate`` options."""
-    parser.add_argument("model", help="a saved pipeline folder or a Hub repo id")
-    data = parser.add_argument_group("data (as for `hf-ddpm train`)")
-    data.add_argument(
-        "--dataset", default="mnist-5k", help="bundled name or Hub dataset id (default: mnist-5k)"
-    )
-    data.add_argument(
-        "--train-data-dir", default=None, help="a local image folder instead of --dataset"
-    )
-    data.add_argument("--split", default="train", help="split to calibrate on (default: train)")
-    data.add_argument("--image-column", default=None, help="the dataset's image column")
+    from .evaluate import add_data_arguments
+
+    add_data_arguments(parser, "train", "split to calibrate on")
     parser.add_argument(
         "--num-images",
         type=int,

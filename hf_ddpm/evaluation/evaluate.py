@@ -43,6 +43,7 @@ __all__ = [
     "METRICS",
     "ReferenceData",
     "add_arguments",
+    "add_data_arguments",
     "build_extractors",
     "evaluate_pipeline",
     "format_table",
@@ -435,8 +436,11 @@ def push_metrics_to_hub(
     )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``hf-ddpm evaluate`` options."""
+def add_data_arguments(
+    parser: argparse.ArgumentParser, split: str, split_help: str
+) -> argparse._ArgumentGroup:
+    """``MODEL`` and the data options that commands reading a model and a dataset share, as
+    :func:`load_reference` takes them; returns the data group for more options."""
     parser.add_argument("model", help="a saved pipeline folder or a Hub repo id")
     data = parser.add_argument_group("data (as for `hf-ddpm train`)")
     data.add_argument(
@@ -445,8 +449,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--train-data-dir", default=None, help="a local image folder instead of --dataset"
     )
-    data.add_argument("--split", default="test", help="held-out split (default: test)")
+    data.add_argument("--split", default=split, help=f"{split_help} (default: {split})")
     data.add_argument("--image-column", default=None, help="the dataset's image column")
+    return data
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``hf-ddpm evaluate`` options."""
+    data = add_data_arguments(parser, "test", "held-out split")
     data.add_argument(
         "--max-reference-images",
         type=int,
