@@ -694,3 +694,27 @@ def test_remote_code_copy_samples_with_the_analytic_variance(tmp_path, run_witho
         """)
     )
     np.testing.assert_array_equal(np.load(tmp_path / "remote.npy"), expected)
+
+
+def test_an_estimate_past_the_bound_does_not_open_a_free_jump():
+    """Gamma_n >= 1 (Monte Carlo noise near n = T, as calibrating the bundled model gave at n = 995) clips
+    E Var[x_0 | x_n] to 0, so a step from there would cost nothing: the program must not start steps there,
+    and still keep every timestep when asked for all of them."""
+    ab = _short_chain(16)
+    gamma = _mixture(ab).eps_second_moment()
+    spiked = gamma.copy()
+    spiked[13] = 1.02
+    raw = optimal_trajectory(step_kl_costs(ab, spiked), 4)
+    assert 13 in raw.tolist()  # the unfiltered program takes the free jump
+    chosen = optimal_timesteps(ab, spiked, 4)
+    assert 13 not in chosen and chosen[0] == 15 and chosen[-1] == 0
+    best = min(
+        trajectory_cost(step_kl_costs(ab, spiked), (0, *sub, 15))
+        for sub in itertools.combinations([n for n in range(1, 15) if n != 13], 2)
+    )
+    assert trajectory_cost(step_kl_costs(ab, spiked), chosen) == pytest.approx(best)
+    assert optimal_timesteps(ab, spiked, 16) == list(range(15, -1, -1))
+    assert len(optimal_timesteps(ab, spiked, 15)) == 15
+    first_past = gamma.copy()
+    first_past[15] = 1.1  # the chain's first timestep is kept, costed at the bound's worst case
+    assert optimal_timesteps(ab, first_past, 4)[0] == 15
