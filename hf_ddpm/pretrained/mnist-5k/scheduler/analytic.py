@@ -136,6 +136,8 @@ def optimal_trajectory(costs: np.ndarray, num_steps: int) -> np.ndarray:
         )
     if num_steps == 1:
         return np.array([num_timesteps - 1], dtype=np.int64)
+    if num_steps == num_timesteps:
+        return np.arange(num_timesteps, dtype=np.int64)
     # best[n]: the least cost of a chain of k timesteps from 0 to n; parents[k][n] its previous timestep.
     best = np.full(num_timesteps, np.inf)
     best[0] = 0.0
@@ -160,4 +162,28 @@ def optimal_timesteps(
     timesteps (``alphas_cumprod`` is the scheduler's, ``eps_second_moment`` the model's Gamma)."""
     ab = np.asarray(alphas_cumprod, dtype=np.float64)
     gamma = check_eps_second_moment(eps_second_moment, len(ab))
-    return optimal_trajectory(step_kl_costs(ab, gamma), int(num_inference_steps))[::-1].tolist()
+    steps = int(num_inference_steps)
+    costs = trajectory_costs(ab, gamma)
+    path = optimal_trajectory(costs, steps)
+    if not np.isfinite(trajectory_cost(costs, path)):
+        # So many steps that some must start past the bound: then all costs count, clipped as they are.
+        path = optimal_trajectory(step_kl_costs(ab, gamma), steps)
+    return path[::-1].tolist()
+
+
+def trajectory_costs(alphas_cumprod: np.ndarray, eps_second_moment: np.ndarray) -> np.ndarray:
+    """:func:`step_kl_costs` as the dynamic program uses them, without steps from timesteps whose Gamma_n
+    estimate is >= 1.
+
+    There E Var[x_0 | x_n] would be negative: Theorem 2's clipping sets it to 0, which makes every step from
+    that timestep look free, and the program would jump from it to the data in one step. Such an estimate is
+    Monte Carlo noise near n = T, where 1 - Gamma_n is of order alpha-bar_n, so no step starts there (the
+    authors likewise leave these timesteps out of their program). The chain's first timestep T - 1 must be
+    kept; if its estimate is past the bound, its steps are costed with E Var at its upper bound instead."""
+    ab = np.asarray(alphas_cumprod, dtype=np.float64)
+    gamma = np.array(eps_second_moment, dtype=np.float64)
+    past_bound = gamma >= 1.0
+    gamma[-1] = 0.0 if past_bound[-1] else gamma[-1]
+    costs = step_kl_costs(ab, gamma)
+    costs[:, past_bound[:-1].nonzero()[0]] = np.inf
+    return costs
