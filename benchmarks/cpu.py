@@ -468,13 +468,14 @@ def bench_sampling(sizes: Sizes) -> dict[str, Any]:
 
 
 class _OursTraining:
-    """hf_ddpm's training step: what ``_Trainer.run`` does per optimizer step, less data loading and logs.
+    """hf_ddpm's training step: what ``hf-ddpm train`` does per optimizer step, less data loading and logs.
 
-    hf_ddpm.training.train exposes no public single-step function, so this drives the private ``_Trainer`` (its
-    ``_micro_step``, LR-scheduler step and EMA update) on a given batch."""
+    Built by hf_ddpm.training.train.prepare_training and driven through a TrainingStep (its
+    ``micro_step``, then the LR-scheduler step and EMA update) on a given batch."""
 
     def __init__(self, sizes: Sizes, workdir: str) -> None:
-        from hf_ddpm.training.train import TrainConfig, _Trainer
+        from hf_ddpm.training.step import TrainingStep
+        from hf_ddpm.training.train import TrainConfig, prepare_training
 
         config_path = os.path.join(workdir, "unet.json")
         with open(config_path, "w", encoding="utf-8") as f:
@@ -491,19 +492,18 @@ class _OursTraining:
             dataloader_num_workers=0,
             max_steps=10**9,
         )
-        config.validate()
-        self.trainer = _Trainer(config)
-        self.channels = self.trainer.data.channels
+        self.setup, _ = prepare_training(config)
+        self.training_step = TrainingStep(self.setup)
+        self.channels = self.setup.data.channels
 
     def initial_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.clone() for k, v in self.trainer.unwrapped.state_dict().items()}
+        return {k: v.clone() for k, v in self.setup.unwrapped.state_dict().items()}
 
     def step(self, x0: torch.Tensor) -> float:
-        trainer = self.trainer
-        loss = trainer._micro_step({"pixel_values": x0}).item()
-        trainer.lr_scheduler.step()
-        trainer.ema.update(trainer.unwrapped)
-        trainer.step += 1
+        setup = self.setup
+        loss = self.training_step.micro_step({"pixel_values": x0}).item()
+        setup.lr_scheduler.step()
+        setup.ema.update(setup.unwrapped)
         return loss
 
 
@@ -573,7 +573,7 @@ class _DiffusersExampleTraining:
 
 def _training_contenders(sizes: Sizes, workdir: str) -> tuple[_OursTraining, Any, torch.Tensor]:
     ours = _OursTraining(sizes, workdir)
-    unet_config = dict(ours.trainer.unet_config)
+    unet_config = dict(ours.setup.unet_config)
     theirs = _DiffusersExampleTraining(ours.initial_state(), unet_config)
     shape = (sizes.train_batch, ours.channels, sizes.resolution, sizes.resolution)
     x0 = torch.rand(shape, generator=torch.Generator().manual_seed(11)) * 2 - 1
@@ -584,7 +584,7 @@ def _same_objective(ours: _OursTraining, theirs: Any, x0: torch.Tensor) -> float
     """|our L_simple - F.mse_loss| on one forward pass of the same weights, x_t and t."""
     import torch.nn.functional as F
 
-    scheduler = ours.trainer.scheduler
+    scheduler = ours.setup.scheduler
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(12))
     t = torch.randint(0, 1000, (x0.shape[0],), generator=torch.Generator().manual_seed(13))
     x_t = scheduler.add_noise(x0, noise, t)
@@ -592,7 +592,7 @@ def _same_objective(ours: _OursTraining, theirs: Any, x0: torch.Tensor) -> float
     if not torch.allclose(x_t, x_t_theirs, **STEP_TOLERANCE):
         raise AssertionError("hf_ddpm and diffusers add_noise disagree")
     with torch.no_grad():
-        output = ours.trainer.unwrapped(x_t, t).sample
+        output = ours.setup.unwrapped(x_t, t).sample
     ours_loss = scheduler.training_loss(output, x0, noise, t).mean().item()
     theirs_loss = F.mse_loss(output, noise).item()
     return abs(ours_loss - theirs_loss) / abs(theirs_loss)

@@ -148,7 +148,7 @@ def _calibrate(sizes: Sizes, device: torch.device) -> dict[str, Any]:
 
 
 class _HFDDPMTrainStep:
-    """hf_ddpm's training step, as ``hf_ddpm.training.train._Trainer._micro_step`` does it, with each speed option
+    """hf_ddpm's training step, as ``hf_ddpm.training.step.TrainingStep.micro_step`` does it, with each speed option
     explicit: noise from a device generator, t from ``UniformSampler`` on the host copied without a sync
     (``hf_ddpm.data.image_datasets.to_device``), ``HFDDPMScheduler.add_noise`` and ``training_loss`` (L_simple), grad-norm
     clip 1, Adam, ``hf_ddpm.training.ema.EMA`` update. Like ``hf-ddpm train``, it returns the loss as a device
@@ -323,7 +323,7 @@ def _first_host_sync(device: torch.device, work: Any) -> str | None:
 
 
 def _check_host_syncs(sizes: Sizes, device: torch.device) -> dict[str, Any]:
-    """Three of this benchmark's hf_ddpm training steps (the calls of ``_Trainer._micro_step`` without
+    """Three of this benchmark's hf_ddpm training steps (the calls of ``TrainingStep.micro_step`` without
     accelerate: tests/test_gpu_host_syncs.py checks the real one where ``datasets`` is installed), and a
     5-step sampling loop of ``HFDDPMPipeline`` from its first callback to its ``pt`` output, with no host
     sync allowed."""

@@ -16,6 +16,8 @@ PUBLIC_API = {
     "variational_bound": "evaluation.bound",
     "VariationalBound": "evaluation.bound",
     "HFDDPMPipeline": "core.pipeline",
+    "HFDDPMInpaintPipeline": "core.pipeline_inpaint",
+    "HFDDPMImg2ImgPipeline": "core.pipeline_img2img",
 }
 
 __all__ = sorted(PUBLIC_API)

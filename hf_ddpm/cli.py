@@ -2,56 +2,247 @@
 
 Each subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``. They are imported
 only when chosen, so ``hf-ddpm --help`` stays fast.
+
+What every subcommand shares lives here, once:
+
+- **Errors.** A user error (bad flag value, missing file or model, an option the machine cannot honour)
+  is raised as ``ValueError``, ``FileNotFoundError``, ``NotADirectoryError`` or ``ImportError`` (a
+  missing optional package), or comes from argparse; :func:`main` prints it as one line,
+  ``hf-ddpm <command>: error: <message>``, and returns 2. A failure of the Hub or the network is printed
+  the same way and returns 1. Anything else is a bug and keeps its traceback. ``HF_DDPM_DEBUG=1`` shows
+  the traceback of every error.
+- **``--threads N``** (train, sample, evaluate): torch's intra-op thread count, set before any work.
+- **``--device``** is checked before any model is loaded: CUDA (or MPS) asked for on a machine without it
+  is a user error.
+- **Help**: every option's default is shown once, after its description, and ``None`` defaults are not.
+- **Logs**: huggingface_hub's HTTP client (httpx or httpx2, and their httpcore) logs at WARNING, not one
+  line per request.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+from dataclasses import dataclass
 from importlib import import_module
+from importlib.util import find_spec
+from typing import NoReturn
 
-# name -> (module, one-line help)
-_SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("hf_ddpm.training.train", "train a DDPM on your images (accelerate + datasets)"),
-    "sample": (
+DEBUG_ENV = "HF_DDPM_DEBUG"
+# Exceptions that mean "the input or the machine is not what the command needs", not a bug in hf_ddpm.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    ImportError,
+)
+# huggingface_hub's HTTP client logs every request at INFO: httpx, or httpx2 in huggingface_hub >= 2.
+_QUIET_LOGGERS = ("httpx", "httpcore", "httpx2", "httpcore2")
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``hf-ddpm`` subcommand: its module, one-line help, and whether it runs torch work."""
+
+    module: str
+    help: str
+    threads: bool = False
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "train": Subcommand(
+        "hf_ddpm.training.train",
+        "train a DDPM on your images (accelerate + datasets)",
+        threads=True,
+    ),
+    "sample": Subcommand(
         "hf_ddpm.sampling.sample",
         "generate images from a pipeline (the bundled model by default)",
+        threads=True,
     ),
-    "evaluate": (
+    "evaluate": Subcommand(
         "hf_ddpm.evaluation.evaluate",
         "NLL bound in bits/dim, FID and FD-DINOv2 of a pipeline",
+        threads=True,
     ),
-    "space": ("hf_ddpm.hub.space", "create a Gradio Space on the Hub for a model"),
-    "calibrate": (
+    "inpaint": Subcommand(
+        "hf_ddpm.sampling.inpaint",
+        "fill the white region of a mask in an image (RePaint)",
+        threads=True,
+    ),
+    "img2img": Subcommand(
+        "hf_ddpm.sampling.img2img",
+        "redraw an image from part-way up the noise (SDEdit)",
+        threads=True,
+    ),
+    "space": Subcommand("hf_ddpm.hub.space", "create a Gradio Space on the Hub for a model"),
+    "calibrate": Subcommand(
         "hf_ddpm.evaluation.calibrate",
         "Gamma_n for Analytic-DPM's variance, into a model",
+        threads=True,
     ),
 }
 
 
-def _available() -> dict[str, tuple[str, str]]:
-    from importlib.util import find_spec
+class UsageError(Exception):
+    """A command line argparse rejects; :func:`main` prints it as one line and returns 2."""
 
-    return {name: spec for name, spec in _SUBCOMMANDS.items() if find_spec(spec[0]) is not None}
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an option's help once: not for ``None``, flags that default to off, or
+    help that already states its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = (action.help or "").replace(" (default: None)", "")
+        if (
+            "(default" in help_text
+            or not action.option_strings
+            or action.nargs == 0  # on/off flags: off unless given
+            or action.default is None
+            or action.default is argparse.SUPPRESS
+        ):
+            return help_text
+        return f"{help_text} (default: %(default)s)"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are raised (as :class:`UsageError`) instead of printing the usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self.prog, f"{message} (see `{self.prog} --help`)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+_positive_int.__name__ = "positive integer"  # argparse names the type in its message
+
+
+def _add_shared_arguments(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
+    if subcommand.threads:
+        parser.add_argument(
+            "--threads",
+            type=_positive_int,
+            default=None,
+            metavar="N",
+            help="torch intra-op threads (default: torch's own choice, one per core). On a busy or "
+            "shared machine fewer threads can be much faster; see the README's speed section",
+        )
+
+
+def check_device(device: str | None) -> None:
+    """Raise ``ValueError`` when ``device`` is not a torch device this machine has, naming ``--device``."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(
+            f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)"
+        ) from error
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(
+                f"--device {device} asks for CUDA, but this machine has none (torch.cuda.is_available() "
+                f"is False for torch {torch.__version__}); use --device cpu"
+            )
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(
+                f"--device {device}: this machine has {count} CUDA device(s), 0..{count - 1}"
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"--device {device}: MPS is not available on this machine; use --device cpu"
+        )
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    """What every command needs before its own work: quiet HTTP logs, the thread count, a usable device."""
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    check_device(getattr(args, "device", None))
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _external_errors() -> tuple[type[BaseException], ...]:
+    from hf_ddpm.core.hub_layout import HubPushError, network_errors
+
+    return (HubPushError, *network_errors())
+
+
+def _report(prog: str, error: BaseException, status: int) -> int:
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        raise error
+    message = str(error) or type(error).__name__
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return status
+
+
+def _parser(argv: list[str]) -> argparse.ArgumentParser:
+    available = {
+        name: spec for name, spec in SUBCOMMANDS.items() if find_spec(spec.module) is not None
+    }
+    parser = ArgumentParser(
+        prog="hf-ddpm",
+        description="DDPM for the Hugging Face ecosystem.",
+        formatter_class=HelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(available) + "}")
+    chosen = argv[0] if argv and argv[0] in available else None
+    for name, spec in available.items():
+        p = sub.add_parser(
+            name, help=spec.help, description=spec.help, formatter_class=HelpFormatter
+        )
+        if name == chosen:
+            import_module(spec.module).add_arguments(p)
+            _add_shared_arguments(p, spec)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``hf-ddpm``; returns the exit status: 0 done, 2 a user error, 1 a Hub or network failure."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    subcommands = _available()
-    parser = argparse.ArgumentParser(
-        prog="hf-ddpm", description="DDPM for the Hugging Face ecosystem."
-    )
-    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(subcommands) + "}")
-    chosen = argv[0] if argv and argv[0] in subcommands else None
-    for name, (module, help_text) in subcommands.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if name == chosen:
-            import_module(module).add_arguments(p)
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    return int(import_module(subcommands[args.command][0]).run(args) or 0)
+    parser = _parser(argv)
+    prog = parser.prog
+    try:
+        args, unknown = parser.parse_known_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        prog = f"hf-ddpm {args.command}"
+        if unknown:
+            # said by the subcommand, whose options they were meant to be
+            raise UsageError(
+                prog, f"unrecognized arguments: {' '.join(unknown)} (see `{prog} --help`)"
+            )
+        _prepare(args)
+        return int(import_module(SUBCOMMANDS[args.command].module).run(args) or 0)
+    except UsageError as error:
+        return _report(error.prog, error, 2)
+    except USER_ERRORS as error:
+        return _report(prog, error, 2)
+    except _external_errors() as error:
+        return _report(prog, error, 1)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

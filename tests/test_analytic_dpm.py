@@ -529,7 +529,7 @@ def test_evaluate_reports_the_k_step_bound_and_refuses_importance_sampling_on_it
     assert bounds[0].terms_bpd.shape == (4, 4)
     assert nll["bpd"] == pytest.approx(float(torch.cat([b.total_bpd for b in bounds]).mean()))
     assert nll["estimator"] == "exact, 4-step chain" and nll["timesteps_per_image"] == 4
-    with pytest.raises(ValueError, match="nll_timesteps"):
+    with pytest.raises(ValueError, match="nll-timesteps"):
         evaluate_pipeline(
             pipeline, reference, metrics="nll", num_inference_steps=4, nll_timesteps=2
         )

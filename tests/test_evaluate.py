@@ -223,6 +223,8 @@ def test_cli_end_to_end(saved_pipeline, tiny_dinov2, tmp_path, capsys):
         "3",
         "--output",
         str(out),
+        "--grid",
+        str(out.with_suffix(".png")),
         "--stats-cache-dir",
         str(tmp_path / "stats"),
         "--device",
@@ -238,6 +240,7 @@ def test_cli_end_to_end(saved_pipeline, tiny_dinov2, tmp_path, capsys):
     assert report["settings"]["dataset"] == "mnist-5k" and report["model"] == str(saved_pipeline)
     with Image.open(report["sample_grid"]) as grid:
         assert grid.size == (3 * 8, 2 * 8)  # 6 images of 8x8 in a 3x2 grid
+    assert report["settings"]["grid_inference_steps"] == 10  # the Fréchet samples, reused
     assert len(list((tmp_path / "stats").glob("*.npz"))) == 1
 
     # recompute both numbers along an independent path: the lead's bound, and features by hand
@@ -441,3 +444,117 @@ def test_nll_of_a_class_conditional_model_is_that_of_its_null_label(tmp_path):
     assert report["metrics"]["nll"]["bpd"] == pytest.approx(
         expected.total_bpd.mean().item(), rel=1e-5
     )
+
+
+@pytest.fixture(scope="module")
+def long_chain_pipeline(tmp_path_factory):
+    """T = 200: long enough that a preview grid in fewer steps differs from one in T steps."""
+    from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler
+
+    folder = tmp_path_factory.mktemp("pipe200")
+    HFDDPMPipeline(_tiny_unet(), HFDDPMScheduler(num_train_timesteps=200)).save_pretrained(folder)
+    return folder
+
+
+def _spy_on_sampling(monkeypatch):
+    from hf_ddpm import HFDDPMPipeline
+
+    calls = []
+    original = HFDDPMPipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(HFDDPMPipeline, "__call__", spy)
+    return calls
+
+
+def _nll_argv(model, tmp_path, *extra):
+    return [
+        "evaluate",
+        str(model),
+        "--metrics",
+        "nll",
+        "--max-reference-images",
+        "2",
+        "--batch-size",
+        "1",
+        "--output",
+        str(tmp_path / "r.json"),
+        *extra,
+    ]
+
+
+def test_nll_alone_draws_no_samples_and_its_bar_has_a_total(
+    long_chain_pipeline, tmp_path, monkeypatch, capsys
+):
+    """Issue 14 item 2: --metrics nll used to draw a 64-image grid at T steps, and its bar had no total."""
+    import json
+
+    from hf_ddpm.cli import main
+
+    calls = _spy_on_sampling(monkeypatch)
+    assert main(_nll_argv(long_chain_pipeline, tmp_path)) == 0
+    assert calls == []
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["sample_grid"] is None and report["settings"]["grid_inference_steps"] is None
+    assert not list(tmp_path.glob("*.png"))
+    err = capsys.readouterr().err
+    assert "NLL (exact)" in err and "/2 [" in err  # "1/2 [00:01<00:01, ...]", not "1it [00:01]"
+
+
+def test_grid_when_asked_is_a_preview_in_few_steps(
+    long_chain_pipeline, tmp_path, monkeypatch, capsys
+):
+    import json
+
+    from PIL import Image
+
+    from hf_ddpm.cli import main
+    from hf_ddpm.evaluation.evaluate import DEFAULT_GRID_STEPS
+
+    calls = _spy_on_sampling(monkeypatch)
+    grid = tmp_path / "grid.png"
+    argv = _nll_argv(long_chain_pipeline, tmp_path, "--grid", str(grid), "--num-samples", "4")
+    assert main(argv) == 0
+    assert [c["num_inference_steps"] for c in calls] == [DEFAULT_GRID_STEPS] * 4  # batch size 1
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["settings"]["grid_inference_steps"] == DEFAULT_GRID_STEPS < 200
+    assert report["sample_grid"] == str(grid) and Image.open(grid).size == (16, 16)
+    assert "sample grid" in capsys.readouterr().err  # its own progress bar
+
+    calls.clear()
+    argv = _nll_argv(long_chain_pipeline, tmp_path, "--grid", str(grid), "--num-samples", "1")
+    assert main([*argv, "--num-inference-steps", "7"]) == 0
+    assert [c["num_inference_steps"] for c in calls] == [7]
+    assert main([*argv, "--no-grid"]) == 0 and len(calls) == 1
+
+
+def test_evaluation_options_are_checked_once_and_can_be_overridden(saved_pipeline):
+    from hf_ddpm.core.pipeline import HFDDPMPipeline
+    from hf_ddpm.evaluation.evaluate import EvaluationOptions, ReferenceData, evaluate_pipeline
+
+    options = EvaluationOptions(metrics="NLL, nll", seed=4)
+    assert options.metrics == ("nll",) and options.frechet_metrics == ()
+    for bad, words in (
+        ({"batch_size": 0}, "--batch-size"),
+        ({"nll_timesteps": 0}, "--nll-timesteps"),
+        ({"nll_proposal_images": -1}, "--nll-proposal-images"),
+        ({"metrics": "fid", "num_samples": 1}, "--num-samples"),
+        ({"metrics": ""}, "no metric given"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            EvaluationOptions(**bad)
+
+    pipe = HFDDPMPipeline.from_pretrained(saved_pipeline)
+    images = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    reference = ReferenceData(images, 256, "random", "test")
+    report = evaluate_pipeline(pipe, reference, options, batch_size=1)
+    assert report["seed"] == 4 and report["settings"]["batch_size"] == 1
+    with pytest.raises(
+        ValueError, match=r"num_inference_steps \(--num-inference-steps\) must be in 1..10"
+    ):
+        evaluate_pipeline(pipe, reference, options, num_inference_steps=11)
+    with pytest.raises(TypeError):
+        evaluate_pipeline(pipe, reference, options, no_such_option=1)

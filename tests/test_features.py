@@ -96,6 +96,21 @@ def test_dinov2_bad_input(tiny_dinov2_dir):
         extractor(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
 
 
+def test_dinov2_without_network_names_the_model_and_the_option(tmp_path):
+    """Issue 14 item 7: offline (conftest sets HF_HUB_OFFLINE=1) and not cached, one clear error."""
+    model_id = "tester/dinov2-that-is-not-cached"
+    with pytest.raises(FileNotFoundError) as failure:
+        DinoV2Features(model_id, device="cpu")
+    message = str(failure.value)
+    assert model_id in message and "--dinov2-model" in message and "HF_HUB_OFFLINE=1" in message
+    assert "\n" not in message
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(
+        FileNotFoundError, match="--dinov2-model .*empty: not a transformers DINOv2"
+    ):
+        DinoV2Features(str(tmp_path / "empty"), device="cpu")
+
+
 def test_dinov2_fd_of_a_set_with_itself_and_a_shifted_set(tiny_dinov2_dir):
     extractor = DinoV2Features(tiny_dinov2_dir, device="cpu")
     a = extractor(_smooth_images(40, 1, seed=1))

@@ -36,7 +36,8 @@ def test_training_steps_do_not_sync(tmp_path, class_conditional):
     from test_train import _tiny
 
     from hf_ddpm.data.image_datasets import collate
-    from hf_ddpm.training.train import _Trainer
+    from hf_ddpm.training.step import TrainingStep
+    from hf_ddpm.training.train import prepare_training
 
     config = _tiny(
         tmp_path,
@@ -45,17 +46,18 @@ def test_training_steps_do_not_sync(tmp_path, class_conditional):
         random_flip=True,
         class_column="label" if class_conditional else None,
     )
-    trainer = _Trainer(config)
-    assert trainer.accelerator.device.type == "cuda"
-    examples = [trainer.train_data[i] for i in range(config.batch_size)]
+    setup, _ = prepare_training(config)
+    training_step = TrainingStep(setup)
+    assert setup.accelerator.device.type == "cuda"
+    examples = [setup.train_data[i] for i in range(config.batch_size)]
     batch = {name: value.pin_memory() for name, value in collate(examples).items()}
-    trainer._micro_step(batch)  # the first step initialises CUDA state and the optimizer's
+    training_step.micro_step(batch)  # the first step initialises CUDA state and the optimizer's
     losses = []
     with _no_host_sync():
         for _ in range(3):
-            losses.append(trainer._micro_step(batch))
-            trainer.lr_scheduler.step()
-            trainer.ema.update(trainer.unwrapped)
+            losses.append(training_step.micro_step(batch))
+            setup.lr_scheduler.step()
+            setup.ema.update(setup.unwrapped)
     assert torch.isfinite(torch.stack(losses)).all()
 
 

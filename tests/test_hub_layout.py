@@ -88,7 +88,8 @@ def test_remote_code_load_without_hf_ddpm(tiny_unet, tmp_path, run_without_hf_dd
     pipe = _learned_variance_pipe(tiny_unet)
     expected = _sample(pipe)
     saved, resaved = tmp_path / "saved", tmp_path / "resaved"
-    pipe.save_pretrained(saved)
+    pipe.save_pretrained(saved, description="A tiny test run.")
+    (saved / "train_config.json").write_text('{"max_steps": 3}')  # as hf-ddpm train leaves it
     run_without_hf_ddpm(
         _REMOTE_SAMPLE.format(T=T)
         + textwrap.dedent(f"""
@@ -105,6 +106,10 @@ def test_remote_code_load_without_hf_ddpm(tiny_unet, tmp_path, run_without_hf_dd
     np.testing.assert_array_equal(np.load(tmp_path / "remote.npy"), expected)
     np.testing.assert_array_equal(np.load(tmp_path / "remote_resaved.npy"), expected)
     assert _files(resaved) == _files(saved)
+    # the remote-code copy of the class carries the card (pointed at the new folder) and training files
+    card = (resaved / "README.md").read_text()
+    assert "A tiny test run." in card and f'from_pretrained("{resaved.as_posix()}"' in card
+    assert (resaved / "train_config.json").read_text() == '{"max_steps": 3}'
     assert json.loads((resaved / "model_index.json").read_text()) == json.loads(
         (saved / "model_index.json").read_text()
     )
@@ -178,20 +183,102 @@ def test_model_card(tiny_unet, tmp_path):
     assert card.data.license == "mit"
     assert {"ddpm", "hf-ddpm", "mnist"} <= set(card.data.tags)
     assert card.data.datasets == ["ylecun/mnist"]
-    placeholder = "your-username/your-model"
-    assert (
-        f'DiffusionPipeline.from_pretrained("{placeholder}", trust_remote_code=True)' in card.text
-    )
-    assert f'HFDDPMPipeline.from_pretrained("{placeholder}")' in card.text
+    # no Hub id: the title and the snippets name the folder (issue 14 item 9: not "your-model")
+    folder = (tmp_path / "a").as_posix()
+    assert "your-model" not in card.text and "your-username" not in card.text
+    assert card.text.lstrip().startswith("# a\n")
+    assert f'DiffusionPipeline.from_pretrained("{folder}", trust_remote_code=True)' in card.text
+    assert f'HFDDPMPipeline.from_pretrained("{folder}")' in card.text
     assert "![samples](samples.png)" in card.text
     assert (tmp_path / "a" / "samples.png").is_file()
     assert "learned_range" in card.text
 
     pipe.save_pretrained(tmp_path / "b", repo_id="alice/tiny")
     card = ModelCard.load(tmp_path / "b" / "README.md")
+    assert card.text.lstrip().startswith("# tiny\n")
     assert 'HFDDPMPipeline.from_pretrained("alice/tiny")' in card.text
     assert card.data.license == "apache-2.0" and not card.data.datasets
     assert "samples.png" not in card.text
+
+
+def test_card_install_lines_are_true(tiny_unet, tmp_path, monkeypatch):
+    """Issue 14 item 9: hf_ddpm is not on PyPI. The remote-code path needs no hf_ddpm; the package
+    installs from its repository, named only when the installed metadata names one."""
+    from email.message import Message
+    from importlib import metadata
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "metadata", not_installed)
+    pipe = _learned_variance_pipe(tiny_unet)
+    pipe.save_pretrained(tmp_path / "a")
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert "pip install hf-ddpm" not in card and "pip install hf_ddpm" not in card
+    assert "hf_ddpm itself need not be installed" in card and "not on PyPI" in card
+    assert "pip install git+" not in card  # no repository known
+
+    known = Message()
+    known["Name"] = "hf-ddpm"
+    known["Project-URL"] = "Repository, https://example.org/hf_ddpm.git"
+    monkeypatch.setattr(metadata, "metadata", lambda name: known)
+    pipe.save_pretrained(tmp_path / "b")
+    assert (
+        "`pip install git+https://example.org/hf_ddpm.git`"
+        in (tmp_path / "b" / "README.md").read_text()
+    )
+
+
+def _training_folder(pipe, folder):
+    """What hf-ddpm train leaves: its card, samples.png, train_config.json, checkpoints and logs."""
+    grid = PIL.Image.new("RGB", (16, 16), (0, 255, 0))
+    pipe.save_pretrained(
+        folder, description="Trained for 3 steps by hf-ddpm train.", sample_grid=grid
+    )
+    (folder / "train_config.json").write_text('{"max_steps": 3}')
+    (folder / "checkpoint-3").mkdir()
+    (folder / "checkpoint-3" / "optimizer.bin").write_bytes(b"state")
+    (folder / "logs").mkdir()
+    return folder
+
+
+def test_resaving_a_loaded_training_folder_keeps_what_training_wrote(tiny_unet, tmp_path):
+    """Issue 14 item 10: a loaded folder's card, samples.png and train_config.json survive a re-save,
+    into the same folder or another; new card fields replace the carried card."""
+    run = _training_folder(_learned_variance_pipe(tiny_unet), tmp_path / "out" / "run")
+    before = {
+        name: (run / name).read_bytes()
+        for name in ("README.md", "samples.png", "train_config.json")
+    }
+    loaded = HFDDPMPipeline.from_pretrained(run)
+    assert loaded.name_or_path == str(run)  # as diffusers records it
+
+    loaded.save_pretrained(run)
+    assert {name: (run / name).read_bytes() for name in before} == before
+
+    copy = tmp_path / "copy"
+    loaded.save_pretrained(copy)
+    card = (copy / "README.md").read_text()
+    assert "Trained for 3 steps by hf-ddpm train." in card and "![samples](samples.png)" in card
+    assert f'HFDDPMPipeline.from_pretrained("{copy.as_posix()}")' in card
+    assert card.lstrip("-").split("---", 1)[1].lstrip().startswith("# copy\n")
+    assert str(run) not in card
+    assert (copy / "samples.png").read_bytes() == before["samples.png"]
+    assert (copy / "train_config.json").read_bytes() == before["train_config.json"]
+    assert not (copy / "checkpoint-3").exists() and not (copy / "logs").exists()
+
+    fresh = tmp_path / "fresh"
+    loaded.save_pretrained(
+        fresh, description="Fine-tuned further.", sample_grid=PIL.Image.new("RGB", (8, 8))
+    )
+    card = (fresh / "README.md").read_text()
+    assert "Fine-tuned further." in card and "Trained for 3 steps" not in card
+    assert PIL.Image.open(fresh / "samples.png").size == (8, 8)
+    assert (fresh / "train_config.json").read_bytes() == before["train_config.json"]
+
+    built = tmp_path / "built"
+    _learned_variance_pipe(tiny_unet).save_pretrained(built)  # built in memory: nothing to carry
+    assert not (built / "train_config.json").exists() and not (built / "samples.png").exists()
 
 
 def _write_package(root, name, scheduling_source):

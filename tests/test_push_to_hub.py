@@ -158,3 +158,41 @@ def test_failed_push_from_memory_keeps_its_temporary_folder(tiny_unet, hub_serve
 def test_push_folder_needs_a_saved_pipeline(tmp_path, hub_server):
     with pytest.raises(FileNotFoundError, match="No model_index.json in"):
         push_folder_to_hub(tmp_path, REPO)
+
+
+def test_push_of_a_loaded_training_folder_keeps_its_card_samples_and_config(
+    tiny_unet, tmp_path, hub_server
+):
+    """Issue 14 item 10: HFDDPMPipeline.from_pretrained("out/run").push_to_hub(...) used to upload a
+    generic card and no samples.png or train_config.json (so the Space fell back to 256 levels)."""
+    import PIL.Image
+
+    run = tmp_path / "out" / "run"
+    _pipe(tiny_unet).save_pretrained(
+        run,
+        description="Trained for 3 steps by hf-ddpm train.",
+        sample_grid=PIL.Image.new("RGB", (16, 16), (0, 0, 255)),
+    )
+    (run / "train_config.json").write_text('{"num_bins": 17}')
+    (run / "checkpoint-3").mkdir()
+    (run / "checkpoint-3" / "optimizer.bin").write_bytes(b"state")
+
+    HFDDPMPipeline.from_pretrained(run).push_to_hub(REPO)
+    remote = hub_server.files(REPO)
+    card = remote["README.md"].decode()
+    assert "Trained for 3 steps by hf-ddpm train." in card and "![samples](samples.png)" in card
+    assert f'HFDDPMPipeline.from_pretrained("{REPO}")' in card and "\n# tiny-ddpm\n" in card
+    assert str(run) not in card
+    assert remote["samples.png"] == (run / "samples.png").read_bytes()
+    assert remote["train_config.json"] == b'{"num_bins": 17}'
+    assert not any(path.startswith("checkpoint-") for path in remote)
+    # the local folder is untouched by the push
+    assert 'from_pretrained("' + run.as_posix() + '"' in (run / "README.md").read_text()
+
+    # and from the Hub on to another repo: the card and files come along through the Hub cache
+    HFDDPMPipeline.from_pretrained(REPO).push_to_hub("tester/copy")
+    copied = hub_server.files("tester/copy")
+    assert copied["train_config.json"] == b'{"num_bins": 17}' and "samples.png" in copied
+    copy_card = copied["README.md"].decode()
+    assert "Trained for 3 steps" in copy_card and 'from_pretrained("tester/copy")' in copy_card
+    assert f'"{REPO}"' not in copy_card

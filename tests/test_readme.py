@@ -33,9 +33,10 @@ def test_readme_hub_snippet_runs_against_a_loopback_hub(index, tmp_path, hub_ser
     repos = set(re.findall(r'"(user/[\w.-]+)"', SNIPPETS[index]))
     for repo_id in repos:
         HFDDPMPipeline(tiny_unet(), HFDDPMScheduler()).push_to_hub(repo_id)
-        # A stale card on the Hub: the snippet's push must replace it, so a skipped push shows.
-        stale = {**hub_server.files(repo_id), "README.md": b"stale card"}
-        hub_server.repos[repo_id].commit(stale, "stale card")
+        # A card of the repo's own: a pipeline loaded from the repo and pushed back keeps it (issue 14
+        # item 10, as diffusers' push_to_hub keeps a repo's card); a skipped push shows in the head.
+        own = {**hub_server.files(repo_id), "README.md": b"the repo's own card"}
+        hub_server.repos[repo_id].commit(own, "the repo's own card")
     before = {repo_id: hub_server.files(repo_id) for repo_id in repos}
     heads = {repo_id: hub_server.repos[repo_id].head for repo_id in repos}
     script = tmp_path / "snippet.py"
@@ -56,7 +57,7 @@ def test_readme_hub_snippet_runs_against_a_loopback_hub(index, tmp_path, hub_ser
         for repo_id in repos:
             after = hub_server.files(repo_id)
             assert hub_server.repos[repo_id].head != heads[repo_id]
-            assert after["README.md"] != b"stale card"
+            assert after["README.md"] == b"the repo's own card"
             assert set(after) == set(before[repo_id])
             for name in (
                 "unet/diffusion_pytorch_model.safetensors",

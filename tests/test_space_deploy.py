@@ -82,3 +82,22 @@ def test_deploy_creates_a_gradio_space_and_uploads_the_folder(hub_server, capsys
     # A second deploy updates the same Space (exist_ok=True) rather than failing.
     assert cli.main(["space", "tester/demo", "--model", "tester/other-ddpm"]) == 0
     assert "- tester/other-ddpm" in hub_server.files("spaces/tester/demo")["README.md"].decode()
+
+
+def test_a_refused_deploy_is_one_line_and_requests_are_not_logged(
+    hub_server, no_hub_retry_sleep, capsys, caplog
+):
+    """Issue 14 item 14: at INFO every HTTP request was logged; a failure is reported once, exit 1."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    hub_server.fail_next_commits(1000, "500")
+    assert cli.main(["space", "tester/demo", "--model", MODEL_ID]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("hf-ddpm space: error: Server error '500") and "Traceback" not in err
+    assert err.count("hf-ddpm space") == 1 and err.count("Server error") == 1
+    requests = [r for r in caplog.records if r.name.split(".")[0] in ("httpx", "httpx2")]
+    assert requests == []
+    assert any(
+        "Retrying" in r.getMessage() for r in caplog.records
+    )  # huggingface_hub's own warnings

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from hf_ddpm.training.determinism import EpochBatchSampler
 from hf_ddpm.training.ema import EMA
-from hf_ddpm.training.train import TrainConfig, TrainingDivergedError, _EpochBatchSampler, train
+from hf_ddpm.training.train import TrainConfig, TrainingDivergedError, train
 from hf_ddpm.training.unet_presets import PRESETS, build_unet, unet_config
 
 
@@ -241,30 +242,30 @@ def test_data_order_is_a_function_of_seed_and_epoch_and_ranks_partition_it():
         it = iter(sampler)
         return [next(it) for _ in range(n)]
 
-    single = take(_EpochBatchSampler(20, 4, 1, 0, seed=3, start=0), 10)  # 5 batches per epoch
+    single = take(EpochBatchSampler(20, 4, 1, 0, seed=3, start=0), 10)  # 5 batches per epoch
     for epoch in (0, 1):
         assert sorted(sum(single[5 * epoch : 5 * epoch + 5], [])) == list(range(20))
     assert single[:5] != single[5:]
-    assert take(_EpochBatchSampler(20, 4, 1, 0, seed=3, start=7), 3) == single[7:10]
-    assert take(_EpochBatchSampler(20, 4, 1, 0, seed=4, start=0), 5) != single[:5]
-    rank0 = take(_EpochBatchSampler(20, 2, 2, 0, seed=3, start=0), 5)
-    rank1 = take(_EpochBatchSampler(20, 2, 2, 1, seed=3, start=0), 5)
+    assert take(EpochBatchSampler(20, 4, 1, 0, seed=3, start=7), 3) == single[7:10]
+    assert take(EpochBatchSampler(20, 4, 1, 0, seed=4, start=0), 5) != single[:5]
+    rank0 = take(EpochBatchSampler(20, 2, 2, 0, seed=3, start=0), 5)
+    rank1 = take(EpochBatchSampler(20, 2, 2, 1, seed=3, start=0), 5)
     assert [a + b for a, b in zip(rank0, rank1)] == single[:5]
 
 
 def test_learning_rate_warms_up_linearly_then_stays():
-    from hf_ddpm.training.train import _warmup
+    from hf_ddpm.training.setup import linear_warmup
 
     model = torch.nn.Linear(1, 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(4))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup(4))
     seen = []
     for _ in range(6):
         seen.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         schedule.step()
     np.testing.assert_allclose(seen, [5e-5, 1e-4, 1.5e-4, 2e-4, 2e-4, 2e-4])
-    assert _warmup(0)(0) == 1.0
+    assert linear_warmup(0)(0) == 1.0
 
 
 # ----------------------------------------------------------------------------------------- runs

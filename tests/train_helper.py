@@ -30,7 +30,7 @@ def main() -> None:
     from PIL import Image
 
     from hf_ddpm.core import pipeline
-    from hf_ddpm.training import checkpointing, train
+    from hf_ddpm.training import run_checkpoint, train
 
     writes: list[str] = []
 
@@ -62,7 +62,7 @@ def main() -> None:
             writes.append("write_text")
         return write_text(self, *args, **kwargs)
 
-    checkpointing.save_checkpoint = recording("save_checkpoint", checkpointing.save_checkpoint)
+    run_checkpoint.save_checkpoint = recording("save_checkpoint", run_checkpoint.save_checkpoint)
     pipeline.HFDDPMPipeline.save_pretrained = recording(
         "save_pretrained", pipeline.HFDDPMPipeline.save_pretrained
     )
@@ -86,14 +86,14 @@ def main() -> None:
 
     def run_and_report(self):
         result = original_run(self)
-        weights = self.unwrapped.state_dict()
+        weights = self.setup.unwrapped.state_dict()
         digest = hashlib.sha256()
         for key in sorted(weights):
             digest.update(key.encode())
             digest.update(weights[key].detach().cpu().contiguous().numpy().tobytes())
         trainer_result.update(
-            rank=self.accelerator.process_index,
-            world=self.accelerator.num_processes,
+            rank=self.setup.accelerator.process_index,
+            world=self.setup.accelerator.num_processes,
             weights_sha256=digest.hexdigest(),
             step=result.step,
         )

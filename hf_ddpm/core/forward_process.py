@@ -50,3 +50,17 @@ def q_posterior_mean_variance(
     variance = extract(tables.posterior_variance, t, x_t)
     log_variance = extract(tables.posterior_log_variance_clipped, t, x_t)
     return mean, variance, log_variance
+
+
+def q_transition_sample(
+    x_s: torch.Tensor, alpha_bar_s: float, alpha_bar_t: float, noise: torch.Tensor
+) -> torch.Tensor:
+    """x_t ~ q(x_t | x_s) for s < t: N(sqrt(alpha_bar_t / alpha_bar_s) x_s, (1 - alpha_bar_t / alpha_bar_s) I).
+
+    The Markov kernel from step s to step t, the product of the one-step kernels of eq. 2 in between.
+    For a respaced chain (Nichol & Dhariwal 2021, section 4) it is that chain's one-step kernel, with
+    effective beta = 1 - alpha_bar_t / alpha_bar_s; RePaint (Lugmayr et al. 2022, Algorithm 1 line 9)
+    jumps back up the chain with it.
+    """
+    ratio = alpha_bar_t / alpha_bar_s
+    return ratio**0.5 * x_s + (1.0 - ratio) ** 0.5 * noise

@@ -4,7 +4,8 @@ The layout is the one ``DiffusionPipeline.from_pretrained(folder_or_repo, trust_
 on a machine without hf_ddpm (diffusers 0.42):
 
 - ``model_index.json`` with ``_class_name: ["pipeline", "HFDDPMPipeline"]`` and ``pipeline.py`` (plus
-  the modules it imports relatively: this file, ``variance.py`` and ``diffusion_tables.py``) at the root;
+  the modules it imports relatively: this file, ``variance.py``, ``diffusion_tables.py``, and the edit
+  pipelines ``pipeline_inpaint.py`` and ``pipeline_img2img.py`` with their siblings) at the root;
 - a component whose class is not diffusers' own, e.g. the scheduler, recorded as
   ``["scheduling", "HFDDPMScheduler"]`` with ``scheduler/scheduling.py`` and every module it imports
   relatively copied beside its config;
@@ -30,8 +31,10 @@ from typing import Any
 MODEL_INDEX = "model_index.json"
 SAMPLE_GRID = "samples.png"
 MODEL_CARD = "README.md"
-# Written into the card's usage snippets when the repo id is not known yet; push_folder_to_hub fills it in.
-REPO_ID_PLACEHOLDER = "your-username/your-model"
+# The distribution whose metadata may name hf_ddpm's source repository (for the card's install line).
+_DISTRIBUTION = "hf-ddpm"
+# How a card names its model in the usage snippets: push_folder_to_hub and a re-save point them elsewhere.
+_CARD_REFERENCE = re.compile(r'from_pretrained\(\s*"([^"]*)"')
 _INSTALLED_PACKAGE = "hf_ddpm.core"
 # Weight formats this project never reads: skipping them keeps downloads of diffusers repos small.
 _IGNORED_DOWNLOADS = ["*.msgpack", "*.h5", "*.onnx", "*.ckpt", "*.onnx_data"]
@@ -148,13 +151,24 @@ def _save_component(component: Any, folder: Path, variant: str | None) -> list[s
     return [copy_source_closure(cls, folder), cls.__name__]
 
 
+def pipeline_options(pipeline: Any) -> dict[str, Any]:
+    """The pipeline's registered options that are not components and not None (e.g. a set
+    ``null_class_label``): stored in model_index.json beside the components, where both loading paths
+    (``load_pipeline`` and ``DiffusionPipeline.from_pretrained``) pass them back to ``__init__``."""
+    return {
+        name: value
+        for name, value in pipeline.config.items()
+        if not name.startswith("_") and name not in pipeline.components and value is not None
+    }
+
+
 def save_pipeline_folder(
     pipeline: Any,
     save_directory: str | os.PathLike,
     *,
     variant: str | None = None,
     repo_id: str | None = None,
-    license: str = "apache-2.0",
+    license: str | None = None,
     datasets: list[str] | None = None,
     tags: list[str] | None = None,
     description: str | None = None,
@@ -165,6 +179,12 @@ def save_pipeline_folder(
     The same code runs whether the pipeline class came from the installed package or from a remote-code
     copy, so a pipeline loaded with ``trust_remote_code=True`` and saved again stays loadable (diffusers'
     own ``save_pretrained`` would record ``diffusers_modules.local`` entries and copy no code).
+
+    A pipeline loaded from a folder or Hub repo (see :func:`source_folder`) keeps what that folder holds
+    besides the pipeline itself: its model card (pointed at the new folder or ``repo_id``), samples.png,
+    train_config.json and any other top-level file. So ``from_pretrained("out/run").save_pretrained(...)``
+    or ``.push_to_hub(...)`` loses nothing ``hf-ddpm train`` wrote. Card fields or ``sample_grid`` given
+    here replace the carried card or grid.
 
     Args:
         pipeline: an ``HFDDPMPipeline`` (from either origin).
@@ -177,6 +197,7 @@ def save_pipeline_folder(
 
     folder = Path(save_directory)
     folder.mkdir(parents=True, exist_ok=True)
+    source = source_folder(pipeline)
     pipeline_class = type(pipeline)
     index: dict[str, Any] = {
         "_class_name": [copy_source_closure(pipeline_class, folder), pipeline_class.__name__],
@@ -184,20 +205,71 @@ def save_pipeline_folder(
     }
     for name, component in pipeline.components.items():
         index[name] = _save_component(component, folder / name, variant)
-    (folder / MODEL_INDEX).write_text(
-        json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
+    index.update(pipeline_options(pipeline))
+    _write_atomically(folder / MODEL_INDEX, json.dumps(index, indent=2, sort_keys=True) + "\n")
+    card_fields = {
+        "license": license,
+        "datasets": datasets,
+        "tags": tags,
+        "description": description,
+    }
+    carried = _carry_extra_files(source, folder) if source is not None else set()
     if sample_grid is not None:
         sample_grid.save(folder / SAMPLE_GRID)
-    write_model_card(
-        folder,
-        repo_id=repo_id,
-        license=license,
-        datasets=datasets,
-        tags=tags,
-        description=description,
-    )
+    if MODEL_CARD in carried and all(value is None for value in card_fields.values()):
+        if repo_id is not None or source.resolve() != folder.resolve():
+            card = folder / MODEL_CARD
+            reference = repo_id or _local_reference(folder)
+            _write_atomically(card, retarget_card(card.read_text(encoding="utf-8"), reference))
+    else:
+        write_model_card(
+            folder, repo_id=repo_id, **{k: v for k, v in card_fields.items() if v is not None}
+        )
     return folder
+
+
+def source_folder(pipeline: Any) -> Path | None:
+    """The saved folder ``pipeline`` was loaded from, or None for one built in memory.
+
+    It is found from ``pipeline.name_or_path`` (diffusers' record of what ``from_pretrained`` was given,
+    set by both loading paths): a local folder as is, a Hub repo id through the local Hub cache only.
+    """
+    name = getattr(pipeline, "name_or_path", None)
+    if not name:
+        return None
+    path = Path(name)
+    if not path.is_dir():
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+        try:
+            path = Path(snapshot_download(str(name), local_files_only=True))
+        except (HFValidationError, LocalEntryNotFoundError, OSError):
+            return None  # not a repo id, or not in the cache: then there is nothing to carry
+    return path if (path / MODEL_INDEX).is_file() else None
+
+
+def _carry_extra_files(source: Path, folder: Path) -> set[str]:
+    """Copy the top-level files of ``source`` that are not the pipeline itself (the card, samples.png,
+    train_config.json, ...) into ``folder``; return their names. Sub-folders (components, checkpoints,
+    logs) and hidden files stay behind."""
+    if source.resolve() == folder.resolve():
+        return {p.name for p in folder.iterdir() if p.is_file()}
+    carried = set()
+    for path in sorted(source.iterdir()):
+        if path.is_dir() or path.name.startswith(".") or path.name == MODEL_INDEX:
+            continue
+        if path.suffix == ".py":  # the code was just written from the running classes
+            continue
+        shutil.copyfile(path, folder / path.name)
+        carried.add(path.name)
+    return carried
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -230,6 +302,43 @@ def _describe_config(folder: Path) -> list[str]:
     return lines
 
 
+def _local_reference(folder: Path) -> str:
+    return folder.as_posix()
+
+
+def _display_name(reference: str) -> str:
+    """The card's title for a Hub id or folder: its last part (``user/my-ddpm`` -> ``my-ddpm``)."""
+    name = Path(reference).name
+    return name if name not in ("", ".", "..") else Path(reference).resolve().name
+
+
+def _source_repository() -> str | None:
+    """hf_ddpm's source repository URL from its installed metadata (``Project-URL``), if it names one."""
+    from importlib import metadata
+
+    try:
+        urls = metadata.metadata(_DISTRIBUTION).get_all("Project-URL") or []
+    except metadata.PackageNotFoundError:
+        return None
+    for entry in urls:
+        label, _, url = entry.partition(",")
+        if label.strip().lower() in ("repository", "source", "source code"):
+            if url.strip().startswith(("https://", "http://")):
+                return url.strip()
+    return None
+
+
+def _install_line() -> str:
+    """How to get hf_ddpm, truthfully: it is not on PyPI."""
+    repository = _source_repository()
+    where = (
+        f"`pip install git+{repository}`"
+        if repository
+        else "`pip install -e .` in a checkout of its source repository"
+    )
+    return f"With hf_ddpm installed (it is not on PyPI: {where}; no remote code runs):"
+
+
 def write_model_card(
     folder: str | os.PathLike,
     *,
@@ -241,11 +350,11 @@ def write_model_card(
 ) -> Path:
     """Write README.md for a saved pipeline folder: YAML metadata, usage for both loading paths, samples.
 
-    Call it again after adding samples.png to the folder to show the grid. Without ``repo_id`` the
-    snippets use ``REPO_ID_PLACEHOLDER``, which ``push_folder_to_hub`` replaces with the real id.
+    Call it again after adding samples.png to the folder to show the grid. Without ``repo_id`` the title
+    and the snippets name the folder (as given); ``push_folder_to_hub`` points them at the repo.
     """
     folder = Path(folder)
-    repo = repo_id or REPO_ID_PLACEHOLDER
+    repo = repo_id or _local_reference(folder)
     call = "pipe(batch_size=4, num_inference_steps=1000)"
     unet_config = folder / "unet" / "config.json"
     if unet_config.is_file() and json.loads(unet_config.read_text()).get("num_class_embeds"):
@@ -262,7 +371,7 @@ def write_model_card(
     front.append("---")
     body = [
         "",
-        f"# {repo.split('/')[-1]}",
+        f"# {_display_name(repo)}",
         "",
         description
         or "A denoising diffusion probabilistic model (Ho, Jain & Abbeel 2020) trained with hf_ddpm "
@@ -272,7 +381,8 @@ def write_model_card(
         "",
         "## Usage",
         "",
-        "With only diffusers installed (the sampling code in this repository runs as remote code):",
+        "With only diffusers installed (`pip install diffusers torch`): the sampling code in this "
+        "repository runs as remote code, so hf_ddpm itself need not be installed.",
         "",
         "```python",
         "from diffusers import DiffusionPipeline",
@@ -281,7 +391,7 @@ def write_model_card(
         f"images = {call}.images",
         "```",
         "",
-        "With hf_ddpm installed (`pip install hf-ddpm`; no remote code runs):",
+        _install_line(),
         "",
         "```python",
         "from hf_ddpm import HFDDPMPipeline",
@@ -293,8 +403,24 @@ def write_model_card(
     if (folder / SAMPLE_GRID).is_file():
         body += ["", "## Samples", "", f"![samples]({SAMPLE_GRID})"]
     card = folder / MODEL_CARD
-    card.write_text("\n".join(front + body) + "\n", encoding="utf-8")
+    _write_atomically(card, "\n".join(front + body) + "\n")
     return card
+
+
+def retarget_card(text: str, reference: str) -> str:
+    """``text`` of a model card with its usage snippets and title naming ``reference`` (a Hub repo id or
+    a folder) instead of what they named before; the rest of the card is left as it is."""
+    previous = dict.fromkeys(_CARD_REFERENCE.findall(text))
+    for old in previous:
+        text = text.replace(f'from_pretrained("{old}"', f'from_pretrained("{reference}"')
+        text = re.sub(
+            rf"^# {re.escape(_display_name(old))}$",
+            f"# {_display_name(reference)}",
+            text,
+            count=1,
+            flags=re.MULTILINE,
+        )
+    return text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -430,10 +556,11 @@ def load_pipeline(
         revision, token, cache_dir, local_files_only: passed to ``snapshot_download``.
         **components: ready-made components (``unet=...``, ``scheduler=...``) that replace saved ones.
     """
-    expected = [
-        name for name in inspect.signature(pipeline_class.__init__).parameters if name != "self"
-    ]
-    unknown = sorted(set(components) - set(expected))
+    parameters = inspect.signature(pipeline_class.__init__).parameters
+    # Components have no default; options (e.g. null_class_label) do, and are read from the index.
+    expected = [n for n, p in parameters.items() if n != "self" and p.default is p.empty]
+    options = [n for n, p in parameters.items() if n != "self" and p.default is not p.empty]
+    unknown = sorted(set(components) - set(expected) - set(options))
     if unknown:
         raise TypeError(
             f"{pipeline_class.__name__}.from_pretrained got unexpected arguments {unknown}; components are "
@@ -449,6 +576,7 @@ def load_pipeline(
     )
     index = json.loads((folder / MODEL_INDEX).read_text(encoding="utf-8"))
     loaded = dict(components)
+    loaded.update((n, index[n]) for n in options if n in index and n not in components)
     for name in expected:
         if name in loaded:
             continue
@@ -471,7 +599,11 @@ def load_pipeline(
     ):
         scheduler_class = _installed_class("scheduling", "HFDDPMScheduler", "scheduler")
         loaded["scheduler"] = scheduler_class.from_config(scheduler.config)
-    return pipeline_class(**loaded)
+    pipeline = pipeline_class(**loaded)
+    # What diffusers' own from_pretrained records (``pipe.name_or_path``); a save or push of this
+    # pipeline finds the folder's card and training files through it (source_folder).
+    pipeline.register_to_config(_name_or_path=str(path_or_repo_id))
+    return pipeline
 
 
 # --------------------------------------------------------------------------------------------------
@@ -501,8 +633,8 @@ def push_folder_to_hub(
     """Create ``repo_id`` if needed and upload ``folder`` to it in one commit; return the commit URL.
 
     The training command calls this for its output folder, leaving out its checkpoints and logs through
-    ``ignore_patterns`` (glob patterns, as ``upload_folder`` takes them). If the card still shows
-    ``REPO_ID_PLACEHOLDER`` it is rewritten with ``repo_id`` first.
+    ``ignore_patterns`` (glob patterns, as ``upload_folder`` takes them). The card's title and usage
+    snippets are pointed at ``repo_id`` first (:func:`retarget_card`).
 
     Raises:
         HubPushError: on any network or Hub error. The folder is left as it was, and the message says
@@ -516,11 +648,10 @@ def push_folder_to_hub(
             f"No {MODEL_INDEX} in {folder}: push a folder written by save_pretrained."
         )
     card = folder / MODEL_CARD
-    if card.is_file() and REPO_ID_PLACEHOLDER in (text := card.read_text(encoding="utf-8")):
-        text = text.replace(
-            f"# {REPO_ID_PLACEHOLDER.split('/')[-1]}", f"# {repo_id.split('/')[-1]}"
-        )
-        card.write_text(text.replace(REPO_ID_PLACEHOLDER, repo_id), encoding="utf-8")
+    if card.is_file():
+        text = card.read_text(encoding="utf-8")
+        if (retargeted := retarget_card(text, repo_id)) != text:
+            _write_atomically(card, retargeted)
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")

@@ -17,6 +17,8 @@ The evaluation and the bundled model use ``"test"`` as held-out data, so this ru
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -26,6 +28,9 @@ import numpy as np
 import torch
 
 from .image_transform import BUNDLED_NUM_BINS, ImageTransform, dataset_num_bins
+from .ingest import CHANNEL_CHOICES, GREY_MODES, UnreadableImagesError, scan_images
+
+logger = logging.getLogger(__name__)
 
 BUNDLED_DATASETS = tuple(BUNDLED_NUM_BINS)
 SPLITS = ("train", "test")
@@ -46,6 +51,7 @@ class ImageDataset:
         num_bins: number of intensity levels of the source data: 256 for 8-bit images, 17 for
             scikit-learn's 8x8 digits (values 0..16). The discretised likelihood of the evaluation uses it.
         name: where the data came from, for model cards and logs.
+        skipped: files of an image folder left out because they cannot be read (``skip_bad_images``).
     """
 
     dataset: Any
@@ -53,9 +59,19 @@ class ImageDataset:
     channels: int
     num_bins: int
     name: str
+    skipped: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def record(self) -> dict[str, Any]:
+        """What a run records about its data: source, image count, channels, skipped files."""
+        return {
+            "source": self.name,
+            "images": len(self),
+            "channels": self.channels,
+            "skipped_images": list(self.skipped),
+        }
 
 
 def load_image_dataset(
@@ -64,6 +80,8 @@ def load_image_dataset(
     split: str = "train",
     image_column: str | None = None,
     class_column: str | None = None,
+    channels: int | None = None,
+    skip_bad_images: bool = False,
 ) -> ImageDataset:
     """Load images from the bundled sets, a local folder or the Hub, as an :class:`ImageDataset`.
 
@@ -76,21 +94,31 @@ def load_image_dataset(
         image_column: the column holding the images. By default ``image``, ``img``, or the only column whose
             feature is ``datasets.Image``.
         class_column: a column of class labels; the result is then class-conditional. ``None`` drops labels.
+        channels: 1 (grey) or 3 (RGB) to convert every image to; by default an image folder is RGB if any
+            of its images is in colour (see :mod:`hf_ddpm.data.ingest`), other sources follow their first
+            image.
+        skip_bad_images: leave out the files of ``train_data_dir`` that cannot be decoded (listed in
+            ``skipped`` and the log) instead of raising.
 
     Raises:
         ValueError: an unknown bundled split, a missing image or class column (the message lists the
-            columns), or a dataset without images.
+            columns), a dataset without images, a bad ``channels``, or unreadable files in
+            ``train_data_dir`` (:class:`~hf_ddpm.data.ingest.UnreadableImagesError`, which names them).
         FileNotFoundError: ``train_data_dir`` does not exist or is not a folder.
     """
     import datasets
 
+    if channels is not None and channels not in CHANNEL_CHOICES:
+        raise ValueError(f"--channels must be 1 (grey) or 3 (RGB), got {channels}")
     if train_data_dir is not None:
         if not os.path.isdir(train_data_dir):
             raise FileNotFoundError(
                 f"--train-data-dir {train_data_dir!r} does not exist or is not a folder"
             )
         raw = datasets.load_dataset("imagefolder", data_dir=train_data_dir, split=split)
-        return _wrap(raw, f"imagefolder:{train_data_dir}", image_column, class_column, num_bins=256)
+        return _ingest_folder(
+            raw, train_data_dir, image_column, class_column, channels, skip_bad_images
+        )
     if dataset is None:
         raise ValueError(
             f"give a dataset (a Hub id, or one of {BUNDLED_DATASETS}) or a train_data_dir"
@@ -99,9 +127,57 @@ def load_image_dataset(
         if split not in SPLITS:
             raise ValueError(f"split {split!r} is not one of {SPLITS} for the bundled {dataset!r}")
         raw = _bundled(dataset, split)
-        return _wrap(raw, dataset, image_column, class_column, num_bins=dataset_num_bins(dataset))
+        return _wrap(raw, dataset, image_column, class_column, dataset_num_bins(dataset), channels)
     raw = datasets.load_dataset(dataset, split=split)
-    return _wrap(raw, dataset, image_column, class_column, num_bins=256)
+    return _wrap(raw, dataset, image_column, class_column, 256, channels)
+
+
+def _ingest_folder(
+    raw: Any,
+    folder: str,
+    image_column: str | None,
+    class_column: str | None,
+    channels: int | None,
+    skip_bad_images: bool,
+) -> ImageDataset:
+    """An image folder after :func:`hf_ddpm.data.ingest.scan_images`: the unreadable files raised or
+    left out, the channel count decided from every readable image."""
+    import datasets
+
+    name = f"imagefolder:{folder}"
+    if len(raw) == 0:
+        raise ValueError(f"dataset {name!r} has no examples")
+    column = _find_image_column(raw, image_column)
+    files = raw.cast_column(column, datasets.Image(decode=False))[column]
+    scan = scan_images(folder, [file["path"] for file in files])
+    if scan.unreadable:
+        if not skip_bad_images:
+            raise UnreadableImagesError(folder, scan.unreadable, len(raw))
+        logger.warning(
+            "--skip-bad-images: left out %d unreadable file(s): %s",
+            len(scan.unreadable),
+            ", ".join(f"{n} ({why})" for n, why in scan.unreadable),
+        )
+        if not scan.readable:
+            raise ValueError(
+                f"--train-data-dir {folder!r}: none of its {len(raw)} images can be read"
+            )
+        raw = raw.select(scan.readable)
+    chosen = scan.channels(channels)
+    how = (
+        "as --channels says"
+        if channels is not None
+        else f"{scan.colour} of {len(scan.readable)} images are in colour"
+    )
+    logger.info(
+        "--train-data-dir %s: %d images, trained as %d channel(s) (%s; every image is converted)",
+        folder,
+        len(scan.readable),
+        chosen,
+        how,
+    )
+    data = _wrap(raw, name, column, class_column, 256, chosen)
+    return dataclasses.replace(data, skipped=tuple(n for n, _ in scan.unreadable))
 
 
 def held_out_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -177,7 +253,12 @@ def _find_image_column(raw: Any, image_column: str | None) -> str:
 
 
 def _wrap(
-    raw: Any, name: str, image_column: str | None, class_column: str | None, num_bins: int
+    raw: Any,
+    name: str,
+    image_column: str | None,
+    class_column: str | None,
+    num_bins: int,
+    channels: int | None = None,
 ) -> ImageDataset:
     import datasets
 
@@ -207,7 +288,8 @@ def _wrap(
     raw = raw.rename_columns({k: v for k, v in keep.items() if k != v})
     if not isinstance(raw.features["image"], datasets.Image):
         raw = raw.cast_column("image", datasets.Image())
-    channels = 1 if raw[0]["image"].mode in ("1", "L", "I", "I;16", "F") else 3
+    if channels is None:
+        channels = 1 if raw[0]["image"].mode in GREY_MODES else 3
     return ImageDataset(raw, num_classes, channels, num_bins, name)
 
 

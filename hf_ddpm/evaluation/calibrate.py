@@ -18,7 +18,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -245,15 +244,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``hf-ddpm calibrate``; returns the exit status (2 for bad input, with the reason on stderr)."""
-    try:
-        return _run(args)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as error:
-        print(f"hf-ddpm calibrate: error: {error}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
+    """Run ``hf-ddpm calibrate``. Bad input is raised before the long loop, and cli.py reports it as one
+    line with exit status 2."""
     from hf_ddpm.core.hub_layout import push_folder_to_hub, resolve_pipeline_folder
     from hf_ddpm.core.pipeline import HFDDPMPipeline
 

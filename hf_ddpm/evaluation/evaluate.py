@@ -15,10 +15,10 @@ et al. 2023). See docs/evaluation.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,13 +40,16 @@ from .frechet import feature_statistics, frechet_distance
 from .nll import NLLResult, exact_nll, importance_sampled_nll, term_means_proposal
 
 __all__ = [
+    "DEFAULT_GRID_STEPS",
     "METRICS",
+    "EvaluationOptions",
     "ReferenceData",
     "add_arguments",
     "add_data_arguments",
     "build_extractors",
     "evaluate_pipeline",
     "format_table",
+    "sampling_steps",
     "load_reference",
     "parse_metrics",
     "push_metrics_to_hub",
@@ -62,6 +65,8 @@ _CARD_METRICS = {
     "fd-dinov2": ("fd_dinov2", "FD_DINOv2"),
 }
 _GRID_MAX_IMAGES = 64
+# Sampling steps of a grid drawn only to look at: a preview in seconds, not the metric's full T steps.
+DEFAULT_GRID_STEPS = 50
 
 
 def parse_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
@@ -74,9 +79,9 @@ def parse_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
     names = [name.strip().lower() for name in names if name.strip()]
     unknown = [name for name in names if name not in METRICS]
     if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; allowed: {', '.join(METRICS)}")
+        raise ValueError(f"unknown metric(s) {unknown} in --metrics; allowed: {', '.join(METRICS)}")
     if not names:
-        raise ValueError(f"no metric given; allowed: {', '.join(METRICS)}")
+        raise ValueError(f"no metric given in --metrics; allowed: {', '.join(METRICS)}")
     return tuple(dict.fromkeys(names))
 
 
@@ -102,6 +107,81 @@ class ReferenceData:
         return int(self.images.shape[-1])
 
 
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """What :func:`evaluate_pipeline` computes and how; checked once, when built.
+
+    Attributes:
+        metrics: any of ``nll``, ``fid``, ``fd-dinov2``, as a tuple or a comma-separated string.
+        num_samples: images generated for the Fréchet distances.
+        num_inference_steps: sampling steps for those images; None for the scheduler's
+            ``num_train_timesteps``. When given, the ``nll`` metric is the bound of that K-step chain (the
+            scheduler's spacing and variance type), as Bao et al. 2022 report few-step NLLs.
+        batch_size: images per pipeline call and per NLL batch.
+        seed: seeds sampling and the NLL's noise.
+        nll_timesteps: K for the importance-sampled NLL estimate; None for the exact T-term loop.
+        nll_proposal: q(t) for that estimate (see :func:`hf_ddpm.evaluation.nll.proposal_probabilities`);
+            uniform when None, unless ``nll_proposal_images`` > 0.
+        nll_proposal_images: build q(t) from the per-term means of the exact loop on this many reference
+            images (:func:`hf_ddpm.evaluation.nll.term_means_proposal`); far lower variance than uniform.
+        stats_cache_dir: where reference statistics are cached (see
+            :func:`hf_ddpm.evaluation.features.default_cache_dir`).
+        grid_path: where to write a grid PNG of up to 64 samples; None for no grid. The grid reuses the
+            Fréchet samples when there are any; otherwise its images are drawn with ``grid_steps``.
+        grid_steps: sampling steps of a grid drawn for its own sake; None for ``num_inference_steps`` if
+            given, else ``min(T, DEFAULT_GRID_STEPS)``: a preview, not a metric.
+
+    Raises:
+        ValueError: a bad metric name or a value out of range; the message names the option and its flag.
+    """
+
+    metrics: tuple[str, ...] | str = ("nll", "fd-dinov2")
+    num_samples: int = 1000
+    num_inference_steps: int | None = None
+    batch_size: int = 64
+    seed: int = 0
+    nll_timesteps: int | None = None
+    nll_proposal: Any = None
+    nll_proposal_images: int = 0
+    stats_cache_dir: str | Path | None = None
+    grid_path: str | Path | None = None
+    grid_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", parse_metrics(self.metrics))
+        if self.frechet_metrics and self.num_samples < 2:
+            raise ValueError(
+                f"a Fréchet distance needs at least 2 samples; got num_samples={self.num_samples} "
+                "(--num-samples)"
+            )
+        if self.grid_path is not None and self.num_samples < 1:
+            raise ValueError(
+                f"a sample grid needs num_samples (--num-samples) >= 1; got {self.num_samples}"
+            )
+        at_least = {
+            "batch_size": (self.batch_size, 1),
+            "num_inference_steps": (self.num_inference_steps, 1),
+            "nll_timesteps": (self.nll_timesteps, 1),
+            "nll_proposal_images": (self.nll_proposal_images, 0),
+            "grid_steps": (self.grid_steps, 1),
+        }
+        for name, (value, low) in at_least.items():
+            if value is not None and value < low:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{name} ({flag}) must be >= {low}; got {value}")
+        if "nll" in self.metrics and None not in (self.nll_timesteps, self.num_inference_steps):
+            raise ValueError(
+                "the importance-sampled NLL (--nll-timesteps) samples the terms of the full T-step chain; "
+                "the K-step chain of --num-inference-steps has only K terms: drop --nll-timesteps to "
+                "evaluate them all"
+            )
+
+    @property
+    def frechet_metrics(self) -> tuple[str, ...]:
+        """The Fréchet metrics asked for, in order."""
+        return tuple(name for name in self.metrics if name in _FRECHET_METRICS)
+
+
 def load_reference(
     resolution: int,
     dataset: str | None = "mnist-5k",
@@ -119,6 +199,8 @@ def load_reference(
     """
     from hf_ddpm.data.image_datasets import collate, load_image_dataset, preprocess
 
+    if train_data_dir is not None:
+        _check_folder_split(train_data_dir, split)
     data = load_image_dataset(dataset, train_data_dir, split=split, image_column=image_column)
     count = len(data) if max_images is None else min(max_images, len(data))
     processed = preprocess(data, resolution)
@@ -127,6 +209,22 @@ def load_reference(
         raise ValueError(f"the {split!r} split of {data.name!r} has no images")
     images = collate(examples)["pixel_values"]
     return ReferenceData(images=images, num_bins=data.num_bins, name=data.name, split=split)
+
+
+def _check_folder_split(train_data_dir: str, split: str) -> None:
+    """An image folder has only the splits its sub-folders name (most have just ``train``): say which."""
+    import datasets
+
+    if not Path(train_data_dir).is_dir():
+        return  # load_image_dataset names the missing folder
+    splits = datasets.get_dataset_split_names("imagefolder", data_dir=train_data_dir)
+    if split not in splits:
+        hint = f"pass --split {splits[0]}" if len(splits) == 1 else f"pass --split one of {splits}"
+        raise ValueError(
+            f"--split {split}: the image folder {train_data_dir} has no {split!r} split, only "
+            f"{splits}; {hint} (a split the model was trained on makes the NLL and Fréchet distances "
+            f"optimistic), or put held-out images in a {split}/ sub-folder"
+        )
 
 
 def build_extractors(
@@ -151,25 +249,30 @@ def _model_resolution(pipe: Any) -> int:
 
 @torch.no_grad()
 def _generate(
-    pipe: Any, num_samples: int, batch_size: int, num_inference_steps: int, seed: int
+    pipe: Any, num_samples: int, batch_size: int, num_inference_steps: int, seed: int, desc: str
 ) -> torch.Tensor:
-    """``num_samples`` images in [0, 1], (N, C, H, W), from one CPU generator: reproducible on any device."""
+    """``num_samples`` images in [0, 1], (N, C, H, W), from one CPU generator: reproducible on any device.
+
+    One bar counts the images; the pipeline's own bar shows the steps of the batch being drawn.
+    """
     generator = torch.Generator("cpu").manual_seed(seed)
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(desc=f"{num_inference_steps} steps", leave=False)
     # A class-conditional CFG model is judged as the model of p(x): its null label, like the NLL.
     num_class_embeds = getattr(pipe.unet.config, "num_class_embeds", None)
     batches = []
-    for start in tqdm(range(0, num_samples, batch_size), desc="sampling", leave=False):
-        count = min(batch_size, num_samples - start)
-        labels = {"class_labels": [num_class_embeds - 1] * count} if num_class_embeds else {}
-        out = pipe(
-            batch_size=count,
-            generator=generator,
-            num_inference_steps=num_inference_steps,
-            output_type="pt",
-            **labels,
-        )
-        batches.append(out.images.float().cpu())
+    with tqdm(total=num_samples, desc=desc, unit="img", leave=False) as bar:
+        for start in range(0, num_samples, batch_size):
+            count = min(batch_size, num_samples - start)
+            labels = {"class_labels": [num_class_embeds - 1] * count} if num_class_embeds else {}
+            out = pipe(
+                batch_size=count,
+                generator=generator,
+                num_inference_steps=num_inference_steps,
+                output_type="pt",
+                **labels,
+            )
+            batches.append(out.images.float().cpu())
+            bar.update(count)
     return torch.cat(batches)
 
 
@@ -180,7 +283,9 @@ def save_grid(images: torch.Tensor, path: str | Path) -> Path:
     grid = image_grid(images[:_GRID_MAX_IMAGES].permute(0, 2, 3, 1).float().numpy())
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    partial = path.with_name(f".{path.name}.partial")
+    grid.save(partial, format="PNG")
+    partial.replace(path)
     return path
 
 
@@ -193,20 +298,31 @@ def _check_nll_model(pipe: Any) -> None:
         )
 
 
+def sampling_steps(pipe: Any, options: EvaluationOptions) -> tuple[int, int]:
+    """``(steps of the Fréchet samples, steps of a grid drawn on its own)`` for ``pipe``'s scheduler.
+
+    Raises:
+        ValueError: either is more than the scheduler's ``num_train_timesteps``.
+    """
+    num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
+    steps = options.num_inference_steps or num_train_timesteps
+    grid_steps = options.grid_steps or options.num_inference_steps
+    grid_steps = grid_steps or min(num_train_timesteps, DEFAULT_GRID_STEPS)
+    for name, value in (("num_inference_steps", steps), ("grid_steps", grid_steps)):
+        if value > num_train_timesteps:
+            raise ValueError(
+                f"{name} (--{name.replace('_', '-')}) must be in 1..{num_train_timesteps} (the "
+                f"scheduler's num_train_timesteps); got {value}"
+            )
+    return steps, grid_steps
+
+
 def evaluate_pipeline(
     pipe: Any,
     reference: ReferenceData,
-    metrics: str | Sequence[str] = ("nll", "fd-dinov2"),
-    num_samples: int = 1000,
-    num_inference_steps: int | None = None,
-    batch_size: int = 64,
-    seed: int = 0,
-    nll_timesteps: int | None = None,
-    nll_proposal: Any = None,
-    nll_proposal_images: int = 0,
+    options: EvaluationOptions | None = None,
     extractors: dict[str, FeatureExtractor] | None = None,
-    stats_cache_dir: str | Path | None = None,
-    grid_path: str | Path | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Evaluate ``pipe`` (an ``HFDDPMPipeline`` or any pipeline with ``unet`` and ``scheduler``).
 
@@ -214,36 +330,20 @@ def evaluate_pipeline(
         pipe: the pipeline; it is called as ``pipe(batch_size=, generator=, num_inference_steps=,
             output_type="pt")``.
         reference: held-out images (see :func:`load_reference`).
-        metrics: any of ``nll``, ``fid``, ``fd-dinov2``.
-        num_samples: images generated for the Fréchet distances (the grid shows up to 64 of them).
-        num_inference_steps: sampling steps; defaults to the scheduler's ``num_train_timesteps``. When given,
-            the ``nll`` metric is the bound of that K-step chain (the scheduler's spacing and variance type).
-        batch_size: images per pipeline call and per NLL batch.
-        seed: seeds sampling and the NLL's noise.
-        nll_timesteps: K for the importance-sampled NLL estimate; None for the exact T-term loop.
-        nll_proposal: q(t) for that estimate (see :func:`hf_ddpm.evaluation.nll.proposal_probabilities`); uniform
-            when None, unless ``nll_proposal_images`` > 0.
-        nll_proposal_images: build q(t) from the per-term means of the exact loop on this many reference
-            images (:func:`hf_ddpm.evaluation.nll.term_means_proposal`); far lower variance than uniform.
+        options: what to compute (:class:`EvaluationOptions`); its defaults when None.
         extractors: feature extractors by metric; built by :func:`build_extractors` when missing.
-        stats_cache_dir: where reference statistics are cached (see :func:`hf_ddpm.evaluation.features.default_cache_dir`).
-        grid_path: where to write the sample grid PNG; None for no grid.
+        **overrides: fields of :class:`EvaluationOptions` that replace those of ``options``, e.g.
+            ``evaluate_pipeline(pipe, reference, metrics="nll", seed=1)``.
 
     Returns:
         The report: ``metrics`` (one entry per metric), ``settings``, ``seed``, ``num_samples``, and
         ``sample_grid`` (the PNG path or None).
 
     Raises:
-        ValueError: bad metric names, a resolution mismatch, or fewer than 2 samples for a Fréchet distance.
+        ValueError: bad options, a resolution mismatch, or too many sampling steps for the scheduler.
     """
-    names = parse_metrics(metrics)
-    frechet = [name for name in names if name in _FRECHET_METRICS]
-    if frechet and num_samples < 2:
-        raise ValueError(
-            f"a Fréchet distance needs at least 2 samples; got num_samples={num_samples}"
-        )
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    options = dataclasses.replace(options or EvaluationOptions(), **overrides)
+    names, frechet = options.metrics, options.frechet_metrics
     resolution = _model_resolution(pipe)
     if reference.resolution != resolution:
         raise ValueError(
@@ -251,13 +351,8 @@ def evaluate_pipeline(
         )
     if "nll" in names:
         _check_nll_model(pipe)
-        if nll_timesteps is not None and num_inference_steps is not None:
-            raise ValueError(
-                "the importance-sampled NLL (nll_timesteps) samples the terms of the full T-step chain; "
-                "the K-step chain of num_inference_steps has only K terms: drop nll_timesteps to evaluate "
-                "them all"
-            )
-    steps = num_inference_steps or int(pipe.scheduler.config.num_train_timesteps)
+    num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
+    steps, grid_steps = sampling_steps(pipe, options)
     if extractors is None:
         extractors = build_extractors(frechet)
     missing = [name for name in frechet if name not in extractors]
@@ -268,47 +363,31 @@ def evaluate_pipeline(
     timings: dict[str, float] = {}
     if "nll" in names:
         start = time.perf_counter()
-        results["nll"] = _nll(
-            pipe,
-            reference,
-            batch_size,
-            seed,
-            nll_timesteps,
-            nll_proposal,
-            nll_proposal_images,
-            num_inference_steps,
-        ).to_dict()
+        results["nll"] = _nll(pipe, reference, options).to_dict()
         timings["nll_s"] = time.perf_counter() - start
 
     samples = None
-    if frechet or grid_path is not None:
-        count = num_samples if frechet else min(num_samples, _GRID_MAX_IMAGES)
+    if frechet:
         start = time.perf_counter()
-        samples = _generate(pipe, count, batch_size, steps, seed)
+        samples = _generate(
+            pipe, options.num_samples, options.batch_size, steps, options.seed, "sampling"
+        )
         timings["sampling_s"] = time.perf_counter() - start
     for name in frechet:
-        extractor = extractors[name]
-        key = StatisticsKey(
-            reference.name, reference.split, resolution, extractor.name, len(reference.images)
-        )
-        ref_stats = reference_statistics(
-            key,
-            extractor,
-            lambda: ((x + 1) / 2 for x in reference.images.split(batch_size)),
-            cache_dir=stats_cache_dir,
-        )
-        gen_stats = feature_statistics(
-            extract_features(extractor, samples.split(batch_size), desc=name)
-        )
-        results[name] = {
-            "value": frechet_distance(gen_stats, ref_stats),
-            "num_samples": gen_stats.num_samples,
-            "num_reference": ref_stats.num_samples,
-            "feature_model": extractor.name,
-            "feature_dim": gen_stats.dim,
-        }
+        results[name] = _frechet(extractors[name], samples, reference, resolution, options)
 
-    grid = save_grid(samples, grid_path) if grid_path is not None and samples is not None else None
+    grid = None
+    if options.grid_path is not None:
+        if samples is None:
+            start = time.perf_counter()
+            count = min(options.num_samples, _GRID_MAX_IMAGES)
+            samples = _generate(
+                pipe, count, options.batch_size, grid_steps, options.seed, "sample grid"
+            )
+            timings["grid_s"] = time.perf_counter() - start
+        else:
+            grid_steps = steps
+        grid = save_grid(samples, options.grid_path)
     return {
         "metrics": results,
         "settings": {
@@ -318,57 +397,103 @@ def evaluate_pipeline(
             "num_bins": reference.num_bins,
             "resolution": resolution,
             "num_inference_steps": steps,
-            "num_train_timesteps": int(pipe.scheduler.config.num_train_timesteps),
-            "batch_size": batch_size,
-            "nll_estimator": _describe_estimator(nll_timesteps, nll_proposal, nll_proposal_images),
+            "grid_inference_steps": None if grid is None else grid_steps,
+            "num_train_timesteps": num_train_timesteps,
+            "batch_size": options.batch_size,
+            "nll_estimator": _describe_estimator(options),
             "scheduler": type(pipe.scheduler).__name__,
         },
-        "seed": seed,
-        "num_samples": num_samples if frechet else (0 if samples is None else len(samples)),
+        "seed": options.seed,
+        "num_samples": options.num_samples if frechet else 0,
         "timings": timings,
         "sample_grid": None if grid is None else str(grid),
     }
 
 
-def _describe_estimator(nll_timesteps: int | None, proposal: Any, proposal_images: int) -> str:
-    if nll_timesteps is None:
+def _frechet(
+    extractor: FeatureExtractor,
+    samples: torch.Tensor,
+    reference: ReferenceData,
+    resolution: int,
+    options: EvaluationOptions,
+) -> dict[str, Any]:
+    key = StatisticsKey(
+        reference.name, reference.split, resolution, extractor.name, len(reference.images)
+    )
+    ref_stats = reference_statistics(
+        key,
+        extractor,
+        lambda: _Batches(reference.images, options.batch_size, transform=lambda x: (x + 1) / 2),
+        cache_dir=options.stats_cache_dir,
+    )
+    gen_stats = feature_statistics(
+        extract_features(extractor, _Batches(samples, options.batch_size), desc=extractor.name)
+    )
+    return {
+        "value": frechet_distance(gen_stats, ref_stats),
+        "num_samples": gen_stats.num_samples,
+        "num_reference": ref_stats.num_samples,
+        "feature_model": extractor.name,
+        "feature_dim": gen_stats.dim,
+    }
+
+
+class _Batches:
+    """``images`` in batches of ``batch_size``, each passed through ``transform``: an iterable with a
+    length, so that progress bars over it show their total."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        batch_size: int,
+        transform: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+    ) -> None:
+        self.images, self.batch_size, self.transform = images, batch_size, transform
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (self.transform(x) for x in self.images.split(self.batch_size))
+
+
+def _describe_estimator(options: EvaluationOptions) -> str:
+    if options.nll_timesteps is None:
         return "exact"
-    if proposal is not None:
+    if options.nll_proposal is not None:
         source = "given"
-    elif proposal_images > 0:
-        source = f"term means of {proposal_images} images"
+    elif options.nll_proposal_images > 0:
+        source = f"term means of {options.nll_proposal_images} images"
     else:
         source = "uniform"
-    return f"importance-sampled (K={nll_timesteps}, q(t): {source})"
+    return f"importance-sampled (K={options.nll_timesteps}, q(t): {source})"
 
 
-def _nll(
-    pipe: Any,
-    reference: ReferenceData,
-    batch_size: int,
-    seed: int,
-    nll_timesteps: int | None,
-    proposal: Any,
-    proposal_images: int,
-    num_inference_steps: int | None,
-) -> NLLResult:
+def _nll(pipe: Any, reference: ReferenceData, options: EvaluationOptions) -> NLLResult:
     device = pipe.unet.device
-    generator = torch.Generator(device).manual_seed(seed)
-    batches = (x.to(device) for x in reference.images.split(batch_size))
+    generator = torch.Generator(device).manual_seed(options.seed)
+    batches = _Batches(reference.images, options.batch_size, transform=lambda x: x.to(device))
     common = {"num_bins": reference.num_bins, "generator": generator}
     model = unconditional_model(pipe.unet)
-    if nll_timesteps is None:
+    if options.nll_timesteps is None:
         return exact_nll(
-            model, pipe.scheduler, batches, num_inference_steps=num_inference_steps, **common
+            model,
+            pipe.scheduler,
+            batches,
+            num_inference_steps=options.num_inference_steps,
+            **common,
         )
-    if proposal is None and proposal_images > 0:
+    proposal = options.nll_proposal
+    if proposal is None and options.nll_proposal_images > 0:
         # a generator of its own, so that building the proposal does not shift the estimate's draws
-        x = reference.images[:proposal_images].to(device)
-        proposal_generator = torch.Generator(device).manual_seed(seed + 1)
+        x = reference.images[: options.nll_proposal_images].to(device)
+        proposal_generator = torch.Generator(device).manual_seed(options.seed + 1)
         proposal = term_means_proposal(
             model, pipe.scheduler, x, proposal_generator, reference.num_bins
         )
-    return importance_sampled_nll(model, pipe.scheduler, batches, nll_timesteps, proposal, **common)
+    return importance_sampled_nll(
+        model, pipe.scheduler, batches, options.nll_timesteps, proposal, **common
+    )
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -476,11 +601,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-inference-steps",
         type=int,
         default=None,
-        help="sampling steps, and the K-step chain whose bound the nll metric reports (default: all "
-        "training steps)",
+        help="sampling steps of the Fréchet samples, and the K-step chain whose bound the nll metric "
+        "reports (default: T, all training steps)",
     )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="images per pipeline call and per NLL batch"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seeds sampling and the NLL's noise")
     parser.add_argument(
         "--nll-timesteps",
         type=int,
@@ -493,13 +620,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=8,
         metavar="N",
-        help="with --nll-timesteps: q(t) from the exact per-term means of N images; 0 for uniform "
-        "(default: 8)",
+        help="with --nll-timesteps: q(t) from the exact per-term means of N images; 0 for uniform",
     )
     parser.add_argument(
         "--dinov2-model",
         default=DEFAULT_DINOV2_MODEL,
-        help="transformers DINOv2 model id or folder",
+        help="transformers DINOv2 model id or folder, for fd-dinov2",
     )
     parser.add_argument(
         "--inception-weights", default=None, help="FID Inception weights file (torch-fidelity's)"
@@ -508,11 +634,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stats-cache-dir", default=None, help="cache of reference feature statistics"
     )
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--output", default="evaluation.json", help="JSON report path")
     parser.add_argument(
-        "--output", default="evaluation.json", help="JSON report path (default: evaluation.json)"
+        "--grid",
+        default=None,
+        metavar="PATH",
+        help="also write a PNG grid of up to 64 samples (default: no grid). It reuses the Fréchet "
+        f"samples; with only nll it draws its own, in --num-inference-steps or {DEFAULT_GRID_STEPS} "
+        "steps",
     )
     parser.add_argument(
-        "--grid", default=None, help="sample grid PNG (default: the report path with .png)"
+        "--no-grid",
+        dest="grid",
+        action="store_const",
+        const=None,
+        help="write no sample grid (the last of --grid and --no-grid wins)",
     )
     parser.add_argument(
         "--push-to-hub", action="store_true", help="add the metrics to the Hub model card"
@@ -520,29 +656,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--hub-model-id", default=None, help="repo to update (default: MODEL, if a repo id)"
     )
-    parser.add_argument("--hub-token", default=None)
+    parser.add_argument("--hub-token", default=None, help="Hub token (default: the logged-in one)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``hf-ddpm evaluate``; returns the exit status (2 for bad input, with the reason on stderr)."""
-    try:
-        return _run(args)
-    except (FileNotFoundError, NotADirectoryError, ValueError, ImportError) as error:
-        print(f"hf-ddpm evaluate: error: {error}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
-    metrics = parse_metrics(args.metrics)
+    """Run ``hf-ddpm evaluate``. Bad input is raised (``ValueError``, ``FileNotFoundError``,
+    ``ImportError``) before any long loop, and cli.py reports it as one line with exit status 2."""
+    options = EvaluationOptions(
+        metrics=args.metrics,
+        num_samples=args.num_samples,
+        num_inference_steps=args.num_inference_steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        nll_timesteps=args.nll_timesteps,
+        nll_proposal_images=args.nll_proposal_images,
+        stats_cache_dir=args.stats_cache_dir,
+        grid_path=args.grid or None,
+    )
     repo_id = args.hub_model_id or (None if Path(args.model).exists() else args.model)
     if args.push_to_hub and repo_id is None:
         raise ValueError("--push-to-hub with a local folder needs --hub-model-id")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    extractors = build_extractors(metrics, args.dinov2_model, args.inception_weights, device)
+    extractors = build_extractors(
+        options.metrics, args.dinov2_model, args.inception_weights, device
+    )
 
     from hf_ddpm.core.pipeline import HFDDPMPipeline
 
     pipe = HFDDPMPipeline.from_pretrained(args.model).to(device)
+    sampling_steps(pipe, options)  # fail before the reference images are read
     reference = load_reference(
         _model_resolution(pipe),
         args.dataset,
@@ -552,24 +694,13 @@ def _run(args: argparse.Namespace) -> int:
         args.max_reference_images,
     )
     output = Path(args.output)
-    report = evaluate_pipeline(
-        pipe,
-        reference,
-        metrics=metrics,
-        num_samples=args.num_samples,
-        num_inference_steps=args.num_inference_steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        nll_timesteps=args.nll_timesteps,
-        nll_proposal_images=args.nll_proposal_images,
-        extractors=extractors,
-        stats_cache_dir=args.stats_cache_dir,
-        grid_path=args.grid or output.with_suffix(".png"),
-    )
+    report = evaluate_pipeline(pipe, reference, options, extractors)
     report["model"] = str(args.model)
     report["settings"]["device"] = str(device)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    partial = output.with_name(f".{output.name}.partial")
+    partial.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    partial.replace(output)
     print(format_table(report))
     print(
         f"report: {output}"

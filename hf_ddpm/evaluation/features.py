@@ -90,9 +90,7 @@ class DinoV2Features:
         device: str | torch.device | None = None,
     ) -> None:
         if isinstance(model, str):
-            from transformers import AutoModel
-
-            model_id, model = model, AutoModel.from_pretrained(model)
+            model_id, model = model, _load_dinov2(model)
         else:
             model_id = getattr(model.config, "_name_or_path", "") or "dinov2"
         patch = int(model.config.patch_size)
@@ -123,6 +121,33 @@ class DinoV2Features:
         """CLS token of the last layer after the final layer norm, shape (B, hidden_size)."""
         out = self.model(pixel_values=self.preprocess(images))
         return out.pooler_output.float().cpu()
+
+
+def _load_dinov2(model_id: str) -> torch.nn.Module:
+    """``AutoModel.from_pretrained(model_id)``; without the network or a cached copy, a FileNotFoundError
+    that names the model and the ``--dinov2-model`` option instead of transformers' traceback."""
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_pretrained(model_id)
+    except (OSError, ValueError) as error:  # ValueError: a folder with no model config
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if Path(model_id).exists() or not isinstance(error, OSError):
+            raise FileNotFoundError(
+                f"--dinov2-model {model_id}: not a transformers DINOv2 model folder ({detail})"
+            ) from error
+        offline = "HF_HUB_OFFLINE=1 is set" if _hub_offline() else "the Hub could not be reached"
+        raise FileNotFoundError(
+            f"fd-dinov2 needs the DINOv2 model {model_id!r}, which is not in the Hugging Face cache, "
+            f"and {offline}. Download it once where the network works (`hf download {model_id}`), "
+            f"or pass --dinov2-model FOLDER with a saved DINOv2 model ({detail})"
+        ) from error
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def find_inception_weights(weights_path: str | os.PathLike | None = None) -> Path | None:
@@ -195,8 +220,8 @@ def _load_inception(weights: Path | None) -> torch.nn.Module:
             features_list=["2048"],
             feature_extractor_weights_path=None if weights is None else str(weights),
         )
-    except OSError as err:  # the download failed (offline)
-        raise RuntimeError(
+    except OSError as err:  # the download failed (offline): a user error, reported as one line
+        raise FileNotFoundError(
             f"could not download the FID Inception weights ({err}); put {INCEPTION_WEIGHTS_FILENAME} in "
             f"{Path(torch.hub.get_dir()) / 'checkpoints'}, or pass its path with --inception-weights or "
             f"{INCEPTION_WEIGHTS_ENV}"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -151,16 +150,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``hf-ddpm space``: 0 on success, 2 for bad options, 1 if the Hub refused."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    try:
-        url = deploy_space(args.space_id, args.model, args.app_dir, args.private, args.token)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"hf-ddpm space: error: {error}", file=sys.stderr)
-        return 2
-    except HfHubHTTPError as error:
-        print(f"hf-ddpm space: the Hub refused the upload: {error}", file=sys.stderr)
-        return 1
+    """Entry point of ``hf-ddpm space``. Bad options are raised as ``ValueError`` or
+    ``FileNotFoundError`` and a refused upload as huggingface_hub's error; cli.py reports either as one
+    line (exit 2 and 1)."""
+    url = deploy_space(args.space_id, args.model, args.app_dir, args.private, args.token)
     print(f"hf-ddpm space: deployed {args.model} to {url}")
     return 0

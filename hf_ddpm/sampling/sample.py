@@ -15,23 +15,37 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``hf-ddpm sample`` options; ``--threads`` and the ``--device`` check come from cli.py."""
     parser.add_argument(
         "--model",
         default=None,
         help="Hub repo id or local pipeline folder (default: the bundled mnist-5k model)",
     )
     parser.add_argument("--output", default="samples.png", help="grid image to write (PNG)")
-    parser.add_argument("--num-images", type=int, default=16)
-    parser.add_argument("--num-inference-steps", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-images", type=int, default=16, help="images in the grid (>= 1)")
+    parser.add_argument(
+        "--num-inference-steps",
+        type=int,
+        default=None,
+        help="sampling steps, 1..T (default: T, the model's num_train_timesteps; fewer steps are "
+        "faster and respaced as in Nichol & Dhariwal 2021)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the one CPU generator")
     parser.add_argument(
         "--class-label",
         type=int,
         default=None,
-        help="class to draw (class-conditional models; default: every class in turn)",
+        help="class to draw, 0..num_classes-1 (class-conditional models; default: every class in turn)",
     )
-    parser.add_argument("--guidance-scale", type=float, default=1.0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance weight, >= 0 (class-conditional models; 1 is no guidance)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="torch device (default: cuda when available, else cpu)"
+    )
 
 
 def _untrained_pipeline() -> Any:
@@ -58,7 +72,12 @@ def _untrained_pipeline() -> Any:
 
 
 def load_for_sampling(model: str | None) -> Any:
-    """The pipeline named by ``model``, else the bundled one, else an untrained one (with a warning)."""
+    """The pipeline named by ``model``, else the bundled one, else an untrained one (with a warning).
+
+    Raises:
+        FileNotFoundError: ``model`` is neither a saved pipeline folder nor a reachable Hub repo; the
+            message names ``--model``.
+    """
     from hf_ddpm.core.pipeline import HFDDPMPipeline
 
     if model is None:
@@ -66,38 +85,92 @@ def load_for_sampling(model: str | None) -> Any:
         if bundled is None:
             return _untrained_pipeline()
         model = str(bundled)
-    return HFDDPMPipeline.from_pretrained(model)
+    try:
+        return HFDDPMPipeline.from_pretrained(model)
+    except (FileNotFoundError, NotADirectoryError) as error:
+        raise FileNotFoundError(f"--model {model}: {error}") from error
+
+
+SEED_RANGE = range(0, 2**64)  # what torch.Generator.manual_seed takes without wrapping around
+
+
+def num_classes(pipeline: Any) -> int | None:
+    """Classes a model trained by ``hf-ddpm train --class-column`` draws, or None if unconditional.
+
+    hf-ddpm train keeps the last class embedding as the null label of classifier-free guidance, so the
+    classes are 0..num_class_embeds-2.
+    """
+    num_class_embeds = getattr(pipeline.unet.config, "num_class_embeds", None)
+    return num_class_embeds - 1 if num_class_embeds else None
+
+
+def check_sample_options(
+    pipeline: Any,
+    num_images: int,
+    num_inference_steps: int,
+    seed: int,
+    class_label: int | None,
+    guidance_scale: float,
+) -> None:
+    """Raise ``ValueError`` naming the ``hf-ddpm sample`` flag and its allowed range for a bad value."""
+    num_train_timesteps = int(pipeline.scheduler.config.num_train_timesteps)
+    if num_images < 1:
+        raise ValueError(f"--num-images must be >= 1, got {num_images}")
+    if not 1 <= num_inference_steps <= num_train_timesteps:
+        raise ValueError(
+            f"--num-inference-steps must be in 1..{num_train_timesteps} (the model's "
+            f"num_train_timesteps), got {num_inference_steps}"
+        )
+    if seed not in SEED_RANGE:
+        raise ValueError(f"--seed must be in 0..{SEED_RANGE.stop - 1}, got {seed}")
+    if guidance_scale < 0:
+        raise ValueError(
+            f"--guidance-scale must be >= 0 (1 is no guidance), got {guidance_scale:g}"
+        )
+    classes = num_classes(pipeline)
+    if classes is None:
+        if class_label is not None or guidance_scale != 1.0:
+            flag = "--class-label" if class_label is not None else "--guidance-scale"
+            raise ValueError(
+                f"{flag} needs a class-conditional model; this UNet has no class embedding"
+            )
+    elif class_label is not None and not 0 <= class_label < classes:
+        raise ValueError(
+            f"--class-label must be in 0..{classes - 1} (this model has {classes} classes), got "
+            f"{class_label}"
+        )
 
 
 def sample_grid(
     pipeline: Any,
     num_images: int = 16,
-    num_inference_steps: int = 1000,
+    num_inference_steps: int | None = None,
     seed: int = 0,
     class_label: int | None = None,
     guidance_scale: float = 1.0,
 ) -> Any:
-    """``num_images`` samples as one near-square PIL grid."""
+    """``num_images`` samples as one near-square PIL grid; ``num_inference_steps`` defaults to T.
+
+    Raises:
+        ValueError: an option out of its range (see :func:`check_sample_options`).
+    """
     from hf_ddpm.data.image_grid import image_grid
 
-    if num_images < 1:
-        raise ValueError(f"--num-images must be >= 1, got {num_images}")
+    steps = num_inference_steps
+    if steps is None:
+        steps = int(pipeline.scheduler.config.num_train_timesteps)
+    check_sample_options(pipeline, num_images, steps, seed, class_label, guidance_scale)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     kwargs: dict[str, Any] = {}
-    num_class_embeds = getattr(pipeline.unet.config, "num_class_embeds", None)
-    if num_class_embeds:
-        # hf-ddpm train keeps the last embedding as the null label: the classes are 0..num_class_embeds-2.
+    classes = num_classes(pipeline)
+    if classes is not None:
         labels = [class_label] * num_images if class_label is not None else None
-        labels = labels or [i % (num_class_embeds - 1) for i in range(num_images)]
+        labels = labels or [i % classes for i in range(num_images)]
         kwargs = {"class_labels": labels, "guidance_scale": guidance_scale}
-    elif class_label is not None:
-        raise ValueError(
-            "--class-label needs a class-conditional model; this UNet has no class embedding"
-        )
     images = pipeline(
         batch_size=num_images,
         generator=generator,
-        num_inference_steps=num_inference_steps,
+        num_inference_steps=steps,
         output_type="np",
         **kwargs,
     ).images
@@ -105,11 +178,13 @@ def sample_grid(
 
 
 def run(args: argparse.Namespace) -> int:
+    """Entry point of ``hf-ddpm sample``; user errors are raised and cli.py reports them."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     output = Path(args.output)
     if output.suffix.lower() != ".png":
-        raise SystemExit(f"--output must be a .png file, got {output}")
-    pipeline = load_for_sampling(args.model).to(args.device)
+        raise ValueError(f"--output must be a .png file, got {output}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipeline = load_for_sampling(args.model).to(device)
     grid = sample_grid(
         pipeline,
         num_images=args.num_images,
@@ -119,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance_scale,
     )
     output.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(output)
+    partial = output.with_name(f".{output.name}.partial")
+    grid.save(partial, format="PNG")
+    partial.replace(output)  # a reader never sees half a PNG
     print(f"wrote {args.num_images} samples to {output}")
     return 0

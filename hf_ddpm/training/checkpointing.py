@@ -65,10 +65,15 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    # safetensors writes through a private temporary file (mode 0600); give each file the mode a plain
+    # open() would, which the new folder's own mode shows (0777 less the umask) without touching the
+    # process-wide umask.
+    file_mode = tmp.stat().st_mode & 0o666
     digests: dict[str, str] = {}
     for group, group_tensors in tensors.items():
         path = tmp / f"{group}.safetensors"
         save_file({k: v.detach().cpu().contiguous() for k, v in group_tensors.items()}, str(path))
+        path.chmod(file_mode)
         digests[path.name] = _fsync_and_hash(path)
     state_path = tmp / STATE
     state_path.write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")

@@ -10,15 +10,56 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hf_ddpm.data.ingest import CHANNEL_CHOICES
+
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 LOGGERS = ("tensorboard", "none")
 # --resume-from-checkpoint value that downloads the checkpoint pushed to --hub-model-id.
 RESUME_FROM_HUB = "hub"
+# Key of train_config.json that records what the run found in its data (image count, channels, skipped
+# files); not an option, so reading the file back as --config ignores it.
+DATA_RECORD = "data"
+# The paper's batch and warm-up (Ho et al. 2020), used when the flags are not given and the run is big
+# enough: the batch is capped at the number of images, the warm-up at WARMUP_FRACTION of --max-steps.
+PAPER_BATCH_SIZE = 128
+PAPER_WARMUP_STEPS = 5000
+WARMUP_FRACTION = 0.1
+# Options that a resumed run may change without changing its numbers: how long it runs, where and how
+# often it writes, logs and pushes, and how it loads data. Every other option must match the checkpoint's
+# (``run_checkpoint.check_resume_options``), so a new option is checked unless it is listed here.
+RESUMABLE_OPTIONS = frozenset(
+    {
+        "max_steps",
+        "output_dir",
+        "checkpoint_every",
+        "checkpoints_total_limit",
+        "resume_from_checkpoint",
+        "overwrite_output_dir",
+        "allow_config_change",
+        "sample_every",
+        "grid",
+        "num_samples",
+        "sample_steps",
+        "logger",
+        "log_every",
+        "push_to_hub",
+        "hub_model_id",
+        "hub_private",
+        "hub_strategy",
+        "dataloader_num_workers",
+        "compile",
+        "skip_bad_images",
+    }
+)
+# Steps of training's sample grids when --sample-steps is not given. Respaced ancestral sampling (Nichol &
+# Dhariwal 2021, section 4) at 50 steps draws a grid in seconds, where T = 1000 steps take minutes.
+GRID_STEPS = 50
 
 
 def _opt(default: Any, help: str, **argparse_kwargs: Any) -> Any:
@@ -38,13 +79,34 @@ class TrainConfig:
     class_column: str | None = _opt(
         None, "label column: trains a class-conditional model", type=str
     )
+    channels: int | None = _opt(
+        None,
+        "image channels to train on: 1 (grey) or 3 (RGB); default: 3 if any image of the folder is in "
+        "colour, else 1",
+        type=int,
+    )
+    skip_bad_images: bool = _opt(
+        False,
+        "leave out the files of --train-data-dir that cannot be read (listed in the log and "
+        "train_config.json) instead of stopping",
+    )
     class_dropout: float = _opt(0.1, "probability of the null label (classifier-free guidance)")
     resolution: int = _opt(32, "image side after resize and center crop")
     random_flip: bool = _opt(False, "random horizontal flips")
-    batch_size: int = _opt(128, "batch size per process")
+    batch_size: int | None = _opt(
+        None,
+        f"batch size per process (default: {PAPER_BATCH_SIZE}, or fewer so that one global batch fits "
+        "in the data)",
+        type=int,
+    )
     max_steps: int = _opt(10_000, "optimizer steps to train for")
     learning_rate: float = _opt(2e-4, "Adam learning rate")
-    lr_warmup_steps: int = _opt(5000, "linear learning-rate warm-up steps")
+    lr_warmup_steps: int | None = _opt(
+        None,
+        f"linear learning-rate warm-up steps (default: {PAPER_WARMUP_STEPS}, or "
+        f"{WARMUP_FRACTION:.0%} of --max-steps when that is fewer)",
+        type=int,
+    )
     max_grad_norm: float = _opt(1.0, "gradient-norm clip")
     ema_decay: float = _opt(0.9999, "EMA decay (with warm-up)")
     model_preset: str = _opt("ddpm-cifar10", "UNet preset: ddpm-cifar10, small, tiny")
@@ -72,9 +134,26 @@ class TrainConfig:
         "'latest', 'hub' (download the checkpoint pushed to --hub-model-id) or a checkpoint-N folder",
         type=str,
     )
-    sample_every: int = _opt(1000, "steps between sample grids (0: only at the end)")
+    overwrite_output_dir: bool = _opt(
+        False,
+        "start over in an --output-dir that holds another run: deletes its checkpoints, samples/ "
+        "and logs/",
+    )
+    allow_config_change: bool = _opt(
+        False,
+        "resume although options that change the run's numbers (batch size, seed, model, data, "
+        "learning rate, ...) differ from the checkpoint's; the resume is then not exact",
+    )
+    sample_every: int = _opt(1000, "steps between sample grids (0: none during training)")
+    grid: bool = _opt(
+        True, "draw the final sample grid (samples.png, shown in the card); --no-grid skips it"
+    )
     num_samples: int = _opt(16, "images in each sample grid")
-    sample_steps: int | None = _opt(None, "sampling steps for grids (default: T)", type=int)
+    sample_steps: int | None = _opt(
+        None,
+        f"respaced sampling steps of the grids (default: {GRID_STEPS}, or T if fewer)",
+        type=int,
+    )
     logger: str = _opt("tensorboard", "experiment tracker: tensorboard or none")
     log_every: int = _opt(
         10,
@@ -134,8 +213,10 @@ class TrainConfig:
             "log_every": 1,
         }
         for name, low in at_least.items():
-            if getattr(self, name) < low:
+            if getattr(self, name) is not None and getattr(self, name) < low:
                 raise ValueError(f"--{_flag(name)} must be >= {low}, got {getattr(self, name)}")
+        if self.channels is not None and self.channels not in CHANNEL_CHOICES:
+            raise ValueError(f"--channels must be 1 (grey) or 3 (RGB), got {self.channels}")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise ValueError(
                 f"--checkpoints-total-limit must be >= 1, got {self.checkpoints_total_limit}"
@@ -170,16 +251,80 @@ class TrainConfig:
                 f"--hub-strategy {self.hub_strategy} uploads checkpoints with --push-to-hub; add "
                 "--push-to-hub --hub-model-id user/name, or use --hub-strategy end"
             )
+        if self.overwrite_output_dir and self.resume_from_checkpoint is not None:
+            raise ValueError(
+                "--overwrite-output-dir deletes the checkpoints that --resume-from-checkpoint "
+                f"{self.resume_from_checkpoint} would continue from; give one of them"
+            )
         if self.resume_from_checkpoint == RESUME_FROM_HUB and not self.hub_model_id:
             raise ValueError(
                 f"--resume-from-checkpoint {RESUME_FROM_HUB} needs --hub-model-id user/name (the repo "
                 "the checkpoints were pushed to)"
             )
 
+    def with_scaled_defaults(
+        self, num_images: int, num_processes: int, saved: dict[str, Any] | None = None
+    ) -> tuple[TrainConfig, list[str]]:
+        """This config with ``--batch-size`` and ``--lr-warmup-steps`` filled in when not given, and a
+        note for each default that was scaled down to fit the run.
+
+        The batch is the paper's 128, capped so that one global batch (``batch_size * num_processes``)
+        fits in ``num_images``; the warm-up is the paper's 5,000 steps, capped at ``WARMUP_FRACTION`` of
+        ``--max-steps``. A resumed run (``saved``: the checkpoint's options) keeps the checkpoint's
+        values, so that changing ``--max-steps`` does not change its learning-rate schedule.
+
+        Raises:
+            ValueError: a given ``--batch-size`` is more than the data holds, or even one image per
+                process is more than the data holds.
+        """
+        notes: list[str] = []
+        batch_size, warmup = self.batch_size, self.lr_warmup_steps
+        saved = saved or {}
+        if batch_size is None and saved.get("batch_size") is not None:
+            batch_size = saved["batch_size"]
+        if warmup is None and saved.get("lr_warmup_steps") is not None:
+            warmup = saved["lr_warmup_steps"]
+        fits = num_images // num_processes
+        if batch_size is None:
+            if fits < 1:
+                raise ValueError(
+                    f"the dataset has {num_images} images, fewer than one per process "
+                    f"({num_processes} processes); use more images or fewer processes"
+                )
+            batch_size = min(PAPER_BATCH_SIZE, fits)
+            if batch_size < PAPER_BATCH_SIZE:
+                notes.append(
+                    f"--batch-size {batch_size}: the default {PAPER_BATCH_SIZE} x {num_processes} "
+                    f"process(es) is more than the {num_images} images of the data"
+                )
+        elif batch_size * num_processes > num_images:
+            raise ValueError(
+                f"--batch-size {batch_size} x {num_processes} process(es) is more than the "
+                f"{num_images} images of the data, fewer than one global batch; give "
+                f"--batch-size {max(fits, 1)} or less, or leave it out to fit the data"
+            )
+        if warmup is None:
+            cap = math.ceil(WARMUP_FRACTION * self.max_steps)
+            warmup = min(PAPER_WARMUP_STEPS, cap)
+            if warmup < PAPER_WARMUP_STEPS:
+                notes.append(
+                    f"--lr-warmup-steps {warmup}: the default {PAPER_WARMUP_STEPS} is capped at "
+                    f"{WARMUP_FRACTION:.0%} of --max-steps {self.max_steps}"
+                )
+        elif warmup >= self.max_steps:
+            notes.append(
+                f"--lr-warmup-steps {warmup} is not less than --max-steps {self.max_steps}: the "
+                "learning rate never reaches --learning-rate"
+            )
+        return dataclasses.replace(self, batch_size=batch_size, lr_warmup_steps=warmup), notes
+
     def to_dict(self) -> dict[str, Any]:
-        """The resolved options, without the Hub token."""
+        """The resolved options, without the Hub token; ``dataset`` is ``None`` when ``train_data_dir``
+        replaces it, so a record never names a dataset the run did not read."""
         values = dataclasses.asdict(self)
         values.pop("hub_token")
+        if self.train_data_dir is not None:
+            values["dataset"] = None
         return values
 
     def command(self) -> str:
@@ -187,7 +332,7 @@ class TrainConfig:
         parts = ["hf-ddpm", "train"]
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "hub_token" or value == f.default:
+            if f.name == "hub_token" or value == f.default or value is None:
                 continue
             if isinstance(value, bool):
                 parts.append(f"--{_flag(f.name)}" if value else f"--no-{_flag(f.name)}")
@@ -199,7 +344,7 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from ``{field or flag name: value}``; unknown keys raise ``ValueError`` listing the known."""
         names = {f.name for f in dataclasses.fields(cls)}
-        normalised = {k.replace("-", "_"): v for k, v in values.items()}
+        normalised = {k.replace("-", "_"): v for k, v in values.items() if k != DATA_RECORD}
         unknown = sorted(set(normalised) - names)
         if unknown:
             raise ValueError(f"unknown train options {unknown}; the options are {sorted(names)}")
@@ -210,29 +355,31 @@ def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
+def _help(field_: dataclasses.Field, text: str) -> str:
+    """``text`` with its default appended, unless the text already says it or there is none; escaped
+    for argparse, which %-formats help strings."""
+    if field_.default is not None and "default" not in text:
+        text = f"{text} (default: {field_.default})"
+    return text.replace("%", "%%")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per :class:`TrainConfig` field, plus ``--config FILE``."""
     parser.add_argument("--config", default=None, help="JSON file of options (flags override it)")
     for f in dataclasses.fields(TrainConfig):
         meta = dict(f.metadata)
-        help_text = meta.pop("help")
+        help_text = _help(f, meta.pop("help"))
         flag = f"--{_flag(f.name)}"
         if isinstance(f.default, bool):
             parser.add_argument(
                 flag,
                 action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
-                help=f"{help_text} (default: {f.default})",
+                help=help_text,
             )
             continue
         kind = meta.pop("type", type(f.default))
-        parser.add_argument(
-            flag,
-            type=kind,
-            default=argparse.SUPPRESS,
-            help=f"{help_text} (default: {f.default})",
-            **meta,
-        )
+        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text, **meta)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

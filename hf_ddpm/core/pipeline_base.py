@@ -1,0 +1,439 @@
+"""What every hf_ddpm pipeline shares: components, class labels and guidance, one reverse step, callbacks,
+output conversion, and saving and loading.
+
+``HFDDPMPipelineMixin`` is deliberately not a ``DiffusionPipeline``: diffusers finds the pipeline of a
+remote-code module as its only ``DiffusionPipeline`` subclass, so each pipeline module (``pipeline.py``,
+``pipeline_inpaint.py``, ``pipeline_img2img.py``) must hold exactly one, and this module none.
+
+Remote code: this file is copied next to ``pipeline.py`` in every saved folder, so it imports only torch,
+diffusers, the standard library and its siblings; ``hub_layout`` is imported inside the methods that
+need it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from diffusers import ImagePipelineOutput, ModelMixin, SchedulerMixin, UNet2DModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+# diffusers' remote-code loader copies only the relative imports written in a module, not theirs.
+from .diffusion_tables import DiffusionTables  # noqa: F401  (imported by variance)
+from .edit_inputs import ImageArg, broadcast_batch, prepare_images, prepare_masks
+from .variance import LEARNED_VARIANCE_TYPES
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+# True only for the installed package; a remote-code copy lives in diffusers' module cache instead.
+RUNNING_AS_HF_DDPM = __package__ == "hf_ddpm.core"
+
+GeneratorArg = torch.Generator | list[torch.Generator] | None
+StepCallback = Callable[[Any, int, torch.Tensor, dict[str, Any]], dict[str, Any]]
+CallbackArg = StepCallback | PipelineCallback | MultiPipelineCallbacks | None
+ClassLabelsArg = int | list[int] | torch.Tensor | None
+
+
+def expected_unet_out_channels(scheduler: Any, in_channels: int) -> int:
+    """Number of output channels a UNet needs for ``scheduler``.
+
+    A learned variance (Nichol & Dhariwal 2021, eq. 15) doubles them: the first half predicts the mean
+    parameterisation (epsilon, x0 or v), the second the variance. ``HFDDPMScheduler`` answers itself
+    through ``model_output_channels``; any other diffusers scheduler is judged by its ``variance_type``.
+    """
+    if hasattr(scheduler, "model_output_channels"):
+        return int(scheduler.model_output_channels(in_channels))
+    variance_type = getattr(scheduler.config, "variance_type", None)
+    return 2 * in_channels if variance_type in LEARNED_VARIANCE_TYPES else in_channels
+
+
+def check_unet_matches_scheduler(unet: Any, scheduler: Any) -> None:
+    """Raise a ValueError when the UNet's output channels do not fit the scheduler's variance type."""
+    if unet is None or scheduler is None:
+        return
+    in_channels, out_channels = unet.config.in_channels, unet.config.out_channels
+    needed = expected_unet_out_channels(scheduler, in_channels)
+    if out_channels != needed:
+        variance_type = getattr(scheduler.config, "variance_type", None)
+        raise ValueError(
+            f"The unet has in_channels={in_channels} and out_channels={out_channels}, but the scheduler "
+            f"({type(scheduler).__name__}, variance_type={variance_type!r}) needs out_channels={needed}: "
+            f"2 x in_channels for the variance types {list(LEARNED_VARIANCE_TYPES)}, in_channels otherwise. "
+            "Use a UNet that matches, or a scheduler with the variance_type the UNet was trained for."
+        )
+
+
+def check_null_class_label(unet: Any, null_class_label: int | None) -> None:
+    """The null label of classifier-free guidance must be one of the UNet's class embeddings."""
+    if null_class_label is None or unet is None:
+        return
+    num_class_embeds = getattr(unet.config, "num_class_embeds", None)
+    if num_class_embeds is None:
+        raise ValueError(
+            f"null_class_label={null_class_label} needs a class-conditional UNet; this one has no "
+            "num_class_embeds. Use null_class_label=None."
+        )
+    if isinstance(null_class_label, bool) or not 0 <= int(null_class_label) < num_class_embeds:
+        raise ValueError(
+            f"null_class_label must be an integer in [0, {num_class_embeds - 1}] "
+            f"(num_class_embeds={num_class_embeds}), got {null_class_label!r}."
+        )
+
+
+def callback_tensor_names(
+    callback: CallbackArg, requested: list[str] | None, allowed: Sequence[str]
+) -> list[str]:
+    """The tensors a step callback asked for (a ``PipelineCallback`` names its own), checked."""
+    if isinstance(callback, PipelineCallback | MultiPipelineCallbacks):
+        requested = callback.tensor_inputs
+    names = list(requested or ["latents"])
+    unknown = [name for name in names if name not in allowed]
+    if unknown:
+        raise ValueError(
+            f"callback_on_step_end_tensor_inputs has {unknown}, which this pipeline does not provide; "
+            f"allowed: {list(allowed)}."
+        )
+    return names
+
+
+def check_num_inference_steps(num_inference_steps: int, num_train_timesteps: int) -> None:
+    if (
+        isinstance(num_inference_steps, bool)
+        or not isinstance(num_inference_steps, int)
+        or not 1 <= num_inference_steps <= num_train_timesteps
+    ):
+        raise ValueError(
+            f"num_inference_steps must be an integer from 1 to the scheduler's num_train_timesteps "
+            f"({num_train_timesteps}), got {num_inference_steps!r}."
+        )
+
+
+def check_output_type(output_type: str) -> None:
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}.")
+
+
+def check_generator(generator: GeneratorArg, batch_size: int) -> None:
+    if isinstance(generator, list) and len(generator) != batch_size:
+        raise ValueError(
+            f"generator is a list of {len(generator)} generators, but batch_size is {batch_size}: "
+            "pass one generator per image, or a single generator."
+        )
+
+
+class HFDDPMPipelineMixin:
+    """The machinery of ``HFDDPMPipeline``, ``HFDDPMInpaintPipeline`` and ``HFDDPMImg2ImgPipeline``.
+
+    Args:
+        unet: a ``UNet2DModel`` (or any ``ModelMixin`` with its call signature) predicting the scheduler's
+            ``prediction_type``; with a learned variance it has ``out_channels = 2 * in_channels``.
+        scheduler: ``HFDDPMScheduler`` or any diffusers scheduler.
+        null_class_label: for a class-conditional UNet trained for classifier-free guidance (Ho & Salimans
+            2022), the label that means "no class"; it is saved with the pipeline, guidance compares
+            against it, and a call without ``class_labels`` samples with it (unconditionally). ``None``
+            (a UNet trained without label dropout, or an unconditional one) keeps class labels required
+            for class-conditional UNets, and guidance then takes the last embedding as the null label.
+    """
+
+    model_cpu_offload_seq = "unet"
+    _callback_tensor_inputs = ["latents", "pred_original_sample", "model_output"]
+
+    def __init__(
+        self,
+        unet: UNet2DModel | ModelMixin,
+        scheduler: SchedulerMixin,
+        null_class_label: int | None = None,
+    ) -> None:
+        super().__init__()
+        check_unet_matches_scheduler(unet, scheduler)
+        check_null_class_label(unet, null_class_label)
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_to_config(
+            null_class_label=None if null_class_label is None else int(null_class_label)
+        )
+
+    # ------------------------------------------------------------------------------------ inputs
+
+    def _check_common_inputs(
+        self,
+        batch_size: int,
+        generator: GeneratorArg,
+        num_inference_steps: int,
+        output_type: str,
+        callback: CallbackArg,
+        tensor_inputs: list[str] | None,
+    ) -> list[str]:
+        """Check the arguments every pipeline takes; return the tensor names the callback asked for."""
+        check_num_inference_steps(num_inference_steps, self.scheduler.config.num_train_timesteps)
+        check_output_type(output_type)
+        check_generator(generator, batch_size)
+        return callback_tensor_names(callback, tensor_inputs, self._callback_tensor_inputs)
+
+    def _guidance_null_label(self) -> int:
+        recorded = self.config.null_class_label
+        return self.unet.config.num_class_embeds - 1 if recorded is None else recorded
+
+    def _class_labels(
+        self,
+        class_labels: ClassLabelsArg,
+        guidance_scale: float,
+        batch_size: int,
+        device: torch.device,
+    ) -> torch.Tensor | None:
+        """Validate the labels and return them as a (batch_size,) long tensor, or None."""
+        num_class_embeds = getattr(self.unet.config, "num_class_embeds", None)
+        null_label = self.config.null_class_label
+        if guidance_scale < 0:
+            raise ValueError(
+                f"guidance_scale must be >= 0 (1 disables guidance), got {guidance_scale}."
+            )
+        if class_labels is None:
+            if guidance_scale != 1.0:
+                raise ValueError(
+                    f"guidance_scale={guidance_scale} needs class_labels (classifier-free guidance); "
+                    "use guidance_scale=1.0 without them."
+                )
+            if null_label is not None:
+                # A model trained with label dropout models p(x) under its null label.
+                return torch.full((batch_size,), null_label, dtype=torch.long, device=device)
+            if num_class_embeds is not None:
+                raise ValueError(
+                    f"This UNet is class-conditional (num_class_embeds={num_class_embeds}): pass class_labels, "
+                    f"integers from 0 to {num_class_embeds - 1} (the pipeline records no null_class_label "
+                    "to sample without a class)."
+                )
+            return None
+        if num_class_embeds is None:
+            raise ValueError(
+                "class_labels were given, but this UNet is unconditional (its config has no "
+                "num_class_embeds); drop class_labels or load a class-conditional UNet."
+            )
+        labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+        if labels.numel() == 1:
+            labels = labels.expand(batch_size)
+        if labels.numel() != batch_size:
+            raise ValueError(
+                f"class_labels has {labels.numel()} labels for batch_size={batch_size}: "
+                "give one label, or one per image."
+            )
+        guided = guidance_scale != 1.0
+        # With guidance, the null label is what the class is compared against, not a class to ask for.
+        last_is_null = guided and self._guidance_null_label() == num_class_embeds - 1
+        num_classes = num_class_embeds - 1 if last_is_null else num_class_embeds
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise ValueError(
+                f"class_labels must lie in [0, {num_classes - 1}] for this UNet "
+                f"(num_class_embeds={num_class_embeds}, guidance_scale={guidance_scale}), "
+                f"got {labels.tolist()}."
+            )
+        if guided and bool((labels == self._guidance_null_label()).any()):
+            raise ValueError(
+                f"class_labels {labels.tolist()} include the null label {self._guidance_null_label()}, "
+                f"which guidance (guidance_scale={guidance_scale}) compares against; ask for real classes."
+            )
+        return labels.to(device)
+
+    # -------------------------------------------------------------------------------- the chain
+
+    def _predict(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor | int,
+        labels: torch.Tensor | None,
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        """The UNet's output at (x_t, t) in float32, with classifier-free guidance when
+        ``guidance_scale != 1``."""
+        x = self.scheduler.scale_model_input(latents, t).to(self.unet.dtype)
+        if labels is None:
+            return self.unet(x, t).sample.float()
+        if guidance_scale == 1.0:
+            return self.unet(x, t, class_labels=labels).sample.float()
+        null_labels = torch.full_like(labels, self._guidance_null_label())
+        both = self.unet(torch.cat([x, x]), t, class_labels=torch.cat([labels, null_labels])).sample
+        conditional, unconditional = both.float().chunk(2)
+        channels = latents.shape[1]
+        # Guidance acts on the mean's parameterisation only; a learned variance is taken as predicted
+        # for the class (as in GLIDE), since extrapolating it can leave the allowed range.
+        guided = unconditional[:, :channels] + guidance_scale * (
+            conditional[:, :channels] - unconditional[:, :channels]
+        )
+        return torch.cat([guided, conditional[:, channels:]], dim=1)
+
+    def _reverse_step(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor | int,
+        labels: torch.Tensor | None,
+        guidance_scale: float,
+        generator: GeneratorArg,
+    ) -> tuple[Any, torch.Tensor]:
+        """One draw x_{t-1} ~ p_theta(x_{t-1} | x_t): the scheduler's step output and the model output."""
+        model_output = self._predict(latents, t, labels, guidance_scale)
+        return self.scheduler.step(model_output, t, latents, generator=generator), model_output
+
+    def _after_step(
+        self,
+        callback: CallbackArg,
+        tensor_names: list[str],
+        step_index: int,
+        t: torch.Tensor | int,
+        latents: torch.Tensor,
+        step: Any,
+        model_output: torch.Tensor,
+    ) -> torch.Tensor:
+        """Run ``callback_on_step_end``; return the latents to continue from (its ``"latents"``, if any)."""
+        if callback is None:
+            return latents
+        available = {
+            "latents": latents,
+            "pred_original_sample": getattr(step, "pred_original_sample", None),
+            "model_output": model_output,
+        }
+        returned = callback(self, step_index, t, {name: available[name] for name in tensor_names})
+        return (returned or {}).get("latents", latents)
+
+    def _run_chain(
+        self,
+        latents: torch.Tensor,
+        labels: torch.Tensor | None,
+        guidance_scale: float,
+        generator: GeneratorArg,
+        callback: CallbackArg,
+        tensor_names: list[str],
+    ) -> torch.Tensor:
+        """Ancestral sampling along ``self.scheduler.timesteps`` from ``latents`` (x at the first one)."""
+        for step_index, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            step, model_output = self._reverse_step(latents, t, labels, guidance_scale, generator)
+            latents = self._after_step(
+                callback, tensor_names, step_index, t, step.prev_sample, step, model_output
+            )
+        return latents
+
+    def _sample_shape(self, batch_size: int) -> tuple[int, int, int, int]:
+        """(batch_size, channels, height, width) of the UNet's samples."""
+        config = self.unet.config
+        size = config.sample_size
+        height, width = (size, size) if isinstance(size, int) else size
+        return (batch_size, config.in_channels, height, width)
+
+    def _edit_inputs(
+        self, image: ImageArg, generator: GeneratorArg, mask_image: ImageArg | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """The images to edit in [-1, 1], the masks (1 = fill) if given, and the batch size they and a
+        list of generators agree on (each gives 1 or B)."""
+        device = self._execution_device
+        _, channels, height, width = self._sample_shape(1)
+        x0 = prepare_images(image, channels, height, width, device)
+        sizes = {"image": x0.shape[0]}
+        fill = None
+        if mask_image is not None:
+            fill = prepare_masks(mask_image, height, width, device)
+            sizes["mask_image"] = fill.shape[0]
+        if isinstance(generator, list):
+            sizes["generator"] = len(generator)
+        return x0, fill, broadcast_batch(sizes)
+
+    def _output(
+        self, latents: torch.Tensor, output_type: str, return_dict: bool
+    ) -> ImagePipelineOutput | tuple:
+        """The finished samples as ``output_type``, in an ``ImagePipelineOutput`` or a 1-tuple."""
+        images = (latents / 2 + 0.5).clamp(0, 1)
+        if output_type != "pt":
+            array = images.cpu().permute(0, 2, 3, 1).numpy()
+            images = array if output_type == "np" else self.numpy_to_pil(array)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    # -------------------------------------------------------------------------- saving and loading
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        push_to_hub: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Write the folder layout that both loading paths read (see ``hub_layout.save_pipeline_folder``).
+
+        Unlike ``DiffusionPipeline.save_pretrained`` this copies the remote code next to the weights, and
+        it writes the same layout however this class was imported (installed package or remote code).
+        Keyword arguments ``license``, ``datasets``, ``tags``, ``repo_id``, ``description`` and
+        ``sample_grid`` (a PIL image saved as samples.png) go into the model card. With
+        ``push_to_hub=True``, ``repo_id`` is required and ``private``, ``token`` and
+        ``commit_message`` are passed on to ``push_to_hub``.
+        """
+        from .hub_layout import save_pipeline_folder
+
+        if not safe_serialization:
+            raise ValueError(
+                f"{type(self).__name__} saves safetensors only; drop safe_serialization=False."
+            )
+        if push_to_hub:
+            if "repo_id" not in kwargs:
+                raise ValueError("save_pretrained(push_to_hub=True) needs repo_id='user/name'.")
+            push_keys = ("private", "token", "commit_message")
+            push_kwargs = {key: kwargs.pop(key) for key in push_keys if key in kwargs}
+            repo_id = kwargs.pop("repo_id")
+            self.push_to_hub(
+                repo_id, save_directory=save_directory, variant=variant, **push_kwargs, **kwargs
+            )
+            return
+        save_pipeline_folder(self, save_directory, variant=variant, **kwargs)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool = False,
+        token: str | None = None,
+        create_pr: bool = False,
+        save_directory: str | os.PathLike | None = None,
+        **card: Any,
+    ) -> str:
+        """Save this pipeline (to ``save_directory``, or a temporary folder) and upload it to ``repo_id``.
+
+        On a network error the folder is kept and the raised error says where it is and how to retry.
+        Returns the URL of the commit.
+        """
+        from .hub_layout import push_pipeline_to_hub
+
+        return push_pipeline_to_hub(
+            self,
+            repo_id,
+            commit_message=commit_message,
+            private=private,
+            token=token,
+            create_pr=create_pr,
+            save_directory=save_directory,
+            **card,
+        )
+
+    @classmethod
+    def from_pipe(cls, pipeline: Any, **kwargs: Any) -> Any:
+        """``DiffusionPipeline.from_pipe``: a pipeline of this class on ``pipeline``'s components (and its
+        ``null_class_label``), without a reload. The UNet is passed on explicitly, since diffusers would
+        otherwise keep only a UNet of exactly the hinted classes and drop any other ``ModelMixin``."""
+        if getattr(pipeline, "unet", None) is not None:
+            kwargs.setdefault("unet", pipeline.unet)
+        return super().from_pipe(pipeline, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
+    ) -> Any:
+        """Load from a saved folder or a Hub repo id, with no remote code run.
+
+        Our own components map to the installed hf_ddpm classes, diffusers components to diffusers
+        classes; a diffusers ``DDPMScheduler`` (as in google/ddpm-cifar10-32) becomes an
+        ``HFDDPMScheduler`` unless ``convert_scheduler=False``. See ``hub_layout.load_pipeline`` for
+        the keyword arguments. A remote-code copy of this class has no installed package to map to,
+        so it defers to ``DiffusionPipeline.from_pretrained``.
+        """
+        if not RUNNING_AS_HF_DDPM:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        from .hub_layout import load_pipeline
+
+        return load_pipeline(cls, pretrained_model_name_or_path, **kwargs)

@@ -1,0 +1,120 @@
+"""What ``hf-ddpm inpaint`` and ``hf-ddpm img2img`` share: the model argument, reading the input images
+with errors that name the file and the flag, and writing the result."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+
+
+def pipeline_default(pipeline_class: type, name: str) -> Any:
+    """The default of ``name`` in ``pipeline_class.__call__``, so the CLI states the pipeline's own."""
+    return inspect.signature(pipeline_class.__call__).parameters[name].default
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, pipeline_class: type) -> None:
+    """The model, input image, output, seed, class and device options of both edit commands."""
+    parser.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="Hub repo id or local pipeline folder (default: the bundled mnist-5k model)",
+    )
+    parser.add_argument(
+        "--image", required=True, help="image to edit (PNG, JPEG, ...), at the model's size"
+    )
+    parser.add_argument("--output", required=True, help="where to write the result (.png)")
+    steps = pipeline_default(pipeline_class, "num_inference_steps")
+    parser.add_argument(
+        "--num-inference-steps",
+        type=int,
+        default=steps,
+        help=f"steps of the (respaced) chain (default: {steps})",
+    )
+    parser.add_argument(
+        "--num-images",
+        type=int,
+        default=1,
+        help="edits to draw, one seed each (seed, seed+1, ...), written side by side (default: 1)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
+    parser.add_argument(
+        "--class-label",
+        type=int,
+        default=None,
+        help="class to draw (class-conditional models; default: the model's null label, if any)",
+    )
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance weight, with --class-label (default: 1, none)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda if available, else cpu)",
+    )
+
+
+def check_output_path(output: str) -> Path:
+    path = Path(output)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--output must be a .png file, got {output!r}.")
+    return path
+
+
+def read_image(path: str, flag: str, pipeline: Any, mask: bool = False) -> np.ndarray:
+    """The image at ``path`` as an (H, W[, C]) float array in [0, 1], in the model's channel count (a
+    mask: one channel); a ValueError or FileNotFoundError naming ``flag`` and the file otherwise."""
+    file = Path(path)
+    if not file.is_file():
+        what = "a folder, not an image file" if file.is_dir() else "no such file"
+        raise FileNotFoundError(f"{flag} {path}: {what}.")
+    try:
+        with PIL.Image.open(file) as opened:
+            opened.load()
+            image = opened.copy()
+    except (PIL.UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"{flag} {path} is not an image PIL can read ({error}).") from error
+    config = pipeline.unet.config
+    size = config.sample_size
+    height, width = (size, size) if isinstance(size, int) else size
+    if image.size != (width, height):
+        raise ValueError(
+            f"{flag} {path} is {image.width}x{image.height} pixels, but the model takes {width}x{height}: "
+            "resize it first."
+        )
+    channels = 1 if mask else config.in_channels
+    array = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+    return array
+
+
+def generators(seed: int, num_images: int) -> list[torch.Generator]:
+    if num_images < 1:
+        raise ValueError(f"--num-images must be >= 1, got {num_images}.")
+    return [torch.Generator().manual_seed(seed + i) for i in range(num_images)]
+
+
+def class_kwargs(class_label: int | None, guidance_scale: float) -> dict[str, Any]:
+    """Label options for the pipeline: without --class-label the pipeline's own default applies."""
+    if class_label is None:
+        return {"guidance_scale": guidance_scale}
+    return {"class_labels": class_label, "guidance_scale": guidance_scale}
+
+
+def write_row(images: np.ndarray, output: Path) -> None:
+    """NHWC images in [0, 1] written side by side as one PNG, atomically (no half-written file)."""
+    row = np.concatenate(list(np.clip(images, 0.0, 1.0)), axis=1)
+    pixels = np.rint(row * 255).astype(np.uint8)
+    picture = PIL.Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    picture.save(tmp, format="PNG")
+    tmp.replace(output)

@@ -1,0 +1,201 @@
+"""What a training run tells its user: losses (and the NaN stop), sample grids, and the model card text."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from hf_ddpm.data.image_grid import image_grid
+
+from .checkpointing import latest_checkpoint
+from .setup import TrainingSetup
+from .train_config import GRID_STEPS
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from hf_ddpm.core.scheduling import HFDDPMScheduler
+
+    from .step import StepOutcome
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class LossLog:
+    """Losses of the steps not yet read from the device; :meth:`read` reads them all in one copy.
+
+    Attributes:
+        recent: the last 100 losses read, for the card's final loss.
+    """
+
+    def __init__(self, setup: TrainingSetup) -> None:
+        self.setup = setup
+        self.unread: list[StepOutcome] = []
+        self.recent: deque[float] = deque(maxlen=100)
+
+    def add(self, outcome: StepOutcome) -> None:
+        self.unread.append(outcome)
+
+    def read(self, progress: Any) -> None:
+        """Read the losses and gradient norms of the steps since the last read in one device-to-host
+        copy, log them, and stop at the first non-finite loss."""
+        if not self.unread:
+            return
+        values = torch.stack(
+            [
+                torch.stack([o.loss.float(), o.grad_norm.float().to(o.loss.device)])
+                for o in self.unread
+            ]
+        ).tolist()
+        steps = [(o.step, o.lr) for o in self.unread]
+        self.unread.clear()
+        for (step, lr), (loss, grad_norm) in zip(steps, values):
+            if not math.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"the loss became {loss} at step {step}; training stopped. "
+                    f"{self._last_good_message()} Lower --learning-rate, try --mixed-precision no, or "
+                    "check the data, then resume with --resume-from-checkpoint latest."
+                )
+            self.recent.append(loss)
+            self.setup.accelerator.log({"loss": loss, "lr": lr, "grad_norm": grad_norm}, step=step)
+        progress.set_postfix(loss=f"{values[-1][0]:.4f}")
+
+    def final_loss(self) -> float:
+        return float(np.mean(self.recent or [math.nan]))
+
+    def _last_good_message(self) -> str:
+        last = latest_checkpoint(self.setup.output_dir)
+        return f"The last good checkpoint is {last}." if last else "No checkpoint was written yet."
+
+
+@dataclass(frozen=True)
+class GridSampling:
+    """How training draws its sample grids: the one place that picks their steps and reverse variance.
+
+    Attributes:
+        num_inference_steps: the respaced sampling steps.
+        scheduler: the scheduler the grid's pipeline samples with.
+        variance: what the log says about the reverse-process variance.
+    """
+
+    num_inference_steps: int
+    scheduler: HFDDPMScheduler
+    variance: str
+
+
+def grid_sampling(setup: TrainingSetup) -> GridSampling:
+    """``--sample-steps``, or ``GRID_STEPS`` (at most T), with the trained scheduler's own variance."""
+    config, scheduler = setup.config, setup.scheduler
+    steps = config.sample_steps or min(GRID_STEPS, config.num_train_timesteps)
+    return GridSampling(steps, scheduler, f"the scheduler's {scheduler.config.variance_type}")
+
+
+class SampleGrids:
+    """The run's sample grids, drawn from the EMA weights (copied into ``setup.ema_unet``) on the main
+    process, with a progress bar."""
+
+    def __init__(self, setup: TrainingSetup) -> None:
+        self.setup = setup
+        self.sampling = grid_sampling(setup)
+
+    def grid(self) -> Image.Image:
+        """A grid of ``--num-samples`` images."""
+        from hf_ddpm.core.pipeline import HFDDPMPipeline
+
+        setup, sampling = self.setup, self.sampling
+        config = setup.config
+        setup.ema.copy_to(setup.ema_unet)
+        setup.ema_unet.eval()
+        pipeline = HFDDPMPipeline(unet=setup.ema_unet, scheduler=sampling.scheduler)
+        n = config.num_samples
+        logger.info(
+            "sampling %d images, %d steps (%s variance; --sample-steps sets the steps)",
+            n,
+            sampling.num_inference_steps,
+            sampling.variance,
+        )
+        pipeline.set_progress_bar_config(desc=f"sampling {n} images", leave=False)
+        labels = None if setup.null_label is None else [i % setup.null_label for i in range(n)]
+        generator = torch.Generator(setup.accelerator.device).manual_seed(config.seed)
+        images = pipeline(
+            batch_size=n,
+            generator=generator,
+            num_inference_steps=sampling.num_inference_steps,
+            output_type="np",
+            class_labels=labels,
+        ).images
+        return image_grid(images)
+
+    def log(self, step: int) -> None:
+        """Save a grid as ``samples/step-N.png`` (and to TensorBoard) on the main process."""
+        setup = self.setup
+        acc = setup.accelerator
+        if acc.is_main_process:
+            grid = self.grid()
+            samples_dir = setup.output_dir / "samples"
+            samples_dir.mkdir(parents=True, exist_ok=True)
+            grid.save(samples_dir / f"step-{step:07d}.png")
+            if setup.config.logger == "tensorboard":
+                image = np.asarray(grid.convert("RGB"))[None]
+                acc.get_tracker("tensorboard").log_images(
+                    {"samples": image}, step=step, dataformats="NHWC"
+                )
+        acc.wait_for_everyone()
+
+
+def startup_summary(setup: TrainingSetup, step: int) -> str:
+    """One line that says what this run will do: device, images, parameters, batch, steps, warm-up."""
+    config, acc, data = setup.config, setup.accelerator, setup.data
+    parameters = sum(p.numel() for p in setup.unwrapped.parameters())
+    per_process, processes = config.batch_size, acc.num_processes
+    accumulation = config.gradient_accumulation_steps
+    batch = f"batch {per_process} per process x {processes} process(es)"
+    if accumulation > 1:
+        batch += f" x {accumulation} accumulation"
+    resuming = f" (resuming at step {step})" if step else ""
+    precision = "" if acc.mixed_precision == "no" else f" {acc.mixed_precision}"
+    return (
+        f"training on {acc.device}{precision}: {len(data)} images ({data.channels} channel(s), "
+        f"{config.resolution}x{config.resolution}), {parameters:,} parameters, {batch} = "
+        f"{per_process * processes * accumulation} images per step, {config.max_steps} steps"
+        f"{resuming}, warm-up {config.lr_warmup_steps} steps"
+    )
+
+
+def card_description(setup: TrainingSetup, step: int, losses: LossLog) -> str:
+    """The training section of the model card."""
+    config, data = setup.config, setup.data
+    classes = f", {data.num_classes} classes" if data.num_classes else ""
+    lines = [
+        "A denoising diffusion probabilistic model (Ho, Jain & Abbeel 2020) trained with hf_ddpm "
+        "and sampled by ancestral sampling. The weights are the exponential moving average.",
+        "",
+        "## Training",
+        "",
+        f"- Command: `{config.command()}`",
+        f"- Data: {data.name} (split {config.split!r}, {len(data)} images, {data.channels} "
+        f"channel(s){classes}), {config.resolution}x{config.resolution}",
+        f"- Steps: {step} at batch {config.batch_size} x {setup.accelerator.num_processes} "
+        f"process(es) x {config.gradient_accumulation_steps} accumulation",
+        f"- Objective: L_{config.loss}, {config.prediction_type} prediction, "
+        f"{config.variance_type} variance, {config.beta_schedule} betas, T={config.num_train_timesteps}",
+        f"- Final loss (mean of the last {len(losses.recent)} steps): {losses.final_loss():.5f}",
+        f"- Optimiser: Adam {config.learning_rate:g}, {config.lr_warmup_steps}-step warm-up, "
+        f"grad clip {config.max_grad_norm:g}, EMA {config.ema_decay:g}",
+    ]
+    if setup.null_label is not None:
+        lines.append(
+            f"- Class-conditional: label {setup.null_label} is the null class for classifier-free "
+            f"guidance (label dropout {config.class_dropout:g})"
+        )
+    return "\n".join(lines)

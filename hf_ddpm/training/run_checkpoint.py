@@ -1,0 +1,203 @@
+"""A run's checkpoint: what a training run saves into ``checkpoint-N``, and how it resumes from one.
+
+The folder format (atomic, manifest-checked, no pickle) is ``checkpointing.py``'s. A checkpoint holds the
+model, the EMA, the optimizer, LR schedule, timestep-sampler history, AMP scaler and the
+python/numpy/torch RNG states, plus the step, the micro-batches seen and the run's options, which is
+everything an exact resume needs (``determinism.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .checkpointing import (
+    STATE,
+    TMP_PREFIX,
+    flatten_state,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+    unflatten_state,
+)
+from .determinism import rng_state, set_rng_state
+from .setup import TrainingSetup
+from .step import TrainingStep
+from .train_config import RESUMABLE_OPTIONS, TrainConfig
+
+if TYPE_CHECKING:
+    from hf_ddpm.data.image_datasets import ImageDataset
+
+    from .hub_checkpoints import HubCheckpointUploader
+
+logger = logging.getLogger(__name__)
+
+# What --overwrite-output-dir deletes besides the checkpoints: the old run's grids and logs.
+OLD_RUN_FOLDERS = ("samples", "logs")
+
+
+def _json_round_trip(value: object) -> object:
+    """``value`` as it reads back from JSON (tuples become lists), for comparisons with saved state."""
+    return json.loads(json.dumps(value))
+
+
+def save_run_checkpoint(
+    setup: TrainingSetup, progress: TrainingStep, uploader: HubCheckpointUploader | None
+) -> Path | None:
+    """Write ``checkpoint-{step}`` on the main process (then hand it to ``uploader`` and prune old ones);
+    every process waits for it. Returns the folder on the main process."""
+    acc, config = setup.accelerator, setup.config
+    path = None
+    if acc.is_main_process:
+        training_state = {
+            "optimizer": setup.optimizer.state_dict(),
+            "lr_scheduler": setup.lr_scheduler.state_dict(),
+            "timestep_sampler": setup.timestep_sampler.state_dict(),
+            "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+            "rng": rng_state(),
+            "ema": {k: v for k, v in setup.ema.state_dict().items() if k != "shadow"},
+        }
+        skeleton, tensors = flatten_state(training_state)
+        state = {
+            "step": progress.step,
+            "batches_seen": progress.batches_seen,
+            "global_batch": setup.batch_sampler.global_batch,
+            "unet_config": _json_round_trip(setup.unet_config),
+            "config": config.to_dict(),
+            "data": setup.data.record(),
+            "training_state": skeleton,
+        }
+        groups = {
+            "model": setup.unwrapped.state_dict(),
+            "ema": setup.ema.shadow,
+            "training_state": tensors,
+        }
+        path = save_checkpoint(setup.output_dir, progress.step, groups, state)
+        if uploader is not None:
+            # Before pruning: the upload works on hard links, so pruning cannot pull files from under it.
+            uploader.submit(path, progress.step)
+        prune_checkpoints(setup.output_dir, config.checkpoints_total_limit)
+        logger.info("saved %s", path)
+    acc.wait_for_everyone()
+    return path
+
+
+def read_run_state(path: Path) -> dict[str, Any]:
+    """The ``state.json`` of checkpoint ``path``: its step, options (``config``), data and global batch."""
+    return json.loads((Path(path) / STATE).read_text(encoding="utf-8"))
+
+
+def check_output_dir(config: TrainConfig) -> None:
+    """Refuse to start a new run in a folder that holds another run's checkpoints.
+
+    A later ``--resume-from-checkpoint latest`` would otherwise pick up the old run's checkpoint.
+
+    Raises:
+        ValueError: ``--output-dir`` holds checkpoints, and neither ``--resume-from-checkpoint`` nor
+            ``--overwrite-output-dir`` is given.
+    """
+    if config.resume_from_checkpoint is not None or config.overwrite_output_dir:
+        return
+    found = list_checkpoints(config.output_dir)
+    if found:
+        names = ", ".join(p.name for p in found[-3:])
+        raise ValueError(
+            f"--output-dir {config.output_dir!r} already holds {len(found)} checkpoint(s) of another "
+            f"run (newest: {names}); continue it with --resume-from-checkpoint latest, start over with "
+            "--overwrite-output-dir (deletes them), or choose another --output-dir"
+        )
+
+
+def clear_output_dir(output_dir: Path) -> list[Path]:
+    """``--overwrite-output-dir``: delete the old run's checkpoints, sample grids and logs; return them."""
+    doomed = [*list_checkpoints(output_dir), *output_dir.glob(f"{TMP_PREFIX}*")]
+    doomed += [output_dir / name for name in OLD_RUN_FOLDERS if (output_dir / name).is_dir()]
+    for path in doomed:
+        shutil.rmtree(path)
+    if doomed:
+        logger.info(
+            "--overwrite-output-dir: deleted %s from %s",
+            ", ".join(p.name for p in doomed),
+            output_dir,
+        )
+    return doomed
+
+
+def resume_differences(
+    saved: dict[str, Any], config: TrainConfig, num_processes: int, data: ImageDataset
+) -> list[str]:
+    """Each option (and data or process-count change) of ``config`` that differs from the checkpoint's
+    ``saved`` state in a way that breaks an exact resume, as ``"--flag OLD (now NEW)"``."""
+    now = config.to_dict()
+    before = {**TrainConfig().to_dict(), **saved["config"]}
+    # --train-data-dir replaces --dataset (older checkpoints still record the unused default).
+    ignored = {"dataset"} if now["train_data_dir"] is not None else set()
+    differences = [
+        f"--{name.replace('_', '-')} {before[name]!r} (now {now[name]!r})"
+        for name in now
+        if name not in RESUMABLE_OPTIONS | ignored and before.get(name) != now[name]
+    ]
+    saved_images = saved.get("data", {}).get("images")
+    if saved_images is not None and saved_images != len(data):
+        differences.append(f"the data: {saved_images} images (now {len(data)})")
+    global_batch = config.batch_size * num_processes
+    if saved["global_batch"] != global_batch:
+        differences.append(
+            f"the global batch: {saved['global_batch']} (now {global_batch}: --batch-size "
+            f"{config.batch_size} x {num_processes} process(es))"
+        )
+    return differences
+
+
+def check_resume_options(
+    path: Path, saved: dict[str, Any], config: TrainConfig, num_processes: int, data: ImageDataset
+) -> None:
+    """Refuse to resume from ``path`` with options that break exactness, naming each difference; with
+    ``--allow-config-change`` they are logged as a warning instead.
+
+    Raises:
+        ValueError: an option that changes the run's numbers differs from the checkpoint's.
+    """
+    differences = resume_differences(saved, config, num_processes, data)
+    if not differences:
+        return
+    listed = "; ".join(differences)
+    if config.allow_config_change:
+        logger.warning("--allow-config-change: resuming %s, but not bit-for-bit: %s", path, listed)
+        return
+    raise ValueError(
+        f"--resume-from-checkpoint {str(path)!r} was trained with other options, and resuming with "
+        f"these would not continue it exactly: {listed}. Give the checkpoint's values, or pass "
+        "--allow-config-change to resume anyway"
+    )
+
+
+def load_run_checkpoint(setup: TrainingSetup, progress: TrainingStep, path: Path) -> None:
+    """Restore every piece of state :func:`save_run_checkpoint` wrote, and the counters of ``progress``.
+
+    Raises:
+        ValueError: the checkpoint holds a UNet of another shape.
+    """
+    tensors, state = load_checkpoint(path)
+    if state["unet_config"] != _json_round_trip(setup.unet_config):
+        raise ValueError(
+            f"checkpoint {path} holds a UNet with a different config; resume with the same "
+            "--model-preset/--unet-config, resolution, data channels, classes and variance type"
+        )
+    training_state = unflatten_state(state["training_state"], tensors["training_state"])
+    setup.unwrapped.load_state_dict(tensors["model"])
+    setup.ema.load_state_dict({**training_state["ema"], "shadow": tensors["ema"]})
+    setup.optimizer.load_state_dict(training_state["optimizer"])
+    setup.lr_scheduler.load_state_dict(training_state["lr_scheduler"])
+    setup.timestep_sampler.load_state_dict(training_state["timestep_sampler"])
+    scaler = setup.accelerator.scaler
+    if scaler is not None and training_state["scaler"] is not None:
+        scaler.load_state_dict(training_state["scaler"])
+    set_rng_state(training_state["rng"])
+    progress.step = int(state["step"])
+    progress.batches_seen = int(state["batches_seen"])
+    logger.info("resumed from %s at step %d", path, progress.step)
