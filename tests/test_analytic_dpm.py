@@ -243,7 +243,7 @@ def test_optimal_spacing_is_the_dynamic_program_and_is_cached():
     [
         {"timestep_spacing": "optimal"},
         {"timestep_spacing": "optimal", "eps_second_moment": [0.5] * 999},
-        {"eps_second_moment": [0.5] * 999 + [float("inf")]},
+        {"variance_type": "analytic", "eps_second_moment": [0.5] * 999 + [float("inf")]},
     ],
 )
 def test_scheduler_refuses_missing_or_bad_moments(kwargs):
@@ -251,6 +251,16 @@ def test_scheduler_refuses_missing_or_bad_moments(kwargs):
 
     with pytest.raises(ValueError, match="hf-ddpm calibrate"):
         HFDDPMScheduler(**kwargs)
+
+
+def test_a_calibrated_config_with_another_t_still_builds_the_fixed_variances():
+    from hf_ddpm import HFDDPMScheduler
+
+    config = _gamma_config().config
+    short = HFDDPMScheduler.from_config(config, num_train_timesteps=10)
+    short.set_timesteps(5)
+    with pytest.raises(ValueError, match="num_train_timesteps=10"):
+        HFDDPMScheduler.from_config(config, num_train_timesteps=10, variance_type="analytic")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -110,8 +110,8 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         rescale_betas_zero_snr: rescale to zero terminal SNR (Lin et al. 2024).
         scale_linear_betas_by_timesteps: multiply beta_start and beta_end by 1000 / T (improved-diffusion).
         eps_second_moment: Gamma_n = E ||eps_theta(x_n, n)||^2 / d for n = 0..T-1, the statistic of the trained
-            network that the analytic variance and the optimal spacing need (``hf-ddpm calibrate`` writes it);
-            diffusers' own schedulers ignore the key.
+            network that the analytic variance and the optimal spacing need (``hf-ddpm calibrate`` writes it),
+            checked by them; diffusers' own schedulers ignore the key.
         analytic_clip_last_step: with the analytic variance, cap the last noise-adding step's variance at about a
             pixel bin of 8-bit data (2 bins for the linear schedule, 1 otherwise), the paper's setting for
             sampling; it loosens the bound of few-step chains, so it is off by default.
@@ -161,11 +161,11 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
                 "prediction; use prediction_type 'v_prediction' (or 'sample') with it"
             )
         self._tables = DiffusionTables.from_betas(betas)
+        # Checked only where used: a config derived from a calibrated one with another T (a test's short
+        # chain, say) keeps working with the other variance types.
         needs_moments = variance_type == "analytic" or timestep_spacing == "optimal"
         self._eps_second_moment = (
-            check_eps_second_moment(eps_second_moment, num_train_timesteps)
-            if eps_second_moment is not None or needs_moments
-            else None
+            check_eps_second_moment(eps_second_moment, num_train_timesteps) if needs_moments else None
         )
         self._optimal_timesteps: dict[int, np.ndarray] = {}
         # diffusers' public float32 views.
