@@ -78,6 +78,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         threads=True,
     ),
     "space": Subcommand("hf_ddpm.hub.space", "create a Gradio Space on the Hub for a model"),
+    "calibrate": Subcommand(
+        "hf_ddpm.evaluation.calibrate",
+        "Gamma_n for Analytic-DPM's variance, into a model",
+        threads=True,
+    ),
 }
 
 

@@ -517,7 +517,7 @@ def test_likelihood_tab_without_a_class_gives_the_number_hf_ddpm_evaluate_report
 ):
     """For a class-conditional model the default condition is none: the bound of p(x), through the
     null label, as ``hf-ddpm evaluate`` computes it (its own model wrapper); a class gives another."""
-    from hf_ddpm.evaluation.evaluate import _unconditional_model
+    from hf_ddpm.evaluation.bound import unconditional_model
 
     client, loaded, _ = served_bundled
     (tmp_path / "upload").mkdir()
@@ -531,7 +531,7 @@ def test_likelihood_tab_without_a_class_gives_the_number_hf_ddpm_evaluate_report
     x0 = preprocess(data, loaded.sample_size)[0]["pixel_values"][None]
     scheduler = HFDDPMScheduler.from_config(loaded.pipe.scheduler.config)
     expected = variational_bound(
-        _unconditional_model(loaded.pipe.unet),
+        unconditional_model(loaded.pipe.unet),
         scheduler,
         x0,
         generator=torch.Generator().manual_seed(7),

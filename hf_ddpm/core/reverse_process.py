@@ -71,9 +71,12 @@ class ReverseProcess:
         parameterization: Parameterization,
         variance: VarianceType,
         process_x0: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        timesteps: torch.Tensor | None = None,
     ) -> ReverseProcess:
-        """p_theta on the full chain of ``tables`` (index t is timestep t)."""
-        timesteps = torch.arange(tables.num_timesteps, device=tables.betas.device)
+        """p_theta on the chain of ``tables``, whose index k is the full chain's timestep ``timesteps[k]``
+        (by default the full chain itself: index t is timestep t)."""
+        if timesteps is None:
+            timesteps = torch.arange(tables.num_timesteps, device=tables.betas.device)
         return cls(
             tables,
             parameterization,

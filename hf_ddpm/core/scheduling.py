@@ -19,6 +19,12 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .analytic import (
+    LINEAR_SCHEDULE_LAST_STEP_PIXELS,
+    OTHER_SCHEDULE_LAST_STEP_PIXELS,
+    check_eps_second_moment,
+    optimal_timesteps,
+)
 from .diffusion_tables import DiffusionTables, extract
 from .forward_process import q_posterior_mean_variance as _q_posterior_mean_variance
 from .forward_process import q_sample
@@ -34,7 +40,7 @@ from .variance import NoiseScale, resolve_variance_type
 from .vlb import prior_bpd as _prior_bpd
 from .vlb import vlb_terms_bpd as _vlb_terms_bpd
 
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace", "optimal")
 
 
 @dataclass(init=False)
@@ -92,14 +98,23 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         beta_start, beta_end, beta_schedule, trained_betas: the noise schedule; ``beta_schedule`` is one of
             "linear", "scaled_linear", "squaredcos_cap_v2" (cosine), "sigmoid", "laplace".
         variance_type: Sigma_theta: "fixed_small" (beta-tilde), "fixed_large" (beta), their "_log" twins (same
-            distribution), "learned" (the network outputs log Sigma) or "learned_range" (Nichol & Dhariwal eq. 15);
-            learned types need a network with twice the sample's channels.
+            distribution), "learned" (the network outputs log Sigma), "learned_range" (Nichol & Dhariwal eq. 15),
+            or "analytic" (Bao et al. 2022's optimal variance, from ``eps_second_moment``); learned types need a
+            network with twice the sample's channels.
         clip_sample, clip_sample_range: clip the predicted x_0 to [-range, range] when sampling.
         prediction_type: "epsilon", "sample" (x_0) or "v_prediction".
         thresholding, dynamic_thresholding_ratio, sample_max_value: Imagen's dynamic thresholding of x_0.
-        timestep_spacing, steps_offset: how ``set_timesteps`` picks a subset: "leading", "trailing", "linspace".
+        timestep_spacing, steps_offset: how ``set_timesteps`` picks a subset: "leading", "trailing", "linspace",
+            or "optimal", the K timesteps that minimise the K-step bound under the analytic variance (Bao et al.
+            2022, section 4; needs ``eps_second_moment``).
         rescale_betas_zero_snr: rescale to zero terminal SNR (Lin et al. 2024).
         scale_linear_betas_by_timesteps: multiply beta_start and beta_end by 1000 / T (improved-diffusion).
+        eps_second_moment: Gamma_n = E ||eps_theta(x_n, n)||^2 / d for n = 0..T-1, the statistic of the trained
+            network that the analytic variance and the optimal spacing need (``hf-ddpm calibrate`` writes it),
+            checked by them; diffusers' own schedulers ignore the key.
+        analytic_clip_last_step: with the analytic variance, cap the last noise-adding step's variance at about a
+            pixel bin of 8-bit data (2 bins for the linear schedule, 1 otherwise), the paper's setting for
+            sampling; it loosens the bound of few-step chains, so it is off by default.
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
@@ -124,6 +139,8 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
         scale_linear_betas_by_timesteps: bool = False,
+        eps_second_moment: list[float] | None = None,
+        analytic_clip_last_step: bool = False,
     ) -> None:
         if timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(
@@ -144,6 +161,15 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
                 "prediction; use prediction_type 'v_prediction' (or 'sample') with it"
             )
         self._tables = DiffusionTables.from_betas(betas)
+        # Checked only where used: a config derived from a calibrated one with another T (a test's short
+        # chain, say) keeps working with the other variance types.
+        needs_moments = variance_type == "analytic" or timestep_spacing == "optimal"
+        self._eps_second_moment = (
+            check_eps_second_moment(eps_second_moment, num_train_timesteps)
+            if needs_moments
+            else None
+        )
+        self._optimal_timesteps: dict[int, np.ndarray] = {}
         # diffusers' public float32 views.
         self.betas = torch.from_numpy(betas).float()
         self.alphas = 1.0 - self.betas
@@ -151,7 +177,15 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         self.init_noise_sigma = 1.0
 
         self._parameterization = resolve_parameterization(prediction_type)
-        self._variance = resolve_variance_type(variance_type)
+        if not analytic_clip_last_step:
+            last_step_pixels = None
+        elif beta_schedule == "linear" and trained_betas is None:
+            last_step_pixels = LINEAR_SCHEDULE_LAST_STEP_PIXELS
+        else:
+            last_step_pixels = OTHER_SCHEDULE_LAST_STEP_PIXELS
+        self._variance = resolve_variance_type(
+            variance_type, self._eps_second_moment, last_step_pixels
+        )
         if thresholding:
             process_x0 = partial(
                 _dynamic_threshold, ratio=dynamic_thresholding_ratio, max_value=sample_max_value
@@ -206,7 +240,16 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
                     f"num_inference_steps must be between 1 and num_train_timesteps={num_train}, got {num_inference_steps}"
                 )
             spacing = self.config.timestep_spacing
-            if spacing == "linspace":
+            if spacing == "optimal":
+                ts = self._optimal_timesteps.get(n)
+                if ts is None:
+                    ts = np.asarray(
+                        optimal_timesteps(
+                            self._tables.alphas_cumprod.numpy(), self._eps_second_moment, n
+                        )
+                    )
+                    self._optimal_timesteps[n] = ts
+            elif spacing == "linspace":
                 ts = np.linspace(0, num_train - 1, n).round()[::-1].astype(np.int64)
             elif spacing == "leading":
                 ts = (np.arange(0, n) * (num_train // n)).round()[::-1].astype(
@@ -235,6 +278,8 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
             chain.posterior_mean_coef2,
         )
         noise_scales = self._variance.on_chain(chain, torch.from_numpy(ascending)).noise_scales()
+        self._schedule_chain = (chain, torch.from_numpy(ascending))
+        self._schedule_processes: dict[torch.device, tuple[ReverseProcess, torch.Tensor]] = {}
         prev = np.append(ts[1:], -1)
         self._steps = [
             _Step(*row, noise_scale=scale, adds_noise=bool(p >= 0))
@@ -366,6 +411,33 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
             self._processes[(device, process_x0)] = process
         return process
 
+    def _schedule_process(self, device: torch.device) -> tuple[ReverseProcess, torch.Tensor]:
+        """p_theta on the chain of the current schedule (``set_timesteps``), and the chain index of each
+        full-chain timestep (-1 off the schedule)."""
+        cached = self._schedule_processes.get(device)
+        if cached is None:
+            chain, timesteps = self._schedule_chain
+            process = ReverseProcess.on_chain(
+                chain.to(device),
+                self._parameterization,
+                self._variance,
+                self._process_x0,
+                timesteps=timesteps.to(device),
+            )
+            index = torch.full((self.config.num_train_timesteps,), -1, dtype=torch.long)
+            index[timesteps] = torch.arange(len(timesteps))
+            cached = self._schedule_processes[device] = (process, index.to(device))
+        return cached
+
+    def _schedule_index(self, t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        k = index[t]
+        if bool((k < 0).any()):
+            raise ValueError(
+                f"timesteps {t[k < 0].unique().tolist()[:5]} are not on the current schedule; call "
+                "set_timesteps and use scheduler.timesteps"
+            )
+        return k
+
     @staticmethod
     def _as_batch_timesteps(timesteps: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(timesteps, device=like.device).long()
@@ -420,16 +492,27 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         x_t: torch.Tensor,
         t: torch.Tensor | int,
         num_bins: int = 256,
+        on_schedule: bool = False,
     ) -> torch.Tensor:
         """L_t in bits/dim per sample: KL(q(x_{t-1}|x_t,x_0) || p_theta(x_{t-1}|x_t)) for t > 0, the discretized
-        decoder -log p_theta(x_0 | x_1) for t = 0 (Ho et al. eqs. 5 and 13)."""
-        t = self._as_batch_timesteps(t, x_t)
-        return _vlb_terms_bpd(
-            self._process(x_t.device), model_output, x0, x_t, t, num_bins=num_bins
-        )
+        decoder -log p_theta(x_0 | x_1) for t = 0 (Ho et al. eqs. 5 and 13).
 
-    def prior_bpd(self, x0: torch.Tensor) -> torch.Tensor:
-        """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim per sample."""
+        With ``on_schedule=True``, the terms of the chain of ``set_timesteps``: for t = ``timesteps[i]``, the
+        KL of its step t -> ``timesteps[i + 1]``, with that step's effective beta and this variance type,
+        and the decoder for the last timestep."""
+        t = self._as_batch_timesteps(t, x_t)
+        if on_schedule:
+            process, index = self._schedule_process(x_t.device)
+            t = self._schedule_index(t, index)
+        else:
+            process = self._process(x_t.device)
+        return _vlb_terms_bpd(process, model_output, x0, x_t, t, num_bins=num_bins)
+
+    def prior_bpd(self, x0: torch.Tensor, on_schedule: bool = False) -> torch.Tensor:
+        """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim per sample; with ``on_schedule=True`` at the first
+        timestep of the current schedule, where its chain starts."""
+        if on_schedule:
+            return _prior_bpd(self._schedule_process(x0.device)[0], x0)
         return _prior_bpd(self._process(x0.device), x0)
 
     def training_loss(

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import ClassVar, Protocol
 
+import numpy as np
 import torch
 
+from .analytic import analytic_step_variances
 from .diffusion_tables import DiffusionTables, extract
 
 # The sampler's noise scale sigma of one step: a Python float for a fixed type (the step multiplies by a
@@ -121,6 +123,37 @@ class LearnedVariance:
         return LearnedChainVariance(*self.log_variance_map(chain))
 
 
+@dataclass(frozen=True, eq=False)
+class AnalyticVariance:
+    """Analytic-DPM's optimal variance (Bao et al. 2022, Theorem 1, clipped by Theorem 2) of every step of
+    the chain, from the network's Gamma_n (``eps_second_moment``, indexed by the full chain's timesteps).
+
+    The decoder's variance is the clipped E Var[x_0 | x_{t_1}]; ``last_step_pixels`` (None: off) caps the
+    last noise-adding step at that many 8-bit bins (:func:`.analytic.analytic_step_variances`)."""
+
+    eps_second_moment: np.ndarray
+    last_step_pixels: float | None = None
+    name: ClassVar[str] = "analytic"
+    learned: ClassVar[bool] = False
+
+    def on_chain(self, chain: DiffusionTables, timesteps: torch.Tensor) -> FixedChainVariance:
+        count = chain.num_timesteps
+        descending = analytic_step_variances(
+            chain.alphas_cumprod.cpu().numpy(),
+            self.eps_second_moment[timesteps.cpu().numpy()],
+            np.arange(count - 1, -1, -1),
+            last_step_pixels=self.last_step_pixels,
+        )
+        # A Gamma_n >= 1 clips E Var[x_0 | x_n] to 0, the decoder's variance with it: floored so that its log
+        # stays finite.
+        variance = torch.from_numpy(np.maximum(descending[::-1], _ANALYTIC_MIN_VARIANCE).copy())
+        variance = variance.to(device=chain.betas.device, dtype=chain.betas.dtype)
+        return FixedChainVariance(variance, variance.log())
+
+
+_ANALYTIC_MIN_VARIANCE = 1e-20
+
+
 def beta_tilde(chain: DiffusionTables) -> tuple[torch.Tensor, torch.Tensor]:
     """sigma_t^2 = beta-tilde_t (Ho et al. eq. 7), its log clipped at t = 0 to beta-tilde_2."""
     return chain.posterior_variance, chain.posterior_log_variance_clipped
@@ -159,11 +192,25 @@ LEARNED_VARIANCE_TYPES: tuple[str, ...] = tuple(
 )
 
 
-def resolve_variance_type(variance_type: str) -> VarianceType:
-    """The object of a ``variance_type`` name; a ValueError lists the allowed names."""
+VARIANCE_TYPE_NAMES: tuple[str, ...] = (*VARIANCE_TYPES, AnalyticVariance.name)
+
+
+def resolve_variance_type(
+    variance_type: str,
+    eps_second_moment: np.ndarray | None = None,
+    last_step_pixels: float | None = None,
+) -> VarianceType:
+    """The object of a ``variance_type`` name; a ValueError lists the allowed names. "analytic" is built
+    from the model's ``eps_second_moment`` (checked by :func:`.analytic.check_eps_second_moment`)."""
+    if variance_type == AnalyticVariance.name:
+        if eps_second_moment is None:
+            raise ValueError(
+                "variance_type 'analytic' needs eps_second_moment; run hf-ddpm calibrate"
+            )
+        return AnalyticVariance(np.asarray(eps_second_moment, dtype=np.float64), last_step_pixels)
     try:
         return VARIANCE_TYPES[variance_type]
     except KeyError:
         raise ValueError(
-            f"Unknown variance_type {variance_type!r}; allowed values: {', '.join(VARIANCE_TYPES)}"
+            f"Unknown variance_type {variance_type!r}; allowed values: {', '.join(VARIANCE_TYPE_NAMES)}"
         ) from None

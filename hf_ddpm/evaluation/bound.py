@@ -16,7 +16,8 @@ import torch
 
 @dataclass
 class VariationalBound:
-    """The bound per image: ``total_bpd`` (B,) = ``prior_bpd`` (B,) + ``terms_bpd`` (B, T).sum(1).
+    """The bound per image: ``total_bpd`` (B,) = ``prior_bpd`` (B,) + ``terms_bpd`` (B, T).sum(1); (B, K) for
+    a K-step chain.
 
     ``terms_bpd[:, 0]`` is L_0 (distortion); ``terms_bpd[:, 1:].sum(1)`` is the rate of Ho et al. Table 4.
     """
@@ -40,24 +41,45 @@ def call_model(model: Callable[..., Any], x_t: torch.Tensor, t: torch.Tensor) ->
     return out.sample if hasattr(out, "sample") else out
 
 
+def unconditional_model(unet: Any) -> Callable[..., Any]:
+    """The network of p(x): the UNet itself, or for a class-conditional UNet trained for classifier-free
+    guidance by hf-ddpm train, the UNet given its null label (the last class embedding)."""
+    num_class_embeds = getattr(unet.config, "num_class_embeds", None)
+    if not num_class_embeds:
+        return unet
+
+    def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        null = torch.full(
+            (x_t.shape[0],), num_class_embeds - 1, device=x_t.device, dtype=torch.long
+        )
+        return unet(x_t, t, class_labels=null).sample
+
+    return model
+
+
+# (model output, x_0 rows, x_t rows, t rows, noise rows) -> one value (or a row of values) per row
+RowMeasure = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
+]
+
+
 @torch.no_grad()
-def bound_terms_bpd(
+def measure_noised_rows(
     model: Callable[..., Any],
     scheduler: Any,
     x0: torch.Tensor,
     image_index: torch.Tensor,
     timesteps: torch.Tensor,
     rows_per_call: int,
+    measure: RowMeasure,
     generator: torch.Generator | None = None,
-    num_bins: int = 256,
 ) -> torch.Tensor:
-    """L_t in bits/dim (float64, (N,)) of image ``x0[image_index[n]]`` at t = ``timesteps[n]``, each pair
-    with its own draw x_t ~ q(x_t | x_0), evaluated ``rows_per_call`` pairs per network call.
+    """``measure`` (float64) of the network at x_t ~ q(x_t | x_0) for image ``x0[image_index[n]]`` and
+    t = ``timesteps[n]``, each pair with its own draw, ``rows_per_call`` pairs per network call.
 
-    The bound loops of this package (the exact T-term bound and the importance-sampled one) are this loop
-    over different pairs. The noise of each call is one ``randn`` of its rows' shape on the generator's
-    device, in row order."""
-    values = torch.empty(len(timesteps), dtype=torch.float64, device=x0.device)
+    The bound's terms and the calibration of Gamma are this loop with different measures. The noise of
+    each call is one ``randn`` of its rows' shape on the generator's device, in row order."""
+    values: torch.Tensor | None = None
     noise_device = generator.device if generator is not None else x0.device
     for start in range(0, len(timesteps), rows_per_call):
         rows = slice(start, min(start + rows_per_call, len(timesteps)))
@@ -67,10 +89,44 @@ def bound_terms_bpd(
             x0_rows.shape, generator=generator, device=noise_device, dtype=x0.dtype
         ).to(x0.device)
         x_t = scheduler.add_noise(x0_rows, noise, t)
-        out = call_model(model, x_t, t)
-        terms = scheduler.vlb_terms_bpd(out, x0_rows, x_t, t, num_bins=num_bins)
-        values[rows] = terms.to(torch.float64)
+        measured = measure(call_model(model, x_t, t), x0_rows, x_t, t, noise).to(torch.float64)
+        if values is None:
+            values = measured.new_empty((len(timesteps), *measured.shape[1:]))
+        values[rows] = measured
     return values
+
+
+def bound_terms_bpd(
+    model: Callable[..., Any],
+    scheduler: Any,
+    x0: torch.Tensor,
+    image_index: torch.Tensor,
+    timesteps: torch.Tensor,
+    rows_per_call: int,
+    generator: torch.Generator | None = None,
+    num_bins: int = 256,
+    on_schedule: bool = False,
+) -> torch.Tensor:
+    """L_t in bits/dim (float64, (N,)) of image ``x0[image_index[n]]`` at t = ``timesteps[n]``, each pair
+    with its own draw x_t ~ q(x_t | x_0), evaluated ``rows_per_call`` pairs per network call. With
+    ``on_schedule``, the terms of the scheduler's current (``set_timesteps``) chain.
+
+    The bound loops of this package (the exact T-term bound, the K-step one and the importance-sampled
+    one) are this loop over different pairs."""
+    schedule = {"on_schedule": True} if on_schedule else {}
+
+    def terms(
+        out: torch.Tensor,
+        x0_rows: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        _: torch.Tensor,
+    ) -> torch.Tensor:
+        return scheduler.vlb_terms_bpd(out, x0_rows, x_t, t, num_bins=num_bins, **schedule)
+
+    return measure_noised_rows(
+        model, scheduler, x0, image_index, timesteps, rows_per_call, terms, generator
+    )
 
 
 @torch.no_grad()
@@ -81,8 +137,14 @@ def variational_bound(
     generator: torch.Generator | None = None,
     num_bins: int = 256,
     max_batch_size: int = 256,
+    num_inference_steps: int | None = None,
 ) -> VariationalBound:
-    """The full T-term bound of Ho et al. eq. 5 for each image of ``x0`` (B, C, H, W) in [-1, 1].
+    """The full T-term bound of Ho et al. eq. 5 for each image of ``x0`` (B, C, H, W) in [-1, 1]; with
+    ``num_inference_steps=K``, the bound of the K-step chain that ``scheduler.set_timesteps(K)`` makes
+    (its spacing, its effective betas and its variance type; the scheduler is left on that schedule):
+    K terms, column k the KL of the step from the chain's k-th smallest timestep to the one below it and
+    column 0 the decoder, plus the prior at the chain's first timestep (Bao et al. 2022, eq. 4's bound
+    of the K-step model).
 
     Each L_t uses its own draw x_t ~ q(x_t | x_0), as improved-diffusion's ``calc_bpd_loop`` does. The T
     terms are evaluated in chunks: one network call covers several timesteps for all B images, up to
@@ -92,7 +154,12 @@ def variational_bound(
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
     batch = x0.shape[0]
-    steps = torch.arange(scheduler.config.num_train_timesteps, device=x0.device)
+    on_schedule = num_inference_steps is not None
+    if on_schedule:
+        scheduler.set_timesteps(num_inference_steps)
+        steps = scheduler.timesteps.flip(0).to(x0.device)
+    else:
+        steps = torch.arange(scheduler.config.num_train_timesteps, device=x0.device)
     # Rows timestep-major: each call holds whole timesteps, every image at each.
     values = bound_terms_bpd(
         model,
@@ -103,7 +170,9 @@ def variational_bound(
         rows_per_call=max(1, max_batch_size // batch) * batch,
         generator=generator,
         num_bins=num_bins,
+        on_schedule=on_schedule,
     )
     terms = values.view(len(steps), batch).T
-    prior = scheduler.prior_bpd(x0).to(torch.float64)
+    prior = scheduler.prior_bpd(x0, on_schedule=True) if on_schedule else scheduler.prior_bpd(x0)
+    prior = prior.to(torch.float64)
     return VariationalBound(total_bpd=prior + terms.sum(1), terms_bpd=terms, prior_bpd=prior)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .bound import unconditional_model
 from .features import (
     DEFAULT_DINOV2_MODEL,
     DinoV2Features,
@@ -44,6 +45,7 @@ __all__ = [
     "EvaluationOptions",
     "ReferenceData",
     "add_arguments",
+    "add_data_arguments",
     "build_extractors",
     "evaluate_pipeline",
     "format_table",
@@ -113,7 +115,8 @@ class EvaluationOptions:
         metrics: any of ``nll``, ``fid``, ``fd-dinov2``, as a tuple or a comma-separated string.
         num_samples: images generated for the Fréchet distances.
         num_inference_steps: sampling steps for those images; None for the scheduler's
-            ``num_train_timesteps``.
+            ``num_train_timesteps``. When given, the ``nll`` metric is the bound of that K-step chain (the
+            scheduler's spacing and variance type), as Bao et al. 2022 report few-step NLLs.
         batch_size: images per pipeline call and per NLL batch.
         seed: seeds sampling and the NLL's noise.
         nll_timesteps: K for the importance-sampled NLL estimate; None for the exact T-term loop.
@@ -166,6 +169,12 @@ class EvaluationOptions:
             if value is not None and value < low:
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{name} ({flag}) must be >= {low}; got {value}")
+        if "nll" in self.metrics and None not in (self.nll_timesteps, self.num_inference_steps):
+            raise ValueError(
+                "the importance-sampled NLL (--nll-timesteps) samples the terms of the full T-step chain; "
+                "the K-step chain of --num-inference-steps has only K terms: drop --nll-timesteps to "
+                "evaluate them all"
+            )
 
     @property
     def frechet_metrics(self) -> tuple[str, ...]:
@@ -465,9 +474,15 @@ def _nll(pipe: Any, reference: ReferenceData, options: EvaluationOptions) -> NLL
     generator = torch.Generator(device).manual_seed(options.seed)
     batches = _Batches(reference.images, options.batch_size, transform=lambda x: x.to(device))
     common = {"num_bins": reference.num_bins, "generator": generator}
-    model = _unconditional_model(pipe.unet)
+    model = unconditional_model(pipe.unet)
     if options.nll_timesteps is None:
-        return exact_nll(model, pipe.scheduler, batches, **common)
+        return exact_nll(
+            model,
+            pipe.scheduler,
+            batches,
+            num_inference_steps=options.num_inference_steps,
+            **common,
+        )
     proposal = options.nll_proposal
     if proposal is None and options.nll_proposal_images > 0:
         # a generator of its own, so that building the proposal does not shift the estimate's draws
@@ -479,22 +494,6 @@ def _nll(pipe: Any, reference: ReferenceData, options: EvaluationOptions) -> NLL
     return importance_sampled_nll(
         model, pipe.scheduler, batches, options.nll_timesteps, proposal, **common
     )
-
-
-def _unconditional_model(unet: Any) -> Any:
-    """The network of p(x): the UNet itself, or for a class-conditional UNet trained for classifier-free
-    guidance by hf-ddpm train, the UNet given its null label (the last class embedding)."""
-    num_class_embeds = getattr(unet.config, "num_class_embeds", None)
-    if not num_class_embeds:
-        return unet
-
-    def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        null = torch.full(
-            (x_t.shape[0],), num_class_embeds - 1, device=x_t.device, dtype=torch.long
-        )
-        return unet(x_t, t, class_labels=null).sample
-
-    return model
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -562,8 +561,11 @@ def push_metrics_to_hub(
     )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``hf-ddpm evaluate`` options."""
+def add_data_arguments(
+    parser: argparse.ArgumentParser, split: str, split_help: str
+) -> argparse._ArgumentGroup:
+    """``MODEL`` and the data options that commands reading a model and a dataset share, as
+    :func:`load_reference` takes them; returns the data group for more options."""
     parser.add_argument("model", help="a saved pipeline folder or a Hub repo id")
     data = parser.add_argument_group("data (as for `hf-ddpm train`)")
     data.add_argument(
@@ -572,8 +574,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--train-data-dir", default=None, help="a local image folder instead of --dataset"
     )
-    data.add_argument("--split", default="test", help="held-out split (default: test)")
+    data.add_argument("--split", default=split, help=f"{split_help} (default: {split})")
     data.add_argument("--image-column", default=None, help="the dataset's image column")
+    return data
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``hf-ddpm evaluate`` options."""
+    data = add_data_arguments(parser, "test", "held-out split")
     data.add_argument(
         "--max-reference-images",
         type=int,
@@ -593,7 +601,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-inference-steps",
         type=int,
         default=None,
-        help="sampling steps of the Fréchet samples (default: T, all training steps)",
+        help="sampling steps of the Fréchet samples, and the K-step chain whose bound the nll metric "
+        "reports (default: T, all training steps)",
     )
     parser.add_argument(
         "--batch-size", type=int, default=64, help="images per pipeline call and per NLL batch"

@@ -107,8 +107,10 @@ def exact_nll(
     num_bins: int = 256,
     generator: torch.Generator | None = None,
     max_batch_size: int = 256,
+    num_inference_steps: int | None = None,
 ) -> NLLResult:
-    """The full T-term bound of every image, averaged (improved-diffusion's ``calc_bpd_loop``).
+    """The full T-term bound of every image, averaged (improved-diffusion's ``calc_bpd_loop``); with
+    ``num_inference_steps=K`` the bound of the K-step chain (see :func:`hf_ddpm.variational_bound`).
 
     Args:
         model: ``model(x_t, t)`` returning the scheduler's model output (tensor or object with ``.sample``).
@@ -127,6 +129,7 @@ def exact_nll(
             generator=generator,
             num_bins=num_bins,
             max_batch_size=max_batch_size,
+            num_inference_steps=num_inference_steps,
         )
         parts["total"].append(bound.total_bpd.cpu())
         parts["prior"].append(bound.prior_bpd.cpu())
@@ -136,11 +139,12 @@ def exact_nll(
         raise ValueError("no images to evaluate the NLL on")
     cat = {name: torch.cat(values) for name, values in parts.items()}
     num_timesteps = int(scheduler.config.num_train_timesteps)
+    steps = num_timesteps if num_inference_steps is None else int(num_inference_steps)
     return _summarise(
         **cat,
         num_train_timesteps=num_timesteps,
-        estimator="exact",
-        timesteps_per_image=num_timesteps,
+        estimator="exact" if num_inference_steps is None else f"exact, {steps}-step chain",
+        timesteps_per_image=steps,
     )
 
 

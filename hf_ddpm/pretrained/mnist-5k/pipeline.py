@@ -14,6 +14,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .analytic import check_eps_second_moment  # noqa: F401  (imported by variance)
 from .diffusion_tables import DiffusionTables  # noqa: F401  (remote-code closure of the edit pipelines)
 from .edit_inputs import prepare_images  # noqa: F401
 from .forward_process import q_transition_sample  # noqa: F401

@@ -1,0 +1,297 @@
+"""``hf-ddpm calibrate``: the per-timestep statistic Analytic-DPM's variance needs, written into the model.
+
+Gamma_n = E ||eps_theta(x_n, n)||^2 / d over training images x_0 and x_n ~ q(x_n | x_0) (Bao et al. 2022,
+Theorem 1), one number per timestep, estimated by Monte Carlo and stored as the scheduler's
+``eps_second_moment``. With it, ``variance_type="analytic"`` and ``timestep_spacing="optimal"`` work.
+
+- :func:`eps_second_moment` estimates Gamma for any ``model(x_t, t)`` and scheduler;
+- :func:`calibrate_pipeline` does it for a pipeline (a class-conditional CFG model with its null label, the
+  model of p(x)) and puts the result into ``pipeline.scheduler``;
+- :func:`write_eps_second_moment` stores it in a saved folder's scheduler config, atomically;
+- :func:`add_arguments` / :func:`run` are the subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from hf_ddpm.core.parameterization import resolve_parameterization, x0_from_prediction
+
+from .bound import measure_noised_rows, unconditional_model
+
+# The authors found M = 10 images per timestep within 0.002 bits/dim of the full training set on CIFAR-10
+# (Appendix G.2). On the bundled MNIST model the optimal 10-step trajectory chosen from 32 images is within
+# 0.003 bits/dim of the one from 64, from 8 images within 0.04 (docs/analytic-dpm.md); 64 costs 64 T calls.
+DEFAULT_NUM_IMAGES = 64
+SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
+
+
+@dataclass
+class EpsSecondMoment:
+    """Gamma_n for n = 0..T-1 (``values``), the standard error of each over the images (``stderr``), and
+    how many images they average."""
+
+    values: np.ndarray
+    stderr: np.ndarray
+    num_images: int
+
+
+def _epsilon(
+    scheduler: Any, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """The network's epsilon whatever it predicts: x_0 from the prediction, then eps = (x_t - a x_0) / s
+    (Ho et al. eq. 4); the variance channels of a learned-variance network are dropped."""
+    output = output[:, : x_t.shape[1]]
+    # From the float32 betas in float64: 1 - alpha-bar near t = 0 keeps its digits.
+    ab = torch.cumprod(1 - scheduler.betas.double(), 0)[t.cpu()].to(x_t.device)
+    a = ab.sqrt().view(-1, *([1] * (x_t.ndim - 1)))
+    s = (1 - ab).sqrt().view_as(a)
+    if scheduler.config.prediction_type == "epsilon":
+        return output.double()
+    c_xt, c_out = resolve_parameterization(scheduler.config.prediction_type).x0_coefficients(a, s)
+    x0 = x0_from_prediction(output.double(), x_t.double(), c_xt, c_out)
+    return (x_t.double() - a * x0) / s
+
+
+@torch.no_grad()
+def eps_second_moment(
+    model: Callable[..., Any],
+    scheduler: Any,
+    images: torch.Tensor,
+    generator: torch.Generator | None = None,
+    max_batch_size: int = 256,
+    progress: bool = True,
+) -> EpsSecondMoment:
+    """Gamma_n = E ||eps_theta(x_n, n)||^2 / d for every timestep n, over ``images`` (M, C, H, W) in [-1, 1].
+
+    Every image is noised once per timestep; one network call covers several timesteps and images, up to
+    ``max_batch_size`` inputs, as :func:`hf_ddpm.variational_bound` batches its terms. ``model(x_t, t)``
+    may predict epsilon, x_0 or v (the scheduler's ``prediction_type``); it is converted to epsilon. The
+    drawn noise serves as a control variate (:func:`_control_variate_mean`).
+    """
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(
+            f"images must be a non-empty (M, C, H, W) batch, got shape {tuple(images.shape)}"
+        )
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    num_timesteps = scheduler.config.num_train_timesteps
+    count = images.shape[0]
+    steps = torch.arange(num_timesteps, device=images.device)
+    bar = tqdm(
+        total=num_timesteps * count, desc="calibrating Gamma", disable=not progress, leave=False
+    )
+
+    def moments(
+        out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        # Per row: ||eps_theta||^2 / d, and ||eps||^2 / d of the noise that made x_t.
+        bar.update(len(t))
+        eps = _epsilon(scheduler, out, x_t, t)
+        return torch.stack(
+            [eps.pow(2).flatten(1).mean(1), noise.double().pow(2).flatten(1).mean(1)], 1
+        )
+
+    with bar:
+        rows = measure_noised_rows(
+            model,
+            scheduler,
+            images,
+            image_index=torch.arange(count, device=images.device).repeat(num_timesteps),
+            timesteps=steps.repeat_interleave(count),
+            rows_per_call=max_batch_size,
+            measure=moments,
+            generator=generator,
+        )
+    predicted, drawn = rows.view(num_timesteps, count, 2).permute(2, 1, 0).cpu().numpy()
+    return _control_variate_mean(predicted, drawn)
+
+
+def _control_variate_mean(predicted: np.ndarray, drawn: np.ndarray) -> EpsSecondMoment:
+    """The mean of ``predicted`` (images x timesteps) with ``drawn`` as control variate: E ||eps||^2 / d = 1
+    exactly, and where the network is good eps_theta is close to eps, so subtracting c (||eps||^2 / d - 1),
+    c = Cov / Var per timestep, removes most of the chi-square noise of ||eps_theta||^2 / d (about
+    sqrt(2 / d) per image) and keeps the estimate unbiased up to O(1 / M) from estimating c."""
+    count = predicted.shape[0]
+    if count < 2:
+        return EpsSecondMoment(predicted.mean(0), np.full(predicted.shape[1], np.nan), count)
+    centred = drawn - drawn.mean(0)
+    variance = (centred**2).mean(0)
+    c = np.divide(
+        (centred * (predicted - predicted.mean(0))).mean(0),
+        variance,
+        out=np.zeros_like(variance),
+        where=variance > 0,
+    )
+    adjusted = predicted - c * (drawn - 1.0)
+    return EpsSecondMoment(adjusted.mean(0), adjusted.std(0, ddof=1) / math.sqrt(count), count)
+
+
+def calibrate_pipeline(
+    pipeline: Any,
+    images: torch.Tensor,
+    generator: torch.Generator | None = None,
+    max_batch_size: int = 256,
+    progress: bool = True,
+) -> EpsSecondMoment:
+    """Estimate Gamma for ``pipeline`` (``unet`` + an ``HFDDPMScheduler``) on training ``images`` and set
+    ``pipeline.scheduler`` to the same scheduler carrying it as ``eps_second_moment`` (its variance type
+    is unchanged). A class-conditional CFG model is calibrated with its null label: the analytic
+    variance is then that of the unconditional model p(x), which guided sampling uses too."""
+    size = pipeline.unet.config.sample_size
+    size = size if isinstance(size, int) else size[0]
+    channels = pipeline.unet.config.in_channels
+    if images.ndim != 4 or tuple(images.shape[1:]) != (channels, size, size):
+        raise ValueError(
+            f"images of shape {tuple(images.shape)} do not fit the model, which takes "
+            f"(M, {channels}, {size}, {size})"
+        )
+    if "eps_second_moment" not in pipeline.scheduler.config:
+        raise ValueError(
+            f"calibration needs an HFDDPMScheduler, not {type(pipeline.scheduler).__name__}; load "
+            "the pipeline with hf_ddpm.HFDDPMPipeline.from_pretrained"
+        )
+    device = pipeline.unet.device
+    result = eps_second_moment(
+        unconditional_model(pipeline.unet),
+        pipeline.scheduler,
+        images.to(device),
+        generator=generator,
+        max_batch_size=max_batch_size,
+        progress=progress,
+    )
+    pipeline.scheduler = type(pipeline.scheduler).from_config(
+        pipeline.scheduler.config, eps_second_moment=result.values.tolist()
+    )
+    return result
+
+
+def write_eps_second_moment(
+    folder: str | os.PathLike, values: np.ndarray | list[float], set_default: bool = False
+) -> Path:
+    """Write ``eps_second_moment`` into ``folder``'s scheduler/scheduler_config.json (and
+    ``variance_type="analytic"`` with ``set_default``) through a temporary file and ``os.replace``, so an
+    interrupted write leaves the old config whole. Returns the config's path."""
+    path = Path(folder) / SCHEDULER_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"no {SCHEDULER_CONFIG} in {folder}: not a saved pipeline folder")
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("num_train_timesteps", len(values)) != len(values):
+        raise ValueError(
+            f"{len(values)} moments for a scheduler of num_train_timesteps="
+            f"{config['num_train_timesteps']}"
+        )
+    config["eps_second_moment"] = [float(v) for v in values]
+    if set_default:
+        config["variance_type"] = "analytic"
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".scheduler_config.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            f.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``hf-ddpm calibrate`` options."""
+    from .evaluate import add_data_arguments
+
+    add_data_arguments(parser, "train", "split to calibrate on")
+    parser.add_argument(
+        "--num-images",
+        type=int,
+        default=DEFAULT_NUM_IMAGES,
+        metavar="M",
+        help=f"training images, each noised at every timestep (default: {DEFAULT_NUM_IMAGES}; "
+        "Bao et al. find 10 nearly enough)",
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="folder to write the calibrated pipeline to (default: MODEL itself, if a local folder)",
+    )
+    parser.add_argument(
+        "--set-default",
+        action="store_true",
+        help='also make variance_type "analytic" the saved default',
+    )
+    parser.add_argument("--batch-size", type=int, default=256, help="network inputs per call")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument(
+        "--push-to-hub", action="store_true", help="upload the calibrated folder to the Hub"
+    )
+    parser.add_argument(
+        "--hub-model-id", default=None, help="repo to push to (default: MODEL, if a repo id)"
+    )
+    parser.add_argument("--hub-token", default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``hf-ddpm calibrate``. Bad input is raised before the long loop, and cli.py reports it as one
+    line with exit status 2."""
+    from hf_ddpm.core.hub_layout import push_folder_to_hub, resolve_pipeline_folder
+    from hf_ddpm.core.pipeline import HFDDPMPipeline
+
+    from .evaluate import load_reference
+
+    if args.num_images < 1:
+        raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
+    local = Path(args.model).is_dir()
+    repo_id = args.hub_model_id or (None if local else args.model)
+    if args.push_to_hub and repo_id is None:
+        raise ValueError("--push-to-hub with a local folder needs --hub-model-id")
+    if args.output is None and not local:
+        raise ValueError(f"{args.model} is a Hub repo: pass --output FOLDER to write to")
+    source = resolve_pipeline_folder(args.model)
+    output = Path(args.output) if args.output else source
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipeline = HFDDPMPipeline.from_pretrained(source).to(device)
+    size = pipeline.unet.config.sample_size
+    reference = load_reference(
+        size if isinstance(size, int) else size[0],
+        args.dataset,
+        args.train_data_dir,
+        args.split,
+        args.image_column,
+        args.num_images,
+    )
+    generator = torch.Generator(device).manual_seed(args.seed)
+    result = calibrate_pipeline(
+        pipeline, reference.images, generator=generator, max_batch_size=args.batch_size
+    )
+    if output.resolve() != source.resolve():
+        shutil.copytree(source, output, dirs_exist_ok=True)
+    path = write_eps_second_moment(output, result.values, set_default=args.set_default)
+    worst = int(np.nanargmax(result.stderr)) if result.num_images > 1 else 0
+    print(
+        f"Gamma_n over {result.num_images} images of {reference.name!r} ({reference.split}) written to "
+        f"{path}: from {result.values[0]:.4f} at n=0 to {result.values[-1]:.4f} at n="
+        f"{len(result.values) - 1}; largest standard error {result.stderr[worst]:.2g} at n={worst}"
+        + ("; variance_type is now 'analytic'" if args.set_default else "")
+    )
+    if args.push_to_hub:
+        url = push_folder_to_hub(
+            output,
+            repo_id,
+            token=args.hub_token,
+            commit_message="Add eps_second_moment (hf-ddpm calibrate)",
+        )
+        print(f"pushed: {url}")
+    return 0
