@@ -677,7 +677,6 @@ def push_folder_to_hub(
 def push_pipeline_to_hub(
     pipeline: Any,
     repo_id: str,
-    *,
     commit_message: str | None = None,
     private: bool = False,
     token: str | None = None,
@@ -688,7 +687,8 @@ def push_pipeline_to_hub(
     """Save ``pipeline`` (to ``save_directory`` or a new temporary folder) and push it to ``repo_id``.
 
     A temporary folder is removed after a successful push and kept after a failed one, so the retry
-    command in the ``HubPushError`` message works. ``card`` goes to ``save_pipeline_folder``.
+    command in the ``HubPushError`` message works. ``card`` goes to ``save_pipeline_folder``. Returns the
+    URL of the commit. It is also the pipelines' ``push_to_hub`` method, ``pipeline`` their ``self``.
     """
     folder = (
         Path(save_directory) if save_directory else Path(tempfile.mkdtemp(prefix="hf_ddpm-push-"))

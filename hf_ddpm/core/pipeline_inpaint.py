@@ -23,7 +23,7 @@ from .diffusion_tables import DiffusionTables  # noqa: F401  (imported by forwar
 from .edit_inputs import ImageArg
 from .forward_process import q_transition_sample
 from .gaussian import reparameterize  # noqa: F401  (imported by forward_process)
-from .hub_layout import MODEL_INDEX  # noqa: F401  (imported by the mixin's save and load methods)
+from .hub_layout import MODEL_INDEX  # noqa: F401  (imported by pipeline_base)
 from .pipeline_base import CallbackArg, ClassLabelsArg, GeneratorArg, HFDDPMPipelineMixin
 from .variance import LEARNED_VARIANCE_TYPES  # noqa: F401  (imported by pipeline_base)
 
@@ -88,8 +88,7 @@ class HFDDPMInpaintPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
         """Fill the white region of ``mask_image`` in ``image``.
 
         Args:
-            image: the image(s) to edit, at the model's size and channel count: PIL, a numpy array
-                (H, W[, C]) or (B, H, W, C) in [0, 1], or a tensor (C, H, W) or (B, C, H, W) in [-1, 1].
+            image: the image(s) to edit, in any form ``HFDDPMImg2ImgPipeline`` takes.
             mask_image: white (>= 0.5) where new content goes, black where ``image`` is kept: PIL, a
                 numpy array (H, W[, 1]) in [0, 1], or a tensor (H, W), (1, H, W) or (B, 1, H, W) in
                 [0, 1]. One mask for all images, or one per image; neither all black nor all white.

@@ -19,7 +19,7 @@ from .diffusion_tables import DiffusionTables  # noqa: F401  (remote-code closur
 from .edit_inputs import prepare_images  # noqa: F401
 from .forward_process import q_transition_sample  # noqa: F401
 from .gaussian import reparameterize  # noqa: F401
-from .hub_layout import MODEL_INDEX  # noqa: F401  (imported by the mixin's save and load methods)
+from .hub_layout import MODEL_INDEX  # noqa: F401  (imported by pipeline_base)
 from .pipeline_base import (
     CallbackArg,
     ClassLabelsArg,
@@ -84,7 +84,9 @@ class HFDDPMPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
         Returns:
             ``ImagePipelineOutput(images=...)``, or ``(images,)`` when ``return_dict`` is False.
         """
-        tensor_names = self._check_inputs(
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+        tensor_names = self._check_common_inputs(
             batch_size,
             generator,
             num_inference_steps,
@@ -105,18 +107,3 @@ class HFDDPMPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
             latents, labels, guidance_scale, generator, callback_on_step_end, tensor_names
         )
         return self._output(latents, output_type, return_dict)
-
-    def _check_inputs(
-        self,
-        batch_size: int,
-        generator: GeneratorArg,
-        num_inference_steps: int,
-        output_type: str,
-        callback: CallbackArg,
-        tensor_inputs: list[str] | None,
-    ) -> list[str]:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
-        return self._check_common_inputs(
-            batch_size, generator, num_inference_steps, output_type, callback, tensor_inputs
-        )

@@ -6,8 +6,8 @@ remote-code module as its only ``DiffusionPipeline`` subclass, so each pipeline 
 ``pipeline_inpaint.py``, ``pipeline_img2img.py``) must hold exactly one, and this module none.
 
 Remote code: this file is copied next to ``pipeline.py`` in every saved folder, so it imports only torch,
-diffusers, the standard library and its siblings; ``hub_layout`` is imported inside the methods that
-need it.
+diffusers, the standard library and its siblings (``hub_layout`` imports only the standard library at
+module level).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 # diffusers' remote-code loader copies only the relative imports written in a module, not theirs.
 from .diffusion_tables import DiffusionTables  # noqa: F401  (imported by variance)
 from .edit_inputs import ImageArg, broadcast_batch, prepare_images, prepare_masks
+from .hub_layout import load_pipeline, push_pipeline_to_hub, save_pipeline_folder
 from .variance import LEARNED_VARIANCE_TYPES
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -365,8 +366,6 @@ class HFDDPMPipelineMixin:
         ``push_to_hub=True``, ``repo_id`` is required and ``private``, ``token`` and
         ``commit_message`` are passed on to ``push_to_hub``.
         """
-        from .hub_layout import save_pipeline_folder
-
         if not safe_serialization:
             raise ValueError(
                 f"{type(self).__name__} saves safetensors only; drop safe_serialization=False."
@@ -383,33 +382,8 @@ class HFDDPMPipelineMixin:
             return
         save_pipeline_folder(self, save_directory, variant=variant, **kwargs)
 
-    def push_to_hub(
-        self,
-        repo_id: str,
-        commit_message: str | None = None,
-        private: bool = False,
-        token: str | None = None,
-        create_pr: bool = False,
-        save_directory: str | os.PathLike | None = None,
-        **card: Any,
-    ) -> str:
-        """Save this pipeline (to ``save_directory``, or a temporary folder) and upload it to ``repo_id``.
-
-        On a network error the folder is kept and the raised error says where it is and how to retry.
-        Returns the URL of the commit.
-        """
-        from .hub_layout import push_pipeline_to_hub
-
-        return push_pipeline_to_hub(
-            self,
-            repo_id,
-            commit_message=commit_message,
-            private=private,
-            token=token,
-            create_pr=create_pr,
-            save_directory=save_directory,
-            **card,
-        )
+    # Diffusers' positional order (repo_id, commit_message, private, token, create_pr), defined once.
+    push_to_hub = push_pipeline_to_hub
 
     @classmethod
     def from_pipe(cls, pipeline: Any, **kwargs: Any) -> Any:
@@ -434,6 +408,4 @@ class HFDDPMPipelineMixin:
         """
         if not RUNNING_AS_HF_DDPM:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        from .hub_layout import load_pipeline
-
         return load_pipeline(cls, pretrained_model_name_or_path, **kwargs)
