@@ -1,5 +1,5 @@
 """What ``hf-ddpm inpaint`` and ``hf-ddpm img2img`` share: the model argument, reading the input images
-with errors that name the file and the flag, and writing the result."""
+with errors that name the file and the flag, running the edit pipeline and writing the result."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
+
+from .sample import load_for_sampling
 
 
 def pipeline_default(pipeline_class: type, name: str) -> Any:
@@ -118,3 +120,26 @@ def write_row(images: np.ndarray, output: Path) -> None:
     tmp = output.with_name(f".{output.name}.tmp")
     picture.save(tmp, format="PNG")
     tmp.replace(output)
+
+
+def open_edit(args: argparse.Namespace, pipeline_class: type) -> tuple[Any, np.ndarray, Path]:
+    """The model as ``pipeline_class`` on ``--device``, the ``--image`` read for it, and the checked
+    ``--output`` path."""
+    output = check_output_path(args.output)
+    pipe = pipeline_class.from_pipe(load_for_sampling(args.model)).to(args.device)
+    return pipe, read_image(args.image, "--image", pipe), output
+
+
+def draw_edits(pipe: Any, args: argparse.Namespace, output: Path, done: str, **inputs: Any) -> int:
+    """Run ``pipe`` on ``inputs`` with the options both commands share (steps, one seed per image, class),
+    write the results side by side to ``output`` and say so (``done``: what happened to the images)."""
+    images = pipe(
+        **inputs,
+        num_inference_steps=args.num_inference_steps,
+        generator=generators(args.seed, args.num_images),
+        output_type="np",
+        **class_kwargs(args.class_label, args.guidance_scale),
+    ).images
+    write_row(images, output)
+    print(f"wrote {len(images)} {done} image(s) to {output}")
+    return 0

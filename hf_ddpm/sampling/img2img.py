@@ -6,16 +6,7 @@ import argparse
 
 from hf_ddpm.core.pipeline_img2img import HFDDPMImg2ImgPipeline
 
-from .edit_files import (
-    add_common_arguments,
-    check_output_path,
-    class_kwargs,
-    generators,
-    pipeline_default,
-    read_image,
-    write_row,
-)
-from .sample import load_for_sampling
+from .edit_files import add_common_arguments, draw_edits, open_edit, pipeline_default
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,17 +22,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    output = check_output_path(args.output)
-    pipe = HFDDPMImg2ImgPipeline.from_pipe(load_for_sampling(args.model)).to(args.device)
-    image = read_image(args.image, "--image", pipe)
-    images = pipe(
-        image=image,
-        strength=args.strength,
-        num_inference_steps=args.num_inference_steps,
-        generator=generators(args.seed, args.num_images),
-        output_type="np",
-        **class_kwargs(args.class_label, args.guidance_scale),
-    ).images
-    write_row(images, output)
-    print(f"wrote {len(images)} edited image(s) to {output}")
-    return 0
+    pipe, image, output = open_edit(args, HFDDPMImg2ImgPipeline)
+    return draw_edits(pipe, args, output, "edited", image=image, strength=args.strength)

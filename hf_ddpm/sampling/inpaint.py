@@ -6,16 +6,7 @@ import argparse
 
 from hf_ddpm.core.pipeline_inpaint import HFDDPMInpaintPipeline
 
-from .edit_files import (
-    add_common_arguments,
-    check_output_path,
-    class_kwargs,
-    generators,
-    pipeline_default,
-    read_image,
-    write_row,
-)
-from .sample import load_for_sampling
+from .edit_files import add_common_arguments, draw_edits, open_edit, pipeline_default, read_image
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,20 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    output = check_output_path(args.output)
-    pipe = HFDDPMInpaintPipeline.from_pipe(load_for_sampling(args.model)).to(args.device)
-    image = read_image(args.image, "--image", pipe)
-    mask = read_image(args.mask, "--mask", pipe, mask=True)
-    images = pipe(
+    pipe, image, output = open_edit(args, HFDDPMInpaintPipeline)
+    return draw_edits(
+        pipe,
+        args,
+        output,
+        "inpainted",
         image=image,
-        mask_image=mask,
-        num_inference_steps=args.num_inference_steps,
+        mask_image=read_image(args.mask, "--mask", pipe, mask=True),
         jump_length=args.jump_length,
         jump_n_sample=args.jump_n_sample,
-        generator=generators(args.seed, args.num_images),
-        output_type="np",
-        **class_kwargs(args.class_label, args.guidance_scale),
-    ).images
-    write_row(images, output)
-    print(f"wrote {len(images)} inpainted image(s) to {output}")
-    return 0
+    )
