@@ -96,23 +96,12 @@ def measure_noised_rows(
     return values
 
 
-def bound_terms_bpd(
-    model: Callable[..., Any],
-    scheduler: Any,
-    x0: torch.Tensor,
-    image_index: torch.Tensor,
-    timesteps: torch.Tensor,
-    rows_per_call: int,
-    generator: torch.Generator | None = None,
-    num_bins: int = 256,
-    on_schedule: bool = False,
-) -> torch.Tensor:
-    """L_t in bits/dim (float64, (N,)) of image ``x0[image_index[n]]`` at t = ``timesteps[n]``, each pair
-    with its own draw x_t ~ q(x_t | x_0), evaluated ``rows_per_call`` pairs per network call. With
-    ``on_schedule``, the terms of the scheduler's current (``set_timesteps``) chain.
+def vlb_terms_measure(scheduler: Any, num_bins: int = 256, on_schedule: bool = False) -> RowMeasure:
+    """The ``measure_noised_rows`` measure of the bound: each row's L_t in bits/dim; with ``on_schedule``,
+    the terms of the scheduler's current (``set_timesteps``) chain.
 
     The bound loops of this package (the exact T-term bound, the K-step one and the importance-sampled
-    one) are this loop over different pairs."""
+    one) are ``measure_noised_rows`` with this measure over different pairs."""
     schedule = {"on_schedule": True} if on_schedule else {}
 
     def terms(
@@ -124,9 +113,7 @@ def bound_terms_bpd(
     ) -> torch.Tensor:
         return scheduler.vlb_terms_bpd(out, x0_rows, x_t, t, num_bins=num_bins, **schedule)
 
-    return measure_noised_rows(
-        model, scheduler, x0, image_index, timesteps, rows_per_call, terms, generator
-    )
+    return terms
 
 
 @torch.no_grad()
@@ -161,16 +148,15 @@ def variational_bound(
     else:
         steps = torch.arange(scheduler.config.num_train_timesteps, device=x0.device)
     # Rows timestep-major: each call holds whole timesteps, every image at each.
-    values = bound_terms_bpd(
+    values = measure_noised_rows(
         model,
         scheduler,
         x0,
         image_index=torch.arange(batch, device=x0.device).repeat(len(steps)),
         timesteps=steps.repeat_interleave(batch),
         rows_per_call=max(1, max_batch_size // batch) * batch,
+        measure=vlb_terms_measure(scheduler, num_bins, on_schedule),
         generator=generator,
-        num_bins=num_bins,
-        on_schedule=on_schedule,
     )
     terms = values.view(len(steps), batch).T
     prior = scheduler.prior_bpd(x0, on_schedule=True) if on_schedule else scheduler.prior_bpd(x0)

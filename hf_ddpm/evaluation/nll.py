@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .bound import bound_terms_bpd, variational_bound
+from .bound import measure_noised_rows, variational_bound, vlb_terms_measure
 
 __all__ = [
     "NLLResult",
@@ -238,15 +238,15 @@ def importance_sampled_bound(
     image_index = torch.cat([image_index.repeat_interleave(num_timesteps), image_index])
     q_dev = q.to(x0.device)
     weight = torch.cat([1.0 / (num_timesteps * q_dev[t_all[:draws]]), q_dev.new_ones(batch)])
-    terms = bound_terms_bpd(
+    terms = measure_noised_rows(
         model,
         scheduler,
         x0,
         image_index=image_index,
         timesteps=t_all,
         rows_per_call=max_batch_size,
+        measure=vlb_terms_measure(scheduler, num_bins),
         generator=generator,
-        num_bins=num_bins,
     )
     values = terms * weight
     rate = values[:draws].view(batch, num_timesteps).sum(1)
