@@ -165,7 +165,9 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         # chain, say) keeps working with the other variance types.
         needs_moments = variance_type == "analytic" or timestep_spacing == "optimal"
         self._eps_second_moment = (
-            check_eps_second_moment(eps_second_moment, num_train_timesteps) if needs_moments else None
+            check_eps_second_moment(eps_second_moment, num_train_timesteps)
+            if needs_moments
+            else None
         )
         self._optimal_timesteps: dict[int, np.ndarray] = {}
         # diffusers' public float32 views.
