@@ -3,7 +3,9 @@ checkpoints pushed while training runs and resumed from the Hub."""
 
 import hashlib
 import json
+import logging
 import math
+import shlex
 import shutil
 from pathlib import Path
 
@@ -385,15 +387,20 @@ def test_batched_loss_reads_log_every_step_as_reading_each_step_does(tmp_path):
     assert all(value > 0 for _, value in logs[4]["grad_norm"])
 
 
-def test_failed_push_keeps_the_output_and_says_how_to_retry(
-    tmp_path, hub_server, no_hub_retry_sleep
+def test_failed_push_keeps_the_output_and_says_how_to_retry_once(
+    tmp_path, hub_server, no_hub_retry_sleep, capsys, caplog
 ):
+    from hf_ddpm.cli import main
+
     hub_server.fail_next_commits(1000, "500")
     config = _tiny(tmp_path, max_steps=2, push_to_hub=True, hub_model_id="tester/down")
-    result = train(config)
     out = Path(config.output_dir)
-    assert result.hub_url is None
-    assert "retry" in result.push_error and str(out.resolve()) in result.push_error
+    with caplog.at_level(logging.INFO):
+        assert main(shlex.split(config.command())[1:]) == 1
+    err = capsys.readouterr().err
+    # Said once, on stderr: not also logged.
+    assert err.count("retry") == 1 and str(out.resolve()) in err, err
+    assert not [r for r in caplog.records if "retry" in r.getMessage()]
     assert (out / "model_index.json").is_file() and (out / "samples.png").is_file()
     assert (out / "checkpoint-2" / "manifest.json").is_file()
 

@@ -228,8 +228,8 @@ class _Trainer:
                     ],
                 )
             except HubPushError as error:
+                # Reported once, by the caller: run() prints it and exits 1.
                 result.push_error = str(error)
-                logger.error("%s", error)
 
 
 def prepare_training(config: TrainConfig) -> tuple[TrainingSetup, Path | None]:
@@ -277,16 +277,13 @@ def train(config: TrainConfig) -> TrainResult:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``hf-ddpm train``: 0 on success, 1 if training diverged, the final push failed or the
     checkpoint to resume from is unusable or unreachable, 2 for bad options or data. Failed checkpoint
-    uploads (``--hub-strategy``) are printed as warnings and do not change the status."""
+    uploads (``--hub-strategy``) are printed as warnings and do not change the status. Bad options or
+    data are raised, and cli.py reports them."""
     from .checkpointing import CorruptCheckpointError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        config = config_from_args(args)
-        result = train(config)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"hf-ddpm train: error: {error}", file=sys.stderr)
-        return 2
+        result = train(config_from_args(args))
     # A checkpoint to resume from that fails its manifest check, or a Hub that cannot be reached for
     # --resume-from-checkpoint hub: nothing was trained, and the message says which.
     except (TrainingDivergedError, CorruptCheckpointError, ConnectionError) as error:
