@@ -189,6 +189,7 @@ def load_reference(
     split: str = "test",
     image_column: str | None = None,
     max_images: int | None = None,
+    skip_bad_images: bool = False,
 ) -> ReferenceData:
     """Read a dataset split with ``hf_ddpm.data.image_datasets`` (the same options and preprocessing as ``train``).
 
@@ -196,12 +197,20 @@ def load_reference(
         resolution: side length to resize and center-crop to; the model's ``sample_size``.
         dataset, train_data_dir, split, image_column: as for :func:`hf_ddpm.data.image_datasets.load_image_dataset`.
         max_images: use only the first ``max_images`` images of the split.
+        skip_bad_images: leave out the files of ``train_data_dir`` that cannot be decoded instead of
+            raising (``--skip-bad-images``).
     """
     from hf_ddpm.data.image_datasets import collate, load_image_dataset, preprocess
 
     if train_data_dir is not None:
         _check_folder_split(train_data_dir, split)
-    data = load_image_dataset(dataset, train_data_dir, split=split, image_column=image_column)
+    data = load_image_dataset(
+        dataset,
+        train_data_dir,
+        split=split,
+        image_column=image_column,
+        skip_bad_images=skip_bad_images,
+    )
     count = len(data) if max_images is None else min(max_images, len(data))
     processed = preprocess(data, resolution)
     examples = [processed[i] for i in tqdm(range(count), desc=f"loading {split}", leave=False)]
@@ -576,6 +585,12 @@ def add_data_arguments(
     )
     data.add_argument("--split", default=split, help=f"{split_help} (default: {split})")
     data.add_argument("--image-column", default=None, help="the dataset's image column")
+    data.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out the files of --train-data-dir that cannot be read (listed in the log) "
+        "instead of stopping",
+    )
     return data
 
 
@@ -692,6 +707,7 @@ def run(args: argparse.Namespace) -> int:
         args.split,
         args.image_column,
         args.max_reference_images,
+        skip_bad_images=args.skip_bad_images,
     )
     output = Path(args.output)
     report = evaluate_pipeline(pipe, reference, options, extractors)
