@@ -512,15 +512,15 @@ def test_grid_when_asked_is_a_preview_in_few_steps(
     from PIL import Image
 
     from hf_ddpm.cli import main
-    from hf_ddpm.evaluation.evaluate import DEFAULT_GRID_STEPS
+    from hf_ddpm.core.scheduling import DEFAULT_SAMPLING_STEPS
 
     calls = _spy_on_sampling(monkeypatch)
     grid = tmp_path / "grid.png"
     argv = _nll_argv(long_chain_pipeline, tmp_path, "--grid", str(grid), "--num-samples", "4")
     assert main(argv) == 0
-    assert [c["num_inference_steps"] for c in calls] == [DEFAULT_GRID_STEPS] * 4  # batch size 1
+    assert [c["num_inference_steps"] for c in calls] == [DEFAULT_SAMPLING_STEPS] * 4  # batch size 1
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["settings"]["grid_inference_steps"] == DEFAULT_GRID_STEPS < 200
+    assert report["settings"]["grid_inference_steps"] == DEFAULT_SAMPLING_STEPS < 200
     assert report["sample_grid"] == str(grid) and Image.open(grid).size == (16, 16)
     assert "sample grid" in capsys.readouterr().err  # its own progress bar
 

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from hf_ddpm.core.scheduling import DEFAULT_SAMPLING_STEPS
+
 from .bound import unconditional_model
 from .features import (
     DEFAULT_DINOV2_MODEL,
@@ -40,7 +42,6 @@ from .frechet import feature_statistics, frechet_distance
 from .nll import NLLResult, exact_nll, importance_sampled_nll, term_means_proposal
 
 __all__ = [
-    "DEFAULT_GRID_STEPS",
     "METRICS",
     "EvaluationOptions",
     "ReferenceData",
@@ -65,8 +66,6 @@ _CARD_METRICS = {
     "fd-dinov2": ("fd_dinov2", "FD_DINOv2"),
 }
 _GRID_MAX_IMAGES = 64
-# Sampling steps of a grid drawn only to look at: a preview in seconds, not the metric's full T steps.
-DEFAULT_GRID_STEPS = 50
 
 
 def parse_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
@@ -129,7 +128,7 @@ class EvaluationOptions:
         grid_path: where to write a grid PNG of up to 64 samples; None for no grid. The grid reuses the
             Fréchet samples when there are any; otherwise its images are drawn with ``grid_steps``.
         grid_steps: sampling steps of a grid drawn for its own sake; None for ``num_inference_steps`` if
-            given, else ``min(T, DEFAULT_GRID_STEPS)``: a preview, not a metric.
+            given, else ``min(T, DEFAULT_SAMPLING_STEPS)``: a preview, not a metric.
 
     Raises:
         ValueError: a bad metric name or a value out of range; the message names the option and its flag.
@@ -316,7 +315,7 @@ def sampling_steps(pipe: Any, options: EvaluationOptions) -> tuple[int, int]:
     num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
     steps = options.num_inference_steps or num_train_timesteps
     grid_steps = options.grid_steps or options.num_inference_steps
-    grid_steps = grid_steps or min(num_train_timesteps, DEFAULT_GRID_STEPS)
+    grid_steps = grid_steps or min(num_train_timesteps, DEFAULT_SAMPLING_STEPS)
     for name, value in (("num_inference_steps", steps), ("grid_steps", grid_steps)):
         if value > num_train_timesteps:
             raise ValueError(
@@ -655,7 +654,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="PATH",
         help="also write a PNG grid of up to 64 samples (default: no grid). It reuses the Fréchet "
-        f"samples; with only nll it draws its own, in --num-inference-steps or {DEFAULT_GRID_STEPS} "
+        f"samples; with only nll it draws its own, in --num-inference-steps or {DEFAULT_SAMPLING_STEPS} "
         "steps",
     )
     parser.add_argument(

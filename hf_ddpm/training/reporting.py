@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from hf_ddpm.core.scheduling import DEFAULT_SAMPLING_STEPS
 from hf_ddpm.data.image_grid import image_grid
 
 from .checkpointing import latest_checkpoint
 from .setup import TrainingSetup
-from .train_config import GRID_STEPS
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -94,9 +94,9 @@ class GridSampling:
 
 
 def grid_sampling(setup: TrainingSetup) -> GridSampling:
-    """``--sample-steps``, or ``GRID_STEPS`` (at most T), with the trained scheduler's own variance."""
+    """``--sample-steps``, or ``DEFAULT_SAMPLING_STEPS`` (at most T), with the trained scheduler's own variance."""
     config, scheduler = setup.config, setup.scheduler
-    steps = config.sample_steps or min(GRID_STEPS, config.num_train_timesteps)
+    steps = config.sample_steps or min(DEFAULT_SAMPLING_STEPS, config.num_train_timesteps)
     return GridSampling(steps, scheduler, f"the scheduler's {scheduler.config.variance_type}")
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hf_ddpm.core.scheduling import DEFAULT_SAMPLING_STEPS
 from hf_ddpm.data.ingest import CHANNEL_CHOICES
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
@@ -57,9 +58,6 @@ RESUMABLE_OPTIONS = frozenset(
         "skip_bad_images",
     }
 )
-# Steps of training's sample grids when --sample-steps is not given. Respaced ancestral sampling (Nichol &
-# Dhariwal 2021, section 4) at 50 steps draws a grid in seconds, where T = 1000 steps take minutes.
-GRID_STEPS = 50
 
 
 def _opt(default: Any, help: str, **argparse_kwargs: Any) -> Any:
@@ -151,7 +149,7 @@ class TrainConfig:
     num_samples: int = _opt(16, "images in each sample grid")
     sample_steps: int | None = _opt(
         None,
-        f"respaced sampling steps of the grids (default: {GRID_STEPS}, or T if fewer)",
+        f"respaced sampling steps of the grids (default: {DEFAULT_SAMPLING_STEPS}, or T if fewer)",
         type=int,
     )
     logger: str = _opt("tensorboard", "experiment tracker: tensorboard or none")
