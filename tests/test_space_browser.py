@@ -11,13 +11,13 @@ import io
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from conftest import _tiny_unet
 from PIL import Image
 
-import hf_ddpm
 from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler
 from spaces_app import app
 
@@ -117,19 +117,22 @@ def test_a_text_file_named_png_gets_a_message_in_the_browser(page_url, browser, 
     assert "Upload a PNG, JPEG or WebP picture" in toast.first.inner_text()
 
 
-@pytest.mark.skipif(
-    not hasattr(hf_ddpm, "HFDDPMInpaintPipeline"),
-    reason="hf_ddpm has no HFDDPMInpaintPipeline yet",
-)
-def _wait_until_drawn(page, canvas, timeout_s: float = 60) -> None:
-    """Wait until the uploaded picture shows on the editor's canvas (a WebGL canvas, so read from a
-    screenshot): the digit's white strokes on black make its pixels vary."""
-    for _ in range(int(timeout_s * 2)):
-        pixels = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("L"), dtype=float)
-        if pixels.std() > 20:
-            return
-        page.wait_for_timeout(500)
-    raise AssertionError(f"the uploaded picture never appeared (pixel std {pixels.std():.1f})")
+def _upload_until_drawn(page, picture, attempts: int = 3, timeout_s: float = 20) -> Any:
+    """Upload ``picture`` into the Edit tab's editor and wait until it shows on the canvas (a WebGL
+    canvas, so read from a screenshot: the digit's white strokes on black make its pixels vary).
+    An upload made while the editor is still starting can be dropped, so it is retried."""
+    std = 0.0
+    for _ in range(attempts):
+        page.locator("#edit_input input[type=file]").first.set_input_files(str(picture))
+        canvas = page.locator("#edit_input canvas").first
+        canvas.wait_for(timeout=60_000)
+        for _ in range(int(timeout_s * 2)):
+            shot = Image.open(io.BytesIO(canvas.screenshot())).convert("L")
+            std = np.asarray(shot, dtype=float).std()
+            if std > 20:
+                return canvas
+            page.wait_for_timeout(500)
+    raise AssertionError(f"the uploaded picture never appeared (pixel std {std:.1f})")
 
 
 def test_paint_a_mask_with_the_mouse_and_inpaint(page_url, browser, tmp_path):
@@ -137,10 +140,7 @@ def test_paint_a_mask_with_the_mouse_and_inpaint(page_url, browser, tmp_path):
     default tool), run the inpainting and wait for the result image."""
     page = _open(browser, page_url)
     page.get_by_role("tab", name="Edit").click(timeout=60_000)
-    page.locator("#edit_input input[type=file]").first.set_input_files(str(DIGIT))
-    canvas = page.locator("#edit_input canvas").first
-    canvas.wait_for(timeout=60_000)
-    _wait_until_drawn(page, canvas)
+    canvas = _upload_until_drawn(page, DIGIT)
     box = canvas.bounding_box()
     centre_x, centre_y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     for dy in (20, 50, 80, 110):  # strokes across the picture's lower half

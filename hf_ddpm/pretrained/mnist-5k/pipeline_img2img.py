@@ -16,6 +16,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .analytic import check_eps_second_moment  # noqa: F401  (imported by variance)
 from .diffusion_tables import DiffusionTables  # noqa: F401  (imported by variance)
 from .edit_inputs import ImageArg
 from .hub_layout import MODEL_INDEX  # noqa: F401  (imported by the mixin's save and load methods)

@@ -18,6 +18,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .analytic import check_eps_second_moment  # noqa: F401  (imported by variance)
 from .diffusion_tables import DiffusionTables  # noqa: F401  (imported by forward_process)
 from .edit_inputs import ImageArg
 from .forward_process import q_transition_sample
