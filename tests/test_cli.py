@@ -208,7 +208,14 @@ def test_sample_help_describes_every_option(capsys):
     undocumented = [a.option_strings for a in _subparser("sample")._actions if not a.help]
     assert not undocumented
     text = _help("sample", capsys)
-    assert "sampling steps, 1..T (default: T" in text
+    from hf_ddpm.core.scheduling import DEFAULT_SAMPLING_STEPS
+
+    assert (
+        f"sampling steps, 1..T (default: {DEFAULT_SAMPLING_STEPS}, or T if the model has fewer"
+        in text
+    )
+    assert "--sampler {ddpm,ddim,dpm-solver++}" in text
+    assert "analytic when the model carries eps_second_moment" in text
     assert "images in the grid (>= 1) (default: 16)" in text
 
 

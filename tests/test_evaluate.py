@@ -512,15 +512,15 @@ def test_grid_when_asked_is_a_preview_in_few_steps(
     from PIL import Image
 
     from hf_ddpm.cli import main
-    from hf_ddpm.evaluation.evaluate import DEFAULT_GRID_STEPS
+    from hf_ddpm.core.scheduling import DEFAULT_SAMPLING_STEPS
 
     calls = _spy_on_sampling(monkeypatch)
     grid = tmp_path / "grid.png"
     argv = _nll_argv(long_chain_pipeline, tmp_path, "--grid", str(grid), "--num-samples", "4")
     assert main(argv) == 0
-    assert [c["num_inference_steps"] for c in calls] == [DEFAULT_GRID_STEPS] * 4  # batch size 1
+    assert [c["num_inference_steps"] for c in calls] == [DEFAULT_SAMPLING_STEPS] * 4  # batch size 1
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["settings"]["grid_inference_steps"] == DEFAULT_GRID_STEPS < 200
+    assert report["settings"]["grid_inference_steps"] == DEFAULT_SAMPLING_STEPS < 200
     assert report["sample_grid"] == str(grid) and Image.open(grid).size == (16, 16)
     assert "sample grid" in capsys.readouterr().err  # its own progress bar
 
@@ -558,3 +558,30 @@ def test_evaluation_options_are_checked_once_and_can_be_overridden(saved_pipelin
         evaluate_pipeline(pipe, reference, options, num_inference_steps=11)
     with pytest.raises(TypeError):
         evaluate_pipeline(pipe, reference, options, no_such_option=1)
+
+
+def test_a_folder_with_an_unreadable_image_is_refused_unless_skip_bad_images(
+    saved_pipeline, tmp_path, capsys
+):
+    """The hint in the unreadable-image error names a flag evaluate itself takes."""
+    import json
+
+    from PIL import Image
+
+    from hf_ddpm.cli import main
+
+    held_out = tmp_path / "data" / "test"
+    held_out.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (8, 8), np.uint8)).save(held_out / f"a{i}.png")
+    (held_out / "bad.png").write_bytes(b"not a png")
+    argv = _nll_argv(
+        saved_pipeline, tmp_path, "--train-data-dir", str(tmp_path / "data"), "--split", "test"
+    )
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "bad.png" in err and "--skip-bad-images" in err
+    assert main([*argv, "--skip-bad-images"]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["metrics"]["nll"]["num_images"] == 2, report["metrics"]["nll"]

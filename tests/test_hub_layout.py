@@ -2,6 +2,7 @@
 diffusers' own DDPM folders, the model card, and clear errors."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -80,6 +81,18 @@ def test_saved_layout(tiny_unet, tmp_path):
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl"))]
     copied = {f.split("/", 1)[1] for f in files if f.startswith("scheduler/") and f.endswith(".py")}
     assert copied == _hf_ddpm_modules_imported_by("hf_ddpm.core.scheduling")
+
+
+def test_saved_weights_are_readable_as_a_plain_open_makes_them(tiny_unet, tmp_path):
+    # safetensors writes 0600; a shared model folder needs the mode open() gives under the umask.
+    old = os.umask(0o022)
+    try:
+        folder = tmp_path / "saved"
+        _learned_variance_pipe(tiny_unet).save_pretrained(folder)
+    finally:
+        os.umask(old)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    assert weights.stat().st_mode & 0o777 == 0o644, oct(weights.stat().st_mode)
 
 
 def test_remote_code_load_without_hf_ddpm(tiny_unet, tmp_path, run_without_hf_ddpm):

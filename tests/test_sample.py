@@ -1,6 +1,9 @@
 """``hf-ddpm sample``: the README's main command, on tiny pipelines saved by the test."""
 
+import logging
+
 import pytest
+import torch
 from PIL import Image
 
 from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler, cli
@@ -86,3 +89,125 @@ def test_steps_default_to_the_models_T(tmp_path, tiny_unet, pipeline_call):
     assert seen["num_inference_steps"] == 10
     assert Image.open(out).size == (8, 8)
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
+
+
+# ------------------------------------------------------------------ --sampler, --variance-type, spacing
+
+
+class _Stop(Exception):
+    """Raised by the spy to end a run once the pipeline call has been seen."""
+
+
+@pytest.fixture
+def stop_at_pipeline_call(monkeypatch):
+    """The scheduler and keyword arguments of the first HFDDPMPipeline call, which then stops."""
+    seen = {}
+
+    def spy(self, *args, **kwargs):
+        seen.update(kwargs, scheduler=self.scheduler)
+        raise _Stop
+
+    monkeypatch.setattr(HFDDPMPipeline, "__call__", spy)
+    return seen
+
+
+def _sample_log(argv, caplog, tmp_path):
+    with caplog.at_level(logging.INFO, logger=sample.__name__), pytest.raises(_Stop):
+        cli.main(["sample", "--output", str(tmp_path / "g.png"), "--num-images", "2", *argv])
+    return caplog.text
+
+
+def test_a_calibrated_model_samples_with_the_analytic_variance_in_the_default_steps(
+    tmp_path, caplog, stop_at_pipeline_call
+):
+    """The bundled model carries eps_second_moment: without --variance-type it samples analytic, in
+    DEFAULT_SAMPLING_STEPS steps, and the log says so."""
+    from hf_ddpm.core.scheduling import DEFAULT_SAMPLING_STEPS
+
+    text = _sample_log([], caplog, tmp_path)
+    seen = stop_at_pipeline_call
+    assert seen["scheduler"].config.variance_type == "analytic"
+    assert seen["num_inference_steps"] == DEFAULT_SAMPLING_STEPS
+    assert (
+        f"ddpm sampler, analytic variance (the model's eps_second_moment), leading spacing, "
+        f"{DEFAULT_SAMPLING_STEPS} steps" in text
+    ), text
+    caplog.clear()
+    text = _sample_log(
+        ["--variance-type", "fixed_small", "--timestep-spacing", "trailing"], caplog, tmp_path
+    )
+    assert seen["scheduler"].config.variance_type == "fixed_small"
+    assert seen["scheduler"].config.timestep_spacing == "trailing"
+    assert "ddpm sampler, fixed_small variance, trailing spacing" in text, text
+
+
+def test_an_uncalibrated_model_keeps_its_own_variance(tmp_path, tiny_unet, stop_at_pipeline_call):
+    model = _save(tmp_path, tiny_unet)
+    with pytest.raises(_Stop):
+        cli.main(["sample", "--model", str(model), "--output", str(tmp_path / "g.png")])
+    assert stop_at_pipeline_call["scheduler"].config.variance_type == "fixed_small"
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm-solver++"])
+def test_diffusers_samplers_give_what_diffusers_own_scheduler_gives(tmp_path, sampler, caplog):
+    """--sampler ddim / dpm-solver++ on the bundled (class-conditional) model: the same images as a
+    plain loop over diffusers' DDIMScheduler / DPMSolverMultistepScheduler(dpmsolver++, order 2) built
+    from the model's config, drawing every class in turn."""
+    import numpy as np
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from hf_ddpm.data.image_grid import image_grid
+
+    out = tmp_path / "g.png"
+    argv = ["sample", "--output", str(out), "--num-images", "2", "--num-inference-steps", "3"]
+    with caplog.at_level(logging.INFO, logger=sample.__name__):
+        assert cli.main([*argv, "--sampler", sampler, "--seed", "5"]) == 0
+    assert f"{sampler} sampler (diffusers), leading spacing, 3 steps" in caplog.text
+    ours = np.asarray(Image.open(out).convert("L"), dtype=np.int16)
+
+    pipe = sample.load_for_sampling(None)
+    config = {k: v for k, v in pipe.scheduler.config.items() if k != "eps_second_moment"}
+    scheduler = (
+        DDIMScheduler.from_config(config)
+        if sampler == "ddim"
+        else DPMSolverMultistepScheduler.from_config(
+            config, algorithm_type="dpmsolver++", solver_order=2
+        )
+    )
+    scheduler.set_timesteps(3)
+    unet = pipe.unet
+    size = unet.config.sample_size
+    generator = torch.Generator().manual_seed(5)
+    x = randn_tensor((2, unet.config.in_channels, size, size), generator=generator)
+    labels = torch.tensor([0, 1])
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            eps = unet(x, t, class_labels=labels).sample
+            x = scheduler.step(eps, t, x, generator=generator).prev_sample
+    theirs = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    expected = np.asarray(image_grid(theirs).convert("L"), dtype=np.int16)
+    assert ours.shape == expected.shape
+    assert np.abs(ours - expected).max() <= 1, np.abs(ours - expected).max()
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--sampler", "euler"], ["--sampler", "ddpm", "ddim", "dpm-solver++"]),
+        (["--variance-type", "huge"], ["--variance-type", "fixed_small", "analytic"]),
+        (["--timestep-spacing", "even"], ["--timestep-spacing", "leading", "optimal"]),
+        (["--variance-type", "analytic"], ["--variance-type analytic", "hf-ddpm calibrate"]),
+        (["--timestep-spacing", "optimal"], ["--timestep-spacing optimal", "hf-ddpm calibrate"]),
+        (["--variance-type", "learned"], ["--variance-type learned", "output channels"]),
+        (["--sampler", "ddim", "--variance-type", "fixed_large"], ["--variance-type", "ddim"]),
+        (["--sampler", "ddim", "--timestep-spacing", "optimal"], ["optimal", "--sampler ddpm"]),
+    ],
+)
+def test_bad_sampling_choices_are_one_line_errors(tmp_path, tiny_unet, capsys, extra, words):
+    model = _save(tmp_path, tiny_unet)  # not calibrated
+    argv = ["sample", "--model", str(model), "--output", str(tmp_path / "g.png"), *extra]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and all(w in err for w in words), err
+    assert not (tmp_path / "g.png").exists()

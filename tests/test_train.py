@@ -3,7 +3,9 @@ checkpoints pushed while training runs and resumed from the Hub."""
 
 import hashlib
 import json
+import logging
 import math
+import shlex
 import shutil
 from pathlib import Path
 
@@ -310,6 +312,50 @@ def test_tiny_run_end_to_end(tmp_path):
     assert state["step"] == 6 and state["batches_seen"] == 6
 
 
+def test_training_ends_by_calibrating_the_ema_model_for_analytic_sampling(tmp_path, caplog):
+    """The saved scheduler config carries T moments; an independent Monte Carlo estimate of
+    E ||eps_theta(x_t, t)||^2 / d over the same 16 training images agrees; the final grid and a reloaded
+    pipeline sample with the analytic variance; --no-calibrate saves no moments."""
+    from hf_ddpm.core.pipeline import HFDDPMPipeline
+    from hf_ddpm.data.image_datasets import collate, load_image_dataset, preprocess
+    from hf_ddpm.sampling.sample import sampling_scheduler
+
+    config = _tiny(tmp_path, max_steps=2, checkpoint_every=0)
+    with caplog.at_level(logging.INFO):
+        train(config)
+    out = Path(config.output_dir)
+    saved = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    moments = np.asarray(saved["eps_second_moment"], dtype=np.float64)
+    assert saved["variance_type"] == "fixed_small"  # the trained default is kept
+    assert moments.shape == (20,) and np.isfinite(moments).all() and (moments >= 0).all(), moments
+    assert "16 x 20 = 320 network calls" in caplog.text, caplog.text
+    assert "analytic variance from the calibrated eps_second_moment" in caplog.text, caplog.text
+
+    # Brute force: fresh noise, plain means over images (no control variate), all timesteps at once.
+    pipe = HFDDPMPipeline.from_pretrained(out)
+    x0 = collate([preprocess(load_image_dataset("sklearn-digits"), 8)[i] for i in range(16)])
+    x0 = x0["pixel_values"].repeat(20, 1, 1, 1)
+    t = torch.arange(20).repeat_interleave(16)
+    ab = torch.cumprod(1 - pipe.scheduler.betas.double(), 0)[t].view(-1, 1, 1, 1)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(123), dtype=torch.float64)
+    x_t = (ab.sqrt() * x0 + (1 - ab).sqrt() * noise).float()
+    with torch.no_grad():
+        eps = pipe.unet(x_t, t).sample.double()
+    brute = eps.pow(2).flatten(1).mean(1).view(20, 16).mean(1).numpy()
+    assert abs(brute.mean() - moments.mean()) < 0.05 * moments.mean(), (brute, moments)
+
+    scheduler = sampling_scheduler(pipe).scheduler
+    assert scheduler.config.variance_type == "analytic"
+    pipe.scheduler = scheduler
+    images = pipe(batch_size=2, num_inference_steps=3, output_type="np").images
+    assert np.isfinite(images).all()
+
+    plain = _tiny(tmp_path / "plain", max_steps=2, checkpoint_every=0, calibrate=False, grid=False)
+    train(plain)
+    saved = json.loads((Path(plain.output_dir) / "scheduler" / "scheduler_config.json").read_text())
+    assert saved.get("eps_second_moment") is None
+
+
 def _poison_loss_at_call(monkeypatch, bad_call: int) -> None:
     """Make the ``bad_call``-th training loss NaN (one micro-batch per step: the loss of that step)."""
     from hf_ddpm.core.scheduling import HFDDPMScheduler
@@ -385,15 +431,20 @@ def test_batched_loss_reads_log_every_step_as_reading_each_step_does(tmp_path):
     assert all(value > 0 for _, value in logs[4]["grad_norm"])
 
 
-def test_failed_push_keeps_the_output_and_says_how_to_retry(
-    tmp_path, hub_server, no_hub_retry_sleep
+def test_failed_push_keeps_the_output_and_says_how_to_retry_once(
+    tmp_path, hub_server, no_hub_retry_sleep, capsys, caplog
 ):
+    from hf_ddpm.cli import main
+
     hub_server.fail_next_commits(1000, "500")
     config = _tiny(tmp_path, max_steps=2, push_to_hub=True, hub_model_id="tester/down")
-    result = train(config)
     out = Path(config.output_dir)
-    assert result.hub_url is None
-    assert "retry" in result.push_error and str(out.resolve()) in result.push_error
+    with caplog.at_level(logging.INFO):
+        assert main(shlex.split(config.command())[1:]) == 1
+    err = capsys.readouterr().err
+    # Said once, on stderr: not also logged.
+    assert err.count("retry") == 1 and str(out.resolve()) in err, err
+    assert not [r for r in caplog.records if "retry" in r.getMessage()]
     assert (out / "model_index.json").is_file() and (out / "samples.png").is_file()
     assert (out / "checkpoint-2" / "manifest.json").is_file()
 

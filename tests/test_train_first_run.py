@@ -199,14 +199,21 @@ def _record_sampling_steps(monkeypatch) -> list[int]:
     return steps
 
 
-def test_grids_take_50_steps_by_default_and_say_so(tmp_path, monkeypatch, caplog):
+def test_grids_take_the_default_steps_and_say_so(tmp_path, monkeypatch, caplog):
+    """Both grids take DEFAULT_SAMPLING_STEPS; the one during training uses the trained variance, the
+    final one (after calibration) the analytic variance."""
+    from hf_ddpm.core.scheduling import DEFAULT_SAMPLING_STEPS as K
+
     steps = _record_sampling_steps(monkeypatch)
     data = _folder(tmp_path / "c", grey=4)
-    config = _config(tmp_path, data, num_train_timesteps=100, sample_every=2, num_samples=3)
+    config = _config(tmp_path, data, num_train_timesteps=2 * K, sample_every=2, num_samples=3)
     with caplog.at_level(logging.INFO, logger="hf_ddpm.training.reporting"):
         train(config)
-    assert steps == [50, 50]  # the grid at step 2, then the final one
-    assert caplog.text.count("sampling 3 images, 50 steps") == 2
+    assert steps == [K, K]  # the grid at step 2, then the final one
+    assert caplog.text.count(f"sampling 3 images, {K} steps") == 2
+    periodic, final = [line for line in caplog.text.splitlines() if "sampling 3 images" in line]
+    assert "the scheduler's fixed_small variance" in periodic, periodic
+    assert "analytic variance from the calibrated eps_second_moment" in final, final
     out = Path(config.output_dir)
     assert (out / "samples.png").is_file() and (out / "samples" / "step-0000002.png").is_file()
 
@@ -372,4 +379,10 @@ def test_train_help_renders_and_states_each_default_once(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: None)" not in text
     assert "10% of --max-steps" in text  # a literal percent sign survives argparse's formatting
-    assert "(default: 50, or T if fewer)" in text and "(default: 0.0002)" in text
+    from hf_ddpm.core.scheduling import DEFAULT_SAMPLING_STEPS
+
+    assert (
+        f"(default: {DEFAULT_SAMPLING_STEPS}, or T if fewer)" in text
+        and "(default: 0.0002)" in text
+    )
+    assert "--calibrate, --no-calibrate" in text and "docs/analytic-dpm.md" in text

@@ -41,7 +41,7 @@ class UnreadableImagesError(ValueError):
         tail = f", and {more} more" if more > 0 else ""
         super().__init__(
             f"--train-data-dir {folder!r}: {len(self.bad)} of {total} images cannot be read: "
-            f"{listed}{tail}. Fix or remove them, or pass --skip-bad-images to train on the other "
+            f"{listed}{tail}. Fix or remove them, or pass --skip-bad-images to use the other "
             f"{total - len(self.bad)}"
         )
 

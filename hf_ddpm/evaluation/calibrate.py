@@ -271,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
         args.split,
         args.image_column,
         args.num_images,
+        skip_bad_images=args.skip_bad_images,
     )
     generator = torch.Generator(device).manual_seed(args.seed)
     result = calibrate_pipeline(

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from hf_ddpm.core.scheduling import DEFAULT_SAMPLING_STEPS
+
 from .bound import unconditional_model
 from .features import (
     DEFAULT_DINOV2_MODEL,
@@ -40,7 +42,6 @@ from .frechet import feature_statistics, frechet_distance
 from .nll import NLLResult, exact_nll, importance_sampled_nll, term_means_proposal
 
 __all__ = [
-    "DEFAULT_GRID_STEPS",
     "METRICS",
     "EvaluationOptions",
     "ReferenceData",
@@ -65,8 +66,6 @@ _CARD_METRICS = {
     "fd-dinov2": ("fd_dinov2", "FD_DINOv2"),
 }
 _GRID_MAX_IMAGES = 64
-# Sampling steps of a grid drawn only to look at: a preview in seconds, not the metric's full T steps.
-DEFAULT_GRID_STEPS = 50
 
 
 def parse_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
@@ -129,7 +128,7 @@ class EvaluationOptions:
         grid_path: where to write a grid PNG of up to 64 samples; None for no grid. The grid reuses the
             Fréchet samples when there are any; otherwise its images are drawn with ``grid_steps``.
         grid_steps: sampling steps of a grid drawn for its own sake; None for ``num_inference_steps`` if
-            given, else ``min(T, DEFAULT_GRID_STEPS)``: a preview, not a metric.
+            given, else ``min(T, DEFAULT_SAMPLING_STEPS)``: a preview, not a metric.
 
     Raises:
         ValueError: a bad metric name or a value out of range; the message names the option and its flag.
@@ -189,6 +188,7 @@ def load_reference(
     split: str = "test",
     image_column: str | None = None,
     max_images: int | None = None,
+    skip_bad_images: bool = False,
 ) -> ReferenceData:
     """Read a dataset split with ``hf_ddpm.data.image_datasets`` (the same options and preprocessing as ``train``).
 
@@ -196,12 +196,20 @@ def load_reference(
         resolution: side length to resize and center-crop to; the model's ``sample_size``.
         dataset, train_data_dir, split, image_column: as for :func:`hf_ddpm.data.image_datasets.load_image_dataset`.
         max_images: use only the first ``max_images`` images of the split.
+        skip_bad_images: leave out the files of ``train_data_dir`` that cannot be decoded instead of
+            raising (``--skip-bad-images``).
     """
     from hf_ddpm.data.image_datasets import collate, load_image_dataset, preprocess
 
     if train_data_dir is not None:
         _check_folder_split(train_data_dir, split)
-    data = load_image_dataset(dataset, train_data_dir, split=split, image_column=image_column)
+    data = load_image_dataset(
+        dataset,
+        train_data_dir,
+        split=split,
+        image_column=image_column,
+        skip_bad_images=skip_bad_images,
+    )
     count = len(data) if max_images is None else min(max_images, len(data))
     processed = preprocess(data, resolution)
     examples = [processed[i] for i in tqdm(range(count), desc=f"loading {split}", leave=False)]
@@ -307,7 +315,7 @@ def sampling_steps(pipe: Any, options: EvaluationOptions) -> tuple[int, int]:
     num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
     steps = options.num_inference_steps or num_train_timesteps
     grid_steps = options.grid_steps or options.num_inference_steps
-    grid_steps = grid_steps or min(num_train_timesteps, DEFAULT_GRID_STEPS)
+    grid_steps = grid_steps or min(num_train_timesteps, DEFAULT_SAMPLING_STEPS)
     for name, value in (("num_inference_steps", steps), ("grid_steps", grid_steps)):
         if value > num_train_timesteps:
             raise ValueError(
@@ -576,6 +584,12 @@ def add_data_arguments(
     )
     data.add_argument("--split", default=split, help=f"{split_help} (default: {split})")
     data.add_argument("--image-column", default=None, help="the dataset's image column")
+    data.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out the files of --train-data-dir that cannot be read (listed in the log) "
+        "instead of stopping",
+    )
     return data
 
 
@@ -640,7 +654,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="PATH",
         help="also write a PNG grid of up to 64 samples (default: no grid). It reuses the Fréchet "
-        f"samples; with only nll it draws its own, in --num-inference-steps or {DEFAULT_GRID_STEPS} "
+        f"samples; with only nll it draws its own, in --num-inference-steps or {DEFAULT_SAMPLING_STEPS} "
         "steps",
     )
     parser.add_argument(
@@ -692,6 +706,7 @@ def run(args: argparse.Namespace) -> int:
         args.split,
         args.image_column,
         args.max_reference_images,
+        skip_bad_images=args.skip_bad_images,
     )
     output = Path(args.output)
     report = evaluate_pipeline(pipe, reference, options, extractors)

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from hf_ddpm.core.hub_layout import plain_file_mode
+
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -65,10 +67,8 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    # safetensors writes through a private temporary file (mode 0600); give each file the mode a plain
-    # open() would, which the new folder's own mode shows (0777 less the umask) without touching the
-    # process-wide umask.
-    file_mode = tmp.stat().st_mode & 0o666
+    # safetensors writes each file with mode 0600; a checkpoint's files get a plain open()'s mode.
+    file_mode = plain_file_mode(tmp)
     digests: dict[str, str] = {}
     for group, group_tensors in tensors.items():
         path = tmp / f"{group}.safetensors"

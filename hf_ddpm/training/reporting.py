@@ -11,16 +11,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from hf_ddpm.core.scheduling import (
+    DEFAULT_SAMPLING_STEPS,
+    HFDDPMScheduler,
+    sampling_variance_type,
+)
 from hf_ddpm.data.image_grid import image_grid
 
 from .checkpointing import latest_checkpoint
 from .setup import TrainingSetup
-from .train_config import GRID_STEPS
 
 if TYPE_CHECKING:
     from PIL import Image
-
-    from hf_ddpm.core.scheduling import HFDDPMScheduler
 
     from .step import StepOutcome
 
@@ -93,11 +95,20 @@ class GridSampling:
     variance: str
 
 
-def grid_sampling(setup: TrainingSetup) -> GridSampling:
-    """``--sample-steps``, or ``GRID_STEPS`` (at most T), with the trained scheduler's own variance."""
-    config, scheduler = setup.config, setup.scheduler
-    steps = config.sample_steps or min(GRID_STEPS, config.num_train_timesteps)
-    return GridSampling(steps, scheduler, f"the scheduler's {scheduler.config.variance_type}")
+def grid_sampling(setup: TrainingSetup, scheduler: HFDDPMScheduler | None = None) -> GridSampling:
+    """``--sample-steps``, or ``DEFAULT_SAMPLING_STEPS`` (at most T), with ``scheduler`` (default: the
+    trained one, as the grids during training use). A scheduler calibrated at the end of training samples
+    with the variance its moments give (``sampling_variance_type``: analytic), as ``hf-ddpm sample`` does."""
+    config = setup.config
+    scheduler = scheduler or setup.scheduler
+    steps = config.sample_steps or min(DEFAULT_SAMPLING_STEPS, config.num_train_timesteps)
+    own, variance = scheduler.config.variance_type, sampling_variance_type(scheduler.config)
+    if variance == own:
+        return GridSampling(steps, scheduler, f"the scheduler's {own} variance")
+    analytic = HFDDPMScheduler.from_config(scheduler.config, variance_type=variance)
+    return GridSampling(
+        steps, analytic, f"{variance} variance from the calibrated eps_second_moment"
+    )
 
 
 class SampleGrids:
@@ -108,18 +119,18 @@ class SampleGrids:
         self.setup = setup
         self.sampling = grid_sampling(setup)
 
-    def grid(self) -> Image.Image:
-        """A grid of ``--num-samples`` images."""
+    def grid(self, sampling: GridSampling | None = None) -> Image.Image:
+        """A grid of ``--num-samples`` images, drawn as ``sampling`` says (default: the run's grids')."""
         from hf_ddpm.core.pipeline import HFDDPMPipeline
 
-        setup, sampling = self.setup, self.sampling
+        setup, sampling = self.setup, sampling or self.sampling
         config = setup.config
         setup.ema.copy_to(setup.ema_unet)
         setup.ema_unet.eval()
         pipeline = HFDDPMPipeline(unet=setup.ema_unet, scheduler=sampling.scheduler)
         n = config.num_samples
         logger.info(
-            "sampling %d images, %d steps (%s variance; --sample-steps sets the steps)",
+            "sampling %d images, %d steps (%s; --sample-steps sets the steps)",
             n,
             sampling.num_inference_steps,
             sampling.variance,

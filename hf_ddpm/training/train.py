@@ -42,6 +42,7 @@ from .reporting import (
     SampleGrids,
     TrainingDivergedError,
     card_description,
+    grid_sampling,
     startup_summary,
 )
 from .run_checkpoint import (
@@ -66,6 +67,8 @@ from .train_config import DATA_RECORD, TrainConfig, config_from_args
 from .train_config import add_arguments as add_arguments
 
 if TYPE_CHECKING:
+    from hf_ddpm.core.pipeline import HFDDPMPipeline
+
     from .hub_checkpoints import HubCheckpointUploader
 
 logger = logging.getLogger(__name__)
@@ -181,15 +184,16 @@ class _Trainer:
         from hf_ddpm.data.image_datasets import BUNDLED_DATASETS
 
         setup, config = self.setup, self.setup.config
-        # The grid copies the EMA weights into ema_unet; without one they are copied here.
-        grid = self.grids.grid() if config.grid else None
-        if grid is None:
-            setup.ema.copy_to(setup.ema_unet)
+        setup.ema.copy_to(setup.ema_unet)
         # With label dropout the null label was trained: the saved pipeline samples p(x) without labels.
         null_label = setup.null_label if config.class_dropout > 0 else None
         pipeline = HFDDPMPipeline(
             unet=setup.ema_unet, scheduler=setup.scheduler, null_class_label=null_label
         )
+        if config.calibrate:
+            self._calibrate(pipeline)
+        # The final grid samples as `hf-ddpm sample` will: analytic where the model is calibrated.
+        grid = self.grids.grid(grid_sampling(setup, pipeline.scheduler)) if config.grid else None
         hub_dataset = config.train_data_dir is None and config.dataset not in BUNDLED_DATASETS
         pipeline.save_pretrained(
             setup.output_dir,
@@ -228,8 +232,40 @@ class _Trainer:
                     ],
                 )
             except HubPushError as error:
+                # Reported once, by the caller: run() prints it and exits 1.
                 result.push_error = str(error)
-                logger.error("%s", error)
+
+    def _calibrate(self, pipeline: HFDDPMPipeline) -> None:
+        """Give ``pipeline.scheduler`` Analytic-DPM's ``eps_second_moment`` (``hf-ddpm calibrate``'s
+        statistic) from the first ``--calibrate-images`` training images, as the training transform gives
+        them, so the saved and pushed model samples well in few steps."""
+        import torch
+
+        from hf_ddpm.data.image_datasets import collate
+        from hf_ddpm.evaluation.calibrate import calibrate_pipeline
+
+        setup, config = self.setup, self.setup.config
+        if setup.null_label is not None and config.class_dropout == 0:
+            logger.info(
+                "calibration skipped: a class-conditional model trained without --class-dropout has no "
+                "model of p(x) (its null label) to calibrate"
+            )
+            return
+        count = min(config.calibrate_images, len(setup.train_data))
+        logger.info(
+            "calibrating Analytic-DPM's eps_second_moment on %d training images: %d x %d = %d network "
+            "calls (--no-calibrate skips it)",
+            count,
+            count,
+            config.num_train_timesteps,
+            count * config.num_train_timesteps,
+        )
+        images = collate([setup.train_data[i] for i in range(count)])["pixel_values"]
+        setup.ema_unet.eval()
+        device = setup.accelerator.device
+        calibrate_pipeline(
+            pipeline, images, generator=torch.Generator(device).manual_seed(config.seed)
+        )
 
 
 def prepare_training(config: TrainConfig) -> tuple[TrainingSetup, Path | None]:
@@ -277,16 +313,13 @@ def train(config: TrainConfig) -> TrainResult:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``hf-ddpm train``: 0 on success, 1 if training diverged, the final push failed or the
     checkpoint to resume from is unusable or unreachable, 2 for bad options or data. Failed checkpoint
-    uploads (``--hub-strategy``) are printed as warnings and do not change the status."""
+    uploads (``--hub-strategy``) are printed as warnings and do not change the status. Bad options or
+    data are raised, and cli.py reports them."""
     from .checkpointing import CorruptCheckpointError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        config = config_from_args(args)
-        result = train(config)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"hf-ddpm train: error: {error}", file=sys.stderr)
-        return 2
+        result = train(config_from_args(args))
     # A checkpoint to resume from that fails its manifest check, or a Hub that cannot be reached for
     # --resume-from-checkpoint hub: nothing was trained, and the message says which.
     except (TrainingDivergedError, CorruptCheckpointError, ConnectionError) as error:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hf_ddpm.core.scheduling import DEFAULT_SAMPLING_STEPS
 from hf_ddpm.data.ingest import CHANNEL_CHOICES
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
@@ -44,6 +45,8 @@ RESUMABLE_OPTIONS = frozenset(
         "allow_config_change",
         "sample_every",
         "grid",
+        "calibrate",
+        "calibrate_images",
         "num_samples",
         "sample_steps",
         "logger",
@@ -57,9 +60,6 @@ RESUMABLE_OPTIONS = frozenset(
         "skip_bad_images",
     }
 )
-# Steps of training's sample grids when --sample-steps is not given. Respaced ancestral sampling (Nichol &
-# Dhariwal 2021, section 4) at 50 steps draws a grid in seconds, where T = 1000 steps take minutes.
-GRID_STEPS = 50
 
 
 def _opt(default: Any, help: str, **argparse_kwargs: Any) -> Any:
@@ -148,10 +148,22 @@ class TrainConfig:
     grid: bool = _opt(
         True, "draw the final sample grid (samples.png, shown in the card); --no-grid skips it"
     )
+    calibrate: bool = _opt(
+        True,
+        "estimate Analytic-DPM's eps_second_moment on the EMA model at the end (--calibrate-images x T "
+        "network calls) and save it in the scheduler config, so the model samples well in few steps; "
+        "--no-calibrate skips it",
+    )
+    calibrate_images: int = _opt(
+        16,
+        "training images of the end-of-training calibration (fewer if the data has fewer); on the "
+        "bundled model the 10-step optimal trajectory from 16 is within 0.013 bits/dim of the one "
+        "from 64 (docs/analytic-dpm.md)",
+    )
     num_samples: int = _opt(16, "images in each sample grid")
     sample_steps: int | None = _opt(
         None,
-        f"respaced sampling steps of the grids (default: {GRID_STEPS}, or T if fewer)",
+        f"respaced sampling steps of the grids (default: {DEFAULT_SAMPLING_STEPS}, or T if fewer)",
         type=int,
     )
     logger: str = _opt("tensorboard", "experiment tracker: tensorboard or none")
@@ -209,6 +221,7 @@ class TrainConfig:
             "checkpoint_every": 0,
             "sample_every": 0,
             "num_samples": 1,
+            "calibrate_images": 1,
             "dataloader_num_workers": 0,
             "log_every": 1,
         }

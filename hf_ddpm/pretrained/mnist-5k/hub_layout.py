@@ -130,6 +130,21 @@ def _is_diffusers_class(cls: type) -> bool:
     return cls.__module__.split(".")[0] == "diffusers"
 
 
+def plain_file_mode(folder: Path) -> int:
+    """The mode a plain ``open()`` gives a new file in ``folder`` (0666 less the umask), read from the
+    folder's own mode (0777 less the umask when it was made) without touching the process-wide umask."""
+    return folder.stat().st_mode & 0o666
+
+
+def give_plain_file_mode(folder: Path, pattern: str = "*.safetensors") -> None:
+    """Give the files of ``folder`` matching ``pattern`` :func:`plain_file_mode`: safetensors writes
+    through a private temporary file (mode 0600), which other users of a shared model folder cannot read."""
+    mode = plain_file_mode(folder)
+    for path in folder.glob(pattern):
+        if path.is_file():
+            path.chmod(mode)
+
+
 def _save_component(component: Any, folder: Path, variant: str | None) -> list[str | None]:
     """Save one component under ``folder``; return its model_index.json entry."""
     from diffusers import ConfigMixin, ModelMixin
@@ -139,6 +154,7 @@ def _save_component(component: Any, folder: Path, variant: str | None) -> list[s
     cls = type(component)
     if isinstance(component, ModelMixin):
         component.save_pretrained(folder, safe_serialization=True, variant=variant)
+        give_plain_file_mode(folder)
     elif isinstance(component, ConfigMixin):
         component.save_config(folder)
     else:
