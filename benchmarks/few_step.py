@@ -100,10 +100,15 @@ def _load(path: Path | None) -> dict:
 
 
 def _save(path: Path | None, cells: dict) -> None:
+    """Write ``cells`` over what the file holds now, so that runs sharing one cache keep each other's."""
     if path is None:
         return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cells, indent=1) + "\n")
+    merged = _load(path)
+    for key, cell in cells.items():
+        merged.setdefault(key, {}).update(cell)
+    cells.update(merged)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(merged, indent=1) + "\n")
     os.replace(tmp, path)
 
 
