@@ -23,6 +23,11 @@ from hf_ddpm.data.image_grid import image_grid
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "bundled-model.md"
 MARK = "\n## Evaluation\n"
+REFRESH_NOTE = (
+    "The folder carries byte copies of `hf_ddpm/core` (its remote code). After a change to core, refresh them "
+    "without retraining with `python -m hf_ddpm.hub.bundled --refresh-code`; `tests/test_layout.py` fails, naming "
+    "that command, while any copy differs from its source.\n"
+)
 
 
 def _grid(pipeline, classes, steps, seed, guidance):
@@ -106,7 +111,8 @@ def main() -> None:
     DOC.write_text(
         "# The bundled model: `hf_ddpm/pretrained/mnist-5k`\n\n"
         "Its model card, with the training command and figures, is "
-        "[hf_ddpm/pretrained/mnist-5k/README.md](../hf_ddpm/pretrained/mnist-5k/README.md).\n"
+        "[hf_ddpm/pretrained/mnist-5k/README.md](../hf_ddpm/pretrained/mnist-5k/README.md).\n\n"
+        + REFRESH_NOTE
         + "\n".join(section).replace(
             "(classes.png)", "(../hf_ddpm/pretrained/mnist-5k/classes.png)"
         ),
