@@ -4,9 +4,19 @@ These variables must be set before huggingface_hub, diffusers or gradio are impo
 live at module level here (pytest imports conftest.py before any test module).
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# An empty Hugging Face cache of the session's own, so that no test sees (or depends on) what this machine
+# happens to have downloaded before: "not cached" errors are the same on every machine.
+_HF_HOME = tempfile.mkdtemp(prefix="hf_ddpm_tests_hf_home_")
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
+os.environ["HF_HOME"] = _HF_HOME
+os.environ.pop("HF_HUB_CACHE", None)
+os.environ.pop("HF_DATASETS_CACHE", None)
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["DO_NOT_TRACK"] = "1"

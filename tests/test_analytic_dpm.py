@@ -290,20 +290,23 @@ def test_calibration_matches_the_closed_form_within_monte_carlo_error(prediction
     assert expected[0] < 0.01 and expected[-1] > 0.99
 
 
-def _tiny_pipeline(num_class_embeds=None):
+def _tiny_pipeline(num_class_embeds=None, null_class_label=None):
     from conftest import _tiny_unet
 
     from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler
 
     unet = _tiny_unet(in_channels=1, num_class_embeds=num_class_embeds)
-    return HFDDPMPipeline(unet, HFDDPMScheduler(num_train_timesteps=10))
+    return HFDDPMPipeline(
+        unet, HFDDPMScheduler(num_train_timesteps=10), null_class_label=null_class_label
+    )
 
 
 def test_calibrate_pipeline_uses_the_null_label_and_sets_the_scheduler():
     from hf_ddpm.evaluation.bound import unconditional_model
     from hf_ddpm.evaluation.calibrate import calibrate_pipeline, eps_second_moment
 
-    pipeline = _tiny_pipeline(num_class_embeds=4)
+    # The recorded null label (here not the last embedding) is the one calibrated.
+    pipeline = _tiny_pipeline(num_class_embeds=4, null_class_label=2)
     images = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     result = calibrate_pipeline(
         pipeline, images, generator=torch.Generator().manual_seed(1), progress=False
@@ -313,7 +316,11 @@ def test_calibrate_pipeline_uses_the_null_label_and_sets_the_scheduler():
     def label_zero(x_t, t):
         return unet(x_t, t, class_labels=torch.zeros_like(t)).sample
 
-    for model, same in ((unconditional_model(unet), True), (label_zero, False)):
+    for model, same in (
+        (unconditional_model(unet, 2), True),
+        (unconditional_model(unet), False),
+        (label_zero, False),
+    ):
         direct = eps_second_moment(
             model, pipeline.scheduler, images, torch.Generator().manual_seed(1), progress=False
         )
@@ -324,6 +331,9 @@ def test_calibrate_pipeline_uses_the_null_label_and_sets_the_scheduler():
         calibrate_pipeline(pipeline, images[:, :, :4, :4])
     with pytest.raises(ValueError, match="non-empty"):
         eps_second_moment(unet, pipeline.scheduler, images[:0])
+    # A class-conditional model without a null label has no model of p(x) to calibrate.
+    with pytest.raises(ValueError, match="records no null label"):
+        calibrate_pipeline(_tiny_pipeline(num_class_embeds=4), images, progress=False)
 
 
 def test_write_is_atomic_and_keeps_the_variance_type_unless_asked(tmp_path, monkeypatch):

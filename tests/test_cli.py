@@ -82,6 +82,13 @@ def _cases():
             ["strength"],
         ),
         (["img2img", "{m}/plain", "--image", "{m}/images/0.png"], ["--output", "required"]),
+        # calibrate
+        (["calibrate", "{m}/nope", "--train-data-dir", "{m}/images"], ["nope"]),
+        (
+            ["calibrate", "{m}/plain", "--train-data-dir", "{m}/images", "--num-images", "0"],
+            ["--num-images"],
+        ),
+        (["calibrate", "{m}/plain", "--threads", "0"], ["--threads"]),
         # space
         (["space", "tester/demo", "--model", "."], ["--model", "local folder"]),
         (["space", "tester/demo"], ["--model", "required"]),

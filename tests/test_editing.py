@@ -69,12 +69,27 @@ class RankOneOracle(ModelMixin, ConfigMixin):
 def _pipe(cls, variance_type="fixed_small", **scheduler_kwargs):
     learned = variance_type in ("learned", "learned_range")
     unet = RankOneOracle(out_channels=2 if learned else 1, log_variance=-7.0 if learned else 0.0)
+    if variance_type == "analytic":
+        scheduler_kwargs["eps_second_moment"] = _oracle_eps_second_moment(unet)
     scheduler = HFDDPMScheduler(
         num_train_timesteps=T, clip_sample=False, variance_type=variance_type, **scheduler_kwargs
     )
     pipe = cls(unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _oracle_eps_second_moment(unet) -> list[float]:
+    """Gamma_n of the rank-one oracle on images drawn from its own prior, as `hf-ddpm calibrate` would."""
+    from hf_ddpm.evaluation.calibrate import eps_second_moment
+
+    c = torch.randn(32, generator=torch.Generator().manual_seed(7)) * unet.config.std
+    images = c.view(-1, 1, 1, 1).expand(-1, 1, SIZE, SIZE).float() + unet.config.mean
+    scheduler = HFDDPMScheduler(num_train_timesteps=T, clip_sample=False)
+    gamma = eps_second_moment(
+        unet, scheduler, images, torch.Generator().manual_seed(8), progress=False
+    )
+    return gamma.values.tolist()
 
 
 def _generators(n, offset=0):
@@ -197,7 +212,7 @@ def test_inpainting_converges_with_more_steps():
 
 
 @pytest.mark.parametrize(
-    "variance_type", ["fixed_small", "fixed_large", "learned", "learned_range"]
+    "variance_type", ["fixed_small", "fixed_large", "learned", "learned_range", "analytic"]
 )
 @pytest.mark.parametrize("num_inference_steps", [T, 10])
 def test_known_region_is_the_input_for_every_variance_type_and_respacing(

@@ -536,18 +536,22 @@ def test_every_save_strategy_uploads_each_checkpoint_to_its_own_folder(
     )
     out = Path(config.output_dir)
     real_create_repo = HfApi.create_repo
+    held_until_the_last_checkpoint = []
 
     def create_repo_on_a_slow_network(self, *args, **kwargs):
         # The uploads queue behind this first job: hold it until the last checkpoint is written, so
         # that checkpoint-2 and checkpoint-4 are pruned locally before their uploads start.
-        for _ in range(600):
+        for _ in range(1200):
             if (out / "checkpoint-6").exists():
+                held_until_the_last_checkpoint.append(True)
                 break
             time.sleep(0.05)
         return real_create_repo(self, *args, **kwargs)
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo_on_a_slow_network)
     result = train(config)
+    # Otherwise the uploads ran before the pruning and the case below was not tested.
+    assert held_until_the_last_checkpoint, "checkpoint-6 was not written within 60 s"
     assert result.push_error is None and result.checkpoint_push_errors == []
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"]
     remote = hub_server.files(repo)

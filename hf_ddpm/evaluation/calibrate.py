@@ -164,9 +164,18 @@ def calibrate_pipeline(
             f"calibration needs an HFDDPMScheduler, not {type(pipeline.scheduler).__name__}; load "
             "the pipeline with hf_ddpm.HFDDPMPipeline.from_pretrained"
         )
+    null_label = getattr(pipeline.config, "null_class_label", None)
+    if getattr(pipeline.unet.config, "num_class_embeds", None) and null_label is None:
+        raise ValueError(
+            "this class-conditional model records no null label (null_class_label in model_index.json), "
+            "so it has no model of p(x) to calibrate: the analytic variance needs the unconditional "
+            "network of classifier-free guidance. If it was trained with label dropout and its null label "
+            "is the last class embedding (hf-ddpm train's layout), set pipe.register_to_config("
+            "null_class_label=pipe.unet.config.num_class_embeds - 1), save it, and calibrate again"
+        )
     device = pipeline.unet.device
     result = eps_second_moment(
-        unconditional_model(pipeline.unet),
+        unconditional_model(pipeline.unet, null_label),
         pipeline.scheduler,
         images.to(device),
         generator=generator,

@@ -482,7 +482,7 @@ def _nll(pipe: Any, reference: ReferenceData, options: EvaluationOptions) -> NLL
     generator = torch.Generator(device).manual_seed(options.seed)
     batches = _Batches(reference.images, options.batch_size, transform=lambda x: x.to(device))
     common = {"num_bins": reference.num_bins, "generator": generator}
-    model = unconditional_model(pipe.unet)
+    model = unconditional_model(pipe.unet, getattr(pipe.config, "null_class_label", None))
     if options.nll_timesteps is None:
         return exact_nll(
             model,

@@ -46,8 +46,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-# Keys that the data and the scheduler decide; a --unet-config may state them only if it agrees.
-_DERIVED_KEYS = ("sample_size", "in_channels", "out_channels", "num_class_embeds")
 _METADATA_KEYS = ("_class_name", "_diffusers_version", "_name_or_path")
 
 
