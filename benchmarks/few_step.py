@@ -9,7 +9,9 @@ Samplers, all on the same UNet and its null label (the model of p(x)):
 - ``analytic``: Analytic-DDPM's optimal variance (Bao et al. 2022) on the same even spacing;
 - ``analytic-optimal``: the same variance on the optimal trajectory (``timestep_spacing="optimal"``);
 - ``ddim``: diffusers' DDIMScheduler, eta = 0;
-- ``dpm-solver++``: diffusers' DPMSolverMultistepScheduler, DPM-Solver++ 2M.
+- ``dpm-solver++``: diffusers' DPMSolverMultistepScheduler, DPM-Solver++ 2M;
+- ``dpm-solver++-optimal``: the same on Analytic-DPM's optimal trajectory, passed as diffusers' ``timesteps=``
+  (DDIMScheduler takes no custom timesteps in diffusers 0.42).
 
 Per sampler and K: the digit judge's Fréchet distance and confident share on ``--num-samples``
 unconditional samples (benchmarks/digit_quality.py), the K-step variational bound in bits/dim on
@@ -31,7 +33,15 @@ from pathlib import Path
 import torch
 from digit_quality import DigitJudge, generate, real_digits
 
-SAMPLERS = ("fixed_small", "fixed_large", "analytic", "analytic-optimal", "ddim", "dpm-solver++")
+SAMPLERS = (
+    "fixed_small",
+    "fixed_large",
+    "analytic",
+    "analytic-optimal",
+    "ddim",
+    "dpm-solver++",
+    "dpm-solver++-optimal",
+)
 _BOUNDED = {"fixed_small", "fixed_large", "analytic", "analytic-optimal"}
 
 
@@ -43,15 +53,33 @@ def scheduler_for(name: str, config: dict):
 
     if name == "ddim":
         return DDIMScheduler.from_config(config)
-    if name == "dpm-solver++":
-        return DPMSolverMultistepScheduler.from_config(
+    if name.startswith("dpm-solver++"):
+        scheduler = DPMSolverMultistepScheduler.from_config(
             config, algorithm_type="dpmsolver++", solver_order=2
         )
+        if name.endswith("-optimal"):
+            _use_optimal_timesteps(scheduler, config)
+        return scheduler
     variance, _, spacing = name.partition("-")
     overrides = {"variance_type": variance}
     if spacing:
         overrides["timestep_spacing"] = spacing
     return HFDDPMScheduler.from_config(config, **overrides)
+
+
+def _use_optimal_timesteps(scheduler, config: dict) -> None:
+    """Make ``scheduler.set_timesteps(K)`` use Analytic-DPM's optimal trajectory, through diffusers' own
+    ``timesteps=`` argument (DPMSolverMultistepScheduler has one; DDIMScheduler does not)."""
+    from hf_ddpm.core.analytic import optimal_timesteps
+
+    alphas_cumprod = scheduler.alphas_cumprod.double().numpy()
+    original = scheduler.set_timesteps
+
+    def set_timesteps(num_inference_steps=None, device=None, **_):
+        steps = optimal_timesteps(alphas_cumprod, config["eps_second_moment"], num_inference_steps)
+        original(device=device, timesteps=steps)
+
+    scheduler.set_timesteps = set_timesteps
 
 
 def _null_label_model(unet):
