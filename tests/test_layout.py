@@ -159,3 +159,23 @@ def test_the_architecture_picture_matches_the_code():
         [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(bundled_model_path() is None, reason="this checkout ships no bundled model")
+def test_bundled_model_draws_the_images_it_drew_before_the_layout_change():
+    """A regression pin, not an oracle: 4 class-conditional digits in 20 steps, drawn with a fixed seed
+    by the code before this round's move and refactors (commit 629b38b) and saved as 8-bit images (what
+    output_type="pil" gives). The same draw today must give the same bytes."""
+    from hf_ddpm import HFDDPMPipeline
+
+    reference = np.load(Path(__file__).parent / "data" / "bundled_mnist5k_629b38b.npz")["images"]
+    pipe = HFDDPMPipeline.from_pretrained(bundled_model_path())
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        batch_size=4,
+        class_labels=[1, 2, 3, 4],
+        num_inference_steps=20,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    np.testing.assert_array_equal((images * 255).round().astype(np.uint8), reference)
