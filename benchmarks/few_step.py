@@ -82,16 +82,6 @@ def _use_optimal_timesteps(scheduler, config: dict) -> None:
     scheduler.set_timesteps = set_timesteps
 
 
-def _null_label_model(unet):
-    null = unet.config.num_class_embeds - 1 if unet.config.num_class_embeds else None
-
-    def model(x_t, t):
-        labels = None if null is None else torch.full_like(t, null)
-        return unet(x_t, t, class_labels=labels).sample
-
-    return model
-
-
 def measure_samples(pipeline, judge, name, k, args) -> dict:
     """Judge figures and wall time of ``--num-samples`` unconditional samples in K steps."""
     scheduler = scheduler_for(name, dict(pipeline.scheduler.config))
@@ -111,9 +101,10 @@ def measure_samples(pipeline, judge, name, k, args) -> dict:
 def measure_bound(pipeline, name, k, args, held_out) -> dict:
     """The K-step variational bound of sampler ``name``'s chain on the held-out digits."""
     from hf_ddpm import variational_bound
+    from hf_ddpm.evaluation.bound import unconditional_model
 
     bound = variational_bound(
-        _null_label_model(pipeline.unet),
+        unconditional_model(pipeline.unet, pipeline.config.null_class_label),
         scheduler_for(name, dict(pipeline.scheduler.config)),
         held_out,
         generator=torch.Generator().manual_seed(args.seed),

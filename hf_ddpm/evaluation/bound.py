@@ -41,14 +41,22 @@ def call_model(model: Callable[..., Any], x_t: torch.Tensor, t: torch.Tensor) ->
     return out.sample if hasattr(out, "sample") else out
 
 
-def unconditional_model(unet: Any, null_label: int | None = None) -> Callable[..., Any]:
-    """The network of p(x): the UNet itself, or for a class-conditional UNet trained for classifier-free
-    guidance, the UNet given its null label: ``null_label`` (a pipeline's ``null_class_label``), or the
-    last class embedding, where hf-ddpm train puts it."""
+def unconditional_label(unet: Any, null_label: int | None = None) -> int | None:
+    """The class label under which ``unet`` models p(x): None for an unconditional UNet; for a
+    class-conditional one trained for classifier-free guidance, ``null_label`` (a pipeline's
+    ``null_class_label``), or the last class embedding, where hf-ddpm train puts it."""
     num_class_embeds = getattr(unet.config, "num_class_embeds", None)
     if not num_class_embeds:
+        return None
+    return num_class_embeds - 1 if null_label is None else int(null_label)
+
+
+def unconditional_model(unet: Any, null_label: int | None = None) -> Callable[..., Any]:
+    """The network of p(x): the UNet itself, or a class-conditional UNet given its
+    :func:`unconditional_label`."""
+    label = unconditional_label(unet, null_label)
+    if label is None:
         return unet
-    label = num_class_embeds - 1 if null_label is None else int(null_label)
 
     def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         null = torch.full((x_t.shape[0],), label, device=x_t.device, dtype=torch.long)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from hf_ddpm.core.scheduling import DEFAULT_SAMPLING_STEPS
 
-from .bound import unconditional_model
+from .bound import unconditional_label, unconditional_model
 from .features import (
     DEFAULT_DINOV2_MODEL,
     DinoV2Features,
@@ -266,12 +266,12 @@ def _generate(
     generator = torch.Generator("cpu").manual_seed(seed)
     pipe.set_progress_bar_config(desc=f"{num_inference_steps} steps", leave=False)
     # A class-conditional CFG model is judged as the model of p(x): its null label, like the NLL.
-    num_class_embeds = getattr(pipe.unet.config, "num_class_embeds", None)
+    null = unconditional_label(pipe.unet, getattr(pipe.config, "null_class_label", None))
     batches = []
     with tqdm(total=num_samples, desc=desc, unit="img", leave=False) as bar:
         for start in range(0, num_samples, batch_size):
             count = min(batch_size, num_samples - start)
-            labels = {"class_labels": [num_class_embeds - 1] * count} if num_class_embeds else {}
+            labels = {} if null is None else {"class_labels": [null] * count}
             out = pipe(
                 batch_size=count,
                 generator=generator,
