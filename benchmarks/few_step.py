@@ -46,18 +46,15 @@ _BOUNDED = {"fixed_small", "fixed_large", "analytic", "analytic-optimal"}
 
 
 def scheduler_for(name: str, config: dict):
-    """The scheduler of sampler ``name``, from the model's own scheduler config."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-
+    """The scheduler of sampler ``name``, from the model's own scheduler config; diffusers' samplers
+    are built as ``hf-ddpm sample --sampler`` builds them."""
     from hf_ddpm import HFDDPMScheduler
+    from hf_ddpm.sampling.sample import DIFFUSERS_SAMPLERS
 
-    if name == "ddim":
-        return DDIMScheduler.from_config(config)
-    if name.startswith("dpm-solver++"):
-        scheduler = DPMSolverMultistepScheduler.from_config(
-            config, algorithm_type="dpmsolver++", solver_order=2
-        )
-        if name.endswith("-optimal"):
+    diffusers_sampler, optimal = name.removesuffix("-optimal"), name.endswith("-optimal")
+    if diffusers_sampler in DIFFUSERS_SAMPLERS:
+        scheduler = DIFFUSERS_SAMPLERS[diffusers_sampler](config)
+        if optimal:
             _use_optimal_timesteps(scheduler, config)
         return scheduler
     variance, _, spacing = name.partition("-")
