@@ -286,15 +286,10 @@ def _generate(
 
 def save_grid(images: torch.Tensor, path: str | Path) -> Path:
     """Save up to 64 images in [0, 1] (N, C, H, W) as a near-square grid PNG."""
-    from hf_ddpm.data.image_grid import image_grid
+    from hf_ddpm.data.image_grid import image_grid, save_png_atomically
 
     grid = image_grid(images[:_GRID_MAX_IMAGES].permute(0, 2, 3, 1).float().numpy())
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    grid.save(partial, format="PNG")
-    partial.replace(path)
-    return path
+    return save_png_atomically(grid, path)
 
 
 def _check_nll_model(pipe: Any) -> None:

@@ -12,6 +12,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from hf_ddpm.data.image_grid import save_png_atomically
+
 from .sample import load_for_sampling
 
 
@@ -116,10 +118,7 @@ def write_row(images: np.ndarray, output: Path) -> None:
     row = np.concatenate(list(np.clip(images, 0.0, 1.0)), axis=1)
     pixels = np.rint(row * 255).astype(np.uint8)
     picture = PIL.Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    picture.save(tmp, format="PNG")
-    tmp.replace(output)
+    save_png_atomically(picture, output)
 
 
 def open_edit(args: argparse.Namespace, pipeline_class: type) -> tuple[Any, np.ndarray, Path]:

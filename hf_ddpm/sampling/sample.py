@@ -319,6 +319,8 @@ def sample_grid(
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``hf-ddpm sample``; user errors are raised and cli.py reports them."""
+    from hf_ddpm.data.image_grid import save_png_atomically
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     output = Path(args.output)
     if output.suffix.lower() != ".png":
@@ -336,9 +338,6 @@ def run(args: argparse.Namespace) -> int:
         class_label=args.class_label,
         guidance_scale=args.guidance_scale,
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(f".{output.name}.partial")
-    grid.save(partial, format="PNG")
-    partial.replace(output)  # a reader never sees half a PNG
+    save_png_atomically(grid, output)
     print(f"wrote {args.num_images} samples to {output}")
     return 0
