@@ -117,22 +117,31 @@ def test_a_text_file_named_png_gets_a_message_in_the_browser(page_url, browser, 
     assert "Upload a PNG, JPEG or WebP picture" in toast.first.inner_text()
 
 
+def _grey_shot(locator) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("L"), dtype=float)
+
+
 def _upload_until_drawn(page, picture, attempts: int = 3, timeout_s: float = 20) -> Any:
-    """Upload ``picture`` into the Edit tab's editor and wait until it shows on the canvas (a WebGL
-    canvas, so read from a screenshot: the digit's white strokes on black make its pixels vary).
-    An upload made while the editor is still starting can be dropped, so it is retried."""
-    std = 0.0
+    """Upload ``picture`` into the Edit tab's editor and wait until the editor shows it: its screenshot
+    (a WebGL canvas, so read from pixels) moves away from the empty editor's. An upload made while the
+    editor is still starting can be dropped, so it is retried."""
+    editor = page.locator("#edit_input")
+    editor.wait_for(timeout=60_000)
+    empty = _grey_shot(editor)
+    change = 0.0
     for _ in range(attempts):
         page.locator("#edit_input input[type=file]").first.set_input_files(str(picture))
-        canvas = page.locator("#edit_input canvas").first
-        canvas.wait_for(timeout=60_000)
         for _ in range(int(timeout_s * 2)):
-            shot = Image.open(io.BytesIO(canvas.screenshot())).convert("L")
-            std = np.asarray(shot, dtype=float).std()
-            if std > 20:
+            shot = _grey_shot(editor)
+            change = 255.0 if shot.shape != empty.shape else float(np.abs(shot - empty).mean())
+            if change > 1.0:
+                canvas = page.locator("#edit_input canvas").first
+                canvas.wait_for(timeout=60_000)
                 return canvas
             page.wait_for_timeout(500)
-    raise AssertionError(f"the uploaded picture never appeared (pixel std {std:.1f})")
+    raise AssertionError(
+        f"the uploaded picture never appeared (mean change {change:.2f} grey levels)"
+    )
 
 
 def test_paint_a_mask_with_the_mouse_and_inpaint(page_url, browser, tmp_path):
