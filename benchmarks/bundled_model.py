@@ -25,7 +25,7 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "bundled-model.md"
 MARK = "\n## Evaluation\n"
 REFRESH_NOTE = (
     "The folder carries byte copies of `hf_ddpm/core` (its remote code). After a change to core, refresh them "
-    "without retraining with `python -m hf_ddpm.hub.bundled --refresh-code`; `tests/test_layout.py` fails, naming "
+    "without retraining with `python -m hf_ddpm.hub.bundled --refresh-code`; `tests/architecture/test_layout.py` fails, naming "
     "that command, while any copy differs from its source.\n"
 )
 

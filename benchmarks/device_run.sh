@@ -37,7 +37,7 @@ tail -n 20 "$OUT/gpu.log"
 # The pipeline's GPU tests need only torch and diffusers. The training-loop sync test needs datasets and
 # scikit-learn, which the image lacks; gpu.py's host_syncs check runs the same calls without accelerate.
 if [ $(( $(date +%s) - start )) -lt 450 ] && python -c "import pytest" 2>/dev/null; then
-    timeout 60 python -m pytest -q -m gpu -p no:cacheprovider tests/test_pipeline.py \
-        "tests/test_gpu_host_syncs.py::test_sampling_loop_does_not_sync" > "$OUT/pytest-gpu.log" 2>&1
+    timeout 60 python -m pytest -q -m gpu -p no:cacheprovider tests/core/test_pipeline.py \
+        "tests/core/test_gpu_host_syncs.py::test_sampling_loop_does_not_sync" > "$OUT/pytest-gpu.log" 2>&1
     tail -n 5 "$OUT/pytest-gpu.log"
 fi

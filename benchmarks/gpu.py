@@ -324,7 +324,7 @@ def _first_host_sync(device: torch.device, work: Any) -> str | None:
 
 def _check_host_syncs(sizes: Sizes, device: torch.device) -> dict[str, Any]:
     """Three of this benchmark's hf_ddpm training steps (the calls of ``TrainingStep.micro_step`` without
-    accelerate: tests/test_gpu_host_syncs.py checks the real one where ``datasets`` is installed), and a
+    accelerate: tests/core/test_gpu_host_syncs.py checks the real one where ``datasets`` is installed), and a
     5-step sampling loop of ``HFDDPMPipeline`` from its first callback to its ``pt`` output, with no host
     sync allowed."""
     from hf_ddpm.core.pipeline import HFDDPMPipeline

@@ -5,7 +5,7 @@ hf_ddpm). After a change to core, refresh those copies without retraining::
 
     python -m hf_ddpm.hub.bundled --refresh-code
 
-``tests/test_layout.py`` fails, naming this command, while any copy differs from its source.
+``tests/architecture/test_layout.py`` fails, naming this command, while any copy differs from its source.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 HELPER = Path(__file__).with_name("train_helper.py")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_two_processes_step_in_sync_and_only_rank_0_writes(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from hf_ddpm.hub.bundled import bundled_model_path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 pytestmark = pytest.mark.skipif(
     bundled_model_path() is None, reason="this checkout ships no bundled model"

@@ -168,7 +168,9 @@ def test_bundled_model_draws_the_images_it_drew_before_the_layout_change():
     output_type="pil" gives). The same draw today must give the same bytes."""
     from hf_ddpm import HFDDPMPipeline
 
-    reference = np.load(Path(__file__).parent / "data" / "bundled_mnist5k_629b38b.npz")["images"]
+    reference = np.load(
+        Path(__file__).resolve().parents[1] / "fixtures" / "bundled_mnist5k_629b38b.npz"
+    )["images"]
     pipe = HFDDPMPipeline.from_pretrained(bundled_model_path())
     pipe.set_progress_bar_config(disable=True)
     images = pipe(

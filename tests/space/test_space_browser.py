@@ -30,7 +30,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 DIGIT = Path(app.__file__).resolve().parent / "examples" / "mnist_test_digit_7.png"
 
 pytestmark = pytest.mark.skipif(

@@ -27,7 +27,7 @@ from hf_ddpm.training.checkpointing import (
 from hf_ddpm.training.train import TrainConfig, train
 
 HELPER = Path(__file__).with_name("train_helper.py")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _save(tmp_path, step, value=None):

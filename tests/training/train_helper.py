@@ -1,6 +1,6 @@
 """Run hf_ddpm.training.train.train in a subprocess for the resume-after-SIGKILL and the 2-process tests.
 
-Usage: python tests/train_helper.py CONFIG_JSON REPORT_DIR [KILL_AT_FORWARD]
+Usage: python tests/training/train_helper.py CONFIG_JSON REPORT_DIR [KILL_AT_FORWARD]
 
 - CONFIG_JSON: TrainConfig fields.
 - REPORT_DIR: each rank writes ``rank-R.json`` there: a SHA-256 of its final (unwrapped) model weights

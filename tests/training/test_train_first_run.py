@@ -162,7 +162,7 @@ def test_the_readme_train_command_works_on_a_64_image_folder(tmp_path, capsys, c
 
     from hf_ddpm.cli import main
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     start = readme.index("hf-ddpm train --train-data-dir ./my_images")
     end = readme.index("\n", readme.index("\\\n", start) + 2)  # the command's two lines
     command = shlex.split(readme[start:end].replace("\\\n", " "))
@@ -347,7 +347,7 @@ def test_fp16_on_cpu_warns_that_it_does_nothing(tmp_path):
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
     args = ["--train-data-dir", str(_folder(tmp_path / "c", grey=4)), "--model-preset", "tiny"]
     args += ["--resolution", "8", "--max-steps", "1", "--num-train-timesteps", "10", "--no-grid"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 SNIPPETS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
 HUB_SNIPPETS = [i for i, code in enumerate(SNIPPETS) if "user/" in code]
 LOCAL_SNIPPETS = [i for i in range(len(SNIPPETS)) if i not in HUB_SNIPPETS]
