@@ -175,9 +175,13 @@ def startup_summary(setup: TrainingSetup, step: int) -> str:
         batch += f" x {accumulation} accumulation"
     resuming = f" (resuming at step {step})" if step else ""
     precision = "" if acc.mixed_precision == "no" else f" {acc.mixed_precision}"
+    classes = ""
+    if data.num_classes:
+        named = f": {', '.join(data.class_names)}" if data.class_names else ""
+        classes = f", {data.num_classes} classes{named}"
     return (
         f"training on {acc.device}{precision}: {len(data)} images ({data.channels} channel(s), "
-        f"{config.resolution}x{config.resolution}), {parameters:,} parameters, {batch} = "
+        f"{config.resolution}x{config.resolution}{classes}), {parameters:,} parameters, {batch} = "
         f"{per_process * processes * accumulation} images per step, {config.max_steps} steps"
         f"{resuming}, warm-up {config.lr_warmup_steps} steps"
     )
@@ -187,6 +191,8 @@ def card_description(setup: TrainingSetup, step: int, losses: LossLog) -> str:
     """The training section of the model card."""
     config, data = setup.config, setup.data
     classes = f", {data.num_classes} classes" if data.num_classes else ""
+    if data.class_names:
+        classes += f": {', '.join(data.class_names)}"
     lines = [
         "A denoising diffusion probabilistic model (Ho, Jain & Abbeel 2020) trained with hf_ddpm "
         "and sampled by ancestral sampling. The weights are the exponential moving average.",

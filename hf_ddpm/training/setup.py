@@ -49,6 +49,7 @@ def load_training_data(config: TrainConfig) -> ImageDataset:
         class_column=config.class_column,
         channels=config.channels,
         skip_bad_images=config.skip_bad_images,
+        class_from_folders=config.class_from_folders,
     )
 
 

@@ -188,7 +188,10 @@ class _Trainer:
         # With label dropout the null label was trained: the saved pipeline samples p(x) without labels.
         null_label = setup.null_label if config.class_dropout > 0 else None
         pipeline = HFDDPMPipeline(
-            unet=setup.ema_unet, scheduler=setup.scheduler, null_class_label=null_label
+            unet=setup.ema_unet,
+            scheduler=setup.scheduler,
+            null_class_label=null_label,
+            class_names=setup.data.class_names,
         )
         if config.calibrate:
             self._calibrate(pipeline)

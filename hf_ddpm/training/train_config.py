@@ -79,6 +79,11 @@ class TrainConfig:
     class_column: str | None = _opt(
         None, "label column: trains a class-conditional model", type=str
     )
+    class_from_folders: bool = _opt(
+        False,
+        "the sub-folders of --train-data-dir are the classes (cats/, dogs/, ...): trains a "
+        "class-conditional model that records their names, so `hf-ddpm sample --class-label cats` works",
+    )
     channels: int | None = _opt(
         None,
         "image channels to train on: 1 (grey) or 3 (RGB); default: 3 if any image of the folder is in "
@@ -228,6 +233,11 @@ class TrainConfig:
         for name, low in at_least.items():
             if getattr(self, name) is not None and getattr(self, name) < low:
                 raise ValueError(f"--{_flag(name)} must be >= {low}, got {getattr(self, name)}")
+        if self.class_from_folders and (self.train_data_dir is None or self.class_column):
+            raise ValueError(
+                "--class-from-folders takes the classes from the sub-folders of --train-data-dir: give "
+                "--train-data-dir FOLDER, and no --class-column"
+            )
         if self.channels is not None and self.channels not in CHANNEL_CHOICES:
             raise ValueError(f"--channels must be 1 (grey) or 3 (RGB), got {self.channels}")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
