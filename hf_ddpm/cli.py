@@ -251,8 +251,9 @@ def _add_sampling(parser: argparse.ArgumentParser, subcommand: Subcommand) -> No
 def _add_class(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
     parser.add_argument(
         "--class-label",
-        type=int,
-        help="class to draw, 0..num_classes-1 (class-conditional models; default: "
+        metavar="CLASS",
+        help="class to draw: its name, as the model records it (hf-ddpm train --class-from-folders "
+        "keeps the folder names), or its number 0..num_classes-1 (class-conditional models; default: "
         + ("every class in turn)" if SAMPLING in subcommand.shared else "the model's null label)"),
     )
     parser.add_argument(

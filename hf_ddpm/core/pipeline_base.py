@@ -12,6 +12,7 @@ module level).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -447,7 +448,15 @@ class HFDDPMPipelineMixin:
         otherwise keep only a UNet of exactly the hinted classes and drop any other ``ModelMixin``."""
         if getattr(pipeline, "unet", None) is not None:
             kwargs.setdefault("unet", pipeline.unet)
-        return super().from_pipe(pipeline, **kwargs)
+        # diffusers' from_pipe casts every model with .to(dtype), and ModelMixin.to then warns of its
+        # modules "that should be kept in float32" even when that list is empty, as a UNet2DModel's is.
+        cast_warnings = logging.getLogger("diffusers.models.modeling_utils")
+        level = cast_warnings.level
+        cast_warnings.setLevel(logging.ERROR)
+        try:
+            return super().from_pipe(pipeline, **kwargs)
+        finally:
+            cast_warnings.setLevel(level)
 
     @classmethod
     def from_pretrained(

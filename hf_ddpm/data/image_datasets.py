@@ -42,6 +42,9 @@ from .ingest import CHANNEL_CHOICES, GREY_MODES, UnreadableImagesError, scan_ima
 logger = logging.getLogger(__name__)
 
 BUNDLED_DATASETS = tuple(BUNDLED_NUM_BINS)
+# Written by hf-ddpm train beside the pipeline: the run's options and its data's record
+# (ImageDataset.record), which evaluate, calibrate and the Space read back.
+TRAIN_RECORD = "train_config.json"
 SPLITS = ("train", "test")
 _HELD_OUT_FRACTION = 0.1
 _SPLIT_SEED = 0

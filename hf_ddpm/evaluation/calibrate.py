@@ -256,6 +256,7 @@ def run(args: argparse.Namespace) -> int:
     from hf_ddpm.core.hub_layout import push_folder_to_hub, resolve_pipeline_folder
     from hf_ddpm.core.pipeline import HFDDPMPipeline
 
+    from .data_options import resolve_data_flags
     from .evaluate import load_reference
 
     if args.num_images < 1:
@@ -270,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else source
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipeline = HFDDPMPipeline.from_pretrained(source).to(device)
+    resolve_data_flags(args, "calibrate")
     size = pipeline.unet.config.sample_size
     reference = load_reference(
         size if isinstance(size, int) else size[0],

@@ -571,7 +571,9 @@ def add_data_arguments(
     :func:`load_reference` takes them; returns the data group for more options."""
     data = parser.add_argument_group("data (as for `hf-ddpm train`)")
     data.add_argument(
-        "--dataset", default="mnist-5k", help="bundled name or Hub dataset id (default: mnist-5k)"
+        "--dataset",
+        default=None,
+        help="bundled name or Hub dataset id (default: the data the model's train_config.json names)",
     )
     data.add_argument(
         "--train-data-dir", default=None, help="a local image folder instead of --dataset"
@@ -682,8 +684,11 @@ def run(args: argparse.Namespace) -> int:
 
     from hf_ddpm.core.pipeline import HFDDPMPipeline
 
+    from .data_options import resolve_data_flags
+
     pipe = HFDDPMPipeline.from_pretrained(args.model).to(device)
     sampling_steps(pipe, options)  # fail before the reference images are read
+    resolve_data_flags(args, "evaluate")
     reference = load_reference(
         _model_resolution(pipe),
         args.dataset,

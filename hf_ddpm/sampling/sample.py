@@ -79,6 +79,28 @@ def num_classes(pipeline: Any) -> int | None:
     return num_class_embeds - 1 if num_class_embeds else None
 
 
+def resolve_class_label(pipeline: Any, label: str | int | None) -> int | None:
+    """``--class-label`` as the integer label of ``pipeline``: a class name the model records (its
+    ``class_names``: ``hf-ddpm train --class-from-folders`` keeps the folder names), else an integer;
+    a ``ValueError`` naming the flag and the model's classes otherwise."""
+    if label is None or isinstance(label, int):
+        return label
+    names = list(getattr(pipeline.config, "class_names", None) or [])
+    if label in names:
+        return names.index(label)
+    try:
+        return int(label)
+    except ValueError:
+        pass
+    if names:
+        listed = ", ".join(f"{name} ({i})" for i, name in enumerate(names))
+        raise ValueError(f"--class-label {label!r} is not a class of this model: {listed}")
+    raise ValueError(
+        f"--class-label {label!r}: this model records no class names, so give the class as a number "
+        "(models trained with hf-ddpm train --class-from-folders record their folder names)"
+    )
+
+
 def check_sample_options(
     pipeline: Any,
     num_images: int,
@@ -177,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         num_images=args.num_images,
         num_inference_steps=args.num_inference_steps,
         seed=args.seed,
-        class_label=args.class_label,
+        class_label=resolve_class_label(pipeline, args.class_label),
         guidance_scale=args.guidance_scale,
     )
     save_png_atomically(grid, output)

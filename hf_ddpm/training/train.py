@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 from .reporting import (
     LossLog,
+    RunTimeEstimate,
     SampleGrids,
     TrainingDivergedError,
     card_description,
@@ -100,6 +101,8 @@ class _Trainer:
 
     def _start(self) -> None:
         """Resume, write train_config.json, start the checkpoint uploader and the trackers."""
+        from hf_ddpm.data.image_datasets import TRAIN_RECORD
+
         setup, config = self.setup, self.setup.config
         acc = setup.accelerator
         if self.resume_path is not None:
@@ -110,7 +113,7 @@ class _Trainer:
             if config.overwrite_output_dir:
                 clear_output_dir(setup.output_dir)
             record = {**config.to_dict(), DATA_RECORD: setup.data.record()}
-            (setup.output_dir / "train_config.json").write_text(
+            (setup.output_dir / TRAIN_RECORD).write_text(
                 json.dumps(record, indent=2) + "\n", encoding="utf-8"
             )
             if config.push_to_hub and config.hub_strategy != "end":
@@ -151,11 +154,14 @@ class _Trainer:
             desc="train",
             disable=not acc.is_local_main_process,
         )
+        clock = RunTimeEstimate(setup, progress.step) if acc.is_main_process else None
         while progress.step < config.max_steps:
             outcome = progress.optimizer_step(batches)
             self.losses.add(outcome)
             bar.update(1)
             step = outcome.step
+            if clock is not None:
+                clock.after_step(step)
             checkpoint_due = bool(config.checkpoint_every) and step % config.checkpoint_every == 0
             sample_due = bool(config.sample_every) and step % config.sample_every == 0
             # A diverged loss must be seen before anything is written from the weights it produced.

@@ -634,11 +634,6 @@ def test_cli_inpaint_and_img2img_write_one_image_per_seed(saved_tiny):
     [
         ({"--image": "missing.png"}, FileNotFoundError, r"--image .*missing.png: no such file"),
         ({"--image": "fake.png"}, ValueError, r"--image .*fake.png is not an image"),
-        (
-            {"--image": "big.png"},
-            ValueError,
-            r"--image .*big.png is 9x8 pixels, but the model takes 8x8",
-        ),
         ({"--mask": "missing.png"}, FileNotFoundError, r"--mask .*missing.png: no such file"),
         ({"--mask": "black.png"}, ValueError, "all black: nothing to fill"),
         ({"--output": "out.jpg"}, ValueError, r"--output must be a \.png file"),
@@ -651,7 +646,6 @@ def test_cli_inpaint_errors_name_the_flag_and_file(
 
     d = saved_tiny
     (d / "fake.png").write_text("not a png")
-    PIL.Image.new("L", (SIZE + 1, SIZE)).save(d / "big.png")
     PIL.Image.new("L", (SIZE, SIZE)).save(d / "black.png")
     flags = {"--image": "digit.png", "--mask": "mask.png", "--output": "out.png"}
     flags.update(change)

@@ -12,6 +12,7 @@ module level).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,7 +34,7 @@ RUNNING_AS_HF_DDPM = __package__ == "hf_ddpm.core"
 GeneratorArg = torch.Generator | list[torch.Generator] | None
 StepCallback = Callable[[Any, int, torch.Tensor, dict[str, Any]], dict[str, Any]]
 CallbackArg = StepCallback | PipelineCallback | MultiPipelineCallbacks | None
-ClassLabelsArg = int | list[int] | torch.Tensor | None
+ClassLabelsArg = int | str | Sequence[int | str] | torch.Tensor | None
 
 
 def expected_unet_out_channels(scheduler: Any, in_channels: int) -> int:
@@ -79,6 +80,40 @@ def check_null_class_label(unet: Any, null_class_label: int | None) -> None:
         raise ValueError(
             f"null_class_label must be an integer in [0, {num_class_embeds - 1}] "
             f"(num_class_embeds={num_class_embeds}), got {null_class_label!r}."
+        )
+
+
+def check_class_names(
+    unet: Any, null_class_label: int | None, class_names: Sequence[str] | None
+) -> None:
+    """``class_names`` name the labels 0..K-1 of a class-conditional UNet (``hf-ddpm train`` records its
+    class folders or ClassLabel names): distinct non-empty strings, at most one per class embedding, and
+    the null label of guidance is not among them."""
+    if class_names is None or unet is None:
+        return
+    num_class_embeds = getattr(unet.config, "num_class_embeds", None)
+    if num_class_embeds is None:
+        raise ValueError(
+            "class_names needs a class-conditional UNet; this one has no num_class_embeds. "
+            "Use class_names=None."
+        )
+    names = list(class_names)
+    if (
+        not names
+        or not all(isinstance(n, str) and n for n in names)
+        or len(set(names)) < len(names)
+    ):
+        raise ValueError(f"class_names must be distinct non-empty strings, got {names!r}.")
+    most = num_class_embeds if null_class_label is None else int(null_class_label)
+    if len(names) > most:
+        raise ValueError(
+            f"class_names has {len(names)} names, but the UNet has {num_class_embeds} class embeddings"
+            + (
+                ""
+                if null_class_label is None
+                else f" and label {null_class_label} is the null label"
+            )
+            + f": at most {most} names."
         )
 
 
@@ -135,6 +170,8 @@ class HFDDPMPipelineMixin:
             against it, and a call without ``class_labels`` samples with it (unconditionally). ``None``
             (a UNet trained without label dropout, or an unconditional one) keeps class labels required
             for class-conditional UNets, and guidance then takes the last embedding as the null label.
+        class_names: names of the labels 0, 1, ... (``hf-ddpm train`` records its class folders); saved
+            with the pipeline, so ``class_labels`` may then name classes (``["cats", "dogs"]``).
     """
 
     model_cpu_offload_seq = "unet"
@@ -145,13 +182,16 @@ class HFDDPMPipelineMixin:
         unet: UNet2DModel | ModelMixin,
         scheduler: SchedulerMixin,
         null_class_label: int | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         check_unet_matches_scheduler(unet, scheduler)
         check_null_class_label(unet, null_class_label)
+        check_class_names(unet, null_class_label, class_names)
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(
-            null_class_label=None if null_class_label is None else int(null_class_label)
+            null_class_label=None if null_class_label is None else int(null_class_label),
+            class_names=None if class_names is None else list(class_names),
         )
 
     # ------------------------------------------------------------------------------------ inputs
@@ -174,6 +214,18 @@ class HFDDPMPipelineMixin:
     def _guidance_null_label(self) -> int:
         recorded = self.config.null_class_label
         return self.unet.config.num_class_embeds - 1 if recorded is None else recorded
+
+    def class_label(self, label: int | str) -> int:
+        """The integer label of ``label``: a class name from ``class_names``, or an integer as it is."""
+        if not isinstance(label, str):
+            return label
+        names = self.config.get("class_names") or []
+        if label not in names:
+            known = f"its classes are {', '.join(names)}" if names else "it records no class names"
+            raise ValueError(
+                f"class {label!r} is not a class of this model: {known} (or pass integer labels)."
+            )
+        return names.index(label)
 
     def _class_labels(
         self,
@@ -210,6 +262,10 @@ class HFDDPMPipelineMixin:
                 "class_labels were given, but this UNet is unconditional (its config has no "
                 "num_class_embeds); drop class_labels or load a class-conditional UNet."
             )
+        if isinstance(class_labels, str):
+            class_labels = self.class_label(class_labels)
+        elif isinstance(class_labels, Sequence):
+            class_labels = [self.class_label(label) for label in class_labels]
         labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
         if labels.numel() == 1:
             labels = labels.expand(batch_size)
@@ -392,7 +448,15 @@ class HFDDPMPipelineMixin:
         otherwise keep only a UNet of exactly the hinted classes and drop any other ``ModelMixin``."""
         if getattr(pipeline, "unet", None) is not None:
             kwargs.setdefault("unet", pipeline.unet)
-        return super().from_pipe(pipeline, **kwargs)
+        # diffusers' from_pipe casts every model with .to(dtype), and ModelMixin.to then warns of its
+        # modules "that should be kept in float32" even when that list is empty, as a UNet2DModel's is.
+        cast_warnings = logging.getLogger("diffusers.models.modeling_utils")
+        level = cast_warnings.level
+        cast_warnings.setLevel(logging.ERROR)
+        try:
+            return super().from_pipe(pipeline, **kwargs)
+        finally:
+            cast_warnings.setLevel(level)
 
     @classmethod
     def from_pretrained(
