@@ -7,6 +7,10 @@ the default batch of 128, L_simple) and takes optimizer steps with the run's own
 are interleaved round by round (one step each per round, the order rotated), so a burst of load from other
 processes on a shared machine hits all of them; each figure is the median after one warm-up step, with min
 and max in the JSON. On CUDA every step is synchronised before its clock stops.
+
+Two clocks: wall time, and the process's CPU time (all its threads). On a CPU shared with other work, the
+wall time of a step grows with the load while its CPU time barely does; CPU time / threads is then the
+better guess of the wall time on an idle machine with the same threads.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 
@@ -48,20 +53,23 @@ def _setup(preset: str, batch_size: int, folder: str):
     return TrainingStep(setup), iter(loader), parameters
 
 
-def _timed_step(step: TrainingStep, batches, device: str) -> float:
-    start = time.perf_counter()
+def _timed_step(step: TrainingStep, batches, device: str) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one optimizer step."""
+    start, cpu = time.perf_counter(), time.process_time()
     outcome = step.optimizer_step(batches)
     outcome.loss.item()  # waits for the device
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5, help="timed steps per preset")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--json", default=None)
@@ -71,18 +79,20 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     presets = args.presets.split(",")
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
         runs = {p: _setup(p, args.batch_size, folder) for p in presets}
-        for preset, (step, batches, _) in runs.items():
+        for step, batches, _ in runs.values():
             _timed_step(step, batches, args.device)  # warm-up
-        times: dict[str, list[float]] = {p: [] for p in presets}
+        times: dict[str, list[tuple[float, float]]] = {p: [] for p in presets}
         for round_index in range(args.steps):
             order = presets[round_index % len(presets) :] + presets[: round_index % len(presets)]
             for preset in order:
                 step, batches, _ = runs[preset]
                 times[preset].append(_timed_step(step, batches, args.device))
+                wall, cpu = times[preset][-1]
+                print(f"{preset}: {wall:.2f} s wall, {cpu:.2f} s CPU", file=sys.stderr, flush=True)
     report = {
         "command": "python benchmarks/preset_step_times.py "
         + f"--steps {args.steps} --batch-size {args.batch_size} --device {args.device}"
@@ -98,9 +108,10 @@ def main() -> None:
         "presets": {
             p: {
                 "parameters": runs[p][2],
-                "median_s_per_step": statistics.median(t),
-                "min_s": min(t),
-                "max_s": max(t),
+                "median_s_per_step": statistics.median(w for w, _ in t),
+                "min_s": min(w for w, _ in t),
+                "max_s": max(w for w, _ in t),
+                "median_cpu_s_per_step": statistics.median(c for _, c in t),
                 "n": len(t),
             }
             for p, t in times.items()

@@ -36,13 +36,23 @@ Run locally: ``python spaces_app/app.py [--model PATH_OR_REPO] [--port 7860]``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import gradio as gr
+if not os.environ.get("GRADIO_TEMP_DIR"):
+    # Gradio keeps uploads and streamed frames in one /tmp/gradio shared by every user and process on
+    # the machine unless GRADIO_TEMP_DIR names another folder: this process gets its own, read by
+    # Gradio when it writes a file, and removed when the process ends.
+    os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="hf-ddpm-space-gradio-")
+    atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
+
+import gradio as gr  # noqa: E402  (after GRADIO_TEMP_DIR is set)
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -94,6 +104,8 @@ _HERE = Path(__file__).resolve().parent
 _BUNDLED_MODEL = Path("pretrained") / "mnist-5k"
 # PIL modes of example images, by the channel count of the models they suit.
 _EXAMPLE_MODES = {1: "L", 3: "RGB"}
+# The data the examples come from (the bundled sets of hf-ddpm train --dataset).
+_DIGIT_DATASETS = ("mnist-5k", "sklearn-digits")
 
 # Launch-time CSS (Gradio 6 takes it in launch()): blow tiny images up as crisp pixels.
 CSS = (
@@ -139,7 +151,11 @@ def resolve_model(cli_model: str | None = None) -> str | None:
 
 def examples_for(loaded: LoadedModel | None) -> list[str]:
     """The example pictures (examples/*.png: held-out MNIST digits, the bundled model's data) whose
-    colour matches the model: grey ones for a 1-channel model, RGB ones for a 3-channel one."""
+    colour matches the model: grey ones for a 1-channel model, RGB ones for a 3-channel one. None for a
+    model whose train_config.json names other data (a folder of photos, a Hub dataset): digits are no
+    example of what it draws."""
+    if loaded is not None and loaded.trained_on not in (None, *_DIGIT_DATASETS):
+        return []
     mode = _EXAMPLE_MODES.get(loaded.channels) if loaded else None
     paths = sorted((_HERE / "examples").glob("*.png"))
     return [str(path) for path in paths if mode is not None and Image.open(path).mode == mode]
@@ -189,16 +205,16 @@ def _seed_box(label: str) -> gr.Number:
     return gr.Number(0, label=label, precision=0, minimum=0, info=f"0 to {MAX_SEED}")
 
 
-def _class_slider(loaded: LoadedModel | None) -> gr.Slider:
-    """A class picker, shown only for a class-conditional model (a slider needs max > min)."""
-    num_classes = loaded.num_classes if loaded else None
-    return gr.Slider(
-        0,
-        max(num_classes - 1, 1) if num_classes else 1,
+def _class_choice(loaded: LoadedModel | None) -> gr.Dropdown:
+    """A class picker by name, shown only for a class-conditional model."""
+    names = loaded.class_names if loaded else ()
+    # Custom values reach the work function, whose message names the allowed range, not Gradio's.
+    return gr.Dropdown(
+        [(name, k) for k, name in enumerate(names)] or [("class 0", 0)],
         value=0,
-        step=1,
         label="Class",
-        visible=num_classes is not None,
+        visible=bool(names),
+        allow_custom_value=True,
     )
 
 
@@ -217,7 +233,7 @@ def _condition_dropdown(loaded: LoadedModel | None, none_label: str) -> gr.Dropd
     """A condition for a class-conditional model: none (the default, the null label) or a class y."""
     num_classes = loaded.num_classes if loaded else None
     choices = [(none_label, NO_CLASS)]
-    choices += [(f"class {k}", k) for k in range(num_classes or 0)]
+    choices += [(name, k) for k, name in enumerate(loaded.class_names if loaded else ())]
     # Custom values reach the work function, whose message names the allowed range, not Gradio's.
     return gr.Dropdown(
         choices,
@@ -278,7 +294,7 @@ def build_generate_tab(state: ModelState) -> None:
                 visible=bool(spacings),
                 allow_custom_value=loaded is None,
             )
-            class_label = _class_slider(loaded)
+            class_label = _class_choice(loaded)
             guidance = _guidance_slider(loaded)
             button = gr.Button("Generate", variant="primary", elem_id="generate")
         with gr.Column(scale=2):

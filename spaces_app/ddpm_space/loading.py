@@ -53,6 +53,12 @@ class LoadedModel:
     mask_transform: Transform
     samplers: tuple[str, ...] = (DDPM,)
     timestep_spacings: tuple[str, ...] = ()
+    # The name of each class 0..num_classes-1: the model's class_names (hf-ddpm train records its class
+    # folders), else "class k".
+    class_names: tuple[str, ...] = ()
+    # What the model's train_config.json says it was trained on: a dataset name, "image folder", or None
+    # where it has no such file.
+    trained_on: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,14 @@ def _train_config(model: str) -> dict[str, Any] | None:
     except (OSError, ValueError, EntryNotFoundError):
         return None
     return config if isinstance(config, dict) else None
+
+
+def trained_on(model: str) -> str | None:
+    """The dataset the model's train_config.json names, ``"image folder"`` for a folder, else None."""
+    config = _train_config(model)
+    if config is None:
+        return None
+    return "image folder" if config.get("train_data_dir") else config.get("dataset")
 
 
 def data_num_bins(model: str) -> tuple[int, str]:
@@ -209,6 +223,10 @@ def describe(pipe: Any, source: str) -> ModelState:
     num_class_embeds = getattr(unet_config, "num_class_embeds", None)
     num_classes = num_class_embeds - 1 if num_class_embeds else None
     num_bins, num_bins_source = data_num_bins(source)
+    recorded = list(getattr(pipe.config, "class_names", None) or [])
+    class_names = tuple(
+        recorded[k] if k < len(recorded) else f"class {k}" for k in range(num_classes or 0)
+    )
     streams = "callback_on_step_end" in inspect.signature(pipe.__call__).parameters
     loaded = LoadedModel(
         pipe=pipe,
@@ -224,6 +242,8 @@ def describe(pipe: Any, source: str) -> ModelState:
         mask_transform=upload_transform(1, sample_size, _8_BIT_BINS),
         samplers=offered_samplers(pipe, streams),
         timestep_spacings=offered_timestep_spacings(pipe),
+        class_names=class_names,
+        trained_on=trained_on(source),
     )
     return ModelState(
         loaded, f"Model: `{source}` ({sample_size}x{sample_size}, {channels} channel(s))."
