@@ -4,7 +4,7 @@
   ``from .module import name`` (what diffusers' loader follows), nothing beyond torch, numpy, PIL,
   diffusers and what diffusers itself installs, and no module that the pipelines and the scheduler do
   not reach.
-- Dependencies point one way: core <- data, hub <- evaluation <- training, sampling <- cli.
+- Dependencies point one way: core <- data, hub <- sampling <- evaluation <- training <- cli.
 - No module imports another module's private (underscore) names.
 - The bundled model's copies of core are byte-identical to their sources.
 """
@@ -26,10 +26,10 @@ CORE_ALLOWED = {"torch", "numpy", "PIL", "diffusers", "huggingface_hub", "safete
 ALLOWED_DEPENDENCIES = {
     "core": set(),
     "data": {"core"},
-    "evaluation": {"core", "data", "hub"},
     "hub": {"core", "data", "hf_ddpm"},
-    "training": {"core", "data", "evaluation", "hub"},
     "sampling": {"core", "data", "hub"},
+    "evaluation": {"core", "data", "hub", "sampling"},
+    "training": {"core", "data", "evaluation", "hub", "sampling"},
     "cli": {"core", "data", "evaluation", "hub", "training", "sampling"},
 }
 
