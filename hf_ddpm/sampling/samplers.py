@@ -96,6 +96,18 @@ SAMPLERS: dict[str, Sampler] = {
 }
 
 
+def variance_type_choices() -> tuple[str, ...]:
+    """Every ``--variance-type`` of some sampler, in registry order."""
+    return tuple(dict.fromkeys(v for sampler in SAMPLERS.values() for v in sampler.variance_types))
+
+
+def timestep_spacing_choices() -> tuple[str, ...]:
+    """Every ``--timestep-spacing`` of some sampler, in registry order."""
+    return tuple(
+        dict.fromkeys(s for sampler in SAMPLERS.values() for s in sampler.timestep_spacings)
+    )
+
+
 @dataclass(frozen=True)
 class SamplingChoice:
     """The scheduler a command swaps into the pipeline, and what its log line says of it."""
