@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "hf_ddpm"
 OUTPUT = ROOT / "docs" / "architecture.svg"
 # Rows from the bottom (what everything rests on) to the top (the entry point).
-ROWS = [["core"], ["data"], ["evaluation", "hub"], ["training", "sampling"], ["cli"]]
+ROWS = [["core"], ["data", "hub"], ["sampling"], ["evaluation"], ["training"], ["cli"]]
 BOX_W, ROW_H, LINE_H, GAP = 230, 150, 15, 40
 
 

@@ -9,6 +9,7 @@ every image checked) first, before anything is written; a checkpoint on the Hub 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -162,7 +163,6 @@ class TrainingSetup:
     config: TrainConfig
     accelerator: Accelerator
     data: ImageDataset
-    train_data: Any
     scheduler: HFDDPMScheduler
     unet_config: dict[str, Any]
     null_label: int | None
@@ -174,6 +174,14 @@ class TrainingSetup:
     ema_unet: torch.nn.Module | None
     timestep_sampler: UniformSampler
     update_sampler: bool
+
+    @functools.cached_property
+    def train_data(self) -> Any:
+        """The data as the loop's batches read it (:func:`hf_ddpm.data.image_datasets.preprocess`),
+        built on first use: a setup driven with batches of its own never reads its images."""
+        from hf_ddpm.data.image_datasets import preprocess
+
+        return preprocess(self.data, self.config.resolution)
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -198,7 +206,6 @@ def build_setup(config: TrainConfig, accelerator: Accelerator, data: ImageDatase
         )
     from hf_ddpm.core.pipeline_base import null_label_of, num_class_embeds_for
     from hf_ddpm.core.scheduling import HFDDPMScheduler
-    from hf_ddpm.data.image_datasets import preprocess
 
     from .ema import EMA
     from .timestep_sampler import LossSecondMomentResampler, UniformSampler
@@ -253,7 +260,6 @@ def build_setup(config: TrainConfig, accelerator: Accelerator, data: ImageDatase
         config=config,
         accelerator=acc,
         data=data,
-        train_data=preprocess(data, config.resolution),
         scheduler=scheduler,
         unet_config=unet_cfg,
         null_label=null_label,
