@@ -209,9 +209,9 @@ def _add_threads(parser: argparse.ArgumentParser, subcommand: Subcommand) -> Non
 
 
 def _add_steps(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
-    from hf_ddpm.sampling.samplers import DEFAULT_SAMPLING_STEPS
+    from hf_ddpm.sampling.samplers import default_sampling_steps_in_words
 
-    default = subcommand.steps_default or f"{DEFAULT_SAMPLING_STEPS}, or T if the model has fewer"
+    default = subcommand.steps_default or default_sampling_steps_in_words()
     given = parser.get_default("num_inference_steps")  # a command's own, from set_defaults
     parser.add_argument(
         "--num-inference-steps",

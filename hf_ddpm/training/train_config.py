@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_ddpm.data.ingest import CHANNEL_CHOICES
-from hf_ddpm.sampling.samplers import DEFAULT_SAMPLING_STEPS
+from hf_ddpm.sampling.samplers import default_sampling_steps_in_words
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 LOGGERS = ("tensorboard", "none")
@@ -194,7 +194,7 @@ class TrainConfig:
     num_samples: int = _opt(16, "images in each sample grid")
     sample_steps: int | None = _opt(
         None,
-        f"respaced sampling steps of the grids (default: {DEFAULT_SAMPLING_STEPS}, or T if fewer)",
+        f"respaced sampling steps of the grids (default: {default_sampling_steps_in_words()})",
         type=int,
     )
     logger: str = _opt("tensorboard", "experiment tracker")
