@@ -341,7 +341,7 @@ def _prepare(args: argparse.Namespace) -> None:
 
 
 def _external_errors() -> tuple[type[BaseException], ...]:
-    from hf_ddpm.core.hub_layout import HubPushError, network_errors
+    from hf_ddpm.core.pushing import HubPushError, network_errors
 
     return (HubPushError, *network_errors())
 

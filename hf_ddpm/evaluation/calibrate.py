@@ -253,9 +253,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``hf-ddpm calibrate``. Bad input is raised before the long loop, and cli.py reports it as one
     line with exit status 2."""
-    from hf_ddpm.core.hub_layout import push_folder_to_hub, resolve_pipeline_folder
     from hf_ddpm.core.pipeline import HFDDPMPipeline
+    from hf_ddpm.core.pushing import push_folder_to_hub
     from hf_ddpm.data.held_out import load_reference
+    from hf_ddpm.hub.loading import resolve_pipeline_folder
 
     if args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1, got {args.num_images}")

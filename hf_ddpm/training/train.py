@@ -208,7 +208,7 @@ class _Trainer:
             sample_grid=grid,
         )
         if config.push_to_hub:
-            from hf_ddpm.core.hub_layout import HubPushError, push_folder_to_hub
+            from hf_ddpm.core.pushing import HubPushError, push_folder_to_hub
 
             from .checkpointing import TMP_PREFIX
             from .hub_checkpoints import HUB_STAGING_PREFIX

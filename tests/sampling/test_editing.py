@@ -21,9 +21,9 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
 from hf_ddpm import HFDDPMImg2ImgPipeline, HFDDPMInpaintPipeline, HFDDPMPipeline
-from hf_ddpm.core.hub_layout import copy_source_closure
 from hf_ddpm.core.pipeline_img2img import sdedit_timesteps
 from hf_ddpm.core.pipeline_inpaint import repaint_schedule
+from hf_ddpm.core.remote_code import copy_source_closure
 from hf_ddpm.core.scheduling import HFDDPMScheduler
 
 T = 1000

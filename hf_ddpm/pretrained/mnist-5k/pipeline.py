@@ -21,7 +21,7 @@ from .diffusion_tables import DiffusionTables  # noqa: F401  (remote-code closur
 from .edit_inputs import prepare_images  # noqa: F401
 from .forward_process import q_transition_sample  # noqa: F401
 from .gaussian import reparameterize  # noqa: F401
-from .hub_layout import MODEL_INDEX  # noqa: F401  (imported by pipeline_base)
+from .model_card import MODEL_CARD  # noqa: F401  (imported by saving)
 from .pipeline_base import (
     CallbackArg,
     ClassLabelsArg,
@@ -31,6 +31,9 @@ from .pipeline_base import (
 )
 from .pipeline_img2img import HFDDPMImg2ImgPipeline  # noqa: F401
 from .pipeline_inpaint import HFDDPMInpaintPipeline  # noqa: F401
+from .pushing import HubPushError  # noqa: F401  (imported by pipeline_base)
+from .remote_code import copy_source_closure  # noqa: F401  (imported by saving)
+from .saving import MODEL_INDEX  # noqa: F401  (imported by pipeline_base)
 from .variance import LEARNED_VARIANCE_TYPES  # noqa: F401  (imported by pipeline_base)
 
 

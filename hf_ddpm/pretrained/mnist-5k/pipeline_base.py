@@ -6,12 +6,14 @@ remote-code module as its only ``DiffusionPipeline`` subclass, so each pipeline 
 ``pipeline_inpaint.py``, ``pipeline_img2img.py``) must hold exactly one, and this module none.
 
 Remote code: this file is copied next to ``pipeline.py`` in every saved folder, so it imports only torch,
-diffusers, the standard library and its siblings (``hub_layout`` imports only the standard library at
-module level).
+diffusers, the standard library and its siblings (``saving`` and ``pushing`` import only the standard
+library at module level). Loading without remote code is the installed package's alone
+(``hf_ddpm.hub.loading``), so saved folders do not carry it.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,12 +28,15 @@ from .diffusion_tables import (
     check_num_inference_steps,
 )
 from .edit_inputs import ImageArg, broadcast_batch, prepare_images, prepare_masks
-from .hub_layout import load_pipeline, push_pipeline_to_hub, save_pipeline_folder
+from .pushing import push_pipeline_to_hub
+from .saving import save_pipeline_folder
 from .variance import LEARNED_VARIANCE_TYPES
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 # True only for the installed package; a remote-code copy lives in diffusers' module cache instead.
 RUNNING_AS_HF_DDPM = __package__ == "hf_ddpm.core"
+# Where the installed package loads saved folders without running their code (from_pretrained).
+INSTALLED_LOADER = "hf_ddpm.hub.loading"
 
 GeneratorArg = torch.Generator | list[torch.Generator] | None
 StepCallback = Callable[[Any, int, torch.Tensor, dict[str, Any]], dict[str, Any]]
@@ -370,7 +375,7 @@ class HFDDPMPipelineMixin:
         push_to_hub: bool = False,
         **kwargs: Any,
     ) -> None:
-        """Write the folder layout that both loading paths read (see ``hub_layout.save_pipeline_folder``).
+        """Write the folder layout that both loading paths read (see ``saving.save_pipeline_folder``).
 
         Unlike ``DiffusionPipeline.save_pretrained`` this copies the remote code next to the weights, and
         it writes the same layout however this class was imported (installed package or remote code).
@@ -415,10 +420,14 @@ class HFDDPMPipelineMixin:
 
         Our own components map to the installed hf_ddpm classes, diffusers components to diffusers
         classes; a diffusers ``DDPMScheduler`` (as in google/ddpm-cifar10-32) becomes an
-        ``HFDDPMScheduler`` unless ``convert_scheduler=False``. See ``hub_layout.load_pipeline`` for
-        the keyword arguments. A remote-code copy of this class has no installed package to map to,
+        ``HFDDPMScheduler`` unless ``convert_scheduler=False``. See ``hf_ddpm.hub.loading.load_pipeline``
+        for the keyword arguments. A remote-code copy of this class has no installed package to map to,
         so it defers to ``DiffusionPipeline.from_pretrained``.
         """
         if not RUNNING_AS_HF_DDPM:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        return load_pipeline(cls, pretrained_model_name_or_path, **kwargs)
+        # The installed package's loader, which saved folders do not carry. It is imported by name, not
+        # by an import statement: diffusers scans a Hub repo's remote code for import lines and would
+        # tell its users to install hf_ddpm.
+        loading = importlib.import_module(INSTALLED_LOADER)
+        return loading.load_pipeline(cls, pretrained_model_name_or_path, **kwargs)
