@@ -4,8 +4,8 @@ Four tabs:
 
 * **Generate** runs the reverse process p(x_{t-1} | x_t) and streams x_t and the predicted x_0 every
   few steps, then shows the samples in a gallery (``elem_id="samples"``). The sampler is the model's
-  DDPM scheduler (with a choice of its variance types and timestep spacings), or diffusers' DDIM or
-  DPM-Solver++ made from the same config.
+  DDPM scheduler (with a choice of its variance types and timestep spacings), or another of
+  ``hf-ddpm sample``'s samplers (diffusers' DDIM or DPM-Solver++) made from the same config.
 * **Forward process** draws x_t from the closed form q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)
   (Ho et al. 2020, eq. 4) and plots beta_t, abar_t and SNR(t) = abar_t / (1 - abar_t).
 * **Likelihood** evaluates the variational bound L = L_T + sum_{t>1} L_{t-1} + L_0 (Ho et al. eq. 5)
@@ -63,7 +63,7 @@ if __package__:  # imported as spaces_app.app (the tests)
     from .ddpm_space.generate import generate_images, spacings_for
     from .ddpm_space.inputs import MAX_IMAGES, MAX_SEED, MAX_STEPS, NO_CLASS
     from .ddpm_space.likelihood import likelihood_bound
-    from .ddpm_space.loading import DDPM, LoadedModel, ModelState, load_model
+    from .ddpm_space.loading import DDPM, LoadedModel, ModelState, load_model, sampler_help
     from .ddpm_space.pictures import ImageTransform, readable_upload
 else:  # run as a script (`python app.py`, as a Space runs it), with this folder on sys.path
     from ddpm_space import editing
@@ -71,7 +71,7 @@ else:  # run as a script (`python app.py`, as a Space runs it), with this folder
     from ddpm_space.generate import generate_images, spacings_for
     from ddpm_space.inputs import MAX_IMAGES, MAX_SEED, MAX_STEPS, NO_CLASS
     from ddpm_space.likelihood import likelihood_bound
-    from ddpm_space.loading import DDPM, LoadedModel, ModelState, load_model
+    from ddpm_space.loading import DDPM, LoadedModel, ModelState, load_model, sampler_help
     from ddpm_space.pictures import ImageTransform, readable_upload
 
 try:  # ZeroGPU Spaces ship `spaces`; elsewhere the decorator is a no-op.
@@ -186,15 +186,16 @@ def _steps_limit(loaded: LoadedModel | None) -> tuple[int, int]:
     return num_steps_train, min(num_steps_train, MAX_STEPS)
 
 
-def _steps_slider(loaded: LoadedModel | None, default: int) -> gr.Slider:
+def _steps_slider(loaded: LoadedModel | None, default: int | None, elem_id: str) -> gr.Slider:
     num_steps_train, max_steps = _steps_limit(loaded)
     capped = f"at most {max_steps} here; " if max_steps < num_steps_train else ""
     return gr.Slider(
         1,
         max_steps,
-        value=min(default, max_steps),
+        value=min(default or max_steps, max_steps),
         step=1,
         label=f"Inference steps ({capped}respaced from T = {num_steps_train})",
+        elem_id=elem_id,
     )
 
 
@@ -273,17 +274,21 @@ def build_generate_tab(state: ModelState) -> None:
             num_images = gr.Slider(
                 1, MAX_IMAGES, value=min(4, MAX_IMAGES), step=1, label="Number of images"
             )
-            steps = _steps_slider(loaded, 100)
+            steps = _steps_slider(
+                loaded, loaded.sampling_steps if loaded else None, "generate_steps"
+            )
             sampler = gr.Dropdown(
                 list(samplers),
                 value=DDPM,
-                label="Sampler (ddpm: the model's own; ddim, dpm-solver++: diffusers')",
+                label="Sampler",
+                info=sampler_help(samplers),
                 elem_id="sampler",
             )
             variance = gr.Dropdown(
                 list(variance_types),
                 value=variance_types[0] if variance_types else None,
                 label="Variance type (ddpm sampler)",
+                elem_id="variance_type",
                 # Without a model there is nothing to choose; the request then says why.
                 allow_custom_value=loaded is None,
             )
@@ -291,6 +296,7 @@ def build_generate_tab(state: ModelState) -> None:
                 list(spacings),
                 value=spacings[0] if spacings else None,
                 label="Timestep spacing",
+                elem_id="timestep_spacing",
                 visible=bool(spacings),
                 allow_custom_value=loaded is None,
             )
@@ -498,7 +504,7 @@ def build_edit_tab(state: ModelState) -> None:
             strength = gr.Slider(
                 0.05, 1, value=0.5, step=0.05, label="Strength (t_0 / T)", visible=False
             )
-            steps = _steps_slider(loaded, 50)
+            steps = _steps_slider(loaded, 50, "edit_steps")
             jumps = gr.Slider(
                 1,
                 10,

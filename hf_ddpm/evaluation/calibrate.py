@@ -219,7 +219,7 @@ def write_eps_second_moment(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``hf-ddpm calibrate`` options."""
-    from .evaluate import add_data_arguments
+    from hf_ddpm.data.held_out import add_data_arguments
 
     add_data_arguments(parser, "train", "split to calibrate on")
     parser.add_argument(
@@ -255,10 +255,10 @@ def run(args: argparse.Namespace) -> int:
     line with exit status 2."""
     from hf_ddpm.core.pipeline import HFDDPMPipeline
     from hf_ddpm.core.pushing import push_folder_to_hub
+    from hf_ddpm.data.held_out import load_reference
     from hf_ddpm.hub.loading import resolve_pipeline_folder
 
     from .data_options import resolve_data_flags
-    from .evaluate import load_reference
 
     if args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1, got {args.num_images}")

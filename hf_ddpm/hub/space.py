@@ -30,8 +30,9 @@ DEFAULT_APP_DIR = _PACKAGE_DIR.parent / "spaces_app"
 _APP_FILES = ("app.py", "requirements.txt", "README.md")
 _SKIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
 # Modules the app imports beyond hf_ddpm's public names: the transform that makes an upload the model's
-# input exactly as in training, so the likelihood tab's bits/dim match `hf-ddpm evaluate`.
-_APP_MODULES = ("data.image_transform",)
+# input exactly as in training, so the likelihood tab's bits/dim match `hf-ddpm evaluate`, and the
+# sampler registry, so the page offers the choices `hf-ddpm sample` has.
+_APP_MODULES = ("data.image_transform", "sampling.samplers")
 
 
 def _check_repo_id(kind: str, repo_id: str) -> None:

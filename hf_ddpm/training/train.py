@@ -187,7 +187,7 @@ class _Trainer:
 
     def _save_final(self, result: TrainResult) -> None:
         from hf_ddpm.core.pipeline import HFDDPMPipeline
-        from hf_ddpm.data.image_datasets import BUNDLED_DATASETS
+        from hf_ddpm.data.bundled_datasets import BUNDLED_DATASETS
 
         setup, config = self.setup, self.setup.config
         setup.ema.copy_to(setup.ema_unet)

@@ -25,7 +25,7 @@ CORE_ALLOWED = {"torch", "numpy", "PIL", "diffusers", "huggingface_hub", "safete
 # Which subpackages each may import (besides itself); the picture in docs/ARCHITECTURE.md.
 ALLOWED_DEPENDENCIES = {
     "core": set(),
-    "data": {"core"},
+    "data": set(),
     "hub": {"core", "data", "hf_ddpm"},
     "sampling": {"core", "data", "hub"},
     "evaluation": {"core", "data", "hub", "sampling"},

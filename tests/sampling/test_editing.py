@@ -322,7 +322,7 @@ def test_mask_and_image_accept_pil_numpy_and_tensors_alike():
         ({"mask_image": np.zeros((4, 4))}, r"expected shape \(8, 8\)"),
         ({"jump_length": 0}, "jump_length must be an integer >= 1"),
         ({"jump_n_sample": 0}, "jump_n_sample must be an integer >= 1"),
-        ({"num_inference_steps": 0}, "num_inference_steps must be an integer from 1"),
+        ({"num_inference_steps": 0}, r"num_inference_steps must be in 1\.\."),
         (
             {"generator": _generators(2), "image": np.zeros((3, SIZE, SIZE, 1))},
             "different numbers of images",

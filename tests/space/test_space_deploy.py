@@ -41,6 +41,8 @@ def test_space_folder_has_the_app_the_model_id_and_a_working_hf_ddpm(tmp_path, t
         "from hf_ddpm import variational_bound\n"
         # The app prepares uploads with the transform of training and evaluation.
         "from hf_ddpm.data.image_transform import ImageTransform, dataset_num_bins\n"
+        # ... and offers the samplers of `hf-ddpm sample`.
+        "from hf_ddpm.sampling.samplers import SAMPLERS, sampling_variance_type\n"
         "HFDDPMScheduler(num_train_timesteps=10)\n"
         # The app loads its model as the installed package does, with the copied loader.
         f"HFDDPMPipeline.from_pretrained({str(saved)!r})\n"

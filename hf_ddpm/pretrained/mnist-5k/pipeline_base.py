@@ -24,7 +24,10 @@ from diffusers import ImagePipelineOutput, ModelMixin, SchedulerMixin, UNet2DMod
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
 # diffusers' remote-code loader copies only the relative imports written in a module, not theirs.
-from .diffusion_tables import DiffusionTables  # noqa: F401  (imported by variance)
+from .diffusion_tables import (
+    DiffusionTables,  # noqa: F401  (imported by variance)
+    check_num_inference_steps,
+)
 from .edit_inputs import ImageArg, broadcast_batch, prepare_images, prepare_masks
 from .pushing import push_pipeline_to_hub
 from .saving import save_pipeline_folder
@@ -69,6 +72,29 @@ def check_unet_matches_scheduler(unet: Any, scheduler: Any) -> None:
             f"2 x in_channels for the variance types {list(LEARNED_VARIANCE_TYPES)}, in_channels otherwise. "
             "Use a UNet that matches, or a scheduler with the variance_type the UNet was trained for."
         )
+
+
+# hf-ddpm train's layout of a class-conditional UNet's embeddings: the data's classes 0..n-1, then one
+# more, n, the null label of classifier-free guidance (Ho & Salimans 2022). Every reader of a model's
+# labels goes through the three functions below.
+
+
+def num_class_embeds_for(num_classes: int) -> int:
+    """``num_class_embeds`` of a UNet for ``num_classes`` classes and the null label after them."""
+    return num_classes + 1
+
+
+def null_label_of(num_class_embeds: int | None, recorded: int | None = None) -> int | None:
+    """The label under which a UNet with ``num_class_embeds`` class embeddings models p(x): the
+    pipeline's ``recorded`` null_class_label, else the last embedding; None for an unconditional UNet."""
+    if not num_class_embeds:
+        return None
+    return num_class_embeds - 1 if recorded is None else int(recorded)
+
+
+def num_classes_of(num_class_embeds: int | None) -> int | None:
+    """The classes 0..n-1 of a UNet laid out as :func:`num_class_embeds_for` makes it (None: unconditional)."""
+    return null_label_of(num_class_embeds)
 
 
 def check_null_class_label(unet: Any, null_class_label: int | None) -> None:
@@ -138,18 +164,6 @@ def callback_tensor_names(
     return names
 
 
-def check_num_inference_steps(num_inference_steps: int, num_train_timesteps: int) -> None:
-    if (
-        isinstance(num_inference_steps, bool)
-        or not isinstance(num_inference_steps, int)
-        or not 1 <= num_inference_steps <= num_train_timesteps
-    ):
-        raise ValueError(
-            f"num_inference_steps must be an integer from 1 to the scheduler's num_train_timesteps "
-            f"({num_train_timesteps}), got {num_inference_steps!r}."
-        )
-
-
 def check_output_type(output_type: str) -> None:
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}.")
@@ -217,8 +231,7 @@ class HFDDPMPipelineMixin:
         return callback_tensor_names(callback, tensor_inputs, self._callback_tensor_inputs)
 
     def _guidance_null_label(self) -> int:
-        recorded = self.config.null_class_label
-        return self.unet.config.num_class_embeds - 1 if recorded is None else recorded
+        return null_label_of(self.unet.config.num_class_embeds, self.config.null_class_label)
 
     def class_label(self, label: int | str) -> int:
         """The integer label of ``label``: a class name from ``class_names``, or an integer as it is."""
@@ -281,8 +294,8 @@ class HFDDPMPipelineMixin:
             )
         guided = guidance_scale != 1.0
         # With guidance, the null label is what the class is compared against, not a class to ask for.
-        last_is_null = guided and self._guidance_null_label() == num_class_embeds - 1
-        num_classes = num_class_embeds - 1 if last_is_null else num_class_embeds
+        last_is_null = guided and self._guidance_null_label() == num_classes_of(num_class_embeds)
+        num_classes = num_classes_of(num_class_embeds) if last_is_null else num_class_embeds
         if labels.min() < 0 or labels.max() >= num_classes:
             raise ValueError(
                 f"class_labels must lie in [0, {num_classes - 1}] for this UNet "
