@@ -83,6 +83,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "Gamma_n for Analytic-DPM's variance, into a model",
         threads=True,
     ),
+    "fit-covariance": Subcommand(
+        "hf_ddpm.training.fit_covariance",
+        "fit SN-DDPM's or NPR-DDPM's per-pixel covariance head on a frozen model",
+        threads=True,
+    ),
 }
 
 

@@ -39,6 +39,7 @@ from .reverse_process import PMeanVariance, ReverseProcess, split_model_output
 from .reverse_process import p_mean_variance as _p_mean_variance
 from .schedules import make_betas
 from .variance import (
+    HEAD_VARIANCE_TYPES,
     LEARNED_VARIANCE_TYPES,
     AnalyticVariance,
     NoiseScale,
@@ -56,9 +57,13 @@ DEFAULT_SAMPLING_STEPS = 100
 def sampling_variance_type(config: Mapping[str, Any]) -> str:
     """The variance a model samples with unless told otherwise: "analytic" where its scheduler config
     carries ``eps_second_moment`` (Analytic-DPM's optimal variance, Bao et al. 2022 Theorem 1, the better
-    one at few steps), else its own ``variance_type``. A learned variance keeps what it learned."""
+    one at few steps), else its own ``variance_type``. A learned variance keeps what it learned, and a
+    covariance head's per-pixel variance ("sn", "npr") is preferred to the scalar analytic one."""
     own = config["variance_type"]
-    if config.get("eps_second_moment") is None or own in LEARNED_VARIANCE_TYPES:
+    if config.get("eps_second_moment") is None or own in (
+        *LEARNED_VARIANCE_TYPES,
+        *HEAD_VARIANCE_TYPES,
+    ):
         return own
     return AnalyticVariance.name
 

@@ -215,5 +215,6 @@ def resolve_variance_type(
             f"Unknown variance_type {variance_type!r}; allowed values: {', '.join(VARIANCE_TYPE_NAMES)}"
         ) from None
 
+
 # The variance types whose per-pixel second moment comes from a covariance head (SN / NPR, Bao et al. 2022).
 HEAD_VARIANCE_TYPES: tuple[str, ...] = ("sn", "npr")

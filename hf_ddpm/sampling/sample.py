@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from hf_ddpm.core.pipeline_base import check_covariance_head, expected_unet_out_channels
 from hf_ddpm.core.scheduling import (
     DEFAULT_SAMPLING_STEPS,
     TIMESTEP_SPACINGS,
@@ -256,7 +257,8 @@ def sampling_scheduler(
         scheduler = HFDDPMScheduler.from_config(
             config, variance_type=variance, timestep_spacing=spacing
         )
-        needed = scheduler.model_output_channels(pipeline.unet.config.in_channels)
+        needed = expected_unet_out_channels(scheduler, pipeline.unet.config.in_channels)
+        check_covariance_head(pipeline.unet, scheduler, getattr(pipeline, "covariance_head", None))
     except ValueError as error:
         raise ValueError(f"{flags}: {error}") from error
     if needed != pipeline.unet.config.out_channels:
