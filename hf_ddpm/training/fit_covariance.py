@@ -144,15 +144,14 @@ def fit_covariance_head(
     optimizer = torch.optim.Adam(head.parameters(), lr=options.learning_rate)
     target = HEAD_TARGETS[options.kind]
     num_timesteps = scheduler.config.num_train_timesteps
-    step, losses = 0, []
+    step, losses, window = 0, [], []
     resume = resolve_resume(checkpoint_dir, resume_from) if checkpoint_dir is not None else None
     if resume is not None:
-        step, losses = _restore(resume, head, optimizer, options)
+        step, losses, window = _restore(resume, head, optimizer, options)
     images = images.to(device)
     bar = tqdm(
         total=options.max_steps, initial=step, desc=f"fit {options.kind} head", disable=not progress
     )
-    window: list[torch.Tensor] = []
     batches = _batches(images, options, step)
     while step < options.max_steps:
         x0 = next(batches)
@@ -179,7 +178,7 @@ def fit_covariance_head(
         if checkpoint_dir is not None and (
             step % options.checkpoint_every == 0 or step == options.max_steps
         ):
-            _save(Path(checkpoint_dir), step, head, optimizer, options, losses)
+            _save(Path(checkpoint_dir), step, head, optimizer, options, losses, window)
     bar.close()
     return FitResult(head.eval(), step, losses)
 
@@ -191,6 +190,7 @@ def _save(
     optimizer: torch.optim.Optimizer,
     options: FitOptions,
     losses: list[tuple[int, float]],
+    window: list[torch.Tensor],
 ) -> None:
     skeleton, tensors = flatten_state(optimizer.state_dict())
     state = {
@@ -199,6 +199,8 @@ def _save(
         "head_config": dict(head.config),
         "optimizer": skeleton,
         "losses": losses,
+        # The losses since the last logged window, so a resumed run logs the same windows.
+        "window": [loss.item() for loss in window],
     }
     save_checkpoint(folder, step, {"head": head.state_dict(), "optimizer": tensors}, state)
     prune_checkpoints(folder, options.checkpoints_total_limit)
@@ -206,7 +208,7 @@ def _save(
 
 def _restore(
     path: Path, head: CovarianceHead, optimizer: torch.optim.Optimizer, options: FitOptions
-) -> tuple[int, list[tuple[int, float]]]:
+) -> tuple[int, list[tuple[int, float]], list[torch.Tensor]]:
     tensors, state = load_checkpoint(path)
     if "head_config" not in state:
         raise ValueError(f"{COMMAND}: {path} is not a fit-covariance checkpoint")
@@ -222,7 +224,8 @@ def _restore(
         )
     head.load_state_dict(tensors["head"])
     optimizer.load_state_dict(unflatten_state(state["optimizer"], tensors["optimizer"]))
-    return int(state["step"]), [(int(s), float(v)) for s, v in state["losses"]]
+    losses = [(int(s), float(v)) for s, v in state["losses"]]
+    return int(state["step"]), losses, [torch.tensor(v) for v in state["window"]]
 
 
 def _append_log(folder: Path, kind: str, step: int, loss: float) -> None:
