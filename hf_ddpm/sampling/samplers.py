@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hf_ddpm.core.scheduling import TIMESTEP_SPACINGS, HFDDPMScheduler
 from hf_ddpm.core.pipeline_base import check_covariance_head, expected_unet_out_channels
+from hf_ddpm.core.scheduling import TIMESTEP_SPACINGS, HFDDPMScheduler
 from hf_ddpm.core.variance import (
     HEAD_VARIANCE_TYPES,
     LEARNED_VARIANCE_TYPES,
