@@ -21,6 +21,7 @@ from diffusers import ImagePipelineOutput, ModelMixin, SchedulerMixin, UNet2DMod
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
 # diffusers' remote-code loader copies only the relative imports written in a module, not theirs.
+from .covariance import x0_covariance  # noqa: F401  (imported by variance)
 from .covariance_head import CovarianceHead, unet_features
 from .diffusion_tables import DiffusionTables  # noqa: F401  (imported by variance)
 from .edit_inputs import ImageArg, broadcast_batch, prepare_images, prepare_masks
