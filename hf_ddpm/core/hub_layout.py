@@ -174,7 +174,10 @@ def pipeline_options(pipeline: Any) -> dict[str, Any]:
     return {
         name: value
         for name, value in pipeline.config.items()
-        if not name.startswith("_") and name not in pipeline.components and value is not None
+        if not name.startswith("_")
+        and name not in pipeline.components
+        and value is not None
+        and name not in getattr(pipeline, "_optional_components", ())
     }
 
 
@@ -220,7 +223,9 @@ def save_pipeline_folder(
         "_diffusers_version": diffusers.__version__,
     }
     for name, component in pipeline.components.items():
-        index[name] = _save_component(component, folder / name, variant)
+        # An absent optional component (a model without a covariance head) keeps the folder's layout as it was.
+        if component is not None:
+            index[name] = _save_component(component, folder / name, variant)
     index.update(pipeline_options(pipeline))
     _write_atomically(folder / MODEL_INDEX, json.dumps(index, indent=2, sort_keys=True) + "\n")
     card_fields = {
@@ -573,9 +578,13 @@ def load_pipeline(
         **components: ready-made components (``unet=...``, ``scheduler=...``) that replace saved ones.
     """
     parameters = inspect.signature(pipeline_class.__init__).parameters
-    # Components have no default; options (e.g. null_class_label) do, and are read from the index.
-    expected = [n for n, p in parameters.items() if n != "self" and p.default is p.empty]
-    options = [n for n, p in parameters.items() if n != "self" and p.default is not p.empty]
+    # Components have no default, or are optional components (None when the index has none); options
+    # (e.g. null_class_label) have a default, and are read from the index.
+    optional = set(getattr(pipeline_class, "_optional_components", ()))
+    expected = [
+        n for n, p in parameters.items() if n != "self" and (p.default is p.empty or n in optional)
+    ]
+    options = [n for n, p in parameters.items() if n not in ("self", *expected)]
     unknown = sorted(set(components) - set(expected) - set(options))
     if unknown:
         raise TypeError(
@@ -595,6 +604,8 @@ def load_pipeline(
     loaded.update((n, index[n]) for n in options if n in index and n not in components)
     for name in expected:
         if name in loaded:
+            continue
+        if name in optional and (name not in index or index[name][0] is None):
             continue
         if name not in index:
             raise ValueError(

@@ -178,7 +178,9 @@ class HFDDPMPipelineMixin:
         unet: UNet2DModel | ModelMixin,
         scheduler: SchedulerMixin,
         null_class_label: int | None = None,
-        covariance_head: CovarianceHead | None = None,
+        # ModelMixin, not CovarianceHead: a remote-code load imports the head's module twice (root and
+        # covariance_head/), and diffusers checks component types against this hint.
+        covariance_head: ModelMixin | None = None,
     ) -> None:
         super().__init__()
         check_unet_matches_scheduler(unet, scheduler)
