@@ -8,10 +8,15 @@ Samplers, all on the same UNet and its null label (the model of p(x)):
 - ``fixed_small`` / ``fixed_large``: HFDDPMScheduler with Ho et al.'s two fixed variances;
 - ``analytic``: Analytic-DDPM's optimal variance (Bao et al. 2022) on the same even spacing;
 - ``analytic-optimal``: the same variance on the optimal trajectory (``timestep_spacing="optimal"``);
-- ``ddim``: diffusers' DDIMScheduler, eta = 0;
+- ``sn`` / ``npr``: SN-DDPM and NPR-DDPM (Bao et al. ICML 2022), the per-pixel optimal variance from the
+  model's covariance head (``hf-ddpm fit-covariance``);
+- ``ddim``: ``hf-ddpm sample --sampler ddim`` (HFDDIMScheduler, eta = 0); ``analytic-ddim``, ``sn-ddim``,
+  ``npr-ddim``: HFDDIMScheduler with that variance;
+- ``diffusers-ddim``: diffusers' DDIMScheduler, eta = 0;
 - ``dpm-solver++``: diffusers' DPMSolverMultistepScheduler, DPM-Solver++ 2M;
 - ``dpm-solver++-optimal``: the same on Analytic-DPM's optimal trajectory, passed as diffusers' ``timesteps=``
-  (DDIMScheduler takes no custom timesteps in diffusers 0.42).
+  (DDIMScheduler takes no custom timesteps in diffusers 0.42);
+- ``dpm-solver++-sde``, ``unipc``: diffusers' SDE variant of DPM-Solver++ and UniPC, as ``--sampler`` builds them.
 
 Per sampler and K: the digit judge's Fréchet distance and confident share on ``--num-samples``
 unconditional samples (benchmarks/digit_quality.py), the K-step variational bound in bits/dim on
@@ -38,11 +43,21 @@ SAMPLERS = (
     "fixed_large",
     "analytic",
     "analytic-optimal",
+    "sn",
+    "npr",
     "ddim",
+    "analytic-ddim",
+    "sn-ddim",
+    "npr-ddim",
+    "diffusers-ddim",
     "dpm-solver++",
     "dpm-solver++-optimal",
+    "dpm-solver++-sde",
+    "unipc",
 )
-_BOUNDED = {"fixed_small", "fixed_large", "analytic", "analytic-optimal"}
+_BOUNDED = {"fixed_small", "fixed_large", "analytic", "analytic-optimal", "sn", "npr"}
+# HFDDIMScheduler (eta = 0) with the variance of the name's first part (SN-DDIM, Analytic-DDIM, ...).
+_OUR_DDIM = {"analytic-ddim": "analytic", "sn-ddim": "sn", "npr-ddim": "npr"}
 
 
 def scheduler_for(name: str, config: dict):
@@ -51,6 +66,10 @@ def scheduler_for(name: str, config: dict):
     from hf_ddpm import HFDDPMScheduler
     from hf_ddpm.sampling.samplers import SAMPLERS
 
+    if name in _OUR_DDIM:
+        from hf_ddpm.core import scheduling_ddim  # the DDIM of issue 20, once it is in core/
+
+        return scheduling_ddim.HFDDIMScheduler.from_config(config, variance_type=_OUR_DDIM[name])
     diffusers_sampler, optimal = name.removesuffix("-optimal"), name.endswith("-optimal")
     if diffusers_sampler in SAMPLERS and not SAMPLERS[diffusers_sampler].variance_types:
         entry = SAMPLERS[diffusers_sampler]
@@ -83,7 +102,9 @@ def _use_optimal_timesteps(scheduler, config: dict) -> None:
 def measure_samples(pipeline, judge, name, k, args) -> dict:
     """Judge figures and wall time of ``--num-samples`` unconditional samples in K steps."""
     scheduler = scheduler_for(name, dict(pipeline.scheduler.config))
-    pipeline = type(pipeline)(unet=pipeline.unet, scheduler=scheduler)
+    pipeline = type(pipeline)(
+        unet=pipeline.unet, scheduler=scheduler, covariance_head=pipeline.covariance_head
+    )
     pipeline.set_progress_bar_config(disable=True)
     start = time.perf_counter()
     images = generate(pipeline, args.num_samples, k, args.seed)
@@ -99,11 +120,23 @@ def measure_samples(pipeline, judge, name, k, args) -> dict:
 def measure_bound(pipeline, name, k, args, held_out) -> dict:
     """The K-step variational bound of sampler ``name``'s chain on the held-out digits."""
     from hf_ddpm import variational_bound
-    from hf_ddpm.evaluation.bound import unconditional_model
+    from hf_ddpm.core.covariance_head import eps_and_head
+    from hf_ddpm.evaluation.bound import unconditional_label, unconditional_model
+
+    scheduler = scheduler_for(name, dict(pipeline.scheduler.config))
+    model = unconditional_model(pipeline.unet, pipeline.config.null_class_label)
+    if scheduler.config.variance_type in ("sn", "npr"):
+        label = unconditional_label(pipeline.unet, pipeline.config.null_class_label)
+
+        def model(x_t, t):
+            labels = torch.full((len(x_t),), label, dtype=torch.long)
+            return eps_and_head(
+                pipeline.unet, pipeline.covariance_head, x_t, t, class_labels=labels
+            )
 
     bound = variational_bound(
-        unconditional_model(pipeline.unet, pipeline.config.null_class_label),
-        scheduler_for(name, dict(pipeline.scheduler.config)),
+        model,
+        scheduler,
         held_out,
         generator=torch.Generator().manual_seed(args.seed),
         num_inference_steps=k,
@@ -218,7 +251,8 @@ def main() -> None:
                         cells[key] = measure_samples(pipeline, judge, name, k, args)
                     if name in _BOUNDED and args.nll_images and "nll_bpd" not in cells[key]:
                         cells[key].update(measure_bound(pipeline, name, k, args, held_out))
-                except (ValueError, TypeError) as error:  # e.g. an uncalibrated analytic variance
+                # e.g. an uncalibrated analytic variance, a model without a head, a sampler not yet built
+                except (ValueError, TypeError, ImportError) as error:
                     print(f"{key}: not measured yet: {error}")
                     continue
                 finally:

@@ -121,7 +121,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "fit-covariance": Subcommand(
         "hf_ddpm.training.fit_covariance",
         "fit SN-DDPM's or NPR-DDPM's per-pixel covariance head on a frozen model",
-        threads=True,
+        shared=(MODEL, DEVICE, SEED, THREADS),
+        model_required=True,
     ),
 }
 

@@ -97,6 +97,16 @@ def unet_features(unet: Any) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
+def eps_and_head(
+    unet: Any, head: CovarianceHead, x_t: torch.Tensor, t: torch.Tensor | int, **unet_kwargs: Any
+) -> torch.Tensor:
+    """The model output of SN / NPR in float32, from one UNet call: the UNet's eps, then ``head``'s
+    second moment on that call's last feature map (the 2C channels the scheduler's step takes)."""
+    with unet_features(unet) as features:
+        eps = unet(x_t, t, **unet_kwargs).sample
+    return torch.cat([eps.float(), head(features[-1].to(head.dtype)).float()], dim=1)
+
+
 def sn_target(eps: torch.Tensor, eps_prediction: torch.Tensor) -> torch.Tensor:
     """SN's regression target (Bao et al. 2022, eq. 12): eps^2, whose conditional mean is E[eps^2 | x_t]."""
     return eps.square()

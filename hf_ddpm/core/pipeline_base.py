@@ -22,7 +22,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
 # diffusers' remote-code loader copies only the relative imports written in a module, not theirs.
 from .covariance import x0_covariance  # noqa: F401  (imported by variance)
-from .covariance_head import CovarianceHead, unet_features
+from .covariance_head import CovarianceHead, eps_and_head
 from .diffusion_tables import DiffusionTables  # noqa: F401  (imported by variance)
 from .edit_inputs import ImageArg, broadcast_batch, prepare_images, prepare_masks
 from .hub_layout import load_pipeline, push_pipeline_to_hub, save_pipeline_folder
@@ -289,9 +289,7 @@ class HFDDPMPipelineMixin:
         kwargs = {} if labels is None else {"class_labels": labels}
         if head is None:
             return self.unet(x, t, **kwargs).sample.float()
-        with unet_features(self.unet) as features:
-            eps = self.unet(x, t, **kwargs).sample
-        return torch.cat([eps.float(), head(features[-1].to(head.dtype)).float()], dim=1)
+        return eps_and_head(self.unet, head, x, t, **kwargs)
 
     def _predict(
         self,

@@ -282,12 +282,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "bound, Bao et al. 2022)",
     )
     defaults = FitOptions(kind=HEAD_VARIANCE_TYPES[0])
-    parser.add_argument("--max-steps", type=int, default=defaults.max_steps)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--log-every", type=int, default=defaults.log_every)
-    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    parser.add_argument(
+        "--max-steps", type=int, default=defaults.max_steps, help="optimizer steps to fit for"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="training images per step"
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=defaults.learning_rate,
+        help="Adam's learning rate (Bao et al. use 1e-4)",
+    )
+    parser.add_argument(
+        "--log-every", type=int, default=defaults.log_every, help="steps per line of the loss log"
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=defaults.checkpoint_every,
+        help="steps between checkpoints in --output",
+    )
     parser.add_argument(
         "--max-train-images",
         type=int,
@@ -304,12 +319,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="folder to write the pipeline with its head to (default: MODEL itself, if a local folder)",
     )
-    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--push-to-hub", action="store_true", help="upload the fitted folder")
     parser.add_argument(
         "--hub-model-id", default=None, help="repo to push to (default: MODEL, if a repo id)"
     )
-    parser.add_argument("--hub-token", default=None)
+    parser.add_argument("--hub-token", default=None, help="Hub token (default: the logged-in one)")
 
 
 def run(args: argparse.Namespace) -> int:
