@@ -47,6 +47,8 @@ RESUMABLE_OPTIONS = frozenset(
         "grid",
         "calibrate",
         "calibrate_images",
+        "covariance_head",
+        "covariance_head_steps",
         "num_samples",
         "sample_steps",
         "logger",
@@ -160,6 +162,15 @@ class TrainConfig:
         "bundled model the 10-step optimal trajectory from 16 is within 0.013 bits/dim of the one "
         "from 64 (docs/analytic-dpm.md)",
     )
+    covariance_head: str | None = _opt(
+        None,
+        "fit SN-DDPM's (sn) or NPR-DDPM's (npr) per-pixel covariance head on the EMA model at the end, "
+        "as `hf-ddpm fit-covariance` does; the saved model then samples with it",
+        type=str,
+    )
+    covariance_head_steps: int = _opt(
+        2000, "optimizer steps of the end-of-training covariance head fit (--covariance-head)"
+    )
     num_samples: int = _opt(16, "images in each sample grid")
     sample_steps: int | None = _opt(
         None,
@@ -190,7 +201,11 @@ class TrainConfig:
         from hf_ddpm.core.losses import LOSS_TYPES, check_loss_fits_variance
         from hf_ddpm.core.parameterization import PARAMETERIZATIONS
         from hf_ddpm.core.schedules import BETA_SCHEDULES
-        from hf_ddpm.core.variance import VARIANCE_TYPES
+        from hf_ddpm.core.variance import (
+            HEAD_VARIANCE_TYPES,
+            LEARNED_VARIANCE_TYPES,
+            VARIANCE_TYPES,
+        )
 
         from .hub_checkpoints import HUB_STRATEGIES
         from .unet_presets import PRESETS
@@ -206,6 +221,14 @@ class TrainConfig:
         }
         if self.unet_config is None:
             choices["model_preset"] = tuple(PRESETS)
+        if self.covariance_head is not None:
+            choices["covariance_head"] = HEAD_VARIANCE_TYPES
+            if self.variance_type in LEARNED_VARIANCE_TYPES:
+                raise ValueError(
+                    f"--covariance-head {self.covariance_head} (hf-ddpm fit-covariance at the end) needs "
+                    f"a UNet that predicts the mean only; --variance-type {self.variance_type} learns the "
+                    "variance itself"
+                )
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(
@@ -222,6 +245,7 @@ class TrainConfig:
             "sample_every": 0,
             "num_samples": 1,
             "calibrate_images": 1,
+            "covariance_head_steps": 1,
             "dataloader_num_workers": 0,
             "log_every": 1,
         }

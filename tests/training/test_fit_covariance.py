@@ -10,6 +10,8 @@ M / 2 whatever the input, and SiLU(z) - SiLU(-z) = z, so a head can represent T 
 depends only on the regression targets it is given, the features of the right call, and the fitting loop.
 """
 
+import json
+
 import pytest
 import torch
 from diffusers import ConfigMixin, ModelMixin
@@ -155,3 +157,102 @@ def test_a_model_with_a_learned_variance_is_refused(tiny_unet):
 def test_bad_options_name_their_flag(field, value, flag):
     with pytest.raises(ValueError, match=f"hf-ddpm fit-covariance: {flag}"):
         FitOptions(**{"kind": "sn", field: value})
+
+
+# ------------------------------------------------------------------------------------ the commands
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    """A saved tiny unconditional pipeline (8x8 grey, T = 20) and a folder of 8x8 training images."""
+    from conftest import _tiny_unet
+    from PIL import Image
+
+    HFDDPMPipeline(
+        _tiny_unet(in_channels=1), HFDDPMScheduler(num_train_timesteps=20)
+    ).save_pretrained(tmp_path / "model")
+    images = tmp_path / "images" / "train"
+    images.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(0)
+    for i in range(12):
+        pixels = (torch.rand(8, 8, generator=generator) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels, mode="L").save(images / f"{i}.png")
+    return tmp_path
+
+
+def test_fit_covariance_writes_a_model_that_samples_with_its_head(tiny_model, capsys):
+    from hf_ddpm import cli
+
+    out = tiny_model / "fitted"
+    argv = [
+        "fit-covariance",
+        str(tiny_model / "model"),
+        "--train-data-dir",
+        str(tiny_model / "images"),
+    ]
+    argv += ["--kind", "npr", "--max-steps", "4", "--batch-size", "4", "--log-every", "2"]
+    assert cli.main([*argv, "--output", str(out)]) == 0
+    assert "npr covariance head fitted for 4 steps on 12 images" in capsys.readouterr().out
+    pipe = HFDDPMPipeline.from_pretrained(out)
+    assert pipe.scheduler.config.variance_type == "npr" and pipe.covariance_head is not None
+    log = [json.loads(line) for line in (out / "fit_covariance_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [2, 4]
+    # The source folder is untouched; the head fitted is the one in the checkpoint.
+    assert HFDDPMPipeline.from_pretrained(tiny_model / "model").covariance_head is None
+    from hf_ddpm.training.checkpointing import load_checkpoint
+
+    tensors, _ = load_checkpoint(out / "checkpoint-4")
+    for name, value in pipe.covariance_head.state_dict().items():
+        assert torch.equal(value, tensors["head"][name])
+
+
+def test_fit_covariance_on_a_learned_variance_model_is_one_line_exit_2(tiny_model, capsys):
+    from conftest import _tiny_unet
+
+    from hf_ddpm import cli
+
+    scheduler = HFDDPMScheduler(num_train_timesteps=20, variance_type="learned_range")
+    HFDDPMPipeline(_tiny_unet(in_channels=1, out_channels=2), scheduler).save_pretrained(
+        tiny_model / "learned"
+    )
+    argv = ["fit-covariance", str(tiny_model / "learned"), "--kind", "sn"]
+    assert cli.main([*argv, "--train-data-dir", str(tiny_model / "images")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "hf-ddpm fit-covariance" in err and "learned" in err, err
+
+
+def test_train_with_covariance_head_fits_it_at_the_end(tmp_path):
+    from hf_ddpm.training.train import TrainConfig, train
+
+    config = TrainConfig(
+        dataset="sklearn-digits",
+        model_preset="tiny",
+        resolution=8,
+        batch_size=8,
+        max_steps=2,
+        num_train_timesteps=20,
+        output_dir=str(tmp_path / "out"),
+        checkpoint_every=0,
+        sample_every=0,
+        grid=False,
+        calibrate=False,
+        dataloader_num_workers=0,
+        logger="none",
+        covariance_head="sn",
+        covariance_head_steps=3,
+    )
+    train(config)
+    pipe = HFDDPMPipeline.from_pretrained(tmp_path / "out")
+    assert pipe.scheduler.config.variance_type == "sn"
+    assert pipe.covariance_head.conv.weight.abs().sum() > 0  # fitted: no longer the zero start
+    assert (tmp_path / "out" / "covariance-head" / "checkpoint-3").is_dir()
+
+
+def test_train_refuses_a_head_beside_a_learned_variance(tmp_path):
+    from hf_ddpm.training.train import TrainConfig
+
+    config = TrainConfig(
+        variance_type="learned_range", covariance_head="npr", output_dir=str(tmp_path)
+    )
+    with pytest.raises(ValueError, match="--covariance-head npr .hf-ddpm fit-covariance"):
+        config.validate()
