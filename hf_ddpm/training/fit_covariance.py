@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_ddpm.core.covariance_head import HEAD_TARGETS, CovarianceHead, head_loss, unet_features
-from hf_ddpm.core.hub_layout import MODEL_INDEX
+from hf_ddpm.core.saving import MODEL_INDEX, pipeline_options
 from hf_ddpm.core.variance import HEAD_VARIANCE_TYPES, LEARNED_VARIANCE_TYPES
 from hf_ddpm.evaluation.bound import unconditional_label
 
@@ -238,7 +238,7 @@ def with_head(pipeline: Any, head: CovarianceHead, kind: str) -> Any:
     """``pipeline`` (same class, UNet and options) with ``head`` and its scheduler's variance_type ``kind``."""
     scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config, variance_type=kind)
     components = {**pipeline.components, "scheduler": scheduler, "covariance_head": head}
-    fitted = type(pipeline)(**components, null_class_label=pipeline.config.null_class_label)
+    fitted = type(pipeline)(**components, **pipeline_options(pipeline))
     # Keep the folder it came from: a save carries its card, grids and training files.
     fitted.register_to_config(_name_or_path=getattr(pipeline.config, "_name_or_path", None))
     return fitted
@@ -328,9 +328,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``hf-ddpm fit-covariance``; bad input is raised before the first step (cli.py: one line, exit 2)."""
-    from hf_ddpm.core.hub_layout import push_folder_to_hub, resolve_pipeline_folder
     from hf_ddpm.core.pipeline import HFDDPMPipeline
+    from hf_ddpm.core.pushing import push_folder_to_hub
     from hf_ddpm.evaluation.evaluate import load_reference
+    from hf_ddpm.hub.loading import resolve_pipeline_folder
 
     options = FitOptions(
         kind=args.kind,
