@@ -118,6 +118,12 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         shared=(MODEL, DEVICE, SEED, THREADS),
         model_required=True,
     ),
+    "fit-covariance": Subcommand(
+        "hf_ddpm.training.fit_covariance",
+        "fit SN-DDPM's or NPR-DDPM's per-pixel covariance head on a frozen model",
+        shared=(MODEL, DEVICE, SEED, THREADS),
+        model_required=True,
+    ),
 }
 
 

@@ -201,6 +201,8 @@ class _Trainer:
         )
         if config.calibrate:
             self._calibrate(pipeline)
+        if config.covariance_head is not None:
+            pipeline = self._fit_covariance_head(pipeline)
         # The final grid samples as `hf-ddpm sample` will: analytic where the model is calibrated.
         grid = self.grids.grid(grid_sampling(setup, pipeline.scheduler)) if config.grid else None
         hub_dataset = config.train_data_dir is None and config.dataset not in BUNDLED_DATASETS
@@ -235,6 +237,7 @@ class _Trainer:
                     # Checkpoints hold optimizer state (hundreds of MB for ddpm-cifar10) and logs grow.
                     ignore_patterns=[
                         "checkpoint-*",
+                        "covariance-head/*",
                         f"{TMP_PREFIX}*",
                         f"{HUB_STAGING_PREFIX}*",
                         "logs/*",
@@ -275,6 +278,33 @@ class _Trainer:
         calibrate_pipeline(
             pipeline, images, generator=torch.Generator(device).manual_seed(config.seed)
         )
+
+    def _fit_covariance_head(self, pipeline: HFDDPMPipeline) -> HFDDPMPipeline:
+        """``pipeline`` with an SN / NPR covariance head fitted on the EMA UNet (``hf-ddpm fit-covariance``,
+        ``--covariance-head-steps`` steps, the run's batch size and seed, all training images) and its
+        scheduler's variance type set to that kind. Its checkpoints go to ``covariance-head/`` in the
+        output folder, so an interrupted fit resumes with ``hf-ddpm fit-covariance``."""
+        from hf_ddpm.data.image_datasets import collate
+
+        from .fit_covariance import FitOptions, fit_covariance_head, with_head
+
+        setup, config = self.setup, self.setup.config
+        options = FitOptions(
+            kind=config.covariance_head,
+            max_steps=config.covariance_head_steps,
+            batch_size=min(config.batch_size, len(setup.train_data)),
+            seed=config.seed,
+        )
+        logger.info("fitting the %s covariance head: %d steps", options.kind, options.max_steps)
+        images = collate([setup.train_data[i] for i in range(len(setup.train_data))])
+        result = fit_covariance_head(
+            pipeline,
+            images["pixel_values"],
+            options,
+            checkpoint_dir=setup.output_dir / "covariance-head",
+            resume_from="latest",
+        )
+        return with_head(pipeline, result.head, options.kind)
 
 
 def prepare_training(config: TrainConfig) -> tuple[TrainingSetup, Path | None]:

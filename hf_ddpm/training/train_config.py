@@ -47,6 +47,8 @@ RESUMABLE_OPTIONS = frozenset(
         "grid",
         "calibrate",
         "calibrate_images",
+        "covariance_head",
+        "covariance_head_steps",
         "num_samples",
         "sample_steps",
         "logger",
@@ -196,6 +198,15 @@ class TrainConfig:
         "bundled model the 10-step optimal trajectory from 16 is within 0.013 bits/dim of the one "
         "from 64 (docs/analytic-dpm.md)",
     )
+    covariance_head: str | None = _opt(
+        None,
+        "fit SN-DDPM's (sn) or NPR-DDPM's (npr) per-pixel covariance head on the EMA model at the end, "
+        "as `hf-ddpm fit-covariance` does; the saved model then samples with it",
+        type=str,
+    )
+    covariance_head_steps: int = _opt(
+        2000, "optimizer steps of the end-of-training covariance head fit (--covariance-head)"
+    )
     num_samples: int = _opt(16, "images in each sample grid")
     sample_steps: int | None = _opt(
         None,
@@ -221,6 +232,22 @@ class TrainConfig:
         None, "Hub token (default: the logged-in one); never saved", type=str
     )
 
+    def _check_covariance_head(self) -> None:
+        from hf_ddpm.core.variance import HEAD_VARIANCE_TYPES, LEARNED_VARIANCE_TYPES
+
+        if self.covariance_head is None:
+            return
+        if self.covariance_head not in HEAD_VARIANCE_TYPES:
+            raise ValueError(
+                f"--covariance-head {self.covariance_head!r} is not one of {', '.join(HEAD_VARIANCE_TYPES)}"
+            )
+        if self.variance_type in LEARNED_VARIANCE_TYPES:
+            raise ValueError(
+                f"--covariance-head {self.covariance_head} (hf-ddpm fit-covariance at the end) needs a "
+                f"UNet that predicts the mean only; --variance-type {self.variance_type} learns the "
+                "variance itself"
+            )
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option and its allowed values."""
         from hf_ddpm.core.diffusion_tables import check_num_inference_steps
@@ -234,6 +261,7 @@ class TrainConfig:
                 raise ValueError(
                     f"--{_flag(name)} {getattr(self, name)!r} is not one of {', '.join(allowed)}"
                 )
+        self._check_covariance_head()
         at_least = {
             "resolution": 1,
             "batch_size": 1,
@@ -245,6 +273,7 @@ class TrainConfig:
             "sample_every": 0,
             "num_samples": 1,
             "calibrate_images": 1,
+            "covariance_head_steps": 1,
             "dataloader_num_workers": 0,
             "log_every": 1,
         }
