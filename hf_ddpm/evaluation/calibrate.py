@@ -39,14 +39,37 @@ DEFAULT_NUM_IMAGES = 64
 SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
 
 
+# From this many images on, the drawn noise serves as a control variate (its standard error needs M > 3,
+# _control_variate_mean); with fewer, the plain mean.
+CONTROL_VARIATE_FROM = 4
+
+
 @dataclass
 class EpsSecondMoment:
-    """Gamma_n for n = 0..T-1 (``values``), the standard error of each over the images (``stderr``), and
-    how many images they average."""
+    """Gamma_n for n = 0..T-1 (``values``), the standard error of each over the images (``stderr``, NaN
+    from one image), how many images they average, and at how many timesteps the estimate fell outside
+    Theorem 2's range and was clipped to it (``clipped``, :func:`clip_to_theorem_2`)."""
 
     values: np.ndarray
     stderr: np.ndarray
     num_images: int
+    clipped: int = 0
+
+    def clipping_note(self) -> str | None:
+        """Why values were clipped, for the log; ``None`` if none were."""
+        if not self.clipped:
+            return None
+        return (
+            f"{self.clipped} of {len(self.values)} Gamma_n estimates from {self.num_images} image(s) fell "
+            "outside [max(0, 1 - alpha-bar_n / (1 - alpha-bar_n)), 1], where E Var[x_0 | x_n] leaves "
+            "Theorem 2's [0, 1] or Gamma_n goes below 0 (Monte Carlo noise), and were clipped to it; "
+            "more images narrow the noise"
+        )
+
+
+def _alphas_cumprod(scheduler: Any) -> torch.Tensor:
+    """alpha-bar_n from the scheduler's float32 betas, in float64: 1 - alpha-bar near n = 0 keeps its digits."""
+    return torch.cumprod(1 - scheduler.betas.double(), 0)
 
 
 def _epsilon(
@@ -55,8 +78,7 @@ def _epsilon(
     """The network's epsilon whatever it predicts: x_0 from the prediction, then eps = (x_t - a x_0) / s
     (Ho et al. eq. 4); the variance channels of a learned-variance network are dropped."""
     output = output[:, : x_t.shape[1]]
-    # From the float32 betas in float64: 1 - alpha-bar near t = 0 keeps its digits.
-    ab = torch.cumprod(1 - scheduler.betas.double(), 0)[t.cpu()].to(x_t.device)
+    ab = _alphas_cumprod(scheduler)[t.cpu()].to(x_t.device)
     a = ab.sqrt().view(-1, *([1] * (x_t.ndim - 1)))
     s = (1 - ab).sqrt().view_as(a)
     if scheduler.config.prediction_type == "epsilon":
@@ -124,10 +146,21 @@ def _control_variate_mean(predicted: np.ndarray, drawn: np.ndarray) -> EpsSecond
     """The mean of ``predicted`` (images x timesteps) with ``drawn`` as control variate: E ||eps||^2 / d = 1
     exactly, and where the network is good eps_theta is close to eps, so subtracting c (||eps||^2 / d - 1),
     c = Cov / Var per timestep, removes most of the chi-square noise of ||eps_theta||^2 / d (about
-    sqrt(2 / d) per image) and keeps the estimate unbiased up to O(1 / M) from estimating c."""
+    sqrt(2 / d) per image) and keeps the estimate unbiased up to O(1 / M) from estimating c.
+
+    The standard error is the regression estimator's: Var = sigma_res^2 / M * (M - 2) / (M - 3) (the
+    second factor for the fitted c), with sigma_res^2 = SSR / (M - 2), so SE^2 = SSR / (M (M - 3)). Below
+    ``CONTROL_VARIATE_FROM`` images that is undefined (two points fit any c exactly, leaving residuals
+    of 0 up to rounding), so the plain mean is taken, with its standard error from ddof = 1 (NaN from
+    one image)."""
     count = predicted.shape[0]
-    if count < 2:
-        return EpsSecondMoment(predicted.mean(0), np.full(predicted.shape[1], np.nan), count)
+    if count < CONTROL_VARIATE_FROM:
+        stderr = (
+            predicted.std(0, ddof=1) / math.sqrt(count)
+            if count > 1
+            else np.full(predicted.shape[1], np.nan)
+        )
+        return EpsSecondMoment(predicted.mean(0), stderr, count)
     centred = drawn - drawn.mean(0)
     variance = (centred**2).mean(0)
     c = np.divide(
@@ -137,7 +170,21 @@ def _control_variate_mean(predicted: np.ndarray, drawn: np.ndarray) -> EpsSecond
         where=variance > 0,
     )
     adjusted = predicted - c * (drawn - 1.0)
-    return EpsSecondMoment(adjusted.mean(0), adjusted.std(0, ddof=1) / math.sqrt(count), count)
+    residuals = ((adjusted - adjusted.mean(0)) ** 2).sum(0)
+    return EpsSecondMoment(adjusted.mean(0), np.sqrt(residuals / (count * (count - 3))), count)
+
+
+def clip_to_theorem_2(gamma: np.ndarray, alphas_cumprod: np.ndarray) -> np.ndarray:
+    """``gamma`` clipped to [max(0, 1 - alpha-bar_n / beta-bar_n), 1], where every true Gamma_n lies: it is
+    a second moment of E[eps | x_n], so in [0, 1] (Jensen: at most E ||eps||^2 / d = 1), and
+    E Var[x_0 | x_n] = (beta-bar_n / alpha-bar_n)(1 - Gamma_n) must lie in Theorem 2's [0, 1] (Bao et al.
+    2022, data in [-1, 1]). Monte Carlo noise of few images puts estimates outside. Past the Theorem 2
+    bounds the analytic variance and the optimal trajectory clip E Var anyway
+    (``core.analytic.expected_x0_variance``, ``trajectory_costs``), so there nothing changes; an estimate
+    below 0, which no second moment can be and the scheduler refuses, becomes 0."""
+    ab = np.asarray(alphas_cumprod, dtype=np.float64)
+    low = np.maximum(0.0, 1.0 - ab / (1.0 - ab))
+    return np.clip(np.asarray(gamma, dtype=np.float64), low, 1.0)
 
 
 def calibrate_pipeline(
@@ -150,7 +197,8 @@ def calibrate_pipeline(
     """Estimate Gamma for ``pipeline`` (``unet`` + an ``HFDDPMScheduler``) on training ``images`` and set
     ``pipeline.scheduler`` to the same scheduler carrying it as ``eps_second_moment`` (its variance type
     is unchanged). A class-conditional CFG model is calibrated with its null label: the analytic
-    variance is then that of the unconditional model p(x), which guided sampling uses too."""
+    variance is then that of the unconditional model p(x), which guided sampling uses too. Estimates
+    outside Theorem 2's range are clipped to it (:func:`clip_to_theorem_2`; ``clipped`` counts them)."""
     size = pipeline.unet.config.sample_size
     size = size if isinstance(size, int) else size[0]
     channels = pipeline.unet.config.in_channels
@@ -182,8 +230,12 @@ def calibrate_pipeline(
         max_batch_size=max_batch_size,
         progress=progress,
     )
+    values = clip_to_theorem_2(result.values, _alphas_cumprod(pipeline.scheduler).numpy())
+    result = EpsSecondMoment(
+        values, result.stderr, result.num_images, int(np.sum(values != result.values))
+    )
     pipeline.scheduler = type(pipeline.scheduler).from_config(
-        pipeline.scheduler.config, eps_second_moment=result.values.tolist()
+        pipeline.scheduler.config, eps_second_moment=values.tolist()
     )
     return result
 
@@ -287,13 +339,19 @@ def run(args: argparse.Namespace) -> int:
     if output.resolve() != source.resolve():
         shutil.copytree(source, output, dirs_exist_ok=True)
     path = write_eps_second_moment(output, result.values, set_default=args.set_default)
-    worst = int(np.nanargmax(result.stderr)) if result.num_images > 1 else 0
+    if result.num_images > 1:
+        worst = int(np.nanargmax(result.stderr))
+        spread = f"largest standard error {result.stderr[worst]:.2g} at n={worst}"
+    else:
+        spread = "no standard error from one image"
     print(
         f"Gamma_n over {result.num_images} images of {reference.name!r} ({reference.split}) written to "
         f"{path}: from {result.values[0]:.4f} at n=0 to {result.values[-1]:.4f} at n="
-        f"{len(result.values) - 1}; largest standard error {result.stderr[worst]:.2g} at n={worst}"
+        f"{len(result.values) - 1}; {spread}"
         + ("; variance_type is now 'analytic'" if args.set_default else "")
     )
+    if result.clipping_note():
+        print(f"note: {result.clipping_note()}")
     if args.push_to_hub:
         url = push_folder_to_hub(
             output,
