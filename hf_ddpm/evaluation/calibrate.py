@@ -48,7 +48,7 @@ CONTROL_VARIATE_FROM = 4
 class EpsSecondMoment:
     """Gamma_n for n = 0..T-1 (``values``), the standard error of each over the images (``stderr``, NaN
     from one image), how many images they average, and at how many timesteps the estimate fell outside
-    Theorem 2's range and was clipped to it (``clipped``, :func:`clip_to_theorem_2`)."""
+    below 0 and was set to 0 (``clipped``, :func:`clip_negative_estimates`)."""
 
     values: np.ndarray
     stderr: np.ndarray
@@ -61,9 +61,8 @@ class EpsSecondMoment:
             return None
         return (
             f"{self.clipped} of {len(self.values)} Gamma_n estimates from {self.num_images} image(s) fell "
-            "outside [max(0, 1 - alpha-bar_n / (1 - alpha-bar_n)), 1], where E Var[x_0 | x_n] leaves "
-            "Theorem 2's [0, 1] or Gamma_n goes below 0 (Monte Carlo noise), and were clipped to it; "
-            "more images narrow the noise"
+            "below 0, which no second moment can (the control variate overshoots with few images), and "
+            "were set to 0; more images narrow the noise"
         )
 
 
@@ -174,17 +173,14 @@ def _control_variate_mean(predicted: np.ndarray, drawn: np.ndarray) -> EpsSecond
     return EpsSecondMoment(adjusted.mean(0), np.sqrt(residuals / (count * (count - 3))), count)
 
 
-def clip_to_theorem_2(gamma: np.ndarray, alphas_cumprod: np.ndarray) -> np.ndarray:
-    """``gamma`` clipped to [max(0, 1 - alpha-bar_n / beta-bar_n), 1], where every true Gamma_n lies: it is
-    a second moment of E[eps | x_n], so in [0, 1] (Jensen: at most E ||eps||^2 / d = 1), and
-    E Var[x_0 | x_n] = (beta-bar_n / alpha-bar_n)(1 - Gamma_n) must lie in Theorem 2's [0, 1] (Bao et al.
-    2022, data in [-1, 1]). Monte Carlo noise of few images puts estimates outside. Past the Theorem 2
-    bounds the analytic variance and the optimal trajectory clip E Var anyway
-    (``core.analytic.expected_x0_variance``, ``trajectory_costs``), so there nothing changes; an estimate
-    below 0, which no second moment can be and the scheduler refuses, becomes 0."""
-    ab = np.asarray(alphas_cumprod, dtype=np.float64)
-    low = np.maximum(0.0, 1.0 - ab / (1.0 - ab))
-    return np.clip(np.asarray(gamma, dtype=np.float64), low, 1.0)
+def clip_negative_estimates(gamma: np.ndarray) -> np.ndarray:
+    """``gamma`` with its estimates below 0 set to 0. Gamma_n is a second moment, so never negative, but the
+    control-variate estimate of few images can overshoot below 0 when c is far off; the scheduler refuses
+    such a moment. At 0 the analytic variance takes E Var[x_0 | x_n] at its largest, beta-bar_n /
+    alpha-bar_n (or Theorem 2's 1), the cautious end. Values above 1, or below Theorem 2's lower bound, are
+    kept: they are the statistic of an imperfect network, and the sampler clips E Var itself
+    (``core.analytic.expected_x0_variance``)."""
+    return np.maximum(np.asarray(gamma, dtype=np.float64), 0.0)
 
 
 def calibrate_pipeline(
@@ -198,7 +194,7 @@ def calibrate_pipeline(
     ``pipeline.scheduler`` to the same scheduler carrying it as ``eps_second_moment`` (its variance type
     is unchanged). A class-conditional CFG model is calibrated with its null label: the analytic
     variance is then that of the unconditional model p(x), which guided sampling uses too. Estimates
-    outside Theorem 2's range are clipped to it (:func:`clip_to_theorem_2`; ``clipped`` counts them)."""
+    below 0 are set to 0 (:func:`clip_negative_estimates`; ``clipped`` counts them)."""
     size = pipeline.unet.config.sample_size
     size = size if isinstance(size, int) else size[0]
     channels = pipeline.unet.config.in_channels
@@ -230,7 +226,7 @@ def calibrate_pipeline(
         max_batch_size=max_batch_size,
         progress=progress,
     )
-    values = clip_to_theorem_2(result.values, _alphas_cumprod(pipeline.scheduler).numpy())
+    values = clip_negative_estimates(result.values)
     result = EpsSecondMoment(
         values, result.stderr, result.num_images, int(np.sum(values != result.values))
     )
@@ -263,6 +259,10 @@ def write_eps_second_moment(
         with os.fdopen(handle, "w", encoding="utf-8") as f:
             f.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        # Named by the config it was to replace (which is whole), not by the temporary file.
+        raise OSError(error.errno, f"writing {path} failed: {error.strerror}") from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
