@@ -271,7 +271,7 @@ def write_eps_second_moment(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``hf-ddpm calibrate`` options."""
-    from .evaluate import add_data_arguments
+    from hf_ddpm.data.held_out import add_data_arguments
 
     add_data_arguments(parser, "train", "split to calibrate on")
     parser.add_argument(
@@ -305,10 +305,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``hf-ddpm calibrate``. Bad input is raised before the long loop, and cli.py reports it as one
     line with exit status 2."""
-    from hf_ddpm.core.hub_layout import push_folder_to_hub, resolve_pipeline_folder
     from hf_ddpm.core.pipeline import HFDDPMPipeline
+    from hf_ddpm.core.pushing import push_folder_to_hub, uploaded_files
+    from hf_ddpm.data.held_out import load_reference
+    from hf_ddpm.hub.loading import resolve_pipeline_folder
 
-    from .evaluate import load_reference
+    from .data_options import resolve_data_flags
 
     if args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
@@ -322,6 +324,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else source
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipeline = HFDDPMPipeline.from_pretrained(source).to(device)
+    resolve_data_flags(args, "calibrate")
     size = pipeline.unet.config.sample_size
     reference = load_reference(
         size if isinstance(size, int) else size[0],
@@ -337,7 +340,10 @@ def run(args: argparse.Namespace) -> int:
         pipeline, reference.images, generator=generator, max_batch_size=args.batch_size
     )
     if output.resolve() != source.resolve():
-        shutil.copytree(source, output, dirs_exist_ok=True)
+        # What an upload of the folder holds (no checkpoints, no logs): the calibrated model.
+        for name in uploaded_files(source):
+            (output / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, output / name)
     path = write_eps_second_moment(output, result.values, set_default=args.set_default)
     if result.num_images > 1:
         worst = int(np.nanargmax(result.stderr))

@@ -32,6 +32,11 @@ def default_sampling_steps(num_train_timesteps: int) -> int:
     return min(DEFAULT_SAMPLING_STEPS, int(num_train_timesteps))
 
 
+def default_sampling_steps_in_words() -> str:
+    """:func:`default_sampling_steps` as the help of a steps option states its default."""
+    return f"{DEFAULT_SAMPLING_STEPS}, or T if the model has fewer"
+
+
 def sampling_variance_type(config: Mapping[str, Any]) -> str:
     """The variance a model samples with unless told otherwise: "analytic" where its scheduler config
     carries ``eps_second_moment`` (Analytic-DPM's optimal variance, Bao et al. 2022 Theorem 1, the better
@@ -94,6 +99,18 @@ SAMPLERS: dict[str, Sampler] = {
         _diffusers("DPMSolverMultistepScheduler", algorithm_type="dpmsolver++", solver_order=2),
     ),
 }
+
+
+def variance_type_choices() -> tuple[str, ...]:
+    """Every ``--variance-type`` of some sampler, in registry order."""
+    return tuple(dict.fromkeys(v for sampler in SAMPLERS.values() for v in sampler.variance_types))
+
+
+def timestep_spacing_choices() -> tuple[str, ...]:
+    """Every ``--timestep-spacing`` of some sampler, in registry order."""
+    return tuple(
+        dict.fromkeys(s for sampler in SAMPLERS.values() for s in sampler.timestep_spacings)
+    )
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hf_ddpm.core.hub_layout import MODEL_CARD, MODEL_INDEX, SAMPLE_GRID, write_model_card
+from hf_ddpm.core.model_card import MODEL_CARD, SAMPLE_GRID
+from hf_ddpm.core.saving import MODEL_INDEX, write_model_card
 
 from .checkpointing import TMP_PREFIX
 from .reporting import LossLog, SampleGrids, card_description, grid_sampling
@@ -157,9 +158,9 @@ def _sample_command(run: FinalRun) -> str:
 
 
 def _push(run: FinalRun) -> None:
-    """Upload the saved folder (without checkpoints and logs) after any queued checkpoint uploads, so the
-    repo ends on the pipeline."""
-    from hf_ddpm.core.hub_layout import push_folder_to_hub
+    """Upload the saved folder (``core.pushing.UPLOAD_EXCLUDED`` left out: no checkpoints, no logs) after
+    any queued checkpoint uploads, so the repo ends on the pipeline."""
+    from hf_ddpm.core.pushing import push_folder_to_hub
 
     config = run.config
     if run.uploader is not None:
@@ -170,20 +171,14 @@ def _push(run: FinalRun) -> None:
         private=config.hub_private,
         token=config.hub_token,
         commit_message=f"hf-ddpm train: step {run.step}",
-        ignore_patterns=list(_UPLOAD_IGNORED),
     )
 
 
 def _push_command(run: FinalRun) -> str:
-    excluded = [part for pattern in _UPLOAD_IGNORED for part in ("--exclude", pattern)]
-    return shlex.join(
-        ["hf", "upload", run.config.hub_model_id, str(run.output_dir.resolve()), ".", *excluded]
-    )
+    from hf_ddpm.core.pushing import upload_command
 
+    return upload_command(run.output_dir, run.config.hub_model_id, private=run.config.hub_private)
 
-# Checkpoints hold optimizer state (hundreds of MB for ddpm-cifar10), logs grow, hidden folders are
-# partial writes and upload staging.
-_UPLOAD_IGNORED = ("checkpoint-*", "logs/*", ".*")
 
 # In order: the grid samples with the calibrated variance, the push uploads what the others wrote.
 EXTRAS: tuple[Extra, ...] = (
@@ -253,13 +248,16 @@ def final_pipeline(setup: TrainingSetup) -> HFDDPMPipeline:
     setup.ema.copy_to(setup.ema_unet)
     null_label = setup.null_label if setup.config.class_dropout > 0 else None
     return HFDDPMPipeline(
-        unet=setup.ema_unet, scheduler=setup.scheduler, null_class_label=null_label
+        unet=setup.ema_unet,
+        scheduler=setup.scheduler,
+        null_class_label=null_label,
+        class_names=setup.data.class_names,
     )
 
 
 def card_fields(setup: TrainingSetup, step: int, losses: LossLog) -> dict[str, Any]:
     """The model card's fields for ``save_pretrained`` / ``write_model_card``."""
-    from hf_ddpm.data.image_datasets import BUNDLED_DATASETS
+    from hf_ddpm.data.bundled_datasets import BUNDLED_DATASETS
 
     config = setup.config
     hub_dataset = config.train_data_dir is None and config.dataset not in BUNDLED_DATASETS

@@ -49,6 +49,7 @@ from .end_of_run import EXIT_PARTIAL, finish_run
 from .preemption import EXIT_STOPPED, StopSignals, ignore_stop_signals
 from .reporting import (
     LossLog,
+    RunTimeEstimate,
     SampleGrids,
     TrainingDivergedError,
     startup_summary,
@@ -114,6 +115,8 @@ class _Trainer:
 
     def _start(self) -> None:
         """Resume, write train_config.json, start the checkpoint uploader and the trackers."""
+        from hf_ddpm.data.image_datasets import TRAIN_RECORD
+
         setup, config = self.setup, self.setup.config
         acc = setup.accelerator
         if self.resume_path is not None:
@@ -124,7 +127,7 @@ class _Trainer:
             if config.overwrite_output_dir:
                 clear_output_dir(setup.output_dir)
             record = {**config.to_dict(), DATA_RECORD: setup.data.record()}
-            (setup.output_dir / "train_config.json").write_text(
+            (setup.output_dir / TRAIN_RECORD).write_text(
                 json.dumps(record, indent=2) + "\n", encoding="utf-8"
             )
             if config.push_to_hub and config.hub_strategy != "end":
@@ -171,11 +174,14 @@ class _Trainer:
             disable=not acc.is_local_main_process,
         )
         stopped_by = None
+        clock = RunTimeEstimate(setup, progress.step) if acc.is_main_process else None
         while progress.step < config.max_steps:
             outcome = progress.optimizer_step(batches)
             self.losses.add(outcome)
             bar.update(1)
             step = outcome.step
+            if clock is not None:
+                clock.after_step(step)
             checkpoint_due = bool(config.checkpoint_every) and step % config.checkpoint_every == 0
             sample_due = bool(config.sample_every) and step % config.sample_every == 0
             read_due = step % config.log_every == 0 or checkpoint_due or sample_due

@@ -25,7 +25,7 @@ from .analytic import (
     check_eps_second_moment,
     optimal_timesteps,
 )
-from .diffusion_tables import DiffusionTables, extract
+from .diffusion_tables import DiffusionTables, check_num_inference_steps, extract
 from .forward_process import q_posterior_mean_variance as _q_posterior_mean_variance
 from .forward_process import q_sample
 
@@ -238,10 +238,7 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
             self.num_inference_steps = len(ts)
         else:
             n = int(num_inference_steps)
-            if not 1 <= n <= num_train:
-                raise ValueError(
-                    f"num_inference_steps must be between 1 and num_train_timesteps={num_train}, got {num_inference_steps}"
-                )
+            check_num_inference_steps(n, num_train)
             spacing = self.config.timestep_spacing
             if spacing == "optimal":
                 ts = self._optimal_timesteps.get(n)
