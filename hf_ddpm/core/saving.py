@@ -196,8 +196,13 @@ def write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a hidden partial file and ``os.replace``, so that a reader (or
     a crash) never sees half a file."""
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
+    try:
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(path)
+    except BaseException:
+        # A full disk: the old file stays whole, and no partial one is left beside it.
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def write_model_card(

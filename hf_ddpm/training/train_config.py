@@ -295,6 +295,10 @@ class TrainConfig:
             check_num_inference_steps(self.sample_steps, self.num_train_timesteps, "--sample-steps")
         if not self.learning_rate > 0:
             raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if not self.max_grad_norm > 0:
+            raise ValueError(f"--max-grad-norm must be > 0, got {self.max_grad_norm}")
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
+            raise ValueError(f"--min-snr-gamma must be > 0, got {self.min_snr_gamma}")
         if not 0.0 <= self.class_dropout < 1.0:
             raise ValueError(f"--class-dropout must be in [0, 1), got {self.class_dropout}")
         if not 0.0 <= self.ema_decay < 1.0:
