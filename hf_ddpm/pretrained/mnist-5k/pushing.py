@@ -20,7 +20,7 @@ from .model_card import MODEL_CARD, retarget_card
 from .saving import MODEL_INDEX, save_pipeline_folder, write_atomically
 
 # What a model folder's upload leaves out, as upload_folder's glob patterns (matched against the path
-# relative to the folder, where * also matches /): training checkpoints (optimizer state, hundreds of MB
+# relative to the folder, where * also matches /): training and covariance-head checkpoints (optimizer state, hundreds of MB
 # for ddpm-cifar10), logs (they grow), and hidden entries (partial writes, checkpoint upload staging).
 # The one definition: push_folder_to_hub's default, its retry command, and what `hf-ddpm calibrate
 # --output` copies (uploaded_files).
