@@ -49,11 +49,12 @@ def scheduler_for(name: str, config: dict):
     """The scheduler of sampler ``name``, from the model's own scheduler config; diffusers' samplers
     are built as ``hf-ddpm sample --sampler`` builds them."""
     from hf_ddpm import HFDDPMScheduler
-    from hf_ddpm.sampling.sample import DIFFUSERS_SAMPLERS
+    from hf_ddpm.sampling.samplers import SAMPLERS
 
     diffusers_sampler, optimal = name.removesuffix("-optimal"), name.endswith("-optimal")
-    if diffusers_sampler in DIFFUSERS_SAMPLERS:
-        scheduler = DIFFUSERS_SAMPLERS[diffusers_sampler](config)
+    if diffusers_sampler in SAMPLERS and not SAMPLERS[diffusers_sampler].variance_types:
+        entry = SAMPLERS[diffusers_sampler]
+        scheduler = entry.build(config, None, config["timestep_spacing"])
         if optimal:
             _use_optimal_timesteps(scheduler, config)
         return scheduler

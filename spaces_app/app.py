@@ -570,12 +570,19 @@ def build_demo(state: ModelState) -> gr.Blocks:
 def main(argv: list[str] | None = None) -> None:
     """Serve the Space locally (127.0.0.1 unless GRADIO_SERVER_NAME says otherwise, as on Spaces)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="Hub repo id or local pipeline folder (else HF_DDPM_MODEL)")
+    # MODEL or --model MODEL, as every hf-ddpm command takes it (the Space may run without hf_ddpm).
+    what = "Hub repo id or local pipeline folder (else HF_DDPM_MODEL)"
+    parser.add_argument("model", nargs="?", metavar="MODEL", help=f"{what}; or give --model")
+    parser.add_argument("--model", dest="model_option", metavar="MODEL", help=what)
     parser.add_argument(
         "--port", type=int, default=None, help="port (else GRADIO_SERVER_PORT, 7860)"
     )
     args = parser.parse_args(argv)
-    demo = build_demo(load_model(resolve_model(args.model)))
+    if args.model and args.model_option and args.model != args.model_option:
+        parser.error(
+            f"the model is given twice, as {args.model!r} and --model {args.model_option!r}"
+        )
+    demo = build_demo(load_model(resolve_model(args.model_option or args.model)))
     demo.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=args.port or int(os.environ.get("GRADIO_SERVER_PORT", "7860")),

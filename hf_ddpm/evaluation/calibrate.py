@@ -241,15 +241,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='also make variance_type "analytic" the saved default',
     )
     parser.add_argument("--batch-size", type=int, default=256, help="network inputs per call")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument(
         "--push-to-hub", action="store_true", help="upload the calibrated folder to the Hub"
     )
     parser.add_argument(
         "--hub-model-id", default=None, help="repo to push to (default: MODEL, if a repo id)"
     )
-    parser.add_argument("--hub-token", default=None)
+    parser.add_argument("--hub-token", default=None, help="Hub token (default: the logged-in one)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from hf_ddpm.core.scheduling import DEFAULT_SAMPLING_STEPS
+from hf_ddpm.sampling.samplers import DEFAULT_SAMPLING_STEPS, default_sampling_steps
 
 from .bound import unconditional_label, unconditional_model
 from .features import (
@@ -128,7 +128,7 @@ class EvaluationOptions:
         grid_path: where to write a grid PNG of up to 64 samples; None for no grid. The grid reuses the
             Fréchet samples when there are any; otherwise its images are drawn with ``grid_steps``.
         grid_steps: sampling steps of a grid drawn for its own sake; None for ``num_inference_steps`` if
-            given, else ``min(T, DEFAULT_SAMPLING_STEPS)``: a preview, not a metric.
+            given, else ``default_sampling_steps(T)``: a preview, not a metric.
 
     Raises:
         ValueError: a bad metric name or a value out of range; the message names the option and its flag.
@@ -310,7 +310,7 @@ def sampling_steps(pipe: Any, options: EvaluationOptions) -> tuple[int, int]:
     num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
     steps = options.num_inference_steps or num_train_timesteps
     grid_steps = options.grid_steps or options.num_inference_steps
-    grid_steps = grid_steps or min(num_train_timesteps, DEFAULT_SAMPLING_STEPS)
+    grid_steps = grid_steps or default_sampling_steps(num_train_timesteps)
     for name, value in (("num_inference_steps", steps), ("grid_steps", grid_steps)):
         if value > num_train_timesteps:
             raise ValueError(
@@ -567,9 +567,8 @@ def push_metrics_to_hub(
 def add_data_arguments(
     parser: argparse.ArgumentParser, split: str, split_help: str
 ) -> argparse._ArgumentGroup:
-    """``MODEL`` and the data options that commands reading a model and a dataset share, as
+    """The data options that commands reading a model and a dataset share, as
     :func:`load_reference` takes them; returns the data group for more options."""
-    parser.add_argument("model", help="a saved pipeline folder or a Hub repo id")
     data = parser.add_argument_group("data (as for `hf-ddpm train`)")
     data.add_argument(
         "--dataset", default="mnist-5k", help="bundled name or Hub dataset id (default: mnist-5k)"
@@ -607,16 +606,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-samples", type=int, default=1000, help="generated images for FID/FD (default: 1000)"
     )
     parser.add_argument(
-        "--num-inference-steps",
-        type=int,
-        default=None,
-        help="sampling steps of the Fréchet samples, and the K-step chain whose bound the nll metric "
-        "reports (default: T, all training steps)",
-    )
-    parser.add_argument(
         "--batch-size", type=int, default=64, help="images per pipeline call and per NLL batch"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seeds sampling and the NLL's noise")
     parser.add_argument(
         "--nll-timesteps",
         type=int,
@@ -642,7 +633,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stats-cache-dir", default=None, help="cache of reference feature statistics"
     )
-    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--output", default="evaluation.json", help="JSON report path")
     parser.add_argument(
         "--grid",

@@ -137,9 +137,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``hf-ddpm space``."""
     parser.add_argument("space_id", help="the Space to create or update, as 'user/name'")
     parser.add_argument(
-        "--model", required=True, help="Hub repo id of the pipeline the Space serves ('user/name')"
-    )
-    parser.add_argument(
         "--app-dir",
         type=Path,
         default=DEFAULT_APP_DIR,

@@ -23,47 +23,18 @@ def pipeline_default(pipeline_class: type, name: str) -> Any:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, pipeline_class: type) -> None:
-    """The model, input image, output, seed, class and device options of both edit commands."""
-    parser.add_argument(
-        "model",
-        nargs="?",
-        default=None,
-        help="Hub repo id or local pipeline folder (default: the bundled mnist-5k model)",
-    )
+    """The input image and output options of both edit commands (the model, steps, seed, class and
+    device flags are cli.py's shared ones); ``--num-inference-steps`` defaults to the pipeline's own."""
     parser.add_argument(
         "--image", required=True, help="image to edit (PNG, JPEG, ...), at the model's size"
     )
     parser.add_argument("--output", required=True, help="where to write the result (.png)")
-    steps = pipeline_default(pipeline_class, "num_inference_steps")
-    parser.add_argument(
-        "--num-inference-steps",
-        type=int,
-        default=steps,
-        help=f"steps of the (respaced) chain (default: {steps})",
-    )
+    parser.set_defaults(num_inference_steps=pipeline_default(pipeline_class, "num_inference_steps"))
     parser.add_argument(
         "--num-images",
         type=int,
         default=1,
-        help="edits to draw, one seed each (seed, seed+1, ...), written side by side (default: 1)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
-    parser.add_argument(
-        "--class-label",
-        type=int,
-        default=None,
-        help="class to draw (class-conditional models; default: the model's null label, if any)",
-    )
-    parser.add_argument(
-        "--guidance-scale",
-        type=float,
-        default=1.0,
-        help="classifier-free guidance weight, with --class-label (default: 1, none)",
-    )
-    parser.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device (default: cuda if available, else cpu)",
+        help="edits to draw, one seed each (seed, seed+1, ...), written side by side",
     )
 
 
@@ -125,7 +96,8 @@ def open_edit(args: argparse.Namespace, pipeline_class: type) -> tuple[Any, np.n
     """The model as ``pipeline_class`` on ``--device``, the ``--image`` read for it, and the checked
     ``--output`` path."""
     output = check_output_path(args.output)
-    pipe = pipeline_class.from_pipe(load_for_sampling(args.model)).to(args.device)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = pipeline_class.from_pipe(load_for_sampling(args.model)).to(device)
     return pipe, read_image(args.image, "--image", pipe), output
 
 

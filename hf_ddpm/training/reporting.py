@@ -11,12 +11,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from hf_ddpm.core.scheduling import (
-    DEFAULT_SAMPLING_STEPS,
-    HFDDPMScheduler,
-    sampling_variance_type,
-)
+from hf_ddpm.core.scheduling import HFDDPMScheduler
 from hf_ddpm.data.image_grid import image_grid
+from hf_ddpm.sampling.samplers import default_sampling_steps, sampling_variance_type
 
 from .checkpointing import latest_checkpoint
 from .setup import TrainingSetup
@@ -96,12 +93,12 @@ class GridSampling:
 
 
 def grid_sampling(setup: TrainingSetup, scheduler: HFDDPMScheduler | None = None) -> GridSampling:
-    """``--sample-steps``, or ``DEFAULT_SAMPLING_STEPS`` (at most T), with ``scheduler`` (default: the
+    """``--sample-steps``, or ``default_sampling_steps(T)``, with ``scheduler`` (default: the
     trained one, as the grids during training use). A scheduler calibrated at the end of training samples
     with the variance its moments give (``sampling_variance_type``: analytic), as ``hf-ddpm sample`` does."""
     config = setup.config
     scheduler = scheduler or setup.scheduler
-    steps = config.sample_steps or min(DEFAULT_SAMPLING_STEPS, config.num_train_timesteps)
+    steps = config.sample_steps or default_sampling_steps(config.num_train_timesteps)
     own, variance = scheduler.config.variance_type, sampling_variance_type(scheduler.config)
     if variance == own:
         return GridSampling(steps, scheduler, f"the scheduler's {own} variance")

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hf_ddpm.core.scheduling import DEFAULT_SAMPLING_STEPS
 from hf_ddpm.data.ingest import CHANNEL_CHOICES
+from hf_ddpm.sampling.samplers import DEFAULT_SAMPLING_STEPS
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 LOGGERS = ("tensorboard", "none")

@@ -25,10 +25,10 @@ CORE_ALLOWED = {"torch", "numpy", "PIL", "diffusers", "huggingface_hub", "safete
 ALLOWED_DEPENDENCIES = {
     "core": set(),
     "data": {"core"},
-    "evaluation": {"core", "data"},
     "hub": {"core", "data", "hf_ddpm"},
-    "training": {"core", "data", "evaluation", "hub"},
     "sampling": {"core", "data", "hub"},
+    "evaluation": {"core", "data", "hub", "sampling"},
+    "training": {"core", "data", "evaluation", "hub", "sampling"},
     "cli": {"core", "data", "evaluation", "hub", "training", "sampling"},
 }
 

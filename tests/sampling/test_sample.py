@@ -122,7 +122,7 @@ def test_a_calibrated_model_samples_with_the_analytic_variance_in_the_default_st
 ):
     """The bundled model carries eps_second_moment: without --variance-type it samples analytic, in
     DEFAULT_SAMPLING_STEPS steps, and the log says so."""
-    from hf_ddpm.core.scheduling import DEFAULT_SAMPLING_STEPS
+    from hf_ddpm.sampling.samplers import DEFAULT_SAMPLING_STEPS
 
     text = _sample_log([], caplog, tmp_path)
     seen = stop_at_pipeline_call

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import numpy as np
 import torch
@@ -39,8 +37,6 @@ from .reverse_process import PMeanVariance, ReverseProcess, split_model_output
 from .reverse_process import p_mean_variance as _p_mean_variance
 from .schedules import make_betas
 from .variance import (
-    LEARNED_VARIANCE_TYPES,
-    AnalyticVariance,
     NoiseScale,
     resolve_variance_type,
 )
@@ -48,19 +44,6 @@ from .vlb import prior_bpd as _prior_bpd
 from .vlb import vlb_terms_bpd as _vlb_terms_bpd
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace", "optimal")
-# Steps a command samples with when not told (capped at T): `hf-ddpm sample` and the sample grids of
-# `hf-ddpm train` and `hf-ddpm evaluate`. One place, so a benchmark's choice changes them all.
-DEFAULT_SAMPLING_STEPS = 100
-
-
-def sampling_variance_type(config: Mapping[str, Any]) -> str:
-    """The variance a model samples with unless told otherwise: "analytic" where its scheduler config
-    carries ``eps_second_moment`` (Analytic-DPM's optimal variance, Bao et al. 2022 Theorem 1, the better
-    one at few steps), else its own ``variance_type``. A learned variance keeps what it learned."""
-    own = config["variance_type"]
-    if config.get("eps_second_moment") is None or own in LEARNED_VARIANCE_TYPES:
-        return own
-    return AnalyticVariance.name
 
 
 @dataclass(init=False)
