@@ -106,9 +106,9 @@ def _write_file(path: Path, write: Callable[[], Any]) -> None:
     try:
         write()
     except OSError as error:
-        raise SampleWriteError(
-            error.errno, f"could not write {path}: {error.strerror or error}"
-        ) from error
+        failure = SampleWriteError(f"could not write {path}: {error.strerror or error}")
+        failure.errno = error.errno
+        raise failure from error
 
 
 def _write_json_atomically(data: Mapping[str, Any], path: Path) -> None:

@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["ProcessGroup", "image_generator", "image_seed", "process_group"]
+__all__ = [
+    "ProcessGroup",
+    "image_generator",
+    "image_seed",
+    "multi_process_without_accelerator",
+    "process_group",
+]
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -85,6 +91,15 @@ class ProcessGroup:
             raise errors[0] if error is None else error
 
 
+def multi_process_without_accelerator() -> bool:
+    """True under a multi-process launch (torchrun sets WORLD_SIZE) on a machine without GPU/XPU/MPS.
+
+    accelerate only picks its gloo MULTI_CPU mode when told ``cpu=True``; otherwise every process
+    silently works alone on its own copy.
+    """
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+
+
 def process_group(device: str | torch.device | None = None) -> ProcessGroup:
     """The group of this process: rank and world from the launcher's environment (``WORLD_SIZE``,
     ``RANK``), joined through accelerate's ``PartialState`` when there are several.
@@ -96,8 +111,6 @@ def process_group(device: str | torch.device | None = None) -> ProcessGroup:
             device=torch.device(device) if device is not None else _default_device()
         )
     from accelerate import PartialState
-
-    from hf_ddpm.training.setup import multi_process_without_accelerator
 
     wants_cpu = device is not None and torch.device(device).type == "cpu"
     state = PartialState(cpu=wants_cpu or multi_process_without_accelerator())

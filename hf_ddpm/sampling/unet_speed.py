@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["UNET_DTYPES", "UNetSpeed", "apply_unet_speed"]
+__all__ = ["UNET_DTYPES", "UNetSpeed", "apply_unet_speed", "unet_image_shape"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,13 @@ class UNetSpeed:
         if self.compile:
             parts.append("torch.compile")
         return ", ".join(parts)
+
+
+def unet_image_shape(unet: Any) -> tuple[int, int, int]:
+    """(height, width, channels) of the images ``unet`` makes, from its config."""
+    size = unet.config.sample_size
+    height, width = (size, size) if isinstance(size, int) else size
+    return int(height), int(width), int(unet.config.in_channels)
 
 
 def _check_device(speed: UNetSpeed, device: torch.device) -> None:
@@ -98,9 +105,8 @@ def apply_unet_speed(pipeline: Any, speed: UNetSpeed, warmup_batch_size: int | N
     if warmup_batch_size is None:
         return
     config = unet.config
-    size = config.sample_size
-    height, width = (size, size) if isinstance(size, int) else size
-    x = torch.zeros(warmup_batch_size, config.in_channels, height, width, device=device)
+    height, width, channels = unet_image_shape(unet)
+    x = torch.zeros(warmup_batch_size, channels, height, width, device=device)
     t = torch.tensor(0, dtype=torch.long, device=device)
     labels = None
     if getattr(config, "num_class_embeds", None):
