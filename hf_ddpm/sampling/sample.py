@@ -189,25 +189,21 @@ def sample_grid(
     return image_grid(images)
 
 
-def _model_identity(model: str | None, pipeline: Any) -> dict[str, Any]:
-    """What a sample folder records of the model: its name (a local folder resolved) and a hash of the
-    UNet's weights, so a retrained model in the same folder is told apart."""
-    import hashlib
-
+def _model_name(model: str | None) -> str:
+    """What a sample folder records as the model: the name given, a local folder resolved."""
     if model is None:
         bundled = bundled_model_path()
-        model = "untrained" if bundled is None else str(bundled)
-    elif Path(model).exists():
-        model = str(Path(model).resolve())
-    digest = hashlib.sha256()
-    for name, tensor in sorted(pipeline.unet.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return {"model": model, "unet_sha256": digest.hexdigest()}
+        return "untrained" if bundled is None else str(bundled)
+    return str(Path(model).resolve()) if Path(model).exists() else model
 
 
 def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
-    from hf_ddpm.sampling.sample_folder import SampleFolderJob, pipeline_drawer, write_sample_folder
+    from hf_ddpm.sampling.sample_folder import (
+        SampleFolderJob,
+        pipeline_drawer,
+        unet_sha256,
+        write_sample_folder,
+    )
     from hf_ddpm.sampling.sharding import process_group
 
     group = process_group(args.device)
@@ -221,7 +217,8 @@ def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
         pipeline, args.num_images, steps, args.seed, args.class_label, args.guidance_scale
     )
     settings = {
-        **_model_identity(args.model, pipeline),
+        "model": _model_name(args.model),
+        "unet_sha256": unet_sha256(pipeline.unet),
         "sampler": choice.description,
         "num_inference_steps": steps,
         "seed": args.seed,

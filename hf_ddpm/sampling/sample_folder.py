@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +44,7 @@ __all__ = [
     "npz_name",
     "pipeline_drawer",
     "read_samples",
+    "unet_sha256",
     "write_sample_folder",
 ]
 
@@ -342,10 +344,22 @@ def _folder_images(folder: Path) -> list[Path]:
     return [path for _, path in numbered]
 
 
-def read_samples(path: str | Path, group: ProcessGroup | None = None) -> np.ndarray:
+def unet_sha256(unet: Any) -> str:
+    """A hash of ``unet``'s weights: what a sample folder records of the model, so that a model retrained
+    into the same folder is told apart."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(unet.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def read_samples(
+    path: str | Path, group: ProcessGroup | None = None, limit: int | None = None
+) -> np.ndarray:
     """The images of a sample folder (its numbered PNGs, in index order) or of an evaluators' ``.npz``
-    (``arr_0``), as uint8 (N, H, W, C); with a ``group``, only this process's share (indices
-    ``rank, rank + world, ...``).
+    (``arr_0``), as uint8 (N, H, W, C): the first ``limit`` of them when given and, with a ``group``, only
+    this process's share of those (indices ``rank, rank + world, ...``).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -363,7 +377,7 @@ def read_samples(path: str | Path, group: ProcessGroup | None = None) -> np.ndar
                 f"--samples {path}: the folder holds no numbered PNGs (000000.png, ...); "
                 "write one with hf-ddpm sample --output-dir"
             )
-        return _read_pngs(group.shard(files))
+        return _read_pngs(group.shard(files[:limit]))
     if path.suffix != ".npz":
         raise ValueError(
             f"--samples {path} is neither a folder of numbered PNGs nor a .npz (arr_0, uint8 N x H x W x C)"
@@ -380,4 +394,4 @@ def read_samples(path: str | Path, group: ProcessGroup | None = None) -> np.ndar
             f"--samples {path}: arr_0 must be uint8 of shape (N, H, W, C) with C 1 or 3, got "
             f"{images.dtype} {images.shape}"
         )
-    return images[group.rank :: group.world]
+    return images[:limit][group.rank :: group.world]
