@@ -61,6 +61,7 @@ __all__ = [
     "add_arguments",
     "add_data_arguments",
     "build_extractors",
+    "card_eval_results",
     "evaluate_pipeline",
     "format_table",
     "sampling_steps",
@@ -68,6 +69,7 @@ __all__ = [
     "parse_metrics",
     "push_metrics_to_hub",
     "run",
+    "write_metrics_to_card",
 ]
 
 METRICS = ("nll", "fid", "fd-dinov2")
@@ -652,15 +654,13 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}".rstrip() for r in rows)
 
 
-def push_metrics_to_hub(
-    repo_id: str, report: dict[str, Any], token: str | None = None, model_name: str | None = None
-) -> str:
-    """Add the report's metrics to the ``model-index`` of the Hub repo's model card.
+def card_eval_results(report: dict[str, Any]) -> list[Any]:
+    """The report's metrics as huggingface_hub ``EvalResult`` entries of a card's ``model-index``.
 
-    Results with the same task, dataset, split and metric type are replaced; others are kept. Returns the
-    commit URL.
+    Raises:
+        ValueError: the report has no metrics.
     """
-    from huggingface_hub import EvalResult, ModelCardData, metadata_update
+    from huggingface_hub import EvalResult
 
     settings = report["settings"]
     results = [
@@ -678,10 +678,40 @@ def push_metrics_to_hub(
     ]
     if not results:
         raise ValueError("the report has no metrics to push")
-    card_data = ModelCardData(model_name=model_name or repo_id.split("/")[-1], eval_results=results)
+    return results
+
+
+def write_metrics_to_card(folder: str | Path, report: dict[str, Any], model_name: str) -> Path:
+    """Put the report's metrics into the ``model-index`` of a saved folder's README.md (written
+    atomically), as :func:`push_metrics_to_hub` does on the Hub."""
+    from huggingface_hub import ModelCard
+
+    from hf_ddpm.core.hub_layout import MODEL_CARD
+
+    path = Path(folder) / MODEL_CARD
+    card = ModelCard.load(path)
+    card.data.model_name = model_name
+    card.data.eval_results = card_eval_results(report)
+    partial = path.with_name(f".{path.name}.partial")
+    card.save(partial)
+    partial.replace(path)
+    return path
+
+
+def push_metrics_to_hub(
+    repo_id: str, report: dict[str, Any], token: str | None = None, model_name: str | None = None
+) -> str:
+    """Add the report's metrics to the ``model-index`` of the Hub repo's model card.
+
+    Results with the same task, dataset, split and metric type are replaced; others are kept. Returns the
+    commit URL.
+    """
+    from huggingface_hub import ModelCardData, metadata_update
+
+    name = model_name or repo_id.split("/")[-1]
     return metadata_update(
         repo_id,
-        card_data.to_dict(),
+        ModelCardData(model_name=name, eval_results=card_eval_results(report)).to_dict(),
         overwrite=True,
         token=token,
         commit_message="Update evaluation metrics (hf-ddpm evaluate)",

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .periodic_eval import PeriodicEvaluation
 from .reporting import (
     LossLog,
     SampleGrids,
@@ -94,6 +95,7 @@ class _Trainer:
         self.progress = TrainingStep(setup)
         self.losses = LossLog(setup)
         self.grids = SampleGrids(setup)
+        self.evaluation = PeriodicEvaluation(setup)
         self.resume_path = resume_path
         # Built in run(), on the main process, when --hub-strategy uploads checkpoints.
         self.uploader: HubCheckpointUploader | None = None
@@ -165,6 +167,8 @@ class _Trainer:
                 save_run_checkpoint(setup, progress, self.uploader)
             if sample_due:
                 self.grids.log(step)
+            if self.evaluation.due(step):
+                self.evaluation.run(step)
         self.losses.read(bar)
         bar.close()
         if not (setup.output_dir / f"checkpoint-{progress.step}").exists():
@@ -207,6 +211,7 @@ class _Trainer:
             description=card_description(setup, result.step, self.losses),
             sample_grid=grid,
         )
+        self.evaluation.write_card(setup.output_dir, config.hub_model_id or setup.output_dir.name)
         if config.push_to_hub:
             from hf_ddpm.core.hub_layout import HubPushError, push_folder_to_hub
 
