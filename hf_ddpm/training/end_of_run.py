@@ -57,6 +57,8 @@ class FinalRun:
     step: int
     card: dict[str, Any]
     uploader: HubCheckpointUploader | None = None
+    # The last --eval-every evaluation's report, written into the card's model-index.
+    last_evaluation: dict[str, Any] | None = None
     hub_url: str | None = None
     checkpoint_push_errors: list[str] = field(default_factory=list)
 
@@ -199,6 +201,25 @@ def _sample_command(run: FinalRun) -> str:
     return shlex.join(["hf-ddpm", "sample", str(out), *flags, "--output", str(out / SAMPLE_GRID)])
 
 
+def _card_metrics(run: FinalRun) -> None:
+    """The last evaluation's figures in the model card's model-index, as ``hf-ddpm evaluate
+    --push-to-hub`` writes them."""
+    from hf_ddpm.evaluation.evaluate import write_metrics_to_card
+
+    if run.last_evaluation is not None:
+        name = run.config.hub_model_id or run.output_dir.name
+        write_metrics_to_card(run.output_dir, run.last_evaluation, name)
+
+
+def _evaluate_command(run: FinalRun) -> str:
+    config = run.config
+    return shlex.join(
+        ["hf-ddpm", "evaluate", str(run.output_dir), "--metrics", config.eval_metrics]
+        + _data_flags(config)
+        + ["--push-to-hub"] * config.push_to_hub
+    )
+
+
 def _push(run: FinalRun) -> None:
     """Upload the saved folder (``core.pushing.UPLOAD_EXCLUDED`` left out: no checkpoints, no logs) after
     any queued checkpoint uploads, so the repo ends on the pipeline."""
@@ -233,6 +254,13 @@ EXTRAS: tuple[Extra, ...] = (
         _fit_head_command,
     ),
     Extra("the final sample grid", lambda c: c.grid, _final_grid, _sample_command),
+    # After the grid, which writes the card anew.
+    Extra(
+        "the evaluation in the model card",
+        lambda c: c.eval_every > 0,
+        _card_metrics,
+        _evaluate_command,
+    ),
     Extra("the push to the Hub", lambda c: c.push_to_hub, _push, _push_command),
 )
 
@@ -326,6 +354,7 @@ def finish_run(
     losses: LossLog,
     uploader: HubCheckpointUploader | None,
     stop: StopSignals,
+    last_evaluation: dict[str, Any] | None = None,
 ) -> tuple[FinalRun, list[str]]:
     """Save the final pipeline (a failure raises: there is no model), then run the wanted extras;
     returns the run and one warning per extra that failed or was skipped by a stop signal."""
@@ -333,7 +362,7 @@ def finish_run(
     card = card_fields(setup, step, losses)
     save_final_pipeline(pipeline, setup.output_dir, card)
     logger.info("saved the trained pipeline in %s", setup.output_dir)
-    run = FinalRun(setup, pipeline, step, card, uploader)
+    run = FinalRun(setup, pipeline, step, card, uploader, last_evaluation)
     warnings: list[str] = []
     for extra in EXTRAS:
         if not extra.wanted(setup.config):

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .end_of_run import EXIT_PARTIAL, finish_run
+from .periodic_eval import PeriodicEvaluation
 from .preemption import EXIT_STOPPED, StopSignals, ignore_stop_signals
 from .reporting import (
     LossLog,
@@ -108,6 +109,7 @@ class _Trainer:
         self.progress = TrainingStep(setup)
         self.losses = LossLog(setup)
         self.grids = SampleGrids(setup)
+        self.evaluation = PeriodicEvaluation(setup)
         self.resume_path = resume_path
         # Built in run(), on the main process, when --hub-strategy uploads checkpoints.
         self.uploader: HubCheckpointUploader | None = None
@@ -192,6 +194,8 @@ class _Trainer:
                 save_run_checkpoint(setup, progress, self.uploader)
             if sample_due:
                 self.grids.log(step)
+            if self.evaluation.due(step):
+                self.evaluation.run(step)
             stopped_by = self.stop.agreed(acc, read_due)
             if stopped_by is not None:
                 break
@@ -218,7 +222,12 @@ class _Trainer:
         # ranks waiting at a barrier.
         if acc.is_main_process:
             final, result.warnings = finish_run(
-                setup, progress.step, self.losses, self.uploader, self.stop
+                setup,
+                progress.step,
+                self.losses,
+                self.uploader,
+                self.stop,
+                last_evaluation=self.evaluation.last,
             )
             result.hub_url = final.hub_url
             result.checkpoint_push_errors = final.checkpoint_push_errors

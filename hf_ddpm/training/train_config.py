@@ -51,6 +51,11 @@ RESUMABLE_OPTIONS = frozenset(
         "covariance_head_steps",
         "num_samples",
         "sample_steps",
+        "eval_every",
+        "eval_metrics",
+        "eval_samples",
+        "eval_images",
+        "eval_steps",
         "logger",
         "log_every",
         "push_to_hub",
@@ -213,7 +218,22 @@ class TrainConfig:
         f"respaced sampling steps of the grids (default: {default_sampling_steps_in_words()})",
         type=int,
     )
-    logger: str = _opt("tensorboard", "experiment tracker")
+    eval_every: int = _opt(
+        0,
+        "steps between evaluations of the EMA model, as hf-ddpm evaluate (0: none); logged and, the "
+        "last one, written into the model card",
+    )
+    eval_metrics: str = _opt(
+        "nll", "what --eval-every measures: nll, fid, fd-dinov2, comma-separated"
+    )
+    eval_samples: int = _opt(1000, "samples of each evaluation's Fréchet distances")
+    eval_images: int = _opt(100, "held-out images (the test split) of each evaluation")
+    eval_steps: int | None = _opt(
+        None,
+        "sampling steps of each evaluation's samples, and the K-step chain its nll bounds (default: T)",
+        type=int,
+    )
+    logger: str = _opt("tensorboard", "experiment tracker: tensorboard or none")
     log_every: int = _opt(
         10,
         "steps between reads of the loss from the device: logs, progress bar and the NaN check "
@@ -276,6 +296,9 @@ class TrainConfig:
             "covariance_head_steps": 1,
             "dataloader_num_workers": 0,
             "log_every": 1,
+            "eval_every": 0,
+            "eval_images": 1,
+            "eval_steps": 1,
         }
         for name, low in at_least.items():
             if getattr(self, name) is not None and getattr(self, name) < low:
@@ -293,6 +316,19 @@ class TrainConfig:
             )
         if self.sample_steps is not None:
             check_num_inference_steps(self.sample_steps, self.num_train_timesteps, "--sample-steps")
+        if self.eval_every:
+            from hf_ddpm.evaluation.evaluate import parse_metrics
+
+            try:
+                metrics = parse_metrics(self.eval_metrics)
+            except ValueError as error:
+                raise ValueError(str(error).replace("--metrics", "--eval-metrics")) from None
+            if set(metrics) - {"nll"} and self.eval_samples < 2:
+                raise ValueError(
+                    f"--eval-samples must be >= 2 for a Fréchet distance, got {self.eval_samples}"
+                )
+            if self.eval_steps is not None:
+                check_num_inference_steps(self.eval_steps, self.num_train_timesteps, "--eval-steps")
         if not self.learning_rate > 0:
             raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
         if not self.max_grad_norm > 0:
