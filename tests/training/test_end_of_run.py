@@ -142,9 +142,13 @@ def test_a_full_disk_while_writing_the_calibration_keeps_the_saved_scheduler_con
 
 
 def test_extras_are_data_in_order():
+    """The grid samples with the calibrated variance or the fitted head, the metrics go into the card
+    the grid rewrote, and the push uploads what all of them wrote."""
     assert [extra.name for extra in EXTRAS] == [
         "calibration",
+        "the covariance head fit",
         "the final sample grid",
+        "the evaluation in the model card",
         "the push to the Hub",
     ]
 
