@@ -11,9 +11,12 @@ What every subcommand shares lives here, once:
   ``hf-ddpm <command>: error: <message>``, and returns 2. A failure of the Hub or the network is printed
   the same way and returns 1. Anything else is a bug and keeps its traceback. ``HF_DDPM_DEBUG=1`` shows
   the traceback of every error.
-- **``--threads N``** (train, sample, evaluate): torch's intra-op thread count, set before any work.
-- **``--device``** is checked before any model is loaded: CUDA (or MPS) asked for on a machine without it
-  is a user error.
+- **Shared flags** (:data:`SHARED_FLAGS`): the model (``MODEL`` or ``--model MODEL``, either form),
+  ``--device`` (checked before any model is loaded: CUDA or MPS asked for on a machine without it is a
+  user error), ``--seed``, ``--threads N`` (torch's intra-op thread count, set before any work), the
+  sampling flags (``--sampler``, ``--variance-type``, ``--timestep-spacing``, with choices from the
+  registries) and ``--num-inference-steps``, ``--class-label``, ``--guidance-scale``. Each subcommand names
+  the groups it takes in :data:`SUBCOMMANDS`; a command changes a default with ``parser.set_defaults``.
 - **Help**: every option's default is shown once, after its description, and ``None`` defaults are not.
 - **Logs**: huggingface_hub's HTTP client (httpx or httpx2, and their httpcore) logs at WARNING, not one
   line per request.
@@ -25,6 +28,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
 from importlib.util import find_spec
@@ -42,46 +46,77 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 _QUIET_LOGGERS = ("httpx", "httpcore", "httpx2", "httpcore2")
 
 
+# Flag groups a subcommand can take, each declared once below (see :data:`SHARED_FLAGS`).
+MODEL, DEVICE, SEED, THREADS, SAMPLING, STEPS, CLASS = (
+    "model",
+    "device",
+    "seed",
+    "threads",
+    "sampling",
+    "steps",
+    "class",
+)
+_SAMPLE = (MODEL, DEVICE, SEED, THREADS, SAMPLING, STEPS, CLASS)
+_EDIT = (MODEL, DEVICE, SEED, THREADS, STEPS, CLASS)
+
+
 @dataclass(frozen=True)
 class Subcommand:
-    """One ``hf-ddpm`` subcommand: its module, one-line help, and whether it runs torch work."""
+    """One ``hf-ddpm`` subcommand: its module, one-line help, and the shared flag groups it takes.
+
+    ``model_required``: the command needs a model (given as ``MODEL`` or ``--model MODEL``); otherwise
+    it defaults to the bundled one.
+    """
 
     module: str
     help: str
-    threads: bool = False
+    shared: tuple[str, ...] = ()
+    model_required: bool = False
+    steps_default: str | None = (
+        None  # in words, where --num-inference-steps' default is not the usual
+    )
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
     "train": Subcommand(
         "hf_ddpm.training.train",
         "train a DDPM on your images (accelerate + datasets)",
-        threads=True,
+        shared=(THREADS,),
     ),
     "sample": Subcommand(
         "hf_ddpm.sampling.sample",
         "generate images from a pipeline (the bundled model by default)",
-        threads=True,
+        shared=_SAMPLE,
     ),
     "evaluate": Subcommand(
         "hf_ddpm.evaluation.evaluate",
         "NLL bound in bits/dim, FID and FD-DINOv2 of a pipeline",
-        threads=True,
+        shared=(MODEL, DEVICE, SEED, THREADS, STEPS),
+        model_required=True,
+        steps_default="T, all training steps; they are also the K-step chain whose bound the nll "
+        "metric reports",
     ),
     "inpaint": Subcommand(
         "hf_ddpm.sampling.inpaint",
         "fill the white region of a mask in an image (RePaint)",
-        threads=True,
+        shared=_EDIT,
     ),
     "img2img": Subcommand(
         "hf_ddpm.sampling.img2img",
         "redraw an image from part-way up the noise (SDEdit)",
-        threads=True,
+        shared=_EDIT,
     ),
-    "space": Subcommand("hf_ddpm.hub.space", "create a Gradio Space on the Hub for a model"),
+    "space": Subcommand(
+        "hf_ddpm.hub.space",
+        "create a Gradio Space on the Hub for a model",
+        shared=(MODEL,),
+        model_required=True,
+    ),
     "calibrate": Subcommand(
         "hf_ddpm.evaluation.calibrate",
         "Gamma_n for Analytic-DPM's variance, into a model",
-        threads=True,
+        shared=(MODEL, DEVICE, SEED, THREADS),
+        model_required=True,
     ),
 }
 
@@ -128,15 +163,140 @@ def _positive_int(text: str) -> int:
 _positive_int.__name__ = "positive integer"  # argparse names the type in its message
 
 
+def _add_model(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
+    what = (
+        "Hub repo id or local pipeline folder"
+        if subcommand.model_required
+        else "Hub repo id or local pipeline folder (default: the bundled mnist-5k model)"
+    )
+    parser.add_argument("model", nargs="?", metavar="MODEL", help=f"{what}; or give --model")
+    parser.add_argument("--model", dest="model_option", metavar="MODEL", help=f"{what}")
+
+
+def _add_device(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
+    parser.add_argument(
+        "--device",
+        help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu)",
+    )
+
+
+def _add_seed(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
+    from hf_ddpm.sampling.samplers import SEED_RANGE
+
+    def seed(text: str) -> int:
+        value = int(text)
+        if value not in SEED_RANGE:
+            raise ValueError(text)
+        return value
+
+    seed.__name__ = f"seed in 0..{SEED_RANGE.stop - 1}"  # argparse names the type in its message
+    parser.add_argument(
+        "--seed",
+        type=seed,
+        default=0,
+        help=f"seed of the command's random draws, 0..{SEED_RANGE.stop - 1}",
+    )
+
+
+def _add_threads(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help="torch intra-op threads (default: torch's own choice, one per core). On a busy or "
+        "shared machine fewer threads can be much faster; see the README's speed section",
+    )
+
+
+def _add_steps(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
+    from hf_ddpm.sampling.samplers import default_sampling_steps_in_words
+
+    default = subcommand.steps_default or default_sampling_steps_in_words()
+    given = parser.get_default("num_inference_steps")  # a command's own, from set_defaults
+    parser.add_argument(
+        "--num-inference-steps",
+        type=int,  # checked against the model's T once it is loaded
+        metavar="K",
+        help="sampling steps, 1..T, respaced as in Nichol & Dhariwal 2021; fewer are faster"
+        + ("" if given is not None else f" (default: {default})"),
+    )
+
+
+def _add_sampling(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
+    from hf_ddpm.sampling.samplers import (
+        SAMPLERS,
+        timestep_spacing_choices,
+        variance_type_choices,
+    )
+
+    parser.add_argument(
+        "--sampler",
+        choices=list(SAMPLERS),
+        default="ddpm",
+        help="; ".join(f"{name}: {sampler.help}" for name, sampler in SAMPLERS.items()),
+    )
+    with_variance = " or ".join(name for name, s in SAMPLERS.items() if s.variance_types)
+    parser.add_argument(
+        "--variance-type",
+        choices=variance_type_choices(),
+        help=f"reverse-process variance of --sampler {with_variance} (default: analytic when the model "
+        "carries eps_second_moment, from hf-ddpm calibrate or train; else the model's own)",
+    )
+    optimal = " or ".join(n for n, s in SAMPLERS.items() if "optimal" in s.timestep_spacings)
+    parser.add_argument(
+        "--timestep-spacing",
+        choices=timestep_spacing_choices(),
+        help="how the steps are chosen among the T (default: the model's; optimal needs "
+        f"eps_second_moment and --sampler {optimal})",
+    )
+
+
+def _add_class(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
+    parser.add_argument(
+        "--class-label",
+        metavar="CLASS",
+        help="class to draw: its name, as the model records it (hf-ddpm train --class-from-folders "
+        "keeps the folder names), or its number 0..num_classes-1 (class-conditional models; default: "
+        + ("every class in turn)" if SAMPLING in subcommand.shared else "the model's null label)"),
+    )
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance weight, >= 0 (class-conditional models; 1 is no guidance)",
+    )
+
+
+SHARED_FLAGS: dict[str, Callable[[argparse.ArgumentParser, Subcommand], None]] = {
+    MODEL: _add_model,
+    DEVICE: _add_device,
+    SEED: _add_seed,
+    THREADS: _add_threads,
+    SAMPLING: _add_sampling,
+    STEPS: _add_steps,
+    CLASS: _add_class,
+}
+
+
 def _add_shared_arguments(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
-    if subcommand.threads:
-        parser.add_argument(
-            "--threads",
-            type=_positive_int,
-            default=None,
-            metavar="N",
-            help="torch intra-op threads (default: torch's own choice, one per core). On a busy or "
-            "shared machine fewer threads can be much faster; see the README's speed section",
+    for group in subcommand.shared:
+        SHARED_FLAGS[group](parser, subcommand)
+
+
+def _resolve_model(args: argparse.Namespace, prog: str, subcommand: Subcommand) -> None:
+    """``MODEL`` and ``--model MODEL`` are one option: either form, not two different values."""
+    if MODEL not in subcommand.shared:
+        return
+    positional, option = args.model, args.model_option
+    del args.model_option
+    if positional is not None and option is not None and positional != option:
+        raise UsageError(
+            prog, f"the model is given twice, as {positional!r} and --model {option!r}: give one"
+        )
+    args.model = option if option is not None else positional
+    if args.model is None and subcommand.model_required:
+        raise UsageError(
+            prog, f"a model is required: `{prog} MODEL ...` or `{prog} --model MODEL ...`"
         )
 
 
@@ -182,7 +342,7 @@ def _prepare(args: argparse.Namespace) -> None:
 
 
 def _external_errors() -> tuple[type[BaseException], ...]:
-    from hf_ddpm.core.hub_layout import HubPushError, network_errors
+    from hf_ddpm.core.pushing import HubPushError, network_errors
 
     return (HubPushError, *network_errors())
 
@@ -232,8 +392,10 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(
                 prog, f"unrecognized arguments: {' '.join(unknown)} (see `{prog} --help`)"
             )
+        subcommand = SUBCOMMANDS[args.command]
+        _resolve_model(args, prog, subcommand)
         _prepare(args)
-        return int(import_module(SUBCOMMANDS[args.command].module).run(args) or 0)
+        return int(import_module(subcommand.module).run(args) or 0)
     except UsageError as error:
         return _report(error.prog, error, 2)
     except USER_ERRORS as error:

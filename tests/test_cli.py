@@ -211,19 +211,84 @@ def test_help_shows_each_default_once_and_never_none(command, capsys):
     assert not re.search(r"\(default:[^)]*\) \(default:", text)  # "(default: T) (default: None)"
 
 
-def test_sample_help_describes_every_option(capsys):
-    undocumented = [a.option_strings for a in _subparser("sample")._actions if not a.help]
+@pytest.mark.parametrize("command", list(cli.SUBCOMMANDS))
+def test_every_option_has_help(command):
+    undocumented = [a.option_strings for a in _subparser(command)._actions if not a.help]
     assert not undocumented
-    text = _help("sample", capsys)
-    from hf_ddpm.core.scheduling import DEFAULT_SAMPLING_STEPS
 
-    assert (
-        f"sampling steps, 1..T (default: {DEFAULT_SAMPLING_STEPS}, or T if the model has fewer"
-        in text
+
+def _parsed(argv):
+    """The namespace ``hf-ddpm`` hands the subcommand's run(), after the shared resolution."""
+    parser = cli._parser(argv)
+    args = parser.parse_args(argv)
+    cli._resolve_model(args, f"hf-ddpm {argv[0]}", cli.SUBCOMMANDS[argv[0]])
+    return args
+
+
+COMMAND_TAILS = {
+    "sample": [],
+    "evaluate": [],
+    "calibrate": [],
+    "inpaint": ["--image", "a.png", "--mask", "m.png", "--output", "o.png"],
+    "img2img": ["--image", "a.png", "--output", "o.png"],
+    "space": ["user/space"],
+}
+
+
+@pytest.mark.parametrize("command", list(COMMAND_TAILS))
+def test_every_model_command_takes_the_model_both_ways(command):
+    """`hf-ddpm sample out/m` and `hf-ddpm inpaint --model out/m` (issue 22): one definition, both forms."""
+    tail = COMMAND_TAILS[command]
+    positional = _parsed([command, *tail, "out/m"])
+    option = _parsed([command, *tail, "--model", "out/m"])
+    assert positional.model == option.model == "out/m"
+    assert not hasattr(option, "model_option")
+    assert _parsed([command, *tail, "out/m", "--model", "out/m"]).model == "out/m"
+
+
+@pytest.mark.parametrize("command", list(COMMAND_TAILS))
+def test_a_model_given_twice_differently_is_one_line_exit_2(command, capsys):
+    argv = [command, *COMMAND_TAILS[command], "out/a", "--model", "out/b"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'out/a'" in err and "--model 'out/b'" in err, err
+
+
+@pytest.mark.parametrize("command", [c for c in COMMAND_TAILS if cli.SUBCOMMANDS[c].model_required])
+def test_a_required_model_that_is_missing_names_both_forms(command, capsys):
+    assert cli.main([command, *COMMAND_TAILS[command]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "a model is required" in err and "--model MODEL" in err, err
+
+
+def test_shared_flags_are_declared_once_and_honour_a_commands_default():
+    """Each shared flag comes from cli.SHARED_FLAGS: the same option strings in every command that takes
+    its group; a command's own set_defaults (the edit pipelines' step counts) wins."""
+    inpaint = _parsed(["inpaint", *COMMAND_TAILS["inpaint"]])
+    from hf_ddpm.core.pipeline_inpaint import HFDDPMInpaintPipeline
+    from hf_ddpm.sampling.edit_files import pipeline_default
+
+    assert inpaint.num_inference_steps == pipeline_default(
+        HFDDPMInpaintPipeline, "num_inference_steps"
     )
-    assert "--sampler {ddpm,ddim,dpm-solver++}" in text
-    assert "analytic when the model carries eps_second_moment" in text
-    assert "images in the grid (>= 1) (default: 16)" in text
+    assert _parsed(["sample"]).num_inference_steps is None
+    for name, spec in cli.SUBCOMMANDS.items():
+        if name not in COMMAND_TAILS and name != "train":
+            continue
+        dests = {a.dest for a in _subparser(name)._actions}
+        assert ("seed" in dests) == (cli.SEED in spec.shared) or name == "train"
+        assert ("threads" in dests) == (cli.THREADS in spec.shared)
+
+
+def test_a_new_sampler_is_one_registry_entry(monkeypatch, capsys):
+    """Adding an entry to hf_ddpm.sampling.samplers.SAMPLERS puts it in --sampler's choices and help."""
+    from hf_ddpm.sampling import samplers
+
+    dummy = samplers.Sampler("a dummy sampler for this test", samplers.SAMPLERS["ddim"].build)
+    monkeypatch.setitem(samplers.SAMPLERS, "dummy-sampler", dummy)
+    text = _help("sample", capsys)
+    assert "dummy-sampler" in text and "a dummy sampler for this test" in text
+    assert _parsed(["sample", "--sampler", "dummy-sampler"]).sampler == "dummy-sampler"
 
 
 def test_http_client_logs_are_quiet(monkeypatch):

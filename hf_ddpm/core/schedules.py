@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from .diffusion_tables import check_num_inference_steps
+
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
 
 
@@ -116,27 +118,14 @@ def make_betas(
 SPACINGS = ("leading", "trailing", "linspace")
 
 
-def checked_num_inference_steps(num_inference_steps: int, num_train_timesteps: int) -> int:
-    """K as an int, or ValueError unless 1 <= K <= T."""
-    n = int(num_inference_steps)
-    if not 1 <= n <= num_train_timesteps:
-        raise ValueError(
-            f"num_inference_steps must be between 1 and num_train_timesteps={num_train_timesteps}, "
-            f"got {num_inference_steps}"
-        )
-    return n
-
-
 def spaced_timesteps(
     spacing: str, num_inference_steps: int, num_train_timesteps: int, steps_offset: int = 0
 ) -> np.ndarray:
     """K descending timesteps of [0, T) by diffusers' rules (Lin et al. 2024, Table 2): "leading" every
     T // K from 0 plus ``steps_offset``, "trailing" every T / K ending at T - 1, "linspace" K evenly
     rounded points of [0, T - 1]. ValueError for K outside [1, T] or an offset past T."""
-    n, num_train = (
-        checked_num_inference_steps(num_inference_steps, num_train_timesteps),
-        num_train_timesteps,
-    )
+    n, num_train = int(num_inference_steps), num_train_timesteps
+    check_num_inference_steps(n, num_train)
     if spacing == "linspace":
         ts = np.linspace(0, num_train - 1, n).round()[::-1].astype(np.int64)
     elif spacing == "leading":

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +19,7 @@ from diffusers.utils import BaseOutput
 
 from .analytic import check_eps_second_moment, last_step_pixels, optimal_timesteps
 from .covariance import x0_covariance  # noqa: F401  (imported by variance)
-from .diffusion_tables import DiffusionTables, extract
+from .diffusion_tables import DiffusionTables, check_num_inference_steps, extract
 from .forward_process import q_posterior_mean_variance as _q_posterior_mean_variance
 from .forward_process import q_sample
 
@@ -34,14 +32,11 @@ from .reverse_process import p_mean_variance as _p_mean_variance
 from .schedules import (
     SPACINGS,
     checked_custom_timesteps,
-    checked_num_inference_steps,
     make_betas,
     spaced_timesteps,
 )
 from .stepping import StepIndexMixin, computes_upcast, standard_normal_noise, x0_processing
 from .variance import (
-    LEARNED_VARIANCE_TYPES,
-    AnalyticVariance,
     NoiseScale,
     check_head_prediction_type,
     resolve_variance_type,
@@ -50,19 +45,6 @@ from .vlb import prior_bpd as _prior_bpd
 from .vlb import vlb_terms_bpd as _vlb_terms_bpd
 
 TIMESTEP_SPACINGS = (*SPACINGS, "optimal")
-# Steps a command samples with when not told (capped at T): `hf-ddpm sample` and the sample grids of
-# `hf-ddpm train` and `hf-ddpm evaluate`. One place, so a benchmark's choice changes them all.
-DEFAULT_SAMPLING_STEPS = 100
-
-
-def sampling_variance_type(config: Mapping[str, Any]) -> str:
-    """The variance a model samples with unless told otherwise: "analytic" where its scheduler config
-    carries ``eps_second_moment`` (Analytic-DPM's optimal variance, Bao et al. 2022 Theorem 1, the better
-    one at few steps), else its own ``variance_type``. A learned variance keeps what it learned."""
-    own = config["variance_type"]
-    if config.get("eps_second_moment") is None or own in LEARNED_VARIANCE_TYPES:
-        return own
-    return AnalyticVariance.name
 
 
 @dataclass(init=False)
@@ -243,7 +225,8 @@ class HFDDPMScheduler(StepIndexMixin, SchedulerMixin, ConfigMixin):
         self._set_schedule(ts, device)
 
     def _optimal_spacing(self, num_inference_steps: int) -> np.ndarray:
-        n = checked_num_inference_steps(num_inference_steps, self.config.num_train_timesteps)
+        n = int(num_inference_steps)
+        check_num_inference_steps(n, self.config.num_train_timesteps)
         ts = self._optimal_timesteps.get(n)
         if ts is None:
             ts = np.asarray(

@@ -219,7 +219,7 @@ def write_eps_second_moment(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``hf-ddpm calibrate`` options."""
-    from .evaluate import add_data_arguments
+    from hf_ddpm.data.held_out import add_data_arguments
 
     add_data_arguments(parser, "train", "split to calibrate on")
     parser.add_argument(
@@ -241,24 +241,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='also make variance_type "analytic" the saved default',
     )
     parser.add_argument("--batch-size", type=int, default=256, help="network inputs per call")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument(
         "--push-to-hub", action="store_true", help="upload the calibrated folder to the Hub"
     )
     parser.add_argument(
         "--hub-model-id", default=None, help="repo to push to (default: MODEL, if a repo id)"
     )
-    parser.add_argument("--hub-token", default=None)
+    parser.add_argument("--hub-token", default=None, help="Hub token (default: the logged-in one)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``hf-ddpm calibrate``. Bad input is raised before the long loop, and cli.py reports it as one
     line with exit status 2."""
-    from hf_ddpm.core.hub_layout import push_folder_to_hub, resolve_pipeline_folder
     from hf_ddpm.core.pipeline import HFDDPMPipeline
+    from hf_ddpm.core.pushing import push_folder_to_hub
+    from hf_ddpm.data.held_out import load_reference
+    from hf_ddpm.hub.loading import resolve_pipeline_folder
 
-    from .evaluate import load_reference
+    from .data_options import resolve_data_flags
 
     if args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
@@ -272,6 +272,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else source
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipeline = HFDDPMPipeline.from_pretrained(source).to(device)
+    resolve_data_flags(args, "calibrate")
     size = pipeline.unet.config.sample_size
     reference = load_reference(
         size if isinstance(size, int) else size[0],

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from hf_ddpm.core.scheduling import DEFAULT_SAMPLING_STEPS
+from hf_ddpm.data.held_out import ReferenceData, add_data_arguments, load_reference
+from hf_ddpm.sampling.samplers import DEFAULT_SAMPLING_STEPS, default_sampling_steps
 
 from .bound import unconditional_label, unconditional_model
 from .features import (
@@ -84,28 +85,6 @@ def parse_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-@dataclass
-class ReferenceData:
-    """Held-out images for the NLL and the reference side of the Fréchet distances.
-
-    Attributes:
-        images: (N, C, H, W) in [-1, 1], on the data's ``num_bins`` grid, at the model's resolution.
-        num_bins: intensity levels of the data (256 for 8-bit images); the discretised decoder uses it.
-        name: dataset name, Hub id or folder (part of the statistics cache key).
-        split: the split the images come from.
-    """
-
-    images: torch.Tensor
-    num_bins: int
-    name: str
-    split: str
-
-    @property
-    def resolution(self) -> int:
-        """Image side length."""
-        return int(self.images.shape[-1])
-
-
 @dataclass(frozen=True)
 class EvaluationOptions:
     """What :func:`evaluate_pipeline` computes and how; checked once, when built.
@@ -128,7 +107,7 @@ class EvaluationOptions:
         grid_path: where to write a grid PNG of up to 64 samples; None for no grid. The grid reuses the
             Fréchet samples when there are any; otherwise its images are drawn with ``grid_steps``.
         grid_steps: sampling steps of a grid drawn for its own sake; None for ``num_inference_steps`` if
-            given, else ``min(T, DEFAULT_SAMPLING_STEPS)``: a preview, not a metric.
+            given, else ``default_sampling_steps(T)``: a preview, not a metric.
 
     Raises:
         ValueError: a bad metric name or a value out of range; the message names the option and its flag.
@@ -179,60 +158,6 @@ class EvaluationOptions:
     def frechet_metrics(self) -> tuple[str, ...]:
         """The Fréchet metrics asked for, in order."""
         return tuple(name for name in self.metrics if name in _FRECHET_METRICS)
-
-
-def load_reference(
-    resolution: int,
-    dataset: str | None = "mnist-5k",
-    train_data_dir: str | None = None,
-    split: str = "test",
-    image_column: str | None = None,
-    max_images: int | None = None,
-    skip_bad_images: bool = False,
-) -> ReferenceData:
-    """Read a dataset split with ``hf_ddpm.data.image_datasets`` (the same options and preprocessing as ``train``).
-
-    Args:
-        resolution: side length to resize and center-crop to; the model's ``sample_size``.
-        dataset, train_data_dir, split, image_column: as for :func:`hf_ddpm.data.image_datasets.load_image_dataset`.
-        max_images: use only the first ``max_images`` images of the split.
-        skip_bad_images: leave out the files of ``train_data_dir`` that cannot be decoded instead of
-            raising (``--skip-bad-images``).
-    """
-    from hf_ddpm.data.image_datasets import collate, load_image_dataset, preprocess
-
-    if train_data_dir is not None:
-        _check_folder_split(train_data_dir, split)
-    data = load_image_dataset(
-        dataset,
-        train_data_dir,
-        split=split,
-        image_column=image_column,
-        skip_bad_images=skip_bad_images,
-    )
-    count = len(data) if max_images is None else min(max_images, len(data))
-    processed = preprocess(data, resolution)
-    examples = [processed[i] for i in tqdm(range(count), desc=f"loading {split}", leave=False)]
-    if not examples:
-        raise ValueError(f"the {split!r} split of {data.name!r} has no images")
-    images = collate(examples)["pixel_values"]
-    return ReferenceData(images=images, num_bins=data.num_bins, name=data.name, split=split)
-
-
-def _check_folder_split(train_data_dir: str, split: str) -> None:
-    """An image folder has only the splits its sub-folders name (most have just ``train``): say which."""
-    import datasets
-
-    if not Path(train_data_dir).is_dir():
-        return  # load_image_dataset names the missing folder
-    splits = datasets.get_dataset_split_names("imagefolder", data_dir=train_data_dir)
-    if split not in splits:
-        hint = f"pass --split {splits[0]}" if len(splits) == 1 else f"pass --split one of {splits}"
-        raise ValueError(
-            f"--split {split}: the image folder {train_data_dir} has no {split!r} split, only "
-            f"{splits}; {hint} (a split the model was trained on makes the NLL and Fréchet distances "
-            f"optimistic), or put held-out images in a {split}/ sub-folder"
-        )
 
 
 def build_extractors(
@@ -310,7 +235,7 @@ def sampling_steps(pipe: Any, options: EvaluationOptions) -> tuple[int, int]:
     num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
     steps = options.num_inference_steps or num_train_timesteps
     grid_steps = options.grid_steps or options.num_inference_steps
-    grid_steps = grid_steps or min(num_train_timesteps, DEFAULT_SAMPLING_STEPS)
+    grid_steps = grid_steps or default_sampling_steps(num_train_timesteps)
     for name, value in (("num_inference_steps", steps), ("grid_steps", grid_steps)):
         if value > num_train_timesteps:
             raise ValueError(
@@ -564,30 +489,6 @@ def push_metrics_to_hub(
     )
 
 
-def add_data_arguments(
-    parser: argparse.ArgumentParser, split: str, split_help: str
-) -> argparse._ArgumentGroup:
-    """``MODEL`` and the data options that commands reading a model and a dataset share, as
-    :func:`load_reference` takes them; returns the data group for more options."""
-    parser.add_argument("model", help="a saved pipeline folder or a Hub repo id")
-    data = parser.add_argument_group("data (as for `hf-ddpm train`)")
-    data.add_argument(
-        "--dataset", default="mnist-5k", help="bundled name or Hub dataset id (default: mnist-5k)"
-    )
-    data.add_argument(
-        "--train-data-dir", default=None, help="a local image folder instead of --dataset"
-    )
-    data.add_argument("--split", default=split, help=f"{split_help} (default: {split})")
-    data.add_argument("--image-column", default=None, help="the dataset's image column")
-    data.add_argument(
-        "--skip-bad-images",
-        action="store_true",
-        help="leave out the files of --train-data-dir that cannot be read (listed in the log) "
-        "instead of stopping",
-    )
-    return data
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``hf-ddpm evaluate`` options."""
     data = add_data_arguments(parser, "test", "held-out split")
@@ -607,16 +508,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-samples", type=int, default=1000, help="generated images for FID/FD (default: 1000)"
     )
     parser.add_argument(
-        "--num-inference-steps",
-        type=int,
-        default=None,
-        help="sampling steps of the Fréchet samples, and the K-step chain whose bound the nll metric "
-        "reports (default: T, all training steps)",
-    )
-    parser.add_argument(
         "--batch-size", type=int, default=64, help="images per pipeline call and per NLL batch"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seeds sampling and the NLL's noise")
     parser.add_argument(
         "--nll-timesteps",
         type=int,
@@ -642,7 +535,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stats-cache-dir", default=None, help="cache of reference feature statistics"
     )
-    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--output", default="evaluation.json", help="JSON report path")
     parser.add_argument(
         "--grid",
@@ -692,8 +584,11 @@ def run(args: argparse.Namespace) -> int:
 
     from hf_ddpm.core.pipeline import HFDDPMPipeline
 
+    from .data_options import resolve_data_flags
+
     pipe = HFDDPMPipeline.from_pretrained(args.model).to(device)
     sampling_steps(pipe, options)  # fail before the reference images are read
+    resolve_data_flags(args, "evaluate")
     reference = load_reference(
         _model_resolution(pipe),
         args.dataset,

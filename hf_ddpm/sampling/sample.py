@@ -3,110 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hf_ddpm.core.scheduling import (
-    DEFAULT_SAMPLING_STEPS,
-    TIMESTEP_SPACINGS,
-    HFDDPMScheduler,
-    sampling_variance_type,
-)
-from hf_ddpm.core.variance import VARIANCE_TYPE_NAMES
+from hf_ddpm.core.diffusion_tables import check_num_inference_steps
+from hf_ddpm.core.pipeline_base import num_classes_of
 from hf_ddpm.hub.bundled import bundled_model_path
+from hf_ddpm.sampling.samplers import (
+    SEED_RANGE,
+    default_sampling_steps,
+    sampling_scheduler,
+)
 
 logger = logging.getLogger(__name__)
 
 
-def _from_config(cls: type, config: Mapping[str, Any], **kwargs: Any) -> Any:
-    """``cls.from_config`` of the keys ``cls`` takes: diffusers would warn of every other one, printing
-    the T floats of eps_second_moment."""
-    taken = inspect.signature(cls.__init__).parameters
-    return cls.from_config({k: v for k, v in config.items() if k in taken}, **kwargs)
-
-
-def _ddim(config: Mapping[str, Any]) -> Any:
-    from diffusers import DDIMScheduler
-
-    return _from_config(DDIMScheduler, config)
-
-
-def _dpm_solver_pp(config: Mapping[str, Any]) -> Any:
-    from diffusers import DPMSolverMultistepScheduler
-
-    return _from_config(
-        DPMSolverMultistepScheduler, config, algorithm_type="dpmsolver++", solver_order=2
-    )
-
-
-# diffusers' few-step samplers, built from the model's own config (its betas and spacing) by from_config.
-DIFFUSERS_SAMPLERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
-    "ddim": _ddim,  # Song et al. 2021, eta 0: deterministic
-    "dpm-solver++": _dpm_solver_pp,  # Lu et al. 2022, multistep 2M
-}
-# "ddpm": ancestral sampling with HFDDPMScheduler, whose variance type --variance-type picks.
-SAMPLERS = ("ddpm", *DIFFUSERS_SAMPLERS)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``hf-ddpm sample`` options; ``--threads`` and the ``--device`` check come from cli.py."""
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="Hub repo id or local pipeline folder (default: the bundled mnist-5k model)",
-    )
+    """The ``hf-ddpm sample`` options of its own; the model, device, seed, threads and sampling flags are
+    cli.py's shared ones."""
     parser.add_argument("--output", default="samples.png", help="grid image to write (PNG)")
     parser.add_argument("--num-images", type=int, default=16, help="images in the grid (>= 1)")
-    parser.add_argument(
-        "--num-inference-steps",
-        type=int,
-        default=None,
-        help=f"sampling steps, 1..T (default: {DEFAULT_SAMPLING_STEPS}, or T if the model has fewer; "
-        "fewer steps are faster, respaced as in Nichol & Dhariwal 2021)",
-    )
-    parser.add_argument(
-        "--sampler",
-        choices=SAMPLERS,
-        default="ddpm",
-        help="ddpm: ancestral sampling with the model's scheduler; ddim (eta 0) and dpm-solver++ (2M): "
-        "diffusers' few-step samplers on the same network",
-    )
-    parser.add_argument(
-        "--variance-type",
-        choices=VARIANCE_TYPE_NAMES,
-        default=None,
-        help="reverse-process variance of --sampler ddpm (default: analytic when the model carries "
-        "eps_second_moment, from hf-ddpm calibrate or train; else the model's own)",
-    )
-    parser.add_argument(
-        "--timestep-spacing",
-        choices=TIMESTEP_SPACINGS,
-        default=None,
-        help="how the steps are chosen among the T (default: the model's; optimal needs "
-        "eps_second_moment and --sampler ddpm)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the one CPU generator")
-    parser.add_argument(
-        "--class-label",
-        type=int,
-        default=None,
-        help="class to draw, 0..num_classes-1 (class-conditional models; default: every class in turn)",
-    )
-    parser.add_argument(
-        "--guidance-scale",
-        type=float,
-        default=1.0,
-        help="classifier-free guidance weight, >= 0 (class-conditional models; 1 is no guidance)",
-    )
-    parser.add_argument(
-        "--device", default=None, help="torch device (default: cuda when available, else cpu)"
-    )
 
 
 def _untrained_pipeline() -> Any:
@@ -152,17 +71,32 @@ def load_for_sampling(model: str | None) -> Any:
         raise FileNotFoundError(f"--model {model}: {error}") from error
 
 
-SEED_RANGE = range(0, 2**64)  # what torch.Generator.manual_seed takes without wrapping around
-
-
 def num_classes(pipeline: Any) -> int | None:
-    """Classes a model trained by ``hf-ddpm train --class-column`` draws, or None if unconditional.
+    """Classes a model trained by ``hf-ddpm train --class-column`` draws (the embeddings before its null
+    label, :func:`.pipeline_base.num_classes_of`), or None if unconditional."""
+    return num_classes_of(getattr(pipeline.unet.config, "num_class_embeds", None))
 
-    hf-ddpm train keeps the last class embedding as the null label of classifier-free guidance, so the
-    classes are 0..num_class_embeds-2.
-    """
-    num_class_embeds = getattr(pipeline.unet.config, "num_class_embeds", None)
-    return num_class_embeds - 1 if num_class_embeds else None
+
+def resolve_class_label(pipeline: Any, label: str | int | None) -> int | None:
+    """``--class-label`` as the integer label of ``pipeline``: a class name the model records (its
+    ``class_names``: ``hf-ddpm train --class-from-folders`` keeps the folder names), else an integer;
+    a ``ValueError`` naming the flag and the model's classes otherwise."""
+    if label is None or isinstance(label, int):
+        return label
+    names = list(getattr(pipeline.config, "class_names", None) or [])
+    if label in names:
+        return names.index(label)
+    try:
+        return int(label)
+    except ValueError:
+        pass
+    if names:
+        listed = ", ".join(f"{name} ({i})" for i, name in enumerate(names))
+        raise ValueError(f"--class-label {label!r} is not a class of this model: {listed}")
+    raise ValueError(
+        f"--class-label {label!r}: this model records no class names, so give the class as a number "
+        "(models trained with hf-ddpm train --class-from-folders record their folder names)"
+    )
 
 
 def check_sample_options(
@@ -177,11 +111,7 @@ def check_sample_options(
     num_train_timesteps = int(pipeline.scheduler.config.num_train_timesteps)
     if num_images < 1:
         raise ValueError(f"--num-images must be >= 1, got {num_images}")
-    if not 1 <= num_inference_steps <= num_train_timesteps:
-        raise ValueError(
-            f"--num-inference-steps must be in 1..{num_train_timesteps} (the model's "
-            f"num_train_timesteps), got {num_inference_steps}"
-        )
+    check_num_inference_steps(num_inference_steps, num_train_timesteps, "--num-inference-steps")
     if seed not in SEED_RANGE:
         raise ValueError(f"--seed must be in 0..{SEED_RANGE.stop - 1}, got {seed}")
     if guidance_scale < 0:
@@ -202,82 +132,6 @@ def check_sample_options(
         )
 
 
-@dataclass(frozen=True)
-class SamplingChoice:
-    """The scheduler ``hf-ddpm sample`` swaps into the pipeline, and what its log line says of it."""
-
-    scheduler: Any
-    description: str
-
-
-def sampling_scheduler(
-    pipeline: Any,
-    sampler: str = "ddpm",
-    variance_type: str | None = None,
-    timestep_spacing: str | None = None,
-) -> SamplingChoice:
-    """The scheduler to sample ``pipeline`` with, built from its scheduler config by ``from_config``.
-
-    ``sampler`` "ddpm" is HFDDPMScheduler with ``variance_type`` (default:
-    :func:`~hf_ddpm.core.scheduling.sampling_variance_type`, analytic for a calibrated model); "ddim" and
-    "dpm-solver++" are diffusers' schedulers, which have no variance to choose.
-
-    Raises:
-        ValueError: an unknown name, or a combination the model or sampler cannot honour; the message
-            names the flag.
-    """
-    config = dict(pipeline.scheduler.config)
-    for flag, value, allowed in (
-        ("--sampler", sampler, SAMPLERS),
-        ("--variance-type", variance_type, VARIANCE_TYPE_NAMES),
-        ("--timestep-spacing", timestep_spacing, TIMESTEP_SPACINGS),
-    ):
-        if value is not None and value not in allowed:
-            raise ValueError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
-    spacing = timestep_spacing or config["timestep_spacing"]
-    if sampler in DIFFUSERS_SAMPLERS:
-        if variance_type is not None:
-            raise ValueError(
-                f"--variance-type is for --sampler ddpm; {sampler} has no reverse variance to choose"
-            )
-        if spacing == "optimal":
-            raise ValueError(
-                f"--timestep-spacing optimal is for --sampler ddpm; {sampler} takes "
-                f"{', '.join(s for s in TIMESTEP_SPACINGS if s != 'optimal')}"
-            )
-        scheduler = DIFFUSERS_SAMPLERS[sampler]({**config, "timestep_spacing": spacing})
-        return SamplingChoice(scheduler, f"{sampler} sampler (diffusers), {spacing} spacing")
-    variance = variance_type or sampling_variance_type(config)
-    flags = " ".join(
-        f"{flag} {value}"
-        for flag, value in (("--variance-type", variance), ("--timestep-spacing", spacing))
-    )
-    try:
-        scheduler = HFDDPMScheduler.from_config(
-            config, variance_type=variance, timestep_spacing=spacing
-        )
-        needed = scheduler.model_output_channels(pipeline.unet.config.in_channels)
-    except ValueError as error:
-        raise ValueError(f"{flags}: {error}") from error
-    if needed != pipeline.unet.config.out_channels:
-        raise ValueError(
-            f"--variance-type {variance} needs a network with {needed} output channels; this model's "
-            f"has {pipeline.unet.config.out_channels} (it was trained for variance_type "
-            f"{config['variance_type']!r})"
-        )
-    why = (
-        " (the model's eps_second_moment)"
-        if variance_type is None and variance != config["variance_type"]
-        else ""
-    )
-    return SamplingChoice(scheduler, f"ddpm sampler, {variance} variance{why}, {spacing} spacing")
-
-
-def default_sampling_steps(pipeline: Any) -> int:
-    """:data:`~hf_ddpm.core.scheduling.DEFAULT_SAMPLING_STEPS`, or T for a model with fewer."""
-    return min(DEFAULT_SAMPLING_STEPS, int(pipeline.scheduler.config.num_train_timesteps))
-
-
 def sample_grid(
     pipeline: Any,
     num_images: int = 16,
@@ -296,7 +150,11 @@ def sample_grid(
     """
     from hf_ddpm.data.image_grid import image_grid
 
-    steps = default_sampling_steps(pipeline) if num_inference_steps is None else num_inference_steps
+    steps = (
+        default_sampling_steps(pipeline.scheduler.config.num_train_timesteps)
+        if num_inference_steps is None
+        else num_inference_steps
+    )
     check_sample_options(pipeline, num_images, steps, seed, class_label, guidance_scale)
     if description is not None:
         logger.info("sampling %d images: %s, %d steps", num_images, description, steps)
@@ -335,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
         num_images=args.num_images,
         num_inference_steps=args.num_inference_steps,
         seed=args.seed,
-        class_label=args.class_label,
+        class_label=resolve_class_label(pipeline, args.class_label),
         guidance_scale=args.guidance_scale,
     )
     save_png_atomically(grid, output)

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 from .reporting import (
     LossLog,
+    RunTimeEstimate,
     SampleGrids,
     TrainingDivergedError,
     card_description,
@@ -100,6 +101,8 @@ class _Trainer:
 
     def _start(self) -> None:
         """Resume, write train_config.json, start the checkpoint uploader and the trackers."""
+        from hf_ddpm.data.image_datasets import TRAIN_RECORD
+
         setup, config = self.setup, self.setup.config
         acc = setup.accelerator
         if self.resume_path is not None:
@@ -110,7 +113,7 @@ class _Trainer:
             if config.overwrite_output_dir:
                 clear_output_dir(setup.output_dir)
             record = {**config.to_dict(), DATA_RECORD: setup.data.record()}
-            (setup.output_dir / "train_config.json").write_text(
+            (setup.output_dir / TRAIN_RECORD).write_text(
                 json.dumps(record, indent=2) + "\n", encoding="utf-8"
             )
             if config.push_to_hub and config.hub_strategy != "end":
@@ -151,11 +154,14 @@ class _Trainer:
             desc="train",
             disable=not acc.is_local_main_process,
         )
+        clock = RunTimeEstimate(setup, progress.step) if acc.is_main_process else None
         while progress.step < config.max_steps:
             outcome = progress.optimizer_step(batches)
             self.losses.add(outcome)
             bar.update(1)
             step = outcome.step
+            if clock is not None:
+                clock.after_step(step)
             checkpoint_due = bool(config.checkpoint_every) and step % config.checkpoint_every == 0
             sample_due = bool(config.sample_every) and step % config.sample_every == 0
             # A diverged loss must be seen before anything is written from the weights it produced.
@@ -181,14 +187,17 @@ class _Trainer:
 
     def _save_final(self, result: TrainResult) -> None:
         from hf_ddpm.core.pipeline import HFDDPMPipeline
-        from hf_ddpm.data.image_datasets import BUNDLED_DATASETS
+        from hf_ddpm.data.bundled_datasets import BUNDLED_DATASETS
 
         setup, config = self.setup, self.setup.config
         setup.ema.copy_to(setup.ema_unet)
         # With label dropout the null label was trained: the saved pipeline samples p(x) without labels.
         null_label = setup.null_label if config.class_dropout > 0 else None
         pipeline = HFDDPMPipeline(
-            unet=setup.ema_unet, scheduler=setup.scheduler, null_class_label=null_label
+            unet=setup.ema_unet,
+            scheduler=setup.scheduler,
+            null_class_label=null_label,
+            class_names=setup.data.class_names,
         )
         if config.calibrate:
             self._calibrate(pipeline)
@@ -208,7 +217,7 @@ class _Trainer:
             sample_grid=grid,
         )
         if config.push_to_hub:
-            from hf_ddpm.core.hub_layout import HubPushError, push_folder_to_hub
+            from hf_ddpm.core.pushing import HubPushError, push_folder_to_hub
 
             from .checkpointing import TMP_PREFIX
             from .hub_checkpoints import HUB_STAGING_PREFIX

@@ -251,3 +251,43 @@ def test_variance_noise_replaces_the_draw():
     a = s.step(out, t, x, eta=0.8, variance_noise=z).prev_sample
     b = theirs.step(out, t, x, eta=0.8, variance_noise=z).prev_sample
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_saved_pipeline_with_hf_ddim_loads_as_remote_code_without_hf_ddpm(
+    tiny_unet, tmp_path, run_without_hf_ddpm
+):
+    """A pipeline saved with HFDDIMScheduler carries its code (scheduler/scheduling_ddim.py and what it
+    imports): a process without hf_ddpm loads it with trust_remote_code and draws the same images."""
+    from hf_ddpm import HFDDPMPipeline
+
+    pipe = HFDDPMPipeline(unet=tiny_unet(), scheduler=HFDDIMScheduler(num_train_timesteps=10))
+    pipe.set_progress_bar_config(disable=True)
+
+    def draw(p):
+        return p(
+            batch_size=2,
+            generator=torch.Generator().manual_seed(0),
+            num_inference_steps=5,
+            output_type="np",
+        ).images
+
+    expected = draw(pipe)
+    folder = tmp_path / "saved"
+    pipe.save_pretrained(folder)
+    assert (folder / "scheduler" / "scheduling_ddim.py").is_file()
+    run_without_hf_ddpm(
+        f"""
+import sys
+import numpy as np, torch
+from diffusers import DiffusionPipeline
+torch.set_num_threads(1)
+pipe = DiffusionPipeline.from_pretrained({str(folder)!r}, trust_remote_code=True)
+pipe.set_progress_bar_config(disable=True)
+assert type(pipe.scheduler).__name__ == "HFDDIMScheduler", type(pipe.scheduler)
+assert not any(m.split(".")[0] == "hf_ddpm" for m in sys.modules)
+images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=5,
+              output_type="np").images
+np.save({str(tmp_path / "remote.npy")!r}, images)
+"""
+    )
+    np.testing.assert_array_equal(np.load(tmp_path / "remote.npy"), expected)

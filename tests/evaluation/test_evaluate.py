@@ -512,7 +512,7 @@ def test_grid_when_asked_is_a_preview_in_few_steps(
     from PIL import Image
 
     from hf_ddpm.cli import main
-    from hf_ddpm.core.scheduling import DEFAULT_SAMPLING_STEPS
+    from hf_ddpm.sampling.samplers import DEFAULT_SAMPLING_STEPS
 
     calls = _spy_on_sampling(monkeypatch)
     grid = tmp_path / "grid.png"

@@ -571,7 +571,7 @@ def test_every_save_strategy_uploads_each_checkpoint_to_its_own_folder(
 def test_failed_checkpoint_uploads_warn_and_training_finishes(
     tmp_path, hub_server, monkeypatch, caplog, no_hub_retry_sleep
 ):
-    import hf_ddpm.core.hub_layout
+    import hf_ddpm.core.pushing
     from hf_ddpm.training.checkpointing import verify_checkpoint
 
     class _FailWhileTraining:
@@ -590,13 +590,13 @@ def test_failed_checkpoint_uploads_warn_and_training_finishes(
 
     failure = _FailWhileTraining()
     hub_server.commit_failure = failure
-    real_push = hf_ddpm.core.hub_layout.push_folder_to_hub
+    real_push = hf_ddpm.core.pushing.push_folder_to_hub
 
     def push_after_outage(*args, **kwargs):
         failure.active = False
         return real_push(*args, **kwargs)
 
-    monkeypatch.setattr(hf_ddpm.core.hub_layout, "push_folder_to_hub", push_after_outage)
+    monkeypatch.setattr(hf_ddpm.core.pushing, "push_folder_to_hub", push_after_outage)
     repo = "tester/flaky"
     config = _tiny(
         tmp_path, checkpoint_every=2, push_to_hub=True, hub_model_id=repo, hub_strategy="checkpoint"

@@ -202,7 +202,7 @@ def _record_sampling_steps(monkeypatch) -> list[int]:
 def test_grids_take_the_default_steps_and_say_so(tmp_path, monkeypatch, caplog):
     """Both grids take DEFAULT_SAMPLING_STEPS; the one during training uses the trained variance, the
     final one (after calibration) the analytic variance."""
-    from hf_ddpm.core.scheduling import DEFAULT_SAMPLING_STEPS as K
+    from hf_ddpm.sampling.samplers import DEFAULT_SAMPLING_STEPS as K
 
     steps = _record_sampling_steps(monkeypatch)
     data = _folder(tmp_path / "c", grey=4)
@@ -379,10 +379,5 @@ def test_train_help_renders_and_states_each_default_once(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: None)" not in text
     assert "10% of --max-steps" in text  # a literal percent sign survives argparse's formatting
-    from hf_ddpm.core.scheduling import DEFAULT_SAMPLING_STEPS
-
-    assert (
-        f"(default: {DEFAULT_SAMPLING_STEPS}, or T if fewer)" in text
-        and "(default: 0.0002)" in text
-    )
+    assert "(default: 100, or T if the model has fewer)" in text and "(default: 0.0002)" in text
     assert "--calibrate, --no-calibrate" in text and "docs/analytic-dpm.md" in text

@@ -22,8 +22,11 @@ from .analytic import check_eps_second_moment  # noqa: F401  (imported by varian
 from .covariance import x0_covariance  # noqa: F401  (imported by variance)
 from .diffusion_tables import DiffusionTables  # noqa: F401  (imported by variance)
 from .edit_inputs import ImageArg
-from .hub_layout import MODEL_INDEX  # noqa: F401  (imported by pipeline_base)
+from .model_card import MODEL_CARD  # noqa: F401  (imported by saving)
 from .pipeline_base import CallbackArg, ClassLabelsArg, GeneratorArg, HFDDPMPipelineMixin
+from .pushing import HubPushError  # noqa: F401  (imported by pipeline_base)
+from .remote_code import copy_source_closure  # noqa: F401  (imported by saving)
+from .saving import MODEL_INDEX  # noqa: F401  (imported by pipeline_base)
 from .variance import LEARNED_VARIANCE_TYPES  # noqa: F401  (imported by pipeline_base)
 
 

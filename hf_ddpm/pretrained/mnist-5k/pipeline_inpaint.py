@@ -26,8 +26,11 @@ from .diffusion_tables import DiffusionTables  # noqa: F401  (imported by forwar
 from .edit_inputs import ImageArg
 from .forward_process import q_transition_sample
 from .gaussian import reparameterize  # noqa: F401  (imported by forward_process)
-from .hub_layout import MODEL_INDEX  # noqa: F401  (imported by pipeline_base)
+from .model_card import MODEL_CARD  # noqa: F401  (imported by saving)
 from .pipeline_base import CallbackArg, ClassLabelsArg, GeneratorArg, HFDDPMPipelineMixin
+from .pushing import HubPushError  # noqa: F401  (imported by pipeline_base)
+from .remote_code import copy_source_closure  # noqa: F401  (imported by saving)
+from .saving import MODEL_INDEX  # noqa: F401  (imported by pipeline_base)
 from .variance import LEARNED_VARIANCE_TYPES  # noqa: F401  (imported by pipeline_base)
 
 
