@@ -173,13 +173,20 @@ class _StepLoop:
     """One contender's T-step loop, advanced a block of steps at a time so contenders can interleave."""
 
     def __init__(
-        self, name: str, step: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+        self,
+        name: str,
+        step: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor],
+        restart: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self._step = step
+        # A scheduler with diffusers' step index needs to be told that its chain starts again.
+        self._restart = restart
         self.per_step_s: list[float] = []
 
     def start(self, x_T: torch.Tensor, timesteps: torch.Tensor) -> None:
+        if self._restart is not None:
+            self._restart()
         self.sample = x_T
         self.generator = torch.Generator().manual_seed(1234)
         self._timesteps = list(timesteps)
@@ -225,6 +232,7 @@ def _step_loops(sizes: Sizes) -> tuple[list[_StepLoop], torch.Tensor, torch.Tens
         _StepLoop(
             "hf_ddpm",
             lambda x, t, g: ours.step(model_output, t, x, generator=g).prev_sample,
+            restart=lambda: ours.set_begin_index(0),
         ),
         _StepLoop(
             "diffusers",

@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 PUBLIC_API = {
     "HFDDPMScheduler": "core.scheduling",
     "HFDDPMSchedulerOutput": "core.scheduling",
+    "HFDDIMScheduler": "core.scheduling_ddim",
     "variational_bound": "evaluation.bound",
     "VariationalBound": "evaluation.bound",
     "HFDDPMPipeline": "core.pipeline",

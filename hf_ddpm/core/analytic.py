@@ -32,6 +32,18 @@ LINEAR_SCHEDULE_LAST_STEP_PIXELS = 2.0
 OTHER_SCHEDULE_LAST_STEP_PIXELS = 1.0
 
 
+def last_step_pixels(
+    clip_last_step: bool, beta_schedule: str, trained_betas: object | None
+) -> float | None:
+    """The bins the last noise-adding step is capped at (the config's ``analytic_clip_last_step``): 2 for the
+    linear-schedule DDPM, 1 otherwise; None when not clipped."""
+    if not clip_last_step:
+        return None
+    if beta_schedule == "linear" and trained_betas is None:
+        return LINEAR_SCHEDULE_LAST_STEP_PIXELS
+    return OTHER_SCHEDULE_LAST_STEP_PIXELS
+
+
 def check_eps_second_moment(eps_second_moment: object, num_train_timesteps: int) -> np.ndarray:
     """Gamma as a float64 array of T finite non-negative numbers, or ValueError saying how to get it."""
     how = (

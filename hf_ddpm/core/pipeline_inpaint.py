@@ -152,6 +152,9 @@ class HFDDPMInpaintPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
                         noise(),
                     )
                 else:
+                    if hasattr(self.scheduler, "set_begin_index"):
+                        # After a jump the chain is no longer where the scheduler's step index says.
+                        self.scheduler.set_begin_index(num_inference_steps - level)
                     step, model_output = self._reverse_step(
                         latents, t, labels, guidance_scale, generator, head
                     )

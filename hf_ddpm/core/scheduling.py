@@ -10,21 +10,14 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
 
-from .analytic import (
-    LINEAR_SCHEDULE_LAST_STEP_PIXELS,
-    OTHER_SCHEDULE_LAST_STEP_PIXELS,
-    check_eps_second_moment,
-    optimal_timesteps,
-)
+from .analytic import check_eps_second_moment, last_step_pixels, optimal_timesteps
 from .covariance import x0_covariance  # noqa: F401  (imported by variance)
 from .diffusion_tables import DiffusionTables, check_num_inference_steps, extract
 from .forward_process import q_posterior_mean_variance as _q_posterior_mean_variance
@@ -36,7 +29,13 @@ from .losses import LossInputs, resolve_loss_type
 from .parameterization import resolve_parameterization, velocity, x0_from_prediction
 from .reverse_process import PMeanVariance, ReverseProcess, split_model_output
 from .reverse_process import p_mean_variance as _p_mean_variance
-from .schedules import make_betas
+from .schedules import (
+    SPACINGS,
+    checked_custom_timesteps,
+    make_betas,
+    spaced_timesteps,
+)
+from .stepping import StepIndexMixin, computes_upcast, standard_normal_noise, x0_processing
 from .variance import (
     NoiseScale,
     check_head_prediction_type,
@@ -45,7 +44,7 @@ from .variance import (
 from .vlb import prior_bpd as _prior_bpd
 from .vlb import vlb_terms_bpd as _vlb_terms_bpd
 
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace", "optimal")
+TIMESTEP_SPACINGS = (*SPACINGS, "optimal")
 
 
 @dataclass(init=False)
@@ -73,29 +72,15 @@ class _Step:
 
     x0_coef_xt: float  # x_0 = x0_coef_xt * x_t + x0_coef_out * prediction (the parameterization's)
     x0_coef_out: float
-    coef_x0: float  # posterior mean coefficients of eq. 7 for the effective beta of this step
-    coef_xt: float
+    posterior_mean_coef1: (
+        float  # eq. 7's mu-tilde = coef1 x_0 + coef2 x_t, for this step's effective beta
+    )
+    posterior_mean_coef2: float
     noise_scale: NoiseScale  # the variance type's sigma of this step
     adds_noise: bool
 
 
-def _clip(x0: torch.Tensor, limit: float) -> torch.Tensor:
-    return x0.clamp(-limit, limit)
-
-
-def _clip_in_place(x0: torch.Tensor, limit: float) -> torch.Tensor:
-    return x0.clamp_(-limit, limit)
-
-
-def _dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
-    """Imagen's dynamic thresholding (Saharia et al. 2022): s = the ``ratio`` quantile of |x0| per sample,
-    clamped to [1, max_value]; x0 is clipped to [-s, s] and divided by s."""
-    flat = x0.flatten(1).float()
-    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1.0, max=max_value).unsqueeze(1)
-    return (torch.maximum(torch.minimum(flat, s), -s) / s).reshape(x0.shape).to(x0.dtype)
-
-
-class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
+class HFDDPMScheduler(StepIndexMixin, SchedulerMixin, ConfigMixin):
     """DDPM (Ho et al. 2020) with Nichol & Dhariwal 2021's cosine schedule, respacing and learned variances.
 
     Args:
@@ -183,31 +168,23 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         self.init_noise_sigma = 1.0
 
         self._parameterization = resolve_parameterization(prediction_type)
-        if not analytic_clip_last_step:
-            last_step_pixels = None
-        elif beta_schedule == "linear" and trained_betas is None:
-            last_step_pixels = LINEAR_SCHEDULE_LAST_STEP_PIXELS
-        else:
-            last_step_pixels = OTHER_SCHEDULE_LAST_STEP_PIXELS
         self._variance = resolve_variance_type(
-            variance_type, self._eps_second_moment, last_step_pixels
+            variance_type,
+            self._eps_second_moment,
+            last_step_pixels(analytic_clip_last_step, beta_schedule, trained_betas),
         )
         check_head_prediction_type(self._variance, prediction_type)
         self._splits_output = self._variance.learned or self._variance.head
-        if thresholding:
-            process_x0 = partial(
-                _dynamic_threshold, ratio=dynamic_thresholding_ratio, max_value=sample_max_value
-            )
-        elif clip_sample:
-            process_x0 = partial(_clip, limit=clip_sample_range)
-        else:
-            process_x0 = None
-        self._process_x0 = process_x0
+        x0_options = (
+            clip_sample,
+            clip_sample_range,
+            thresholding,
+            dynamic_thresholding_ratio,
+            sample_max_value,
+        )
+        self._process_x0 = x0_processing(*x0_options)
         # step() computes x_0 into a buffer of its own, so it may clip it in place: one allocation fewer.
-        if clip_sample and not thresholding:
-            self._step_process_x0 = partial(_clip_in_place, limit=clip_sample_range)
-        else:
-            self._step_process_x0 = process_x0
+        self._step_process_x0 = x0_processing(*x0_options, in_place=True)
         self._processes: dict[tuple[torch.device, bool], ReverseProcess] = {}
 
         self.num_inference_steps: int | None = None
@@ -228,47 +205,35 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         """Choose the sampling timesteps: ``num_inference_steps`` spaced by ``timestep_spacing``, or custom
         strictly descending ``timesteps`` in [0, T). Each step then uses the effective beta between the two
         kept timesteps (Nichol & Dhariwal 2021, section 4), for every variance type."""
-        num_train = self.config.num_train_timesteps
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("Pass exactly one of num_inference_steps or timesteps")
         if timesteps is not None:
-            ts = np.asarray([int(t) for t in timesteps], dtype=np.int64)
-            if ts.ndim != 1 or len(ts) == 0:
-                raise ValueError("timesteps must be a non-empty list of integers")
-            if np.any(np.diff(ts) >= 0):
-                raise ValueError(f"timesteps must be strictly descending, got {ts.tolist()}")
-            if ts[0] >= num_train or ts[-1] < 0:
-                raise ValueError(f"timesteps must lie in [0, {num_train}), got {ts.tolist()}")
+            ts = checked_custom_timesteps(timesteps, self.config.num_train_timesteps)
             self.custom_timesteps = True
-            self.num_inference_steps = len(ts)
-        else:
-            n = int(num_inference_steps)
-            check_num_inference_steps(n, num_train)
-            spacing = self.config.timestep_spacing
-            if spacing == "optimal":
-                ts = self._optimal_timesteps.get(n)
-                if ts is None:
-                    ts = np.asarray(
-                        optimal_timesteps(
-                            self._tables.alphas_cumprod.numpy(), self._eps_second_moment, n
-                        )
-                    )
-                    self._optimal_timesteps[n] = ts
-            elif spacing == "linspace":
-                ts = np.linspace(0, num_train - 1, n).round()[::-1].astype(np.int64)
-            elif spacing == "leading":
-                ts = (np.arange(0, n) * (num_train // n)).round()[::-1].astype(
-                    np.int64
-                ) + self.config.steps_offset
-            else:
-                ts = np.round(np.arange(num_train, 0, -num_train / n)).astype(np.int64) - 1
-            if ts[0] >= num_train:
-                raise ValueError(
-                    f"steps_offset={self.config.steps_offset} pushes timestep {ts[0]} past num_train_timesteps={num_train}"
-                )
+        elif self.config.timestep_spacing == "optimal":
+            ts = self._optimal_spacing(num_inference_steps)
             self.custom_timesteps = False
-            self.num_inference_steps = n
-        self._set_schedule(np.ascontiguousarray(ts), device)
+        else:
+            ts = spaced_timesteps(
+                self.config.timestep_spacing,
+                num_inference_steps,
+                self.config.num_train_timesteps,
+                self.config.steps_offset,
+            )
+            self.custom_timesteps = False
+        self.num_inference_steps = len(ts)
+        self._set_schedule(ts, device)
+
+    def _optimal_spacing(self, num_inference_steps: int) -> np.ndarray:
+        n = int(num_inference_steps)
+        check_num_inference_steps(n, self.config.num_train_timesteps)
+        ts = self._optimal_timesteps.get(n)
+        if ts is None:
+            ts = np.asarray(
+                optimal_timesteps(self._tables.alphas_cumprod.numpy(), self._eps_second_moment, n)
+            )
+            self._optimal_timesteps[n] = ts
+        return ts
 
     def _set_schedule(self, ts: np.ndarray, device: str | torch.device | None) -> None:
         # The kept timesteps form a chain of their own, with effective betas 1 - alpha_bar_t / alpha_bar_prev
@@ -292,23 +257,9 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
                 torch.stack(columns, 1).flip(0).tolist(), noise_scales[::-1], prev
             )
         ]
-        self._index_of = {int(t): i for i, t in enumerate(ts)}
         self._prev_of = {int(t): int(p) for t, p in zip(ts, prev)}
-        self._cursor = 0
         self.timesteps = torch.from_numpy(ts.copy()).to(device)
-
-    def _step_index(self, timestep: int | torch.Tensor) -> int:
-        if isinstance(timestep, torch.Tensor) and not timestep.is_cpu:
-            # Reading a device tensor would stall the accelerator every step; sampling loops visit
-            # self.timesteps in order, so the next index is the cursor.
-            return self._cursor
-        index = self._index_of.get(int(timestep))
-        if index is None:
-            raise ValueError(
-                f"timestep {int(timestep)} is not on the current schedule; call set_timesteps and use one of "
-                f"scheduler.timesteps (first {self.timesteps[:5].tolist()}...)"
-            )
-        return index
+        self._reset_step_index()
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
         """The timestep that follows ``timestep`` on the current schedule (-1 after the last)."""
@@ -336,62 +287,47 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
     ) -> HFDDPMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
-        """x_{t-1} ~ p_theta(x_{t-1} | x_t) (Ho et al. Algorithm 2, on the respaced chain).
+        """x_{t-1} ~ p_theta(x_{t-1} | x_t): one step of Ho et al.'s Algorithm 2, on the respaced chain.
 
-        The mean is eq. 7 at the predicted (and clipped) x_0; the noise is drawn like diffusers' ``DDPMScheduler``
-        (one ``randn`` of the sample's shape and the model output's dtype), so both give the same samples with
-        the same generator. The last step returns the mean without noise. Half-precision inputs are computed
-        in float32 and cast back. A ``timestep`` given as a CUDA tensor is not read back to the host (that
-        would stall the GPU every step): the step after the previous call is taken, so visit
-        ``self.timesteps`` in order, as every sampling loop does; pass Python ints to step out of order.
+        The step is ``timesteps[step_index]`` (diffusers' rule, :mod:`.stepping`): the first call after
+        ``set_timesteps`` finds ``timestep`` on the schedule, each call advances by one. The noise is drawn
+        like diffusers' ``DDPMScheduler`` (one ``randn`` of the sample's shape and the model output's dtype),
+        so both give the same samples with the same generator. Half-precision inputs are computed in
+        float32 and cast back.
         """
-        index = self._step_index(timestep)
-        c = self._steps[index]
+        c = self._steps[self._current_step_index(timestep)]
         if self._splits_output or model_output.shape != sample.shape:
             prediction, values = split_model_output(model_output, sample, self._variance)
         else:
             prediction, values = model_output, None  # the common case, without the checks' overhead
-        # Each no-op .to() is a dispatcher round trip, a tenth of the step on small tensors: cast only
-        # when the input is half precision.
-        upcast = sample.dtype not in (torch.float32, torch.float64)
+        upcast = computes_upcast(sample.dtype)
         x_t = sample.float() if upcast else sample
+
+        # 1. Predict x_0 from the network's output (for epsilon, eq. 15: (x_t - sqrt(1 - alpha_bar_t) eps) /
+        #    sqrt(alpha_bar_t)); x0_from_prediction writes a fresh buffer.
         x0 = x0_from_prediction(
             prediction.float() if upcast else prediction, x_t, c.x0_coef_xt, c.x0_coef_out
         )
+        # 2. Clip it to the data's range (or threshold it), in place.
         if self._step_process_x0 is not None:
             x0 = self._step_process_x0(x0)
+        # 3. The posterior mean of eq. 7, mu-tilde_t = posterior_mean_coef1 x_0 + posterior_mean_coef2 x_t.
+        # 4. The variance sigma_t^2 of the variance type (fixed, learned, or optimal).
+        # 5. x_{t-1} = mu-tilde_t + sigma_t z, z ~ N(0, I); the last step (Algorithm 2's t = 1) adds no noise.
+        #    The noise's buffer becomes x_{t-1}: one allocation fewer per step.
         if c.adds_noise:
-            if generator is None or (
-                type(generator) is torch.Generator and generator.device == prediction.device
-            ):
-                noise = torch.randn(
-                    prediction.shape,
-                    generator=generator,
-                    device=prediction.device,
-                    dtype=prediction.dtype,
-                )
-            else:
-                # Lists of generators, and CPU generators for device samples: diffusers' own helper,
-                # for identical draws.
-                noise = randn_tensor(
-                    prediction.shape,
-                    generator=generator,
-                    device=prediction.device,
-                    dtype=prediction.dtype,
-                )
-            if noise.dtype != x_t.dtype:
-                # Drawn in the model output's dtype, like diffusers; the chain stays in the sample's
-                # (float32 when a bf16 model runs under autocast on a float32 sample).
-                noise = noise.to(x_t.dtype)
-            if values is None:
-                noise.mul_(c.noise_scale)
-            else:
-                noise.mul_(c.noise_scale(values.float() if upcast else values))
-            # The scaled noise's buffer becomes x_{t-1}: one allocation fewer per step.
-            prev = noise.add_(x_t, alpha=c.coef_xt).add_(x0, alpha=c.coef_x0)
+            sigma = (
+                c.noise_scale
+                if values is None
+                else c.noise_scale(values.float() if upcast else values)
+            )
+            prev = standard_normal_noise(prediction.shape, generator, prediction, x_t.dtype).mul_(
+                sigma
+            )
+            prev.add_(x_t, alpha=c.posterior_mean_coef2).add_(x0, alpha=c.posterior_mean_coef1)
         else:
-            prev = torch.mul(x_t, c.coef_xt).add_(x0, alpha=c.coef_x0)
-        self._cursor = index + 1
+            prev = torch.mul(x_t, c.posterior_mean_coef2).add_(x0, alpha=c.posterior_mean_coef1)
+        self._advance_step_index()
         if upcast:
             prev, x0 = prev.to(sample.dtype), x0.to(sample.dtype)
         if not return_dict:

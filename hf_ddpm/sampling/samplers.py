@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from hf_ddpm.core.pipeline_base import check_covariance_head, expected_unet_out_channels
+from hf_ddpm.core.schedules import SPACINGS
 from hf_ddpm.core.scheduling import TIMESTEP_SPACINGS, HFDDPMScheduler
+from hf_ddpm.core.scheduling_ddim import DDIM_VARIANCE_TYPES, HFDDIMScheduler
 from hf_ddpm.core.variance import (
     HEAD_VARIANCE_TYPES,
     LEARNED_VARIANCE_TYPES,
@@ -85,6 +87,16 @@ def _ddpm(config: Mapping[str, Any], variance_type: str | None, spacing: str) ->
     )
 
 
+def _ddim(config: Mapping[str, Any], variance_type: str | None, spacing: str) -> Any:
+    # A value outside DDIM's choices can only be the model's own default (the flag's are checked): a
+    # variance without a DDIM form (fixed_large, say) samples with DDIM's own.
+    if variance_type not in DDIM_VARIANCE_TYPES:
+        variance_type = "fixed_small"
+    return scheduler_from_config(
+        HFDDIMScheduler, config, variance_type=variance_type, timestep_spacing=spacing
+    )
+
+
 def _diffusers(name: str, **overrides: Any) -> Callable[[Mapping[str, Any], str | None, str], Any]:
     def build(config: Mapping[str, Any], variance_type: str | None, spacing: str) -> Any:
         import diffusers
@@ -103,10 +115,29 @@ SAMPLERS: dict[str, Sampler] = {
         timestep_spacings=TIMESTEP_SPACINGS,
         origin="hf_ddpm",
     ),
-    "ddim": Sampler("DDIM (Song et al. 2021), eta 0: deterministic", _diffusers("DDIMScheduler")),
+    "ddim": Sampler(
+        "DDIM (Song et al. 2021, eq. 12), eta 0, with HFDDIMScheduler: deterministic with fixed_small, "
+        "the optimal variance of Analytic-DDIM (analytic) or of a covariance head (sn, npr) otherwise",
+        _ddim,
+        variance_types=DDIM_VARIANCE_TYPES,
+        timestep_spacings=SPACINGS,
+        origin="hf_ddpm",
+    ),
+    "diffusers-ddim": Sampler(
+        "diffusers' DDIMScheduler, eta 0: deterministic (for comparison with ddim)",
+        _diffusers("DDIMScheduler"),
+    ),
     "dpm-solver++": Sampler(
         "DPM-Solver++ (Lu et al. 2022), multistep 2M",
         _diffusers("DPMSolverMultistepScheduler", algorithm_type="dpmsolver++", solver_order=2),
+    ),
+    "dpm-solver++-sde": Sampler(
+        "SDE-DPM-Solver++ (Lu et al. 2022), multistep 2M, stochastic",
+        _diffusers("DPMSolverMultistepScheduler", algorithm_type="sde-dpmsolver++", solver_order=2),
+    ),
+    "unipc": Sampler(
+        "UniPC (Zhao et al. 2023), multistep predictor-corrector",
+        _diffusers("UniPCMultistepScheduler"),
     ),
 }
 

@@ -81,7 +81,13 @@ def test_core_is_flat_and_imports_only_its_siblings_and_allowed_libraries():
 
 
 # What diffusers loads from a saved folder: the pipeline (and its edit pipelines) and the scheduler.
-REMOTE_CODE_ENTRY_POINTS = ("pipeline", "pipeline_inpaint", "pipeline_img2img", "scheduling")
+REMOTE_CODE_ENTRY_POINTS = (
+    "pipeline",
+    "pipeline_inpaint",
+    "pipeline_img2img",
+    "scheduling",
+    "scheduling_ddim",
+)
 
 
 def _relative_imports(path):

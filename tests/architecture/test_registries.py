@@ -94,7 +94,7 @@ def _add_variance_type(monkeypatch) -> None:
 
 
 def test_a_new_sampler_is_offered_everywhere(monkeypatch, model_dir, capsys):
-    entry = samplers.Sampler("a sampler of this test", samplers.SAMPLERS["ddim"].build)
+    entry = samplers.Sampler("a sampler of this test", samplers.SAMPLERS["diffusers-ddim"].build)
     monkeypatch.setitem(samplers.SAMPLERS, DUMMY, entry)
     assert DUMMY in _choices("sample", "sampler")
     assert f"{DUMMY}: a sampler of this test" in _help("sample", capsys)

@@ -112,11 +112,14 @@ T = 50
 SHAPE = (2, 2, 3, 3)
 
 
+def _step_at(scheduler, model_output, t, sample, seed):
+    """One step from timestep t, wherever the scheduler's step index is (diffusers' rule advances it)."""
+    scheduler.set_begin_index(scheduler.index_for_timestep(t))
+    return scheduler.step(model_output, t, sample, generator=torch.Generator().manual_seed(seed))
+
+
 def _measured_sigma(scheduler, model_output, t, sample):
-    steps = [
-        scheduler.step(model_output, t, sample, generator=torch.Generator().manual_seed(seed))
-        for seed in (1, 2)
-    ]
+    steps = [_step_at(scheduler, model_output, t, sample, seed) for seed in (1, 2)]
     z = [
         torch.randn(SHAPE, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
         for s in (1, 2)
@@ -158,12 +161,7 @@ def test_step_sigma_of_the_head_types(variance_type, num_inference_steps):
             p = scheduler.p_mean_variance(output, sample, kept[k])
             np.testing.assert_allclose(p.variance.numpy(), expected, rtol=1e-9)
     # The last step returns the mean: no noise.
-    last = [
-        scheduler.step(
-            output, kept[-1], sample, generator=torch.Generator().manual_seed(s)
-        ).prev_sample
-        for s in (1, 2)
-    ]
+    last = [_step_at(scheduler, output, kept[-1], sample, seed).prev_sample for seed in (1, 2)]
     torch.testing.assert_close(last[0], last[1], rtol=0, atol=0)
 
 
@@ -191,12 +189,7 @@ def test_last_noise_step_is_capped_as_the_authors_clip_sigma():
     shape = (1, 1, 2, 2)
     output = torch.cat([torch.zeros(shape), torch.full(shape, 1e6)], 1).double()
     sample = torch.zeros(shape, dtype=torch.float64)
-    steps = [
-        scheduler.step(
-            output, kept[-2], sample, generator=torch.Generator().manual_seed(s)
-        ).prev_sample
-        for s in (1, 2)
-    ]
+    steps = [_step_at(scheduler, output, kept[-2], sample, seed).prev_sample for seed in (1, 2)]
     z = [
         torch.randn(shape, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
         for s in (1, 2)

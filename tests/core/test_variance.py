@@ -19,10 +19,13 @@ SHAPE = (2, 2, 3, 3)
 
 def _measured_sigma(scheduler, model_output, t):
     sample = torch.randn(SHAPE, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    steps = [
-        scheduler.step(model_output, t, sample, generator=torch.Generator().manual_seed(seed))
-        for seed in (1, 2)
-    ]
+    steps = []
+    for seed in (1, 2):
+        # Both steps from t: diffusers' step index rule would otherwise take the second from the next one.
+        scheduler.set_begin_index(scheduler.index_for_timestep(t))
+        steps.append(
+            scheduler.step(model_output, t, sample, generator=torch.Generator().manual_seed(seed))
+        )
     z = [
         torch.randn(SHAPE, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
         for s in (1, 2)

@@ -148,9 +148,9 @@ def test_an_uncalibrated_model_keeps_its_own_variance(tmp_path, tiny_unet, stop_
     assert stop_at_pipeline_call["scheduler"].config.variance_type == "fixed_small"
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "dpm-solver++"])
+@pytest.mark.parametrize("sampler", ["diffusers-ddim", "dpm-solver++"])
 def test_diffusers_samplers_give_what_diffusers_own_scheduler_gives(tmp_path, sampler, caplog):
-    """--sampler ddim / dpm-solver++ on the bundled (class-conditional) model: the same images as a
+    """--sampler diffusers-ddim / dpm-solver++ on the bundled (class-conditional) model: the same images as a
     plain loop over diffusers' DDIMScheduler / DPMSolverMultistepScheduler(dpmsolver++, order 2) built
     from the model's config, drawing every class in turn."""
     import numpy as np
@@ -170,7 +170,7 @@ def test_diffusers_samplers_give_what_diffusers_own_scheduler_gives(tmp_path, sa
     config = {k: v for k, v in pipe.scheduler.config.items() if k != "eps_second_moment"}
     scheduler = (
         DDIMScheduler.from_config(config)
-        if sampler == "ddim"
+        if sampler == "diffusers-ddim"
         else DPMSolverMultistepScheduler.from_config(
             config, algorithm_type="dpmsolver++", solver_order=2
         )
@@ -191,16 +191,40 @@ def test_diffusers_samplers_give_what_diffusers_own_scheduler_gives(tmp_path, sa
     assert np.abs(ours - expected).max() <= 1, np.abs(ours - expected).max()
 
 
+def test_ddim_with_fixed_small_is_diffusers_ddim(tmp_path):
+    """--sampler ddim (HFDDIMScheduler) --variance-type fixed_small draws what --sampler diffusers-ddim
+    draws (eta 0), within a gray level of 8-bit rounding."""
+    import numpy as np
+
+    images = []
+    for extra in (
+        ["--sampler", "ddim", "--variance-type", "fixed_small"],
+        ["--sampler", "diffusers-ddim"],
+    ):
+        out = tmp_path / f"{extra[1]}.png"
+        argv = ["sample", "--output", str(out), "--num-images", "2", "--num-inference-steps", "4"]
+        assert cli.main([*argv, *extra, "--seed", "2"]) == 0
+        images.append(np.asarray(Image.open(out).convert("L"), dtype=np.int16))
+    assert np.abs(images[0] - images[1]).max() <= 1
+
+
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
-        (["--sampler", "euler"], ["--sampler", "ddpm", "ddim", "dpm-solver++"]),
+        (["--sampler", "euler"], ["--sampler", "ddpm", "ddim", "diffusers-ddim", "unipc"]),
         (["--variance-type", "huge"], ["--variance-type", "fixed_small", "analytic"]),
         (["--timestep-spacing", "even"], ["--timestep-spacing", "leading", "optimal"]),
         (["--variance-type", "analytic"], ["--variance-type analytic", "hf-ddpm calibrate"]),
         (["--timestep-spacing", "optimal"], ["--timestep-spacing optimal", "hf-ddpm calibrate"]),
         (["--variance-type", "learned"], ["--variance-type learned", "output channels"]),
-        (["--sampler", "ddim", "--variance-type", "fixed_large"], ["--variance-type", "ddim"]),
+        (
+            ["--sampler", "diffusers-ddim", "--variance-type", "fixed_large"],
+            ["--variance-type", "diffusers-ddim"],
+        ),
+        (
+            ["--sampler", "ddim", "--variance-type", "fixed_large"],
+            ["--variance-type", "fixed_small, analytic, sn, npr"],
+        ),
         (["--sampler", "ddim", "--timestep-spacing", "optimal"], ["optimal", "--sampler ddpm"]),
     ],
 )

@@ -154,7 +154,7 @@ def _config(model_dir):
 @pytest.mark.parametrize(
     ("sampler", "make_scheduler"),
     [
-        ("ddim", lambda config: DDIMScheduler.from_config(config)),
+        ("diffusers-ddim", lambda config: DDIMScheduler.from_config(config)),
         (
             "dpm-solver++",
             lambda config: DPMSolverMultistepScheduler.from_config(
@@ -176,7 +176,7 @@ def test_the_diffusers_samplers_give_what_diffusers_own_pipelines_give(
     # DDIM reports its predicted x_0 each step; DPM-Solver++ does not, and the page says so.
     frames = job.outputs()[:-1]
     assert len(frames) == 6 and all(frame[0] for frame in frames)
-    if sampler == "ddim":
+    if sampler == "diffusers-ddim":
         assert all(frame[1] for frame in frames)
     else:
         assert all(frame[1] is None for frame in frames)
@@ -207,7 +207,14 @@ def test_the_offered_choices_come_from_the_registry(tmp_path, model_dir, monkeyp
     fixed = app.load_model(str(model_dir)).model
     assert {"fixed_small", "fixed_large"} <= set(fixed.variance_types)
     assert not {"learned", "learned_range"} & set(fixed.variance_types)
-    assert fixed.samplers == ("ddpm", "ddim", "dpm-solver++")
+    assert fixed.samplers == (
+        "ddpm",
+        "ddim",
+        "diffusers-ddim",
+        "dpm-solver++",
+        "dpm-solver++-sde",
+        "unipc",
+    )
     assert fixed.timestep_spacings[0] == "leading"
     assert set(fixed.timestep_spacings) == {"leading", "trailing", "linspace"}
 

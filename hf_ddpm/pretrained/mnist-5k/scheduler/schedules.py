@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from .diffusion_tables import check_num_inference_steps
+
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
 
 
@@ -109,3 +111,45 @@ def make_betas(
     if not (np.all(betas > 0) and np.all(betas <= 1)):
         raise ValueError("betas must lie in (0, 1]; check beta_start, beta_end and trained_betas")
     return betas
+
+
+# How set_timesteps picks K of the T timesteps (diffusers' names); "optimal" is Analytic-DPM's (section 4),
+# which needs the model's eps_second_moment and so is resolved by the schedulers.
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def spaced_timesteps(
+    spacing: str, num_inference_steps: int, num_train_timesteps: int, steps_offset: int = 0
+) -> np.ndarray:
+    """K descending timesteps of [0, T) by diffusers' rules (Lin et al. 2024, Table 2): "leading" every
+    T // K from 0 plus ``steps_offset``, "trailing" every T / K ending at T - 1, "linspace" K evenly
+    rounded points of [0, T - 1]. ValueError for K outside [1, T] or an offset past T."""
+    n, num_train = int(num_inference_steps), num_train_timesteps
+    check_num_inference_steps(n, num_train)
+    if spacing == "linspace":
+        ts = np.linspace(0, num_train - 1, n).round()[::-1].astype(np.int64)
+    elif spacing == "leading":
+        ts = (np.arange(0, n) * (num_train // n)).round()[::-1].astype(np.int64) + steps_offset
+    elif spacing == "trailing":
+        ts = np.round(np.arange(num_train, 0, -num_train / n)).astype(np.int64) - 1
+    else:
+        raise ValueError(
+            f"Unknown timestep_spacing {spacing!r}; allowed values: {', '.join(SPACINGS)}"
+        )
+    if ts[0] >= num_train:
+        raise ValueError(
+            f"steps_offset={steps_offset} pushes timestep {ts[0]} past num_train_timesteps={num_train}"
+        )
+    return np.ascontiguousarray(ts)
+
+
+def checked_custom_timesteps(timesteps: Sequence[int], num_train_timesteps: int) -> np.ndarray:
+    """Custom ``timesteps`` as an int64 array, or ValueError unless they are strictly descending in [0, T)."""
+    ts = np.asarray([int(t) for t in timesteps], dtype=np.int64)
+    if ts.ndim != 1 or len(ts) == 0:
+        raise ValueError("timesteps must be a non-empty list of integers")
+    if np.any(np.diff(ts) >= 0):
+        raise ValueError(f"timesteps must be strictly descending, got {ts.tolist()}")
+    if ts[0] >= num_train_timesteps or ts[-1] < 0:
+        raise ValueError(f"timesteps must lie in [0, {num_train_timesteps}), got {ts.tolist()}")
+    return ts
