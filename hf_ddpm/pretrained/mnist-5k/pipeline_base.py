@@ -240,6 +240,9 @@ class HFDDPMPipelineMixin:
         covariance_head: ModelMixin | None = None,
     ) -> None:
         super().__init__()
+        # DiffusionPipeline.from_pipe passes an absent optional component as its config entry.
+        if isinstance(covariance_head, (tuple, list)) and not any(covariance_head):
+            covariance_head = None
         check_unet_matches_scheduler(unet, scheduler)
         check_covariance_head(unet, scheduler, covariance_head)
         check_null_class_label(unet, null_class_label)
