@@ -116,7 +116,9 @@ def _use_optimal_timesteps(scheduler, config: dict) -> None:
 def measure_samples(pipeline, judge, name, contender, k, args) -> dict:
     """Judge figures and wall time of ``--num-samples`` unconditional samples in K steps."""
     scheduler = scheduler_for(contender, dict(pipeline.scheduler.config))
-    pipeline = type(pipeline)(unet=pipeline.unet, scheduler=scheduler)
+    pipeline = type(pipeline)(
+        unet=pipeline.unet, scheduler=scheduler, covariance_head=pipeline.covariance_head
+    )
     pipeline.set_progress_bar_config(disable=True)
     start = time.perf_counter()
     images = generate(pipeline, args.num_samples, k, args.seed)
@@ -132,10 +134,23 @@ def measure_samples(pipeline, judge, name, contender, k, args) -> dict:
 def measure_bound(pipeline, contender, k, args, held_out) -> dict:
     """The K-step variational bound of the contender's chain on the held-out digits."""
     from hf_ddpm import variational_bound
-    from hf_ddpm.evaluation.bound import unconditional_model
+    from hf_ddpm.core.covariance_head import eps_and_head
+    from hf_ddpm.core.variance import HEAD_VARIANCE_TYPES
+    from hf_ddpm.evaluation.bound import unconditional_label, unconditional_model
+
+    model = unconditional_model(pipeline.unet, pipeline.config.null_class_label)
+    if contender.variance_type in HEAD_VARIANCE_TYPES:
+        # SN / NPR: eps and the head's second moment from one UNet call, as the pipeline samples.
+        label = unconditional_label(pipeline.unet, pipeline.config.null_class_label)
+
+        def model(x_t, t):
+            labels = torch.full((len(x_t),), label, dtype=torch.long)
+            return eps_and_head(
+                pipeline.unet, pipeline.covariance_head, x_t, t, class_labels=labels
+            )
 
     bound = variational_bound(
-        unconditional_model(pipeline.unet, pipeline.config.null_class_label),
+        model,
         scheduler_for(contender, dict(pipeline.scheduler.config)),
         held_out,
         generator=torch.Generator().manual_seed(args.seed),

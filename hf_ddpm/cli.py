@@ -9,13 +9,14 @@ What every subcommand shares lives here, once:
   is raised as ``ValueError``, ``FileNotFoundError``, ``NotADirectoryError`` or ``ImportError`` (a
   missing optional package), or comes from argparse; :func:`main` prints it as one line,
   ``hf-ddpm <command>: error: <message>``, and returns 2. A failure of the Hub or the network is printed
-  the same way and returns 1. Anything else is a bug and keeps its traceback. ``HF_DDPM_DEBUG=1`` shows
-  the traceback of every error.
+  the same way and returns 1, as does a file that could not be written (a full disk). Anything else is
+  a bug and keeps its traceback. ``HF_DDPM_DEBUG=1`` shows the traceback of every error.
 - **Shared flags** (:data:`SHARED_FLAGS`): the model (``MODEL`` or ``--model MODEL``, either form),
   ``--device`` (checked before any model is loaded: CUDA or MPS asked for on a machine without it is a
   user error), ``--seed``, ``--threads N`` (torch's intra-op thread count, set before any work), the
   sampling flags (``--sampler``, ``--variance-type``, ``--timestep-spacing``, with choices from the
-  registries) and ``--num-inference-steps``, ``--class-label``, ``--guidance-scale``. Each subcommand names
+  registries), ``--num-inference-steps``, ``--class-label``, ``--guidance-scale``, and the UNet's speed
+  (``--dtype``, ``--compile``, ``--channels-last``, :mod:`hf_ddpm.sampling.unet_speed`). Each subcommand names
   the groups it takes in :data:`SUBCOMMANDS`; a command changes a default with ``parser.set_defaults``.
 - **Help**: every option's default is shown once, after its description, and ``None`` defaults are not.
 - **Logs**: huggingface_hub's HTTP client (httpx or httpx2, and their httpcore) logs at WARNING, not one
@@ -47,7 +48,7 @@ _QUIET_LOGGERS = ("httpx", "httpcore", "httpx2", "httpcore2")
 
 
 # Flag groups a subcommand can take, each declared once below (see :data:`SHARED_FLAGS`).
-MODEL, DEVICE, SEED, THREADS, SAMPLING, STEPS, CLASS = (
+MODEL, DEVICE, SEED, THREADS, SAMPLING, STEPS, CLASS, SPEED = (
     "model",
     "device",
     "seed",
@@ -55,9 +56,10 @@ MODEL, DEVICE, SEED, THREADS, SAMPLING, STEPS, CLASS = (
     "sampling",
     "steps",
     "class",
+    "speed",
 )
-_SAMPLE = (MODEL, DEVICE, SEED, THREADS, SAMPLING, STEPS, CLASS)
-_EDIT = (MODEL, DEVICE, SEED, THREADS, STEPS, CLASS)
+_SAMPLE = (MODEL, DEVICE, SEED, THREADS, SAMPLING, STEPS, CLASS, SPEED)
+_EDIT = (MODEL, DEVICE, SEED, THREADS, STEPS, CLASS, SPEED)
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "evaluate": Subcommand(
         "hf_ddpm.evaluation.evaluate",
         "NLL bound in bits/dim, FID and FD-DINOv2 of a pipeline",
-        shared=(MODEL, DEVICE, SEED, THREADS, STEPS),
+        shared=(MODEL, DEVICE, SEED, THREADS, SAMPLING, STEPS, SPEED),
         model_required=True,
         steps_default="T, all training steps; they are also the K-step chain whose bound the nll "
         "metric reports",
@@ -115,6 +117,12 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "calibrate": Subcommand(
         "hf_ddpm.evaluation.calibrate",
         "Gamma_n for Analytic-DPM's variance, into a model",
+        shared=(MODEL, DEVICE, SEED, THREADS),
+        model_required=True,
+    ),
+    "fit-covariance": Subcommand(
+        "hf_ddpm.training.fit_covariance",
+        "fit SN-DDPM's or NPR-DDPM's per-pixel covariance head on a frozen model",
         shared=(MODEL, DEVICE, SEED, THREADS),
         model_required=True,
     ),
@@ -267,6 +275,28 @@ def _add_class(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
     )
 
 
+def _add_speed(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
+    from hf_ddpm.sampling.unet_speed import UNET_DTYPES
+
+    parser.add_argument(
+        "--dtype",
+        choices=list(UNET_DTYPES),
+        default="float32",
+        help="the UNet's autocast dtype; the chain stays in float32 (float16 needs a GPU)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the UNet (its warm-up is logged once; pays off over many batches)",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels_last UNet weights (measured faster on CPU and GPU; changes float rounding "
+        "only). On with --compile or a --dtype other than float32",
+    )
+
+
 SHARED_FLAGS: dict[str, Callable[[argparse.ArgumentParser, Subcommand], None]] = {
     MODEL: _add_model,
     DEVICE: _add_device,
@@ -275,6 +305,7 @@ SHARED_FLAGS: dict[str, Callable[[argparse.ArgumentParser, Subcommand], None]] =
     SAMPLING: _add_sampling,
     STEPS: _add_steps,
     CLASS: _add_class,
+    SPEED: _add_speed,
 }
 
 
@@ -343,8 +374,9 @@ def _prepare(args: argparse.Namespace) -> None:
 
 def _external_errors() -> tuple[type[BaseException], ...]:
     from hf_ddpm.core.pushing import HubPushError, network_errors
+    from hf_ddpm.sampling.sample_folder import SampleWriteError
 
-    return (HubPushError, *network_errors())
+    return (HubPushError, SampleWriteError, *network_errors())
 
 
 def _report(prog: str, error: BaseException, status: int) -> int:

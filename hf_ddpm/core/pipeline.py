@@ -18,6 +18,7 @@ from diffusers.utils.torch_utils import randn_tensor
 # noqa imports below name what the modules it uses import in turn (shown in brackets).
 from .analytic import check_eps_second_moment  # noqa: F401  (imported by variance)
 from .covariance import x0_covariance  # noqa: F401  (imported by variance)
+from .covariance_head import CovarianceHead  # noqa: F401  (imported by pipeline_base)
 from .diffusion_tables import DiffusionTables  # noqa: F401  (remote-code closure of the edit pipelines)
 from .edit_inputs import prepare_images  # noqa: F401
 from .forward_process import q_transition_sample  # noqa: F401

@@ -27,6 +27,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
 # diffusers' remote-code loader copies only the relative imports written in a module, not theirs.
 from .covariance import x0_covariance  # noqa: F401  (imported by variance)
+from .covariance_head import CovarianceHead, eps_and_head
 from .diffusion_tables import (
     DiffusionTables,  # noqa: F401  (imported by variance)
     check_num_inference_steps,
@@ -34,7 +35,7 @@ from .diffusion_tables import (
 from .edit_inputs import ImageArg, broadcast_batch, prepare_images, prepare_masks
 from .pushing import push_pipeline_to_hub
 from .saving import save_pipeline_folder
-from .variance import LEARNED_VARIANCE_TYPES
+from .variance import HEAD_VARIANCE_TYPES, LEARNED_VARIANCE_TYPES
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 # True only for the installed package; a remote-code copy lives in diffusers' module cache instead.
@@ -54,7 +55,10 @@ def expected_unet_out_channels(scheduler: Any, in_channels: int) -> int:
     A learned variance (Nichol & Dhariwal 2021, eq. 15) doubles them: the first half predicts the mean
     parameterisation (epsilon, x0 or v), the second the variance. ``HFDDPMScheduler`` answers itself
     through ``model_output_channels``; any other diffusers scheduler is judged by its ``variance_type``.
+    With a covariance head ("sn", "npr") the UNet predicts the mean only: the head gives the other half.
     """
+    if getattr(scheduler.config, "variance_type", None) in HEAD_VARIANCE_TYPES:
+        return in_channels
     if hasattr(scheduler, "model_output_channels"):
         return int(scheduler.model_output_channels(in_channels))
     variance_type = getattr(scheduler.config, "variance_type", None)
@@ -74,6 +78,30 @@ def check_unet_matches_scheduler(unet: Any, scheduler: Any) -> None:
             f"({type(scheduler).__name__}, variance_type={variance_type!r}) needs out_channels={needed}: "
             f"2 x in_channels for the variance types {list(LEARNED_VARIANCE_TYPES)}, in_channels otherwise. "
             "Use a UNet that matches, or a scheduler with the variance_type the UNet was trained for."
+        )
+
+
+def check_covariance_head(unet: Any, scheduler: Any, covariance_head: Any) -> None:
+    """Raise a ValueError when the scheduler's variance needs a covariance head the pipeline lacks, or the
+    head does not fit the UNet (its sample channels, or the channels of its last feature map)."""
+    if unet is None or scheduler is None:
+        return
+    variance_type = getattr(scheduler.config, "variance_type", None)
+    if covariance_head is None:
+        if variance_type in HEAD_VARIANCE_TYPES:
+            raise ValueError(
+                f"variance_type {variance_type!r} needs a covariance head (pipeline component "
+                "covariance_head), and this model has none: fit one with `hf-ddpm fit-covariance MODEL "
+                f"--kind {variance_type}`, or sample with another variance_type."
+            )
+        return
+    head, channels = covariance_head.config, unet.config.in_channels
+    features = getattr(getattr(unet, "conv_norm_out", None), "num_channels", None)
+    if head.out_channels != channels or head.feature_channels != features:
+        raise ValueError(
+            f"the covariance head maps {head.feature_channels} feature channels to {head.out_channels}, "
+            f"but this UNet has {features} channels in its last feature map and samples of {channels}: "
+            "the head was fitted for another UNet. Fit one for this model with `hf-ddpm fit-covariance`."
         )
 
 
@@ -192,6 +220,9 @@ class HFDDPMPipelineMixin:
         unet: a ``UNet2DModel`` (or any ``ModelMixin`` with its call signature) predicting the scheduler's
             ``prediction_type``; with a learned variance it has ``out_channels = 2 * in_channels``.
         scheduler: ``HFDDPMScheduler`` or any diffusers scheduler.
+        covariance_head: a :class:`CovarianceHead` fitted on this frozen UNet (``hf-ddpm fit-covariance``),
+            or None. It runs only when the scheduler's ``variance_type`` is "sn" or "npr", on the features
+            of the same UNet call; its output follows eps in the model output the scheduler gets.
         null_class_label: for a class-conditional UNet trained for classifier-free guidance (Ho & Salimans
             2022), the label that means "no class"; it is saved with the pipeline, guidance compares
             against it, and a call without ``class_labels`` samples with it (unconditionally). ``None``
@@ -201,7 +232,8 @@ class HFDDPMPipelineMixin:
             with the pipeline, so ``class_labels`` may then name classes (``["cats", "dogs"]``).
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->covariance_head"
+    _optional_components = ["covariance_head"]
     _callback_tensor_inputs = ["latents", "pred_original_sample", "model_output"]
 
     def __init__(
@@ -210,12 +242,16 @@ class HFDDPMPipelineMixin:
         scheduler: SchedulerMixin,
         null_class_label: int | None = None,
         class_names: Sequence[str] | None = None,
+        # ModelMixin, not CovarianceHead: a remote-code load imports the head's module twice (root and
+        # covariance_head/), and diffusers checks component types against this hint.
+        covariance_head: ModelMixin | None = None,
     ) -> None:
         super().__init__()
         check_unet_matches_scheduler(unet, scheduler)
+        check_covariance_head(unet, scheduler, covariance_head)
         check_null_class_label(unet, null_class_label)
         check_class_names(unet, null_class_label, class_names)
-        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_modules(unet=unet, scheduler=scheduler, covariance_head=covariance_head)
         self.register_to_config(
             null_class_label=None if null_class_label is None else int(null_class_label),
             class_names=None if class_names is None else list(class_names),
@@ -319,26 +355,43 @@ class HFDDPMPipelineMixin:
 
     # -------------------------------------------------------------------------------- the chain
 
+    def _sampling_head(self) -> CovarianceHead | None:
+        """The covariance head when the scheduler's variance type uses one ("sn", "npr"), else None:
+        resolved once per chain, since ``pipe.scheduler`` may have been swapped since construction."""
+        head = getattr(self, "covariance_head", None)
+        check_covariance_head(self.unet, self.scheduler, head)
+        variance_type = getattr(self.scheduler.config, "variance_type", None)
+        return head if variance_type in HEAD_VARIANCE_TYPES else None
+
+    def _unet_output(
+        self, x: torch.Tensor, t: torch.Tensor | int, labels: torch.Tensor | None, head: Any
+    ) -> torch.Tensor:
+        """One UNet call in float32; with a head, its output on that call's last feature map follows."""
+        kwargs = {} if labels is None else {"class_labels": labels}
+        if head is None:
+            return self.unet(x, t, **kwargs).sample.float()
+        return eps_and_head(self.unet, head, x, t, **kwargs)
+
     def _predict(
         self,
         latents: torch.Tensor,
         t: torch.Tensor | int,
         labels: torch.Tensor | None,
         guidance_scale: float,
+        head: CovarianceHead | None = None,
     ) -> torch.Tensor:
-        """The UNet's output at (x_t, t) in float32, with classifier-free guidance when
-        ``guidance_scale != 1``."""
+        """The model output at (x_t, t) in float32 (the UNet's, then ``head``'s if given), with
+        classifier-free guidance when ``guidance_scale != 1``."""
         x = self.scheduler.scale_model_input(latents, t).to(self.unet.dtype)
-        if labels is None:
-            return self.unet(x, t).sample.float()
-        if guidance_scale == 1.0:
-            return self.unet(x, t, class_labels=labels).sample.float()
+        if labels is None or guidance_scale == 1.0:
+            return self._unet_output(x, t, labels, head)
         null_labels = torch.full_like(labels, self._guidance_null_label())
-        both = self.unet(torch.cat([x, x]), t, class_labels=torch.cat([labels, null_labels])).sample
-        conditional, unconditional = both.float().chunk(2)
+        both = self._unet_output(torch.cat([x, x]), t, torch.cat([labels, null_labels]), head)
+        conditional, unconditional = both.chunk(2)
         channels = latents.shape[1]
-        # Guidance acts on the mean's parameterisation only; a learned variance is taken as predicted
-        # for the class (as in GLIDE), since extrapolating it can leave the allowed range.
+        # Guidance acts on the mean's parameterisation only; a learned variance (or a head's second
+        # moment) is taken as predicted for the class (as in GLIDE), since extrapolating it can leave
+        # the allowed range.
         guided = unconditional[:, :channels] + guidance_scale * (
             conditional[:, :channels] - unconditional[:, :channels]
         )
@@ -351,9 +404,11 @@ class HFDDPMPipelineMixin:
         labels: torch.Tensor | None,
         guidance_scale: float,
         generator: GeneratorArg,
+        head: CovarianceHead | None = None,
     ) -> tuple[Any, torch.Tensor]:
-        """One draw x_{t-1} ~ p_theta(x_{t-1} | x_t): the scheduler's step output and the model output."""
-        model_output = self._predict(latents, t, labels, guidance_scale)
+        """One draw x_{t-1} ~ p_theta(x_{t-1} | x_t): the scheduler's step output and the model output
+        (``head``: :meth:`_sampling_head`)."""
+        model_output = self._predict(latents, t, labels, guidance_scale, head)
         # A deterministic diffusers scheduler (UniPC) has no generator argument.
         noise = {"generator": generator} if _step_takes_generator(type(self.scheduler)) else {}
         return self.scheduler.step(model_output, t, latents, **noise), model_output
@@ -389,8 +444,11 @@ class HFDDPMPipelineMixin:
         tensor_names: list[str],
     ) -> torch.Tensor:
         """Ancestral sampling along ``self.scheduler.timesteps`` from ``latents`` (x at the first one)."""
+        head = self._sampling_head()
         for step_index, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            step, model_output = self._reverse_step(latents, t, labels, guidance_scale, generator)
+            step, model_output = self._reverse_step(
+                latents, t, labels, guidance_scale, generator, head
+            )
             latents = self._after_step(
                 callback, tensor_names, step_index, t, step.prev_sample, step, model_output
             )

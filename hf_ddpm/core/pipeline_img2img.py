@@ -20,6 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 # noqa imports below name what the modules it uses import in turn (shown in brackets).
 from .analytic import check_eps_second_moment  # noqa: F401  (imported by variance)
 from .covariance import x0_covariance  # noqa: F401  (imported by variance)
+from .covariance_head import CovarianceHead  # noqa: F401  (imported by pipeline_base)
 from .diffusion_tables import DiffusionTables  # noqa: F401  (imported by variance)
 from .edit_inputs import ImageArg
 from .model_card import MODEL_CARD  # noqa: F401  (imported by saving)

@@ -79,7 +79,10 @@ def pipeline_options(pipeline: Any) -> dict[str, Any]:
     return {
         name: value
         for name, value in pipeline.config.items()
-        if not name.startswith("_") and name not in pipeline.components and value is not None
+        if not name.startswith("_")
+        and name not in pipeline.components
+        and value is not None
+        and name not in getattr(pipeline, "_optional_components", ())
     }
 
 
@@ -125,7 +128,9 @@ def save_pipeline_folder(
         "_diffusers_version": diffusers.__version__,
     }
     for name, component in pipeline.components.items():
-        index[name] = _save_component(component, folder / name, variant)
+        # An absent optional component (no covariance head) keeps the folder's layout as it was.
+        if component is not None:
+            index[name] = _save_component(component, folder / name, variant)
     index.update(pipeline_options(pipeline))
     write_atomically(folder / MODEL_INDEX, json.dumps(index, indent=2, sort_keys=True) + "\n")
     card_fields = {
@@ -191,8 +196,13 @@ def write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a hidden partial file and ``os.replace``, so that a reader (or
     a crash) never sees half a file."""
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
+    try:
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(path)
+    except BaseException:
+        # A full disk: the old file stays whole, and no partial one is left beside it.
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def write_model_card(

@@ -23,11 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from hf_ddpm.data.held_out import ReferenceData, add_data_arguments, load_reference
-from hf_ddpm.sampling.samplers import DEFAULT_SAMPLING_STEPS, default_sampling_steps
+from hf_ddpm.sampling.sample_folder import read_samples
+from hf_ddpm.sampling.samplers import (
+    DEFAULT_SAMPLING_STEPS,
+    default_sampling_steps,
+    sampling_scheduler,
+)
+from hf_ddpm.sampling.sharding import ProcessGroup, image_seed
 
 from .bound import unconditional_label, unconditional_model
 from .features import (
@@ -40,7 +47,13 @@ from .features import (
     reference_statistics,
 )
 from .frechet import feature_statistics, frechet_distance
-from .nll import NLLResult, exact_nll, importance_sampled_nll, term_means_proposal
+from .nll import (
+    NLLResult,
+    combine_nll_results,
+    exact_nll,
+    importance_sampled_nll,
+    term_means_proposal,
+)
 
 __all__ = [
     "METRICS",
@@ -49,6 +62,7 @@ __all__ = [
     "add_arguments",
     "add_data_arguments",
     "build_extractors",
+    "card_eval_results",
     "evaluate_pipeline",
     "format_table",
     "sampling_steps",
@@ -56,6 +70,7 @@ __all__ = [
     "parse_metrics",
     "push_metrics_to_hub",
     "run",
+    "write_metrics_to_card",
 ]
 
 METRICS = ("nll", "fid", "fd-dinov2")
@@ -108,6 +123,12 @@ class EvaluationOptions:
             Fréchet samples when there are any; otherwise its images are drawn with ``grid_steps``.
         grid_steps: sampling steps of a grid drawn for its own sake; None for ``num_inference_steps`` if
             given, else ``default_sampling_steps(T)``: a preview, not a metric.
+        sampler, variance_type, timestep_spacing: how the Fréchet samples and the grid are drawn
+            (``--sampler`` etc., :func:`hf_ddpm.sampling.samplers.sampling_scheduler`); the nll metric is
+            always the bound of the model's own scheduler.
+        samples: score this sample folder or evaluators' ``.npz`` (``--samples``) instead of drawing.
+        samples_dir: draw the Fréchet samples into this sample folder (``--samples-dir``), which keeps
+            them and resumes them (:mod:`hf_ddpm.sampling.sample_folder`); in memory when None.
 
     Raises:
         ValueError: a bad metric name or a value out of range; the message names the option and its flag.
@@ -124,6 +145,11 @@ class EvaluationOptions:
     stats_cache_dir: str | Path | None = None
     grid_path: str | Path | None = None
     grid_steps: int | None = None
+    sampler: str = "ddpm"
+    variance_type: str | None = None
+    timestep_spacing: str | None = None
+    samples: str | Path | None = None
+    samples_dir: str | Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", parse_metrics(self.metrics))
@@ -180,33 +206,69 @@ def _model_resolution(pipe: Any) -> int:
     return int(size if isinstance(size, int) else size[0])
 
 
+def _to_float(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float (N, C, H, W) in [0, 1]: samples are scored as the 8-bit images that a
+    sample folder or an evaluators' .npz holds."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
+
+
 @torch.no_grad()
 def _generate(
-    pipe: Any, num_samples: int, batch_size: int, num_inference_steps: int, seed: int, desc: str
+    pipe: Any,
+    options: EvaluationOptions,
+    num_samples: int,
+    num_inference_steps: int,
+    group: ProcessGroup,
+    samples_dir: str | Path | None = None,
 ) -> torch.Tensor:
-    """``num_samples`` images in [0, 1], (N, C, H, W), from one CPU generator: reproducible on any device.
+    """This process's share (indices ``rank, rank + world, ...``) of ``num_samples`` images in [0, 1],
+    (n, C, H, W), drawn with the options' sampler. Image ``i`` has its own generator, so the images are
+    the same on any device, batch size and number of processes; with ``samples_dir`` they are kept in a
+    resumable sample folder."""
+    from hf_ddpm.sampling.sample_folder import (
+        SampleFolderJob,
+        pipeline_drawer,
+        unet_sha256,
+        write_sample_folder,
+    )
+    from hf_ddpm.sampling.unet_speed import unet_image_shape
 
-    One bar counts the images; the pipeline's own bar shows the steps of the batch being drawn.
-    """
-    generator = torch.Generator("cpu").manual_seed(seed)
-    pipe.set_progress_bar_config(desc=f"{num_inference_steps} steps", leave=False)
+    choice = sampling_scheduler(
+        pipe, options.sampler, options.variance_type, options.timestep_spacing
+    )
     # A class-conditional CFG model is judged as the model of p(x): its null label, like the NLL.
     null = unconditional_label(pipe.unet, getattr(pipe.config, "null_class_label", None))
-    batches = []
-    with tqdm(total=num_samples, desc=desc, unit="img", leave=False) as bar:
-        for start in range(0, num_samples, batch_size):
-            count = min(batch_size, num_samples - start)
-            labels = {} if null is None else {"class_labels": [null] * count}
-            out = pipe(
-                batch_size=count,
-                generator=generator,
-                num_inference_steps=num_inference_steps,
-                output_type="pt",
-                **labels,
-            )
-            batches.append(out.images.float().cpu())
-            bar.update(count)
-    return torch.cat(batches)
+    label_of = None if null is None else (lambda i: null)
+    own_scheduler, pipe.scheduler = pipe.scheduler, choice.scheduler
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        draw = pipeline_drawer(pipe, options.seed, num_inference_steps, label_of)
+        if samples_dir is not None:
+            settings = {
+                "unet_sha256": unet_sha256(pipe.unet),
+                "sampler": choice.description,
+                "num_inference_steps": num_inference_steps,
+                "seed": options.seed,
+                "class_label": null,
+                "guidance_scale": 1.0,
+                "image_shape": list(unet_image_shape(pipe.unet)),
+            }
+            job = SampleFolderJob(samples_dir, num_samples, options.batch_size, settings=settings)
+            write_sample_folder(draw, job, group)
+            return _to_float(read_samples(samples_dir, group, limit=num_samples))
+        mine = group.shard(range(num_samples))
+        batches = [
+            mine[i : i + options.batch_size] for i in range(0, len(mine), options.batch_size)
+        ]
+        bar = tqdm(total=len(mine), desc="sampling", unit="img", leave=False)
+        with bar:
+            drawn = []
+            for batch in batches:
+                drawn.append(draw(batch))
+                bar.update(len(batch))
+        return _to_float(np.concatenate(drawn))
+    finally:
+        pipe.scheduler = own_scheduler
 
 
 def save_grid(images: torch.Tensor, path: str | Path) -> Path:
@@ -250,6 +312,7 @@ def evaluate_pipeline(
     reference: ReferenceData,
     options: EvaluationOptions | None = None,
     extractors: dict[str, FeatureExtractor] | None = None,
+    group: ProcessGroup | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Evaluate ``pipe`` (an ``HFDDPMPipeline`` or any pipeline with ``unet`` and ``scheduler``).
@@ -260,6 +323,9 @@ def evaluate_pipeline(
         reference: held-out images (see :func:`load_reference`).
         options: what to compute (:class:`EvaluationOptions`); its defaults when None.
         extractors: feature extractors by metric; built by :func:`build_extractors` when missing.
+        group: the processes that share the work (:func:`hf_ddpm.sampling.sharding.process_group`):
+            each draws, extracts and bounds its share, and all of them get the whole report. One
+            process when None.
         **overrides: fields of :class:`EvaluationOptions` that replace those of ``options``, e.g.
             ``evaluate_pipeline(pipe, reference, metrics="nll", seed=1)``.
 
@@ -271,6 +337,7 @@ def evaluate_pipeline(
         ValueError: bad options, a resolution mismatch, or too many sampling steps for the scheduler.
     """
     options = dataclasses.replace(options or EvaluationOptions(), **overrides)
+    group = group or ProcessGroup()
     names, frechet = options.metrics, options.frechet_metrics
     resolution = _model_resolution(pipe)
     if reference.resolution != resolution:
@@ -291,31 +358,31 @@ def evaluate_pipeline(
     timings: dict[str, float] = {}
     if "nll" in names:
         start = time.perf_counter()
-        results["nll"] = _nll(pipe, reference, options).to_dict()
+        results["nll"] = _nll(pipe, reference, options, group).to_dict()
         timings["nll_s"] = time.perf_counter() - start
 
     samples = None
-    if frechet:
+    if options.samples is not None:
+        samples = _to_float(read_samples(options.samples, group))
+        _check_samples_shape(samples, reference, options.samples, group)
+    elif frechet:
         start = time.perf_counter()
-        samples = _generate(
-            pipe, options.num_samples, options.batch_size, steps, options.seed, "sampling"
-        )
+        samples = _generate(pipe, options, options.num_samples, steps, group, options.samples_dir)
         timings["sampling_s"] = time.perf_counter() - start
     for name in frechet:
-        results[name] = _frechet(extractors[name], samples, reference, resolution, options)
+        results[name] = _frechet(extractors[name], samples, reference, resolution, options, group)
 
     grid = None
     if options.grid_path is not None:
         if samples is None:
             start = time.perf_counter()
             count = min(options.num_samples, _GRID_MAX_IMAGES)
-            samples = _generate(
-                pipe, count, options.batch_size, grid_steps, options.seed, "sample grid"
-            )
+            samples = _generate(pipe, options, count, grid_steps, group)
             timings["grid_s"] = time.perf_counter() - start
         else:
             grid_steps = steps
-        grid = save_grid(samples, options.grid_path)
+        # The main process's share: every world-th image, up to 64.
+        grid = save_grid(samples, options.grid_path) if group.is_main else options.grid_path
     return {
         "metrics": results,
         "settings": {
@@ -330,12 +397,49 @@ def evaluate_pipeline(
             "batch_size": options.batch_size,
             "nll_estimator": _describe_estimator(options),
             "scheduler": type(pipe.scheduler).__name__,
+            "sampler": options.sampler,
+            "variance_type": options.variance_type,
+            "timestep_spacing": options.timestep_spacing,
         },
         "seed": options.seed,
-        "num_samples": options.num_samples if frechet else 0,
+        "num_samples": group.sum(len(samples)) if frechet and samples is not None else 0,
+        "samples": None if options.samples is None else str(options.samples),
+        "num_processes": group.world,
         "timings": timings,
         "sample_grid": None if grid is None else str(grid),
     }
+
+
+def _check_samples_shape(
+    samples: torch.Tensor, reference: ReferenceData, path: str | Path, group: ProcessGroup
+) -> None:
+    error = None
+    if len(samples) and samples.shape[1:] != reference.images.shape[1:]:
+        c, h, w = samples.shape[1:]
+        rc, rh, rw = reference.images.shape[1:]
+        error = ValueError(
+            f"--samples {path}: the images are {h}x{w}x{c} (H x W x C), the reference split's "
+            f"{rh}x{rw}x{rc}"
+        )
+    group.agree(error)
+
+
+def _gathered_features(
+    extractor: FeatureExtractor, images: torch.Tensor, batch_size: int, group: ProcessGroup
+) -> np.ndarray:
+    """Features of every process's share, gathered in index order (share r holds r, r + world, ...)."""
+    own = (
+        extract_features(extractor, _Batches(images, batch_size), desc=extractor.name).cpu()
+        if len(images)
+        else None
+    )
+    shares = [share for share in group.gather(own) if share is not None]
+    if not shares:
+        raise ValueError("no images to extract features from")
+    features = np.empty((sum(len(x) for x in shares), shares[0].shape[1]), dtype=np.float64)
+    for rank, share in enumerate(shares):
+        features[rank :: len(shares)] = share.double().numpy()
+    return features
 
 
 def _frechet(
@@ -344,18 +448,26 @@ def _frechet(
     reference: ReferenceData,
     resolution: int,
     options: EvaluationOptions,
+    group: ProcessGroup,
 ) -> dict[str, Any]:
     key = StatisticsKey(
         reference.name, reference.split, resolution, extractor.name, len(reference.images)
     )
-    ref_stats = reference_statistics(
-        key,
-        extractor,
-        lambda: _Batches(reference.images, options.batch_size, transform=lambda x: (x + 1) / 2),
-        cache_dir=options.stats_cache_dir,
-    )
+
+    def reference_stats() -> Any:
+        return reference_statistics(
+            key,
+            extractor,
+            lambda: _Batches(reference.images, options.batch_size, transform=lambda x: (x + 1) / 2),
+            cache_dir=options.stats_cache_dir,
+        )
+
+    # The main process fills the cache; the others then read it.
+    ref_stats = reference_stats() if group.is_main else None
+    group.barrier()
+    ref_stats = ref_stats or reference_stats()
     gen_stats = feature_statistics(
-        extract_features(extractor, _Batches(samples, options.batch_size), desc=extractor.name)
+        _gathered_features(extractor, samples, options.batch_size, group)
     )
     return {
         "value": frechet_distance(gen_stats, ref_stats),
@@ -397,31 +509,45 @@ def _describe_estimator(options: EvaluationOptions) -> str:
     return f"importance-sampled (K={options.nll_timesteps}, q(t): {source})"
 
 
-def _nll(pipe: Any, reference: ReferenceData, options: EvaluationOptions) -> NLLResult:
+def _nll(
+    pipe: Any, reference: ReferenceData, options: EvaluationOptions, group: ProcessGroup
+) -> NLLResult:
+    """The bound over the reference images, batch ``b`` drawing its noise from a generator seeded by
+    ``(seed, b)`` alone: the processes take every world-th batch and the result is the same for any
+    number of them."""
     device = pipe.unet.device
-    generator = torch.Generator(device).manual_seed(options.seed)
-    batches = _Batches(reference.images, options.batch_size, transform=lambda x: x.to(device))
-    common = {"num_bins": reference.num_bins, "generator": generator}
     model = unconditional_model(pipe.unet, getattr(pipe.config, "null_class_label", None))
-    if options.nll_timesteps is None:
-        return exact_nll(
-            model,
-            pipe.scheduler,
-            batches,
-            num_inference_steps=options.num_inference_steps,
-            **common,
-        )
     proposal = options.nll_proposal
-    if proposal is None and options.nll_proposal_images > 0:
+    if options.nll_timesteps is not None and proposal is None and options.nll_proposal_images > 0:
         # a generator of its own, so that building the proposal does not shift the estimate's draws
         x = reference.images[: options.nll_proposal_images].to(device)
         proposal_generator = torch.Generator(device).manual_seed(options.seed + 1)
         proposal = term_means_proposal(
             model, pipe.scheduler, x, proposal_generator, reference.num_bins
         )
-    return importance_sampled_nll(
-        model, pipe.scheduler, batches, options.nll_timesteps, proposal, **common
-    )
+    batches = reference.images.split(options.batch_size)
+    own = []
+    for b in group.shard(range(len(batches))):
+        common = {
+            "num_bins": reference.num_bins,
+            "generator": torch.Generator(device).manual_seed(image_seed(options.seed, b)),
+        }
+        x0 = [batches[b].to(device)]
+        if options.nll_timesteps is None:
+            result = exact_nll(
+                model,
+                pipe.scheduler,
+                x0,
+                num_inference_steps=options.num_inference_steps,
+                **common,
+            )
+        else:
+            result = importance_sampled_nll(
+                model, pipe.scheduler, x0, options.nll_timesteps, proposal, **common
+            )
+        own.append((b, result))
+    results = [r for _, r in sorted(pair for share in group.gather(own) for pair in share)]
+    return combine_nll_results(results)
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -453,15 +579,13 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}".rstrip() for r in rows)
 
 
-def push_metrics_to_hub(
-    repo_id: str, report: dict[str, Any], token: str | None = None, model_name: str | None = None
-) -> str:
-    """Add the report's metrics to the ``model-index`` of the Hub repo's model card.
+def card_eval_results(report: dict[str, Any]) -> list[Any]:
+    """The report's metrics as huggingface_hub ``EvalResult`` entries of a card's ``model-index``.
 
-    Results with the same task, dataset, split and metric type are replaced; others are kept. Returns the
-    commit URL.
+    Raises:
+        ValueError: the report has no metrics.
     """
-    from huggingface_hub import EvalResult, ModelCardData, metadata_update
+    from huggingface_hub import EvalResult
 
     settings = report["settings"]
     results = [
@@ -479,10 +603,40 @@ def push_metrics_to_hub(
     ]
     if not results:
         raise ValueError("the report has no metrics to push")
-    card_data = ModelCardData(model_name=model_name or repo_id.split("/")[-1], eval_results=results)
+    return results
+
+
+def write_metrics_to_card(folder: str | Path, report: dict[str, Any], model_name: str) -> Path:
+    """Put the report's metrics into the ``model-index`` of a saved folder's README.md (written
+    atomically), as :func:`push_metrics_to_hub` does on the Hub."""
+    from huggingface_hub import ModelCard
+
+    from hf_ddpm.core.model_card import MODEL_CARD
+
+    path = Path(folder) / MODEL_CARD
+    card = ModelCard.load(path)
+    card.data.model_name = model_name
+    card.data.eval_results = card_eval_results(report)
+    partial = path.with_name(f".{path.name}.partial")
+    card.save(partial)
+    partial.replace(path)
+    return path
+
+
+def push_metrics_to_hub(
+    repo_id: str, report: dict[str, Any], token: str | None = None, model_name: str | None = None
+) -> str:
+    """Add the report's metrics to the ``model-index`` of the Hub repo's model card.
+
+    Results with the same task, dataset, split and metric type are replaced; others are kept. Returns the
+    commit URL.
+    """
+    from huggingface_hub import ModelCardData, metadata_update
+
+    name = model_name or repo_id.split("/")[-1]
     return metadata_update(
         repo_id,
-        card_data.to_dict(),
+        ModelCardData(model_name=name, eval_results=card_eval_results(report)).to_dict(),
         overwrite=True,
         token=token,
         commit_message="Update evaluation metrics (hf-ddpm evaluate)",
@@ -506,6 +660,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--num-samples", type=int, default=1000, help="generated images for FID/FD (default: 1000)"
+    )
+    parser.add_argument(
+        "--samples",
+        default=None,
+        metavar="DIR_OR_NPZ",
+        help="score these images (a sample folder of hf-ddpm sample --output-dir, or an evaluators' "
+        ".npz with a uint8 arr_0) instead of drawing new ones",
+    )
+    parser.add_argument(
+        "--samples-dir",
+        default=None,
+        metavar="DIR",
+        help="draw the Fréchet samples into this sample folder, which keeps them; a rerun draws only "
+        "the missing ones",
     )
     parser.add_argument(
         "--batch-size", type=int, default=64, help="images per pipeline call and per NLL batch"
@@ -562,7 +730,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``hf-ddpm evaluate``. Bad input is raised (``ValueError``, ``FileNotFoundError``,
-    ``ImportError``) before any long loop, and cli.py reports it as one line with exit status 2."""
+    ``ImportError``) before any long loop, and cli.py reports it as one line with exit status 2.
+
+    Under torchrun or ``accelerate launch`` every process takes its share of the work; the main one
+    writes the report and pushes it."""
+    from hf_ddpm.sampling.sharding import process_group
+    from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed
+
+    if args.samples is not None and args.samples_dir is not None:
+        raise ValueError(
+            "--samples scores existing images and --samples-dir keeps the ones drawn: give one"
+        )
     options = EvaluationOptions(
         metrics=args.metrics,
         num_samples=args.num_samples,
@@ -573,11 +751,18 @@ def run(args: argparse.Namespace) -> int:
         nll_proposal_images=args.nll_proposal_images,
         stats_cache_dir=args.stats_cache_dir,
         grid_path=args.grid or None,
+        sampler=args.sampler,
+        variance_type=args.variance_type,
+        timestep_spacing=args.timestep_spacing,
+        samples=args.samples,
+        samples_dir=args.samples_dir,
     )
+    speed = UNetSpeed(args.dtype, args.compile, args.channels_last)
     repo_id = args.hub_model_id or (None if Path(args.model).exists() else args.model)
     if args.push_to_hub and repo_id is None:
         raise ValueError("--push-to-hub with a local folder needs --hub-model-id")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    group = process_group(args.device)
+    device = group.device
     extractors = build_extractors(
         options.metrics, args.dinov2_model, args.inception_weights, device
     )
@@ -588,7 +773,10 @@ def run(args: argparse.Namespace) -> int:
 
     pipe = HFDDPMPipeline.from_pretrained(args.model).to(device)
     sampling_steps(pipe, options)  # fail before the reference images are read
+    # and so does a sampler the model cannot honour
+    sampling_scheduler(pipe, options.sampler, options.variance_type, options.timestep_spacing)
     resolve_data_flags(args, "evaluate")
+    apply_unet_speed(pipe, speed, warmup_batch_size=options.batch_size)
     reference = load_reference(
         _model_resolution(pipe),
         args.dataset,
@@ -599,9 +787,12 @@ def run(args: argparse.Namespace) -> int:
         skip_bad_images=args.skip_bad_images,
     )
     output = Path(args.output)
-    report = evaluate_pipeline(pipe, reference, options, extractors)
+    report = evaluate_pipeline(pipe, reference, options, extractors, group=group)
     report["model"] = str(args.model)
     report["settings"]["device"] = str(device)
+    report["settings"]["unet"] = speed.describe()
+    if not group.is_main:
+        return 0
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial")
     partial.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -17,7 +17,8 @@ where every L_t is itself a one-sample Monte Carlo estimate over x_t ~ q(x_t | x
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from .bound import measure_noised_rows, variational_bound, vlb_terms_measure
 
 __all__ = [
     "NLLResult",
+    "combine_nll_results",
     "exact_nll",
     "importance_sampled_bound",
     "importance_sampled_nll",
@@ -97,6 +99,32 @@ def _summarise(
         estimator=estimator,
         timesteps_per_image=timesteps_per_image,
         per_image_bpd=total.numpy(),
+    )
+
+
+def combine_nll_results(results: Sequence[NLLResult]) -> NLLResult:
+    """One result over the images of ``results`` (parts of one set, in order, same estimator): the means
+    weighted by image counts, the standard error from all per-image totals."""
+    if not results:
+        raise ValueError("no images to evaluate the NLL on")
+    if len(results) == 1:
+        return results[0]
+    counts = np.array([r.num_images for r in results], dtype=np.float64)
+
+    def mean(name: str) -> float:
+        return float(np.dot(counts, [getattr(r, name) for r in results]) / counts.sum())
+
+    total = np.concatenate([r.per_image_bpd for r in results])
+    n = len(total)
+    return dataclasses.replace(
+        results[0],
+        bpd=float(total.mean()),
+        bpd_stderr=float(total.std(ddof=1) / n**0.5) if n > 1 else float("nan"),
+        prior_bpd=mean("prior_bpd"),
+        rate_bpd=mean("rate_bpd"),
+        distortion_bpd=mean("distortion_bpd"),
+        num_images=n,
+        per_image_bpd=total,
     )
 
 

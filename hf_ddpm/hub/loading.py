@@ -150,9 +150,13 @@ def load_pipeline(
         **components: ready-made components (``unet=...``, ``scheduler=...``) that replace saved ones.
     """
     parameters = inspect.signature(pipeline_class.__init__).parameters
-    # Components have no default; options (e.g. null_class_label) do, and are read from the index.
-    expected = [n for n, p in parameters.items() if n != "self" and p.default is p.empty]
-    options = [n for n, p in parameters.items() if n != "self" and p.default is not p.empty]
+    # Components have no default, or are optional components (None when the index has none); options
+    # (e.g. null_class_label) have a default, and are read from the index.
+    optional = set(getattr(pipeline_class, "_optional_components", ()))
+    expected = [
+        n for n, p in parameters.items() if n != "self" and (p.default is p.empty or n in optional)
+    ]
+    options = [n for n, p in parameters.items() if n not in ("self", *expected)]
     unknown = sorted(set(components) - set(expected) - set(options))
     if unknown:
         raise TypeError(
@@ -172,6 +176,8 @@ def load_pipeline(
     loaded.update((n, index[n]) for n in options if n in index and n not in components)
     for name in expected:
         if name in loaded:
+            continue
+        if name in optional and (name not in index or index[name][0] is None):
             continue
         if name not in index:
             raise ValueError(

@@ -14,6 +14,7 @@ import PIL.Image
 import torch
 
 from hf_ddpm.data.image_grid import save_png_atomically
+from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed
 
 from .sample import load_for_sampling, resolve_class_label
 
@@ -127,12 +128,13 @@ def write_row(images: np.ndarray, output: Path) -> None:
 
 
 def open_edit(args: argparse.Namespace, pipeline_class: type) -> tuple[Any, np.ndarray, Path]:
-    """The model as ``pipeline_class`` on ``--device``, the ``--image`` read for it, and the checked
-    ``--output`` path."""
+    """The model as ``pipeline_class`` on ``--device`` (its UNet as ``--dtype``, ``--compile`` and
+    ``--channels-last`` say), the ``--image`` read for it, and the checked ``--output`` path."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     output = check_output_path(args.output)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = pipeline_class.from_pipe(load_for_sampling(args.model)).to(device)
+    apply_unet_speed(pipe, UNetSpeed(args.dtype, args.compile, args.channels_last))
     return pipe, read_image(args.image, "--image", pipe), output
 
 

@@ -1,4 +1,5 @@
-"""``hf-ddpm sample``: draw images from a pipeline and save them as one grid image."""
+"""``hf-ddpm sample``: draw images from a pipeline and save them as one grid image, or as a sample folder
+(one PNG per image, over many processes, resumable: :mod:`hf_ddpm.sampling.sample_folder`)."""
 
 from __future__ import annotations
 
@@ -17,15 +18,44 @@ from hf_ddpm.sampling.samplers import (
     default_sampling_steps,
     sampling_scheduler,
 )
+from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed, unet_image_shape
 
 logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``hf-ddpm sample`` options of its own; the model, device, seed, threads and sampling flags are
-    cli.py's shared ones."""
-    parser.add_argument("--output", default="samples.png", help="grid image to write (PNG)")
-    parser.add_argument("--num-images", type=int, default=16, help="images in the grid (>= 1)")
+    """The ``hf-ddpm sample`` options of its own; the model, device, seed, threads, sampling and speed
+    flags are cli.py's shared ones."""
+    parser.add_argument(
+        "--output", default=None, help="grid image to write (PNG; default: samples.png)"
+    )
+    parser.add_argument(
+        "--num-images", type=int, default=16, help="images in the grid or the folder (>= 1)"
+    )
+    folder = parser.add_argument_group(
+        "sample folders: one PNG per image, split over the processes of torchrun or accelerate "
+        "launch, resumable"
+    )
+    folder.add_argument(
+        "--output-dir",
+        default=None,
+        metavar="DIR",
+        help="write DIR/000000.png ... instead of a grid; a rerun draws only the missing images",
+    )
+    folder.add_argument(
+        "--batch-size", type=int, default=64, help="images per pipeline call on each process"
+    )
+    folder.add_argument(
+        "--npz",
+        action="store_true",
+        help="also write DIR/samples_NxHxWxC.npz (uint8 arr_0), the format of improved-diffusion's "
+        "and guided-diffusion's evaluators",
+    )
+    folder.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a folder drawn with other settings instead of refusing",
+    )
 
 
 def _untrained_pipeline() -> Any:
@@ -175,18 +205,102 @@ def sample_grid(
     return image_grid(images)
 
 
+def _model_name(model: str | None) -> str:
+    """What a sample folder records as the model: the name given, a local folder resolved."""
+    if model is None:
+        bundled = bundled_model_path()
+        return "untrained" if bundled is None else str(bundled)
+    return str(Path(model).resolve()) if Path(model).exists() else model
+
+
+def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
+    from hf_ddpm.sampling.sample_folder import (
+        SampleFolderJob,
+        pipeline_drawer,
+        unet_sha256,
+        write_sample_folder,
+    )
+    from hf_ddpm.sampling.sharding import process_group
+
+    group = process_group(args.device)
+    pipeline = load_for_sampling(args.model).to(group.device)
+    choice = sampling_scheduler(pipeline, args.sampler, args.variance_type, args.timestep_spacing)
+    pipeline.scheduler = choice.scheduler
+    steps = args.num_inference_steps or default_sampling_steps(
+        pipeline.scheduler.config.num_train_timesteps
+    )
+    check_sample_options(
+        pipeline, args.num_images, steps, args.seed, args.class_label, args.guidance_scale
+    )
+    settings = {
+        "model": _model_name(args.model),
+        "unet_sha256": unet_sha256(pipeline.unet),
+        "sampler": choice.description,
+        "num_inference_steps": steps,
+        "seed": args.seed,
+        "class_label": args.class_label,
+        "guidance_scale": args.guidance_scale,
+        "image_shape": list(unet_image_shape(pipeline.unet)),
+        "dtype": speed.dtype,
+    }
+    job = SampleFolderJob(
+        Path(args.output_dir),
+        args.num_images,
+        args.batch_size,
+        settings=settings,
+        npz=args.npz,
+        overwrite=args.overwrite,
+    )
+    classes = num_classes(pipeline)
+    label_of = None
+    if classes is not None:
+        label = args.class_label
+        label_of = (lambda i: label) if label is not None else (lambda i: i % classes)
+    guided = label_of is not None and args.guidance_scale != 1.0
+    batch = min(args.batch_size, -(-args.num_images // group.world))
+    apply_unet_speed(pipeline, speed, warmup_batch_size=batch * (2 if guided else 1))
+    pipeline.set_progress_bar_config(disable=True)  # the folder's one bar counts the images
+    if group.is_main:
+        logger.info(
+            "sampling %d images into %s on %d process(es): %s, %d steps, UNet in %s",
+            args.num_images,
+            job.output_dir,
+            group.world,
+            choice.description,
+            steps,
+            speed.describe(),
+        )
+    draw = pipeline_drawer(pipeline, args.seed, steps, label_of, args.guidance_scale)
+    report = write_sample_folder(draw, job, group)
+    if group.is_main:
+        kept = f", {report.kept} kept from an earlier run" if report.kept else ""
+        npz = f"; {report.npz_path}" if report.npz_path else ""
+        print(
+            f"wrote {args.num_images} samples to {job.output_dir} ({report.drawn} drawn now{kept}){npz}"
+        )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``hf-ddpm sample``; user errors are raised and cli.py reports them."""
     from hf_ddpm.data.image_grid import save_png_atomically
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    output = Path(args.output)
+    speed = UNetSpeed(args.dtype, args.compile, args.channels_last)
+    if args.output_dir is not None:
+        if args.output is not None:
+            raise ValueError(
+                "--output writes one grid and --output-dir one PNG per image: give one of them"
+            )
+        return _run_folder(args, speed)
+    output = Path(args.output or "samples.png")
     if output.suffix.lower() != ".png":
         raise ValueError(f"--output must be a .png file, got {output}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipeline = load_for_sampling(args.model).to(device)
     choice = sampling_scheduler(pipeline, args.sampler, args.variance_type, args.timestep_spacing)
     pipeline.scheduler = choice.scheduler
+    apply_unet_speed(pipeline, speed, warmup_batch_size=args.num_images)
     grid = sample_grid(
         pipeline,
         description=choice.description,

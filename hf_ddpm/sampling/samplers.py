@@ -15,10 +15,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hf_ddpm.core.pipeline_base import check_covariance_head, expected_unet_out_channels
 from hf_ddpm.core.schedules import SPACINGS
 from hf_ddpm.core.scheduling import TIMESTEP_SPACINGS, HFDDPMScheduler
 from hf_ddpm.core.scheduling_ddim import DDIM_VARIANCE_TYPES, HFDDIMScheduler
-from hf_ddpm.core.variance import LEARNED_VARIANCE_TYPES, VARIANCE_TYPE_NAMES, AnalyticVariance
+from hf_ddpm.core.variance import (
+    HEAD_VARIANCE_TYPES,
+    LEARNED_VARIANCE_TYPES,
+    VARIANCE_TYPE_NAMES,
+    AnalyticVariance,
+)
 
 # Steps a command samples with when not told (capped at T): `hf-ddpm sample`, the Fréchet samples and grid
 # of `hf-ddpm evaluate`, and the sample grids of `hf-ddpm train`. One place, so a benchmark's choice
@@ -42,9 +48,13 @@ def default_sampling_steps_in_words() -> str:
 def sampling_variance_type(config: Mapping[str, Any]) -> str:
     """The variance a model samples with unless told otherwise: "analytic" where its scheduler config
     carries ``eps_second_moment`` (Analytic-DPM's optimal variance, Bao et al. 2022 Theorem 1, the better
-    one at few steps), else its own ``variance_type``. A learned variance keeps what it learned."""
+    one at few steps), else its own ``variance_type``. A learned variance keeps what it learned, and a
+    covariance head's per-pixel variance ("sn", "npr") is kept over the scalar analytic one."""
     own = config["variance_type"]
-    if config.get("eps_second_moment") is None or own in LEARNED_VARIANCE_TYPES:
+    if config.get("eps_second_moment") is None or own in (
+        *LEARNED_VARIANCE_TYPES,
+        *HEAD_VARIANCE_TYPES,
+    ):
         return own
     return AnalyticVariance.name
 
@@ -198,7 +208,12 @@ def sampling_scheduler(
     try:
         scheduler = entry.build(config, variance, spacing)
         channels = getattr(scheduler, "model_output_channels", None)
-        needed = channels(pipeline.unet.config.in_channels) if channels else None
+        needed = (
+            expected_unet_out_channels(scheduler, pipeline.unet.config.in_channels)
+            if channels
+            else None
+        )
+        check_covariance_head(pipeline.unet, scheduler, getattr(pipeline, "covariance_head", None))
     except ValueError as error:
         raise ValueError(f"{flags}: {error}") from error
     if needed is not None and needed != pipeline.unet.config.out_channels:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from hf_ddpm.sampling.sharding import multi_process_without_accelerator
 
 from .determinism import INIT, EpochBatchSampler, derive_seed
 from .train_config import RESUME_FROM_HUB, TrainConfig
@@ -52,15 +53,6 @@ def load_training_data(config: TrainConfig) -> ImageDataset:
         skip_bad_images=config.skip_bad_images,
         class_from_folders=config.class_from_folders,
     )
-
-
-def multi_process_without_accelerator() -> bool:
-    """True under a multi-process launch (torchrun sets WORLD_SIZE) on a machine without GPU/XPU/MPS.
-
-    accelerate only picks its gloo MULTI_CPU mode when told ``cpu=True``; otherwise every process
-    silently trains alone on its own copy.
-    """
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:

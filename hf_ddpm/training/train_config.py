@@ -47,8 +47,15 @@ RESUMABLE_OPTIONS = frozenset(
         "grid",
         "calibrate",
         "calibrate_images",
+        "covariance_head",
+        "covariance_head_steps",
         "num_samples",
         "sample_steps",
+        "eval_every",
+        "eval_metrics",
+        "eval_samples",
+        "eval_images",
+        "eval_steps",
         "logger",
         "log_every",
         "push_to_hub",
@@ -196,13 +203,37 @@ class TrainConfig:
         "bundled model the 10-step optimal trajectory from 16 is within 0.013 bits/dim of the one "
         "from 64 (docs/analytic-dpm.md)",
     )
+    covariance_head: str | None = _opt(
+        None,
+        "fit SN-DDPM's (sn) or NPR-DDPM's (npr) per-pixel covariance head on the EMA model at the end, "
+        "as `hf-ddpm fit-covariance` does; the saved model then samples with it",
+        type=str,
+    )
+    covariance_head_steps: int = _opt(
+        2000, "optimizer steps of the end-of-training covariance head fit (--covariance-head)"
+    )
     num_samples: int = _opt(16, "images in each sample grid")
     sample_steps: int | None = _opt(
         None,
         f"respaced sampling steps of the grids (default: {default_sampling_steps_in_words()})",
         type=int,
     )
-    logger: str = _opt("tensorboard", "experiment tracker")
+    eval_every: int = _opt(
+        0,
+        "steps between evaluations of the EMA model, as hf-ddpm evaluate (0: none); logged and, the "
+        "last one, written into the model card",
+    )
+    eval_metrics: str = _opt(
+        "nll", "what --eval-every measures: nll, fid, fd-dinov2, comma-separated"
+    )
+    eval_samples: int = _opt(1000, "samples of each evaluation's Fréchet distances")
+    eval_images: int = _opt(100, "held-out images (the test split) of each evaluation")
+    eval_steps: int | None = _opt(
+        None,
+        "sampling steps of each evaluation's samples, and the K-step chain its nll bounds (default: T)",
+        type=int,
+    )
+    logger: str = _opt("tensorboard", "experiment tracker: tensorboard or none")
     log_every: int = _opt(
         10,
         "steps between reads of the loss from the device: logs, progress bar and the NaN check "
@@ -221,6 +252,22 @@ class TrainConfig:
         None, "Hub token (default: the logged-in one); never saved", type=str
     )
 
+    def _check_covariance_head(self) -> None:
+        from hf_ddpm.core.variance import HEAD_VARIANCE_TYPES, LEARNED_VARIANCE_TYPES
+
+        if self.covariance_head is None:
+            return
+        if self.covariance_head not in HEAD_VARIANCE_TYPES:
+            raise ValueError(
+                f"--covariance-head {self.covariance_head!r} is not one of {', '.join(HEAD_VARIANCE_TYPES)}"
+            )
+        if self.variance_type in LEARNED_VARIANCE_TYPES:
+            raise ValueError(
+                f"--covariance-head {self.covariance_head} (hf-ddpm fit-covariance at the end) needs a "
+                f"UNet that predicts the mean only; --variance-type {self.variance_type} learns the "
+                "variance itself"
+            )
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option and its allowed values."""
         from hf_ddpm.core.diffusion_tables import check_num_inference_steps
@@ -234,6 +281,7 @@ class TrainConfig:
                 raise ValueError(
                     f"--{_flag(name)} {getattr(self, name)!r} is not one of {', '.join(allowed)}"
                 )
+        self._check_covariance_head()
         at_least = {
             "resolution": 1,
             "batch_size": 1,
@@ -245,8 +293,12 @@ class TrainConfig:
             "sample_every": 0,
             "num_samples": 1,
             "calibrate_images": 1,
+            "covariance_head_steps": 1,
             "dataloader_num_workers": 0,
             "log_every": 1,
+            "eval_every": 0,
+            "eval_images": 1,
+            "eval_steps": 1,
         }
         for name, low in at_least.items():
             if getattr(self, name) is not None and getattr(self, name) < low:
@@ -264,8 +316,25 @@ class TrainConfig:
             )
         if self.sample_steps is not None:
             check_num_inference_steps(self.sample_steps, self.num_train_timesteps, "--sample-steps")
+        if self.eval_every:
+            from hf_ddpm.evaluation.evaluate import parse_metrics
+
+            try:
+                metrics = parse_metrics(self.eval_metrics)
+            except ValueError as error:
+                raise ValueError(str(error).replace("--metrics", "--eval-metrics")) from None
+            if set(metrics) - {"nll"} and self.eval_samples < 2:
+                raise ValueError(
+                    f"--eval-samples must be >= 2 for a Fréchet distance, got {self.eval_samples}"
+                )
+            if self.eval_steps is not None:
+                check_num_inference_steps(self.eval_steps, self.num_train_timesteps, "--eval-steps")
         if not self.learning_rate > 0:
             raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if not self.max_grad_norm > 0:
+            raise ValueError(f"--max-grad-norm must be > 0, got {self.max_grad_norm}")
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
+            raise ValueError(f"--min-snr-gamma must be > 0, got {self.min_snr_gamma}")
         if not 0.0 <= self.class_dropout < 1.0:
             raise ValueError(f"--class-dropout must be in [0, 1), got {self.class_dropout}")
         if not 0.0 <= self.ema_decay < 1.0:

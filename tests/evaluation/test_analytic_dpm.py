@@ -539,12 +539,17 @@ def test_evaluate_reports_the_k_step_bound_and_refuses_importance_sampling_on_it
         pipeline, reference, metrics="nll", num_inference_steps=4, batch_size=4, seed=3
     )
     nll = report["metrics"]["nll"]
-    gen = torch.Generator().manual_seed(3)
+    from hf_ddpm.sampling.sharding import image_seed
+
     bounds = [
         variational_bound(
-            pipeline.unet, pipeline.scheduler, x, generator=gen, num_inference_steps=4
+            pipeline.unet,
+            pipeline.scheduler,
+            x,
+            generator=torch.Generator().manual_seed(image_seed(3, b)),  # batch b's own
+            num_inference_steps=4,
         )
-        for x in reference.images.split(4)
+        for b, x in enumerate(reference.images.split(4))
     ]
     assert bounds[0].terms_bpd.shape == (4, 4)
     assert nll["bpd"] == pytest.approx(float(torch.cat([b.total_bpd for b in bounds]).mean()))

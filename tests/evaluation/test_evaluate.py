@@ -204,11 +204,14 @@ def test_cli_end_to_end(saved_pipeline, tiny_dinov2, tmp_path, capsys):
     from hf_ddpm.data.image_datasets import collate, load_image_dataset, preprocess
     from hf_ddpm.evaluation.features import DinoV2Features
     from hf_ddpm.evaluation.frechet import feature_statistics, frechet_distance
+    from hf_ddpm.sampling.sharding import image_seed
 
     out = tmp_path / "eval" / "report.json"
     argv = [
         "evaluate",
         str(saved_pipeline),
+        "--dataset",
+        "mnist-5k",
         "--metrics",
         "nll,fd-dinov2",
         "--dinov2-model",
@@ -248,8 +251,13 @@ def test_cli_end_to_end(saved_pipeline, tiny_dinov2, tmp_path, capsys):
     data = load_image_dataset("mnist-5k", split="test")
     ds = preprocess(data, 8)
     x0 = collate([ds[i] for i in range(12)])["pixel_values"]
-    gen = torch.Generator().manual_seed(3)
-    bounds = [variational_bound(pipe.unet, pipe.scheduler, x, generator=gen) for x in x0.split(6)]
+    # batch b's noise comes from its own generator, seeded by (seed, b): the same on any process count
+    bounds = [
+        variational_bound(
+            pipe.unet, pipe.scheduler, x, generator=torch.Generator().manual_seed(image_seed(3, b))
+        )
+        for b, x in enumerate(x0.split(6))
+    ]
     nll = report["metrics"]["nll"]
     assert nll["bpd"] == pytest.approx(
         float(torch.cat([b.total_bpd for b in bounds]).mean()), rel=1e-6
@@ -258,12 +266,14 @@ def test_cli_end_to_end(saved_pipeline, tiny_dinov2, tmp_path, capsys):
     assert nll["distortion_bpd"] == pytest.approx(float(distortion), rel=1e-6)
     assert nll["num_images"] == 12 and nll["estimator"] == "exact"
 
+    # image i from its own generator, scored as the 8-bit image a sample folder holds
     samples = pipe(
         batch_size=6,
-        generator=torch.Generator().manual_seed(3),
+        generator=[torch.Generator().manual_seed(image_seed(3, i)) for i in range(6)],
         num_inference_steps=10,
         output_type="pt",
     ).images
+    samples = torch.round(samples * 255) / 255
     extractor = DinoV2Features(tiny_dinov2, device="cpu")
     with pytest.warns(UserWarning):
         expected = frechet_distance(
@@ -370,16 +380,13 @@ def test_python_api_fid_path_and_sampled_nll(saved_pipeline, tmp_path):
     assert report["settings"]["nll_estimator"] == expected
     assert "FID" in format_table(report) and report["sample_grid"] is None
 
-    # recompute independently: the same generator drawn through two batches of 4, features by hand
-    sample_gen = torch.Generator().manual_seed(5)
-    samples = torch.cat(
-        [
-            pipe(
-                batch_size=4, generator=sample_gen, num_inference_steps=10, output_type="pt"
-            ).images
-            for _ in range(2)
-        ]
-    )
+    # recompute independently: image i from its own generator, all in one batch, features by hand
+    from hf_ddpm.sampling.sharding import image_seed
+
+    generators = [torch.Generator().manual_seed(image_seed(5, i)) for i in range(8)]
+    samples = pipe(
+        batch_size=8, generator=generators, num_inference_steps=10, output_type="pt"
+    ).images
     to_uint8 = lambda x: (x * 255).round().to(torch.uint8).expand(-1, 3, -1, -1)  # noqa: E731
     ref_stats = feature_statistics(_MeanPoolInception()(to_uint8((images + 1) / 2)))
     gen_stats = feature_statistics(_MeanPoolInception()(to_uint8(samples)))
@@ -438,9 +445,10 @@ def test_nll_of_a_class_conditional_model_is_that_of_its_null_label(tmp_path):
     def null_label_model(x_t, t):
         return unet(x_t, t, class_labels=torch.full((x_t.shape[0],), 2)).sample
 
-    expected = variational_bound(
-        null_label_model, pipe.scheduler, images, generator=torch.Generator().manual_seed(5)
-    )
+    from hf_ddpm.sampling.sharding import image_seed
+
+    generator = torch.Generator().manual_seed(image_seed(5, 0))  # batch 0's own
+    expected = variational_bound(null_label_model, pipe.scheduler, images, generator=generator)
     assert report["metrics"]["nll"]["bpd"] == pytest.approx(
         expected.total_bpd.mean().item(), rel=1e-5
     )
@@ -474,6 +482,8 @@ def _nll_argv(model, tmp_path, *extra):
     return [
         "evaluate",
         str(model),
+        "--dataset",
+        "mnist-5k",
         "--metrics",
         "nll",
         "--max-reference-images",
@@ -522,7 +532,7 @@ def test_grid_when_asked_is_a_preview_in_few_steps(
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["settings"]["grid_inference_steps"] == DEFAULT_SAMPLING_STEPS < 200
     assert report["sample_grid"] == str(grid) and Image.open(grid).size == (16, 16)
-    assert "sample grid" in capsys.readouterr().err  # its own progress bar
+    assert "sampling" in capsys.readouterr().err  # its own progress bar
 
     calls.clear()
     argv = _nll_argv(long_chain_pipeline, tmp_path, "--grid", str(grid), "--num-samples", "1")

@@ -258,3 +258,78 @@ def test_more_diffusers_samplers_run_and_draw_the_same_with_the_same_seed(
     assert np.array_equal(grids[0], grids[1])
     if sampler == "dpm-solver++-sde":
         assert not np.array_equal(grids[0], grids[2])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--num-images", "0"], "--num-images must be >= 1, got 0"),
+        (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+        (["--dtype", "float16", "--device", "cpu"], "--dtype float16 is not supported on CPU"),
+        (["--output", "x.png"], "--output writes one grid and --output-dir one PNG per image"),
+    ],
+)
+def test_sample_folder_bad_input_is_one_line_naming_the_flag(
+    tmp_path, tiny_unet, capsys, extra, message
+):
+    model = _save(tmp_path, tiny_unet)
+    argv = ["sample", str(model), "--output-dir", str(tmp_path / "s"), "--num-inference-steps", "2"]
+    assert cli.main([*argv, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hf-ddpm sample: error: ") and message in err
+    assert "\n" not in err
+
+
+def test_an_unwritable_output_dir_is_one_line_naming_it(tmp_path, tiny_unet, capsys):
+    model = _save(tmp_path, tiny_unet)
+    (tmp_path / "file").write_text("x")
+    target = tmp_path / "file" / "sub"
+    argv = ["sample", str(model), "--output-dir", str(target), "--num-inference-steps", "2"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--output-dir {target}: cannot create it" in err and "\n" not in err
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_exit_1(
+    tmp_path, tiny_unet, capsys, monkeypatch
+):
+    import errno
+
+    model = _save(tmp_path, tiny_unet)
+
+    def full(self, fp, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    folder = tmp_path / "s"
+    argv = ["sample", str(model), "--output-dir", str(folder), "--num-inference-steps", "2"]
+    assert cli.main([*argv, "--num-images", "2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert (
+        err
+        == f"hf-ddpm sample: error: could not write {folder / '000000.png'}: No space left on device"
+    )
+
+
+def test_a_rerun_with_other_settings_is_refused_in_one_line(tmp_path, tiny_unet, capsys):
+    model = _save(tmp_path, tiny_unet)
+    argv = ["sample", str(model), "--output-dir", str(tmp_path / "s"), "--num-images", "2"]
+    assert cli.main([*argv, "--num-inference-steps", "2"]) == 0
+    capsys.readouterr()
+    assert cli.main([*argv, "--num-inference-steps", "3", "--seed", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        "num_inference_steps 2 (folder) vs 3 (now)" in err and "seed 0 (folder) vs 1 (now)" in err
+    )
+    assert cli.main([*argv, "--num-inference-steps", "3", "--seed", "1", "--overwrite"]) == 0
+
+
+def test_guided_sampling_makes_one_unet_call_per_step_for_both_halves(tmp_path, tiny_unet):
+    pipe = HFDDPMPipeline(
+        unet=tiny_unet(num_class_embeds=4), scheduler=HFDDPMScheduler(num_train_timesteps=10)
+    )
+    batches = []
+    forward = pipe.unet.forward
+    pipe.unet.forward = lambda x, *a, **k: batches.append(x.shape[0]) or forward(x, *a, **k)
+    pipe(batch_size=3, class_labels=[0, 1, 2], guidance_scale=2.0, num_inference_steps=4)
+    assert batches == [6, 6, 6, 6]

@@ -22,6 +22,7 @@ from diffusers.utils.torch_utils import randn_tensor
 # noqa imports below name what the modules it uses import in turn (shown in brackets).
 from .analytic import check_eps_second_moment  # noqa: F401  (imported by variance)
 from .covariance import x0_covariance  # noqa: F401  (imported by variance)
+from .covariance_head import CovarianceHead  # noqa: F401  (imported by pipeline_base)
 from .diffusion_tables import DiffusionTables  # noqa: F401  (imported by forward_process)
 from .edit_inputs import ImageArg
 from .forward_process import q_transition_sample
@@ -137,6 +138,7 @@ class HFDDPMInpaintPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
         alpha_bars = self.scheduler.alphas_cumprod.double()
 
         latents = noise()
+        head = self._sampling_head()
         step_index = 0
         with self.progress_bar(total=len(levels) - 1) as progress:
             for level, next_level in zip(levels, levels[1:]):
@@ -154,7 +156,7 @@ class HFDDPMInpaintPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
                         # After a jump the chain is no longer where the scheduler's step index says.
                         self.scheduler.set_begin_index(num_inference_steps - level)
                     step, model_output = self._reverse_step(
-                        latents, t, labels, guidance_scale, generator
+                        latents, t, labels, guidance_scale, generator, head
                     )
                     if next_level == 0:
                         known = x0

@@ -12,11 +12,27 @@ import os
 import shlex
 import shutil
 import tempfile
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 from .model_card import MODEL_CARD, retarget_card
 from .saving import MODEL_INDEX, save_pipeline_folder, write_atomically
+
+# What a model folder's upload leaves out, as upload_folder's glob patterns (matched against the path
+# relative to the folder, where * also matches /): training and covariance-head checkpoints (optimizer state, hundreds of MB
+# for ddpm-cifar10), logs (they grow), and hidden entries (partial writes, checkpoint upload staging).
+# The one definition: push_folder_to_hub's default, its retry command, and what `hf-ddpm calibrate
+# --output` copies (uploaded_files).
+UPLOAD_EXCLUDED = ("checkpoint-*", "covariance-head/*", "logs/*", ".*")
+
+
+def uploaded_files(folder: str | os.PathLike) -> list[str]:
+    """The files of ``folder`` that :func:`push_folder_to_hub` uploads by default, as sorted relative
+    POSIX paths."""
+    folder = Path(folder)
+    relative = (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return sorted(r for r in relative if not any(fnmatch(r, x) for x in UPLOAD_EXCLUDED))
 
 
 class HubPushError(RuntimeError):
@@ -48,9 +64,10 @@ def push_folder_to_hub(
 ) -> str:
     """Create ``repo_id`` if needed and upload ``folder`` to it in one commit; return the commit URL.
 
-    The training command calls this for its output folder, leaving out its checkpoints and logs through
-    ``ignore_patterns`` (glob patterns, as ``upload_folder`` takes them). The card's title and usage
-    snippets are pointed at ``repo_id`` first (:func:`retarget_card`).
+    ``ignore_patterns`` (glob patterns, as ``upload_folder`` takes them) defaults to
+    ``UPLOAD_EXCLUDED``: a training output folder uploads as its pipeline, without checkpoints and logs
+    (:func:`uploaded_files`). The card's title and usage snippets are pointed at ``repo_id`` first
+    (:func:`retarget_card`).
 
     Raises:
         HubPushError: on any network or Hub error. The folder is left as it was, and the message says
@@ -59,6 +76,8 @@ def push_folder_to_hub(
     from huggingface_hub import HfApi
 
     folder = Path(folder)
+    if ignore_patterns is None:
+        ignore_patterns = list(UPLOAD_EXCLUDED)
     if not (folder / MODEL_INDEX).is_file():
         raise FileNotFoundError(
             f"No {MODEL_INDEX} in {folder}: push a folder written by save_pretrained."
@@ -84,19 +103,24 @@ def push_folder_to_hub(
             f"Nothing local was lost: the pipeline is saved in {folder.resolve()}. Once the Hub can be "
             "reached (and your token can write there), retry from a shell with huggingface_hub's CLI "
             "(installed with diffusers; it creates the repo if needed):\n"
-            f"    {_retry_command(folder, repo_id, private, create_pr, ignore_patterns)}",
+            f"    {upload_command(folder, repo_id, private, create_pr, ignore_patterns)}",
             folder.resolve(),
         ) from error
     return str(commit.commit_url)
 
 
-def _retry_command(
-    folder: Path, repo_id: str, private: bool, create_pr: bool, ignore_patterns: list[str] | None
+def upload_command(
+    folder: str | os.PathLike,
+    repo_id: str,
+    private: bool = False,
+    create_pr: bool = False,
+    ignore_patterns: list[str] | None = None,
 ) -> str:
-    """The ``hf upload`` command that uploads ``folder`` as :func:`push_folder_to_hub` would."""
-    words = ["hf", "upload", repo_id, str(folder.resolve()), "."]
+    """The ``hf upload`` command that uploads ``folder`` as :func:`push_folder_to_hub` would (by default
+    leaving out ``UPLOAD_EXCLUDED``)."""
+    words = ["hf", "upload", repo_id, str(Path(folder).resolve()), "."]
     words += ["--private"] * private + ["--create-pr"] * create_pr
-    for pattern in ignore_patterns or []:
+    for pattern in UPLOAD_EXCLUDED if ignore_patterns is None else ignore_patterns:
         words += ["--exclude", pattern]
     return shlex.join(words)
 
