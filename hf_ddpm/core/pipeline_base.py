@@ -13,7 +13,9 @@ library at module level). Loading without remote code is the installed package's
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -204,6 +206,11 @@ def check_generator(generator: GeneratorArg, batch_size: int) -> None:
             f"generator is a list of {len(generator)} generators, but batch_size is {batch_size}: "
             "pass one generator per image, or a single generator."
         )
+
+
+@functools.cache
+def _step_takes_generator(scheduler_class: type) -> bool:
+    return "generator" in inspect.signature(scheduler_class.step).parameters
 
 
 class HFDDPMPipelineMixin:
@@ -405,7 +412,9 @@ class HFDDPMPipelineMixin:
         """One draw x_{t-1} ~ p_theta(x_{t-1} | x_t): the scheduler's step output and the model output
         (``head``: :meth:`_sampling_head`)."""
         model_output = self._predict(latents, t, labels, guidance_scale, head)
-        return self.scheduler.step(model_output, t, latents, generator=generator), model_output
+        # A deterministic diffusers scheduler (UniPC) has no generator argument.
+        noise = {"generator": generator} if _step_takes_generator(type(self.scheduler)) else {}
+        return self.scheduler.step(model_output, t, latents, **noise), model_output
 
     def _after_step(
         self,

@@ -237,6 +237,29 @@ def test_bad_sampling_choices_are_one_line_errors(tmp_path, tiny_unet, capsys, e
     assert not (tmp_path / "g.png").exists()
 
 
+@pytest.mark.parametrize("sampler", ["unipc", "dpm-solver++-sde"])
+def test_more_diffusers_samplers_run_and_draw_the_same_with_the_same_seed(
+    tmp_path, tiny_unet, sampler
+):
+    """UniPC (deterministic: its step takes no generator) and SDE-DPM-Solver++ (stochastic) run through
+    the pipeline; the same seed draws the same grid, another seed another one for the SDE."""
+    import numpy as np
+
+    model = _save(tmp_path, tiny_unet)
+    grids = []
+    for seed in ("1", "1", "2"):
+        out = tmp_path / f"{sampler}-{seed}-{len(grids)}.png"
+        argv = ["sample", "--model", str(model), "--output", str(out), "--num-images", "2"]
+        assert (
+            cli.main([*argv, "--num-inference-steps", "4", "--sampler", sampler, "--seed", seed])
+            == 0
+        )
+        grids.append(np.asarray(Image.open(out), dtype=np.int16))
+    assert np.array_equal(grids[0], grids[1])
+    if sampler == "dpm-solver++-sde":
+        assert not np.array_equal(grids[0], grids[2])
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
