@@ -20,6 +20,7 @@ from digit_quality import DigitJudge, generate, measure
 
 from hf_ddpm import HFDDPMPipeline
 from hf_ddpm.data.image_grid import image_grid
+from hf_ddpm.sampling.samplers import DEFAULT_SAMPLING_STEPS
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "bundled-model.md"
 MARK = "\n## Evaluation\n"
@@ -61,7 +62,10 @@ def main() -> None:
     parser.add_argument("--hardware", required=True)
     parser.add_argument("--wall-time", required=True)
     parser.add_argument(
-        "--steps", type=int, default=100, help="sampling steps for the measurements"
+        "--steps",
+        type=int,
+        default=DEFAULT_SAMPLING_STEPS,
+        help="sampling steps for the measurements",
     )
     parser.add_argument("--guidance-scale", type=float, default=2.0)
     parser.add_argument("--num-samples", type=int, default=256)

@@ -12,7 +12,8 @@ wrong answer cannot win. Sections:
 - NLL: ``hf_ddpm.variational_bound`` (T terms, batched across timesteps) vs a naive loop of T batch-B calls
   (improved-diffusion's ``calc_bpd_loop``);
 - sampling: ``HFDDPMPipeline`` vs ``DDPMPipeline`` with the same UNet weights, seed and steps;
-- training: hf_ddpm's training step vs a loop written like diffusers' ``train_unconditional.py`` example;
+- training: hf_ddpm's own ``TrainingStep.optimizer_step`` vs a loop written like diffusers'
+  ``train_unconditional.py`` example (both in benchmarks/harness.py);
 - peak memory of each contender, measured in a fresh subprocess (see ``_probe_memory``).
 
 The JSON (``--json``) holds every figure; the table on stdout is the summary. docs/benchmarks.md explains them.
@@ -37,7 +38,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import harness
 import torch
+from harness import DiffusersExampleTraining, PackageTraining, build_unet, fmt, render_table
 
 # Benchmarks never touch the network (set before diffusers imports huggingface_hub).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -47,21 +50,16 @@ MIB = 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
-class Sizes:
+class Sizes(harness.Sizes):
     """Problem sizes of one mode; ``full`` is what docs/benchmarks.md reports."""
 
     step_shape: tuple[int, int, int, int]
     step_timesteps: int
     step_repeats: int  # full T-step loops per contender; the first is the warm-up
     step_block: int  # steps timed per contender before switching to the next
-    resolution: int
     channels: int
-    sample_batch: int
     sample_steps: tuple[int, ...]
     sample_repeats: tuple[int, ...]  # timed runs per contender for each entry of sample_steps
-    train_batch: int
-    train_warmup: int
-    train_steps: int
     nll_images: int
     nll_timesteps: int
     nll_repeats: int
@@ -134,15 +132,7 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 
 def _unet(sizes: Sizes, seed: int = 0) -> Any:
-    from diffusers import UNet2DModel
-
-    torch.manual_seed(seed)
-    return UNet2DModel(
-        sample_size=sizes.resolution,
-        in_channels=sizes.channels,
-        out_channels=sizes.channels,
-        **UNET_CONFIG,
-    ).eval()
+    return build_unet(sizes.resolution, sizes.channels, config=UNET_CONFIG, seed=seed)
 
 
 def _data(sizes: Sizes, batch: int, seed: int) -> torch.Tensor:
@@ -467,120 +457,23 @@ def bench_sampling(sizes: Sizes) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- training
 
 
-class _OursTraining:
-    """hf_ddpm's training step: what ``hf-ddpm train`` does per optimizer step, less data loading and logs.
-
-    Built by hf_ddpm.training.train.prepare_training and driven through a TrainingStep (its
-    ``micro_step``, then the LR-scheduler step and EMA update) on a given batch."""
-
-    def __init__(self, sizes: Sizes, workdir: str) -> None:
-        from hf_ddpm.training.step import TrainingStep
-        from hf_ddpm.training.train import TrainConfig, prepare_training
-
-        config_path = os.path.join(workdir, "unet.json")
-        with open(config_path, "w", encoding="utf-8") as f:
-            json.dump(UNET_CONFIG, f)
-        config = TrainConfig(
-            dataset="sklearn-digits",  # the smallest bundled set: only its channel count is used
-            resolution=sizes.resolution,
-            batch_size=sizes.train_batch,
-            unet_config=config_path,
-            output_dir=os.path.join(workdir, "ours"),
-            logger="none",
-            checkpoint_every=0,
-            sample_every=0,
-            dataloader_num_workers=0,
-            max_steps=10**9,
-        )
-        self.setup, _ = prepare_training(config)
-        self.training_step = TrainingStep(self.setup)
-        self.channels = self.setup.data.channels
-
-    def initial_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.clone() for k, v in self.setup.unwrapped.state_dict().items()}
-
-    def step(self, x0: torch.Tensor) -> float:
-        setup = self.setup
-        loss = self.training_step.micro_step({"pixel_values": x0}).item()
-        setup.lr_scheduler.step()
-        setup.ema.update(setup.unwrapped)
-        return loss
+# Training runs on grey images (one channel), as the figures in docs/benchmarks.md were measured.
+TRAIN_CHANNELS = 1
 
 
-class _DiffusersExampleTraining:
-    """A loop equivalent to diffusers' examples/unconditional_image_generation/train_unconditional.py.
-
-    Per step: randn noise, uniform integer timesteps, ``DDPMScheduler.add_noise``, UNet forward, MSE to the
-    noise, ``accelerator.backward``, grad-norm clip 1, optimizer and LR-scheduler step, zero_grad, EMAModel
-    step with warm-up, and ``loss.item()`` for the log. One deviation, for identical work: the optimizer
-    is ``Adam`` like hf_ddpm's (the example uses AdamW with weight decay 1e-6, which costs the same)."""
-
-    def __init__(
-        self,
-        state: dict[str, torch.Tensor],
-        unet_config: dict[str, Any],
-        mixed_precision: str = "no",
-    ) -> None:
-        from accelerate import Accelerator
-        from diffusers import DDPMScheduler, UNet2DModel
-        from diffusers.optimization import get_scheduler
-        from diffusers.training_utils import EMAModel
-
-        self.accelerator = Accelerator(mixed_precision=mixed_precision)
-        unet = UNet2DModel.from_config(unet_config)
-        unet.load_state_dict(state)
-        optimizer = torch.optim.Adam(unet.parameters(), lr=2e-4)
-        lr_scheduler = get_scheduler(
-            "cosine", optimizer, num_warmup_steps=500, num_training_steps=10**6
-        )
-        self.unet, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
-            unet, optimizer, lr_scheduler
-        )
-        self.ema = EMAModel(
-            self.unet.parameters(),
-            decay=0.9999,
-            use_ema_warmup=True,
-            inv_gamma=1.0,
-            power=3 / 4,
-            model_cls=UNet2DModel,
-            model_config=unet.config,
-        )
-        self.noise_scheduler = DDPMScheduler(num_train_timesteps=1000)
-        self.unet.train()
-
-    def step(self, x0: torch.Tensor) -> float:
-        import torch.nn.functional as F
-
-        acc = self.accelerator
-        noise = torch.randn(x0.shape, device=x0.device)
-        timesteps = torch.randint(
-            0, self.noise_scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device
-        )
-        noisy = self.noise_scheduler.add_noise(x0, noise, timesteps)
-        with acc.accumulate(self.unet):
-            output = self.unet(noisy, timesteps).sample
-            loss = F.mse_loss(output.float(), noise.float())
-            acc.backward(loss)
-            if acc.sync_gradients:
-                acc.clip_grad_norm_(self.unet.parameters(), 1.0)
-            self.optimizer.step()
-            self.lr_scheduler.step()
-            self.optimizer.zero_grad()
-        if acc.sync_gradients:
-            self.ema.step(self.unet.parameters())
-        return loss.detach().item()
-
-
-def _training_contenders(sizes: Sizes, workdir: str) -> tuple[_OursTraining, Any, torch.Tensor]:
-    ours = _OursTraining(sizes, workdir)
-    unet_config = dict(ours.setup.unet_config)
-    theirs = _DiffusersExampleTraining(ours.initial_state(), unet_config)
-    shape = (sizes.train_batch, ours.channels, sizes.resolution, sizes.resolution)
+def _training_contenders(
+    sizes: Sizes, workdir: str
+) -> tuple[PackageTraining, DiffusersExampleTraining, torch.Tensor]:
+    ours = PackageTraining(
+        workdir, sizes.resolution, TRAIN_CHANNELS, sizes.train_batch, unet_config=UNET_CONFIG
+    )
+    theirs = DiffusersExampleTraining(ours.initial_state(), dict(ours.setup.unet_config))
+    shape = (sizes.train_batch, TRAIN_CHANNELS, sizes.resolution, sizes.resolution)
     x0 = torch.rand(shape, generator=torch.Generator().manual_seed(11)) * 2 - 1
     return ours, theirs, x0
 
 
-def _same_objective(ours: _OursTraining, theirs: Any, x0: torch.Tensor) -> float:
+def _same_objective(ours: PackageTraining, theirs: Any, x0: torch.Tensor) -> float:
     """|our L_simple - F.mse_loss| on one forward pass of the same weights, x_t and t."""
     import torch.nn.functional as F
 
@@ -611,7 +504,9 @@ def bench_training(sizes: Sizes) -> dict[str, Any]:
             # Step by step, alternating which goes first.
             for name, contender in contenders if i % 2 == 0 else contenders[::-1]:
                 start = time.perf_counter()
-                losses[name] = contender.step(x0)
+                losses[name] = float(
+                    contender.step(x0)
+                )  # each step's loss read, as diffusers' logs it
                 if i >= sizes.train_warmup:
                     times[name].append(time.perf_counter() - start)
     for name, loss in losses.items():
@@ -752,10 +647,6 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- main
 
 
-def _fmt(value: float | None, unit: str = "", digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}{unit}"
-
-
 def _table(result: dict[str, Any]) -> str:
     rows = [("figure", "hf_ddpm", "diffusers / other", "ratio")]
     step = result.get("scheduler_step")
@@ -764,17 +655,17 @@ def _table(result: dict[str, Any]) -> str:
         rows.append(
             (
                 "scheduler step, us/step",
-                _fmt(us["hf_ddpm"], digits=1),
-                _fmt(us["diffusers"], digits=1),
-                f"speedup {_fmt(step['speedup'])}x",
+                fmt(us["hf_ddpm"], digits=1),
+                fmt(us["diffusers"], digits=1),
+                f"speedup {fmt(step['speedup'])}x",
             )
         )
         rows.append(
             (
                 "  vs floor (randn + fma)",
-                _fmt(step["floor_ratio"], "x"),
-                _fmt(step["diffusers_floor_ratio"], "x"),
-                f"floor {_fmt(us['floor'], ' us', 1)}",
+                fmt(step["floor_ratio"], unit="x"),
+                fmt(step["diffusers_floor_ratio"], unit="x"),
+                f"floor {fmt(us['floor'], 1, ' us')}",
             )
         )
     sampling = result.get("sampling")
@@ -784,9 +675,9 @@ def _table(result: dict[str, Any]) -> str:
             rows.append(
                 (
                     f"sampling {steps} steps, s",
-                    _fmt(seconds["hf_ddpm"]["median"]),
-                    _fmt(seconds["diffusers"]["median"]),
-                    f"speedup {_fmt(entry['speedup'])}x",
+                    fmt(seconds["hf_ddpm"]["median"]),
+                    fmt(seconds["diffusers"]["median"]),
+                    f"speedup {fmt(entry['speedup'])}x",
                 )
             )
     training = result.get("training")
@@ -795,9 +686,9 @@ def _table(result: dict[str, Any]) -> str:
         rows.append(
             (
                 "training, images/s",
-                _fmt(ips["hf_ddpm"], digits=1),
-                _fmt(ips["diffusers"], digits=1),
-                f"speedup {_fmt(training['speedup'])}x",
+                fmt(ips["hf_ddpm"], digits=1),
+                fmt(ips["diffusers"], digits=1),
+                f"speedup {fmt(training['speedup'])}x",
             )
         )
     nll = result.get("nll")
@@ -805,9 +696,9 @@ def _table(result: dict[str, Any]) -> str:
         rows.append(
             (
                 f"NLL T={nll['num_train_timesteps']}, images/s",
-                _fmt(nll["images_per_s"], digits=3),
-                f"naive {_fmt(nll['naive_images_per_s'], digits=3)}",
-                f"chunking {_fmt(nll['chunking_speedup'])}x",
+                fmt(nll["images_per_s"], digits=3),
+                f"naive {fmt(nll['naive_images_per_s'], digits=3)}",
+                f"chunking {fmt(nll['chunking_speedup'])}x",
             )
         )
     memory = result.get("memory") or {}
@@ -816,17 +707,14 @@ def _table(result: dict[str, Any]) -> str:
         rows.append(
             (
                 f"peak RSS growth {section}, MiB",
-                _fmt(contenders[names[0]]["peak_growth_mib"], digits=1),
+                fmt(contenders[names[0]]["peak_growth_mib"], digits=1),
                 ", ".join(
-                    f"{n} {_fmt(contenders[n]['peak_growth_mib'], digits=1)}" for n in names[1:]
+                    f"{n} {fmt(contenders[n]['peak_growth_mib'], digits=1)}" for n in names[1:]
                 ),
                 "",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return render_table(rows)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -4,14 +4,17 @@
         --ks 10,25,50,100,1000 --cache docs/few-step-cells.json --json docs/few-step.json \
         --plot docs/few-step.png
 
-Samplers, all on the same UNet and its null label (the model of p(x)):
+Samplers, all on the same UNet and its null label (the model of p(x)), one per entry of ``hf-ddpm
+sample``'s registry (``hf_ddpm.sampling.samplers.SAMPLERS``, built as the command line builds it), a
+sampler with variance choices once per variance type a fixed-variance model runs:
 - ``fixed_small`` / ``fixed_large``: HFDDPMScheduler with Ho et al.'s two fixed variances;
 - ``analytic``: Analytic-DDPM's optimal variance (Bao et al. 2022) on the same even spacing;
-- ``analytic-optimal``: the same variance on the optimal trajectory (``timestep_spacing="optimal"``);
 - ``ddim``: diffusers' DDIMScheduler, eta = 0;
 - ``dpm-solver++``: diffusers' DPMSolverMultistepScheduler, DPM-Solver++ 2M;
-- ``dpm-solver++-optimal``: the same on Analytic-DPM's optimal trajectory, passed as diffusers' ``timesteps=``
-  (DDIMScheduler takes no custom timesteps in diffusers 0.42).
+
+and two on Analytic-DPM's optimal trajectory: ``analytic-optimal`` (``timestep_spacing="optimal"``) and
+``dpm-solver++-optimal`` (passed as diffusers' ``timesteps=``; DDIMScheduler takes no custom timesteps in
+diffusers 0.42).
 
 Per sampler and K: the digit judge's Fréchet distance and confident share on ``--num-samples``
 unconditional samples (benchmarks/digit_quality.py), the K-step variational bound in bits/dim on
@@ -28,41 +31,71 @@ import json
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from digit_quality import DigitJudge, generate, real_digits
 
-SAMPLERS = (
-    "fixed_small",
-    "fixed_large",
-    "analytic",
-    "analytic-optimal",
-    "ddim",
-    "dpm-solver++",
-    "dpm-solver++-optimal",
-)
-_BOUNDED = {"fixed_small", "fixed_large", "analytic", "analytic-optimal"}
+# The contenders also measured on Analytic-DPM's optimal trajectory, as "<name>-optimal".
+_ON_OPTIMAL_TRAJECTORY = ("analytic", "dpm-solver++")
+_OPTIMAL = "optimal"
 
 
-def scheduler_for(name: str, config: dict):
-    """The scheduler of sampler ``name``, from the model's own scheduler config; diffusers' samplers
-    are built as ``hf-ddpm sample --sampler`` builds them."""
-    from hf_ddpm import HFDDPMScheduler
+@dataclass(frozen=True)
+class Contender:
+    """One row of the tables: a registry sampler, its variance type (None: it has none to choose, and
+    defines no bound) and whether its timesteps are the optimal trajectory."""
+
+    sampler: str
+    variance_type: str | None = None
+    optimal: bool = False
+
+
+def _fixed_variance_types(names: tuple[str, ...]) -> list[str]:
+    """The variance types a fixed-variance model runs, each formula once: the bundled UNet has no variance
+    channels, and diffusers' ``*_log`` names are the same formulas as their plain ones here."""
+    from hf_ddpm.core.variance import VARIANCE_TYPES
+
+    formulas: dict = {}
+    for name in names:
+        variance = VARIANCE_TYPES.get(name)
+        if variance is None or not variance.learned:
+            formulas.setdefault(getattr(variance, "columns", name), name)
+    return list(formulas.values())
+
+
+def contenders() -> dict[str, Contender]:
+    """Every sampler of ``hf-ddpm sample``'s registry, by the name the tables give it: ddpm's by its
+    variance type, another sampler with variance choices as ``sampler-variance``."""
     from hf_ddpm.sampling.samplers import SAMPLERS
 
-    diffusers_sampler, optimal = name.removesuffix("-optimal"), name.endswith("-optimal")
-    if diffusers_sampler in SAMPLERS and not SAMPLERS[diffusers_sampler].variance_types:
-        entry = SAMPLERS[diffusers_sampler]
-        scheduler = entry.build(config, None, config["timestep_spacing"])
-        if optimal:
-            _use_optimal_timesteps(scheduler, config)
-        return scheduler
-    variance, _, spacing = name.partition("-")
-    overrides = {"variance_type": variance}
-    if spacing:
-        overrides["timestep_spacing"] = spacing
-    return HFDDPMScheduler.from_config(config, **overrides)
+    rows: dict[str, Contender] = {}
+    for name, entry in SAMPLERS.items():
+        if not entry.variance_types:
+            rows[name] = Contender(name)
+        for variance in _fixed_variance_types(entry.variance_types):
+            rows[variance if name == "ddpm" else f"{name}-{variance}"] = Contender(name, variance)
+    for name in _ON_OPTIMAL_TRAJECTORY:
+        if name in rows:
+            rows[f"{name}-{_OPTIMAL}"] = Contender(
+                rows[name].sampler, rows[name].variance_type, True
+            )
+    return rows
+
+
+def scheduler_for(contender: Contender, config: dict):
+    """The contender's scheduler, from the model's own scheduler config, built by its registry entry as
+    ``hf-ddpm sample --sampler`` builds it."""
+    from hf_ddpm.sampling.samplers import SAMPLERS
+
+    entry = SAMPLERS[contender.sampler]
+    own_spacing = contender.optimal and _OPTIMAL in entry.timestep_spacings
+    spacing = _OPTIMAL if own_spacing else config["timestep_spacing"]
+    scheduler = entry.build(config, contender.variance_type, spacing)
+    if contender.optimal and not own_spacing:
+        _use_optimal_timesteps(scheduler, config)
+    return scheduler
 
 
 def _use_optimal_timesteps(scheduler, config: dict) -> None:
@@ -80,10 +113,12 @@ def _use_optimal_timesteps(scheduler, config: dict) -> None:
     scheduler.set_timesteps = set_timesteps
 
 
-def measure_samples(pipeline, judge, name, k, args) -> dict:
+def measure_samples(pipeline, judge, name, contender, k, args) -> dict:
     """Judge figures and wall time of ``--num-samples`` unconditional samples in K steps."""
-    scheduler = scheduler_for(name, dict(pipeline.scheduler.config))
-    pipeline = type(pipeline)(unet=pipeline.unet, scheduler=scheduler)
+    scheduler = scheduler_for(contender, dict(pipeline.scheduler.config))
+    pipeline = type(pipeline)(
+        unet=pipeline.unet, scheduler=scheduler, covariance_head=pipeline.covariance_head
+    )
     pipeline.set_progress_bar_config(disable=True)
     start = time.perf_counter()
     images = generate(pipeline, args.num_samples, k, args.seed)
@@ -96,14 +131,27 @@ def measure_samples(pipeline, judge, name, k, args) -> dict:
     }
 
 
-def measure_bound(pipeline, name, k, args, held_out) -> dict:
-    """The K-step variational bound of sampler ``name``'s chain on the held-out digits."""
+def measure_bound(pipeline, contender, k, args, held_out) -> dict:
+    """The K-step variational bound of the contender's chain on the held-out digits."""
     from hf_ddpm import variational_bound
-    from hf_ddpm.evaluation.bound import unconditional_model
+    from hf_ddpm.core.covariance_head import eps_and_head
+    from hf_ddpm.core.variance import HEAD_VARIANCE_TYPES
+    from hf_ddpm.evaluation.bound import unconditional_label, unconditional_model
+
+    model = unconditional_model(pipeline.unet, pipeline.config.null_class_label)
+    if contender.variance_type in HEAD_VARIANCE_TYPES:
+        # SN / NPR: eps and the head's second moment from one UNet call, as the pipeline samples.
+        label = unconditional_label(pipeline.unet, pipeline.config.null_class_label)
+
+        def model(x_t, t):
+            labels = torch.full((len(x_t),), label, dtype=torch.long)
+            return eps_and_head(
+                pipeline.unet, pipeline.covariance_head, x_t, t, class_labels=labels
+            )
 
     bound = variational_bound(
-        unconditional_model(pipeline.unet, pipeline.config.null_class_label),
-        scheduler_for(name, dict(pipeline.scheduler.config)),
+        model,
+        scheduler_for(contender, dict(pipeline.scheduler.config)),
         held_out,
         generator=torch.Generator().manual_seed(args.seed),
         num_inference_steps=k,
@@ -181,7 +229,8 @@ def main() -> None:
     parser.add_argument(
         "--model", default=None, help="a pipeline folder or repo; the bundled model"
     )
-    parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    rows = contenders()
+    parser.add_argument("--samplers", default=",".join(rows))
     parser.add_argument("--ks", default="10,25,50,100,1000")
     parser.add_argument("--num-samples", type=int, default=128)
     parser.add_argument("--nll-images", type=int, default=100, help="held-out digits; 0 skips")
@@ -195,9 +244,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     samplers = [s for s in args.samplers.split(",") if s]
-    unknown = sorted(set(samplers) - set(SAMPLERS))
+    unknown = sorted(set(samplers) - set(rows))
     if unknown:
-        parser.error(f"--samplers: unknown {unknown}; choose from {', '.join(SAMPLERS)}")
+        parser.error(f"--samplers: unknown {unknown}; choose from {', '.join(rows)}")
     ks = [int(k) for k in args.ks.split(",")]
     cells = _load(args.cache)
     if not args.table_only:
@@ -214,10 +263,12 @@ def main() -> None:
             for name in samplers:
                 key = f"{name}@{k}"
                 try:
+                    contender = rows[name]
                     if key not in cells:
-                        cells[key] = measure_samples(pipeline, judge, name, k, args)
-                    if name in _BOUNDED and args.nll_images and "nll_bpd" not in cells[key]:
-                        cells[key].update(measure_bound(pipeline, name, k, args, held_out))
+                        cells[key] = measure_samples(pipeline, judge, name, contender, k, args)
+                    bounded = contender.variance_type is not None
+                    if bounded and args.nll_images and "nll_bpd" not in cells[key]:
+                        cells[key].update(measure_bound(pipeline, contender, k, args, held_out))
                 except (ValueError, TypeError) as error:  # e.g. an uncalibrated analytic variance
                     print(f"{key}: not measured yet: {error}")
                     continue

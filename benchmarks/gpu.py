@@ -6,9 +6,10 @@
 Ho et al. (2020)'s 35.7M ``ddpm-cifar10`` UNet (hf_ddpm.training.unet_presets), randomly initialised (the cost does not
 depend on the weights), on synthetic 32x32 RGB data:
 
-- training images/s at batch 128: hf_ddpm's step in fp32, bf16 autocast, and bf16 + channels_last +
-  ``torch.compile`` + fused Adam, against a loop written like diffusers' ``train_unconditional.py`` example
-  (fp32 and bf16 through accelerate), with peak memory and achieved TFLOP/s;
+- training images/s at batch 128: hf_ddpm's own ``TrainingStep`` (benchmarks/harness.py; channels_last
+  and fused Adam on CUDA, as ``hf-ddpm train`` runs) in fp32, bf16 (``--mixed-precision bf16``), and bf16 +
+  ``torch.compile`` (``--compile``), against a loop written like diffusers' ``train_unconditional.py``
+  example (fp32 and bf16 through accelerate), with peak memory and achieved TFLOP/s;
 - sampling 256 images x 1000 steps: ``HFDDPMPipeline`` plain (fp32) and fast (bf16 UNet, channels_last,
   ``torch.compile(mode="reduce-overhead")``, i.e. CUDA graphs), against ``DDPMPipeline``;
 - issue 19, per UNet call: images/s of 256 images x 100 steps with ``hf-ddpm sample``'s UNet options (fp32,
@@ -42,8 +43,11 @@ import torch
 
 # Benchmarks never touch the network (set before diffusers imports huggingface_hub).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/cpu.py
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/harness.py
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # hf_ddpm
+
+import harness  # noqa: E402
+from harness import DiffusersExampleTraining, PackageTraining, fmt, render_table  # noqa: E402
 
 TRAIN_GOAL_IMAGES_PER_S = 3000.0
 TRAIN_ANCHOR_IMAGES_PER_S = 21 * 128  # Ho et al.: 21 steps/s x batch 128 on a TPU v3-8
@@ -53,16 +57,11 @@ IMAGE_ATOL = 1e-3  # fp32 pipelines must agree this closely (images in [0, 1])
 
 
 @dataclasses.dataclass(frozen=True)
-class Sizes:
+class Sizes(harness.Sizes):
     preset: str
-    resolution: int
-    train_batch: int
-    train_warmup: int
-    train_steps: int
     compile_warmup: (
         int  # extra warm-up steps for compiled configurations (compilation, CUDA graphs)
     )
-    sample_batch: int
     sample_steps: int
     matmul_size: int
     matmul_iters: int
@@ -70,8 +69,32 @@ class Sizes:
     scale_steps: int = 100
 
 
-FULL = Sizes("ddpm-cifar10", 32, 128, 5, 30, 3, 256, 1000, 8192, 50)
-SMOKE = Sizes("tiny", 8, 2, 1, 1, 0, 2, 3, 128, 2, scale_batch=2, scale_steps=3)
+FULL = Sizes(
+    preset="ddpm-cifar10",
+    resolution=32,
+    train_batch=128,
+    train_warmup=5,
+    train_steps=30,
+    compile_warmup=3,
+    sample_batch=256,
+    sample_steps=1000,
+    matmul_size=8192,
+    matmul_iters=50,
+)
+SMOKE = Sizes(
+    preset="tiny",
+    resolution=8,
+    train_batch=2,
+    train_warmup=1,
+    train_steps=1,
+    compile_warmup=0,
+    sample_batch=2,
+    sample_steps=3,
+    matmul_size=128,
+    matmul_iters=2,
+    scale_batch=2,
+    scale_steps=3,
+)
 # Issue 19: images/s of hf-ddpm sample's UNet options (hf_ddpm.sampling.unet_speed, the code the CLI runs)
 # against DDPMPipeline, and the wall time of SCALE_SAMPLES samples extrapolated from them.
 SCALE_CONFIGS = ("diffusers", "fp32", "bf16", "bf16-compile-cl")
@@ -115,13 +138,7 @@ def _peak_gib(device: torch.device) -> float | None:
 
 
 def _unet(sizes: Sizes, device: torch.device) -> Any:
-    from hf_ddpm.training.unet_presets import build_unet, unet_config
-
-    torch.manual_seed(0)
-    config = unet_config(
-        sizes.preset, None, resolution=sizes.resolution, in_channels=3, out_channels=3
-    )
-    return build_unet(config).to(device)
+    return harness.build_unet(sizes.resolution, 3, preset=sizes.preset, device=device)
 
 
 def _forward_flops(unet: Any, sizes: Sizes, device: torch.device) -> float:
@@ -157,79 +174,30 @@ def _calibrate(sizes: Sizes, device: torch.device) -> dict[str, Any]:
     }
 
 
-class _HFDDPMTrainStep:
-    """hf_ddpm's training step, as ``hf_ddpm.training.step.TrainingStep.micro_step`` does it, with each speed option
-    explicit: noise from a device generator, t from ``UniformSampler`` on the host copied without a sync
-    (``hf_ddpm.data.image_datasets.to_device``), ``HFDDPMScheduler.add_noise`` and ``training_loss`` (L_simple), grad-norm
-    clip 1, Adam, ``hf_ddpm.training.ema.EMA`` update. Like ``hf-ddpm train``, it returns the loss as a device
-    tensor, read back in batches, not with a per-step ``.item()``."""
-
-    def __init__(
-        self,
-        sizes: Sizes,
-        device: torch.device,
-        bf16: bool,
-        channels_last: bool,
-        compile_model: bool,
-        fused_adam: bool,
-    ) -> None:
-        from hf_ddpm.core.scheduling import HFDDPMScheduler
-        from hf_ddpm.training.ema import EMA
-        from hf_ddpm.training.timestep_sampler import UniformSampler
-
-        unet = _unet(sizes, device).train()
-        if channels_last:
-            unet = unet.to(memory_format=torch.channels_last)
-        self.unet = unet
-        self.model = torch.compile(unet) if compile_model else unet
-        self.optimizer = torch.optim.Adam(unet.parameters(), lr=2e-4, fused=fused_adam or None)
-        self.ema = EMA(unet, 0.9999)
-        self.scheduler = HFDDPMScheduler()
-        self.sampler = UniformSampler(self.scheduler.config.num_train_timesteps)
-        self.noise_generator = torch.Generator(device).manual_seed(0)
-        self.aux_generator = torch.Generator().manual_seed(1)
-        self.device = device
-        self.bf16 = bf16
-
-    def step(self, x0: torch.Tensor) -> torch.Tensor:
-        from hf_ddpm.data.image_datasets import to_device
-
-        noise = torch.randn(
-            x0.shape, generator=self.noise_generator, device=self.device, dtype=x0.dtype
-        )
-        t, weights = self.sampler.sample(x0.shape[0], generator=self.aux_generator)
-        t, weights = to_device(t, self.device), to_device(weights, self.device)
-        x_t = self.scheduler.add_noise(x0, noise, t)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            output = self.model(x_t, t).sample
-        loss = (self.scheduler.training_loss(output.float(), x0, noise, t) * weights).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.ema.update(self.unet)
-        return loss.detach()
+def _package_training(
+    sizes: Sizes, device: torch.device, batch: int, bf16: bool, compile_model: bool
+) -> PackageTraining:
+    """hf_ddpm's own training step; its setup's workdir is left for the worker's process to end with."""
+    return PackageTraining(
+        tempfile.mkdtemp(prefix="hf_ddpm_gpu_bench_"),
+        sizes.resolution,
+        3,
+        batch,
+        preset=sizes.preset,
+        mixed_precision="bf16" if bf16 else "no",
+        compile_model=compile_model,
+    )
 
 
 def _train_runner(name: str, sizes: Sizes, device: torch.device) -> Any:
+    precision = "bf16" if name.endswith(("bf16", "fast")) else "no"
     if name.startswith("diffusers-"):
-        from cpu import _DiffusersExampleTraining
-
         unet = _unet(sizes, device)
         state = {k: v.detach().cpu() for k, v in unet.state_dict().items()}
-        precision = "bf16" if name.endswith("bf16") else "no"
-        return _DiffusersExampleTraining(state, dict(unet.config), mixed_precision=precision)
-    fast = name == "hf_ddpm-fast"
-    on_cuda = device.type == "cuda"
-    return _HFDDPMTrainStep(
-        sizes,
-        device,
-        bf16=name != "hf_ddpm-fp32",
-        channels_last=fast,
-        # Inductor on CPU needs a C++ toolchain and minutes; the smoke run checks the eager path.
-        compile_model=fast and on_cuda,
-        fused_adam=fast and on_cuda,
-    )
+        return DiffusersExampleTraining(state, dict(unet.config), mixed_precision=precision)
+    # Inductor on CPU needs a C++ toolchain and minutes; the smoke run checks the eager path.
+    compile_model = name == "hf_ddpm-fast" and device.type == "cuda"
+    return _package_training(sizes, device, sizes.train_batch, precision == "bf16", compile_model)
 
 
 def _train(name: str, sizes: Sizes, device: torch.device) -> dict[str, Any]:
@@ -389,18 +357,13 @@ def _first_host_sync(device: torch.device, work: Any) -> str | None:
 
 
 def _check_host_syncs(sizes: Sizes, device: torch.device) -> dict[str, Any]:
-    """Three of this benchmark's hf_ddpm training steps (the calls of ``TrainingStep.micro_step`` without
-    accelerate: tests/core/test_gpu_host_syncs.py checks the real one where ``datasets`` is installed), and a
-    5-step sampling loop of ``HFDDPMPipeline`` from its first callback to its ``pt`` output, with no host
-    sync allowed."""
+    """Three of hf_ddpm's own training steps (``TrainingStep.optimizer_step``, fp32, as ``hf-ddpm train``
+    runs them on CUDA), and a 5-step sampling loop of ``HFDDPMPipeline`` from its first callback to its
+    ``pt`` output, with no host sync allowed."""
     from hf_ddpm.core.pipeline import HFDDPMPipeline
     from hf_ddpm.core.scheduling import HFDDPMScheduler
 
-    # The options hf-ddpm train takes on CUDA: channels_last and fused Adam.
-    on_cuda = device.type == "cuda"
-    step = _HFDDPMTrainStep(
-        sizes, device, bf16=False, channels_last=on_cuda, compile_model=False, fused_adam=on_cuda
-    )
+    step = _package_training(sizes, device, 4, bf16=False, compile_model=False)
     x0 = torch.rand(4, 3, sizes.resolution, sizes.resolution, device=device).mul_(2).sub_(1)
     training = _first_host_sync(device, lambda: [step.step(x0) for _ in range(3)])
 
@@ -567,10 +530,6 @@ def _summarise(result: dict[str, Any], sizes: Sizes, smoke: bool = False) -> Non
     result["summary"] = summary
 
 
-def _fmt(value: float | None, digits: int = 1, unit: str = "") -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}{unit}"
-
-
 def _table(result: dict[str, Any], sizes: Sizes) -> str:
     rows = [("configuration", "figure", "peak mem GiB", "TFLOP/s", "note")]
     for name in TRAIN_CONFIGS:
@@ -578,9 +537,9 @@ def _table(result: dict[str, Any], sizes: Sizes) -> str:
         rows.append(
             (
                 f"train {name} b{sizes.train_batch}",
-                f"{_fmt(e.get('images_per_s'))} img/s",
-                _fmt(e.get("peak_memory_gib"), 2),
-                _fmt(e.get("achieved_tflops")),
+                f"{fmt(e.get('images_per_s'), 1)} img/s",
+                fmt(e.get("peak_memory_gib"), 2),
+                fmt(e.get("achieved_tflops"), 1),
                 "ERROR" if "error" in e else ("skipped" if not e else ""),
             )
         )
@@ -589,9 +548,9 @@ def _table(result: dict[str, Any], sizes: Sizes) -> str:
         rows.append(
             (
                 f"sample {name} {sizes.sample_batch}x{sizes.sample_steps}",
-                f"{_fmt(e.get('seconds'), 2)} s",
-                _fmt(e.get("peak_memory_gib"), 2),
-                _fmt(e.get("achieved_tflops")),
+                f"{fmt(e.get('seconds'), 2)} s",
+                fmt(e.get("peak_memory_gib"), 2),
+                fmt(e.get("achieved_tflops"), 1),
                 "ERROR" if "error" in e else ("skipped" if not e else ""),
             )
         )
@@ -600,13 +559,13 @@ def _table(result: dict[str, Any], sizes: Sizes) -> str:
         rows.append(
             (
                 f"sample {name} {sizes.scale_batch}x{sizes.scale_steps}",
-                f"{_fmt(e.get('images_per_s'))} img/s",
-                _fmt(e.get("peak_memory_gib"), 2),
+                f"{fmt(e.get('images_per_s'), 1)} img/s",
+                fmt(e.get("peak_memory_gib"), 2),
                 "",
                 "ERROR"
                 if "error" in e
                 else (
-                    f"{SCALE_SAMPLES:,} in {_fmt(e.get('extrapolated_50k_s'), 0)} s"
+                    f"{SCALE_SAMPLES:,} in {fmt(e.get('extrapolated_50k_s'), 0)} s"
                     if e
                     else "skipped"
                 ),
@@ -614,7 +573,7 @@ def _table(result: dict[str, Any], sizes: Sizes) -> str:
         )
     calib = result.get("calibrate", {}).get("matmul", {})
     rows.append(
-        ("bf16 matmul (measured)", "", "", _fmt(calib.get("bf16_matmul_tflops")), "chip rate")
+        ("bf16 matmul (measured)", "", "", fmt(calib.get("bf16_matmul_tflops"), 1), "chip rate")
     )
     check = result.get("check", {}).get("host_syncs", {})
     for what in ("train_step", "sampling_loop"):
@@ -623,9 +582,7 @@ def _table(result: dict[str, Any], sizes: Sizes) -> str:
         if check and not check.get("checked"):
             verdict = "not checked (no CUDA)"
         rows.append((f"host syncs in {what.replace('_', ' ')}", verdict, "", "", ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = render_table(rows).splitlines()
     s = result.get("summary", {})
     lines.append("")
     lines.append(
@@ -637,7 +594,7 @@ def _table(result: dict[str, Any], sizes: Sizes) -> str:
     lines.append(
         "speedups vs diffusers: "
         + ", ".join(
-            f"{k} {_fmt(v, 2)}"
+            f"{k} {fmt(v, 2)}"
             for k, v in s.items()
             if k.endswith(("fp32", "bf16", "plain", "fast", "_vs_diffusers"))
         )

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "hf_ddpm"
 OUTPUT = ROOT / "docs" / "architecture.svg"
 # Rows from the bottom (what everything rests on) to the top (the entry point).
-ROWS = [["core"], ["data"], ["evaluation", "hub"], ["training", "sampling"], ["cli"]]
+ROWS = [["core"], ["data", "hub"], ["sampling"], ["evaluation"], ["training"], ["cli"]]
 BOX_W, ROW_H, LINE_H, GAP = 230, 150, 15, 40
 
 
@@ -52,13 +52,17 @@ def subpackage_graph() -> tuple[dict[str, list[str]], set[tuple[str, str]]]:
 
 def render(modules: dict[str, list[str]], edges: set[tuple[str, str]]) -> str:
     width = 2 * BOX_W + 3 * GAP
-    height = len(ROWS) * ROW_H + GAP
+    box_h = {
+        name: 28 + LINE_H * ((len(modules.get(name, [])) + 1) // 2) for row in ROWS for name in row
+    }
+    bottom = len(ROWS) * ROW_H + GAP  # where the lowest row's row ends; its boxes may reach below
+    height = bottom + max(0, max(box_h[name] for name in ROWS[0]) - ROW_H + GAP // 2)
     where: dict[str, tuple[float, float, float]] = {}  # name -> (x centre, y top, box height)
     for level, row in enumerate(ROWS):
-        y = height - (level + 1) * ROW_H
+        y = bottom - (level + 1) * ROW_H
         for i, name in enumerate(row):
             x = width / 2 if len(row) == 1 else GAP + BOX_W / 2 + i * (BOX_W + GAP)
-            where[name] = (x, y, 28 + LINE_H * ((len(modules.get(name, [])) + 1) // 2))
+            where[name] = (x, y, box_h[name])
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         'font-family="sans-serif" font-size="11">',

@@ -120,6 +120,12 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         shared=(MODEL, DEVICE, SEED, THREADS),
         model_required=True,
     ),
+    "fit-covariance": Subcommand(
+        "hf_ddpm.training.fit_covariance",
+        "fit SN-DDPM's or NPR-DDPM's per-pixel covariance head on a frozen model",
+        shared=(MODEL, DEVICE, SEED, THREADS),
+        model_required=True,
+    ),
 }
 
 
@@ -211,9 +217,9 @@ def _add_threads(parser: argparse.ArgumentParser, subcommand: Subcommand) -> Non
 
 
 def _add_steps(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
-    from hf_ddpm.sampling.samplers import DEFAULT_SAMPLING_STEPS
+    from hf_ddpm.sampling.samplers import default_sampling_steps_in_words
 
-    default = subcommand.steps_default or f"{DEFAULT_SAMPLING_STEPS}, or T if the model has fewer"
+    default = subcommand.steps_default or default_sampling_steps_in_words()
     given = parser.get_default("num_inference_steps")  # a command's own, from set_defaults
     parser.add_argument(
         "--num-inference-steps",
@@ -225,9 +231,11 @@ def _add_steps(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
 
 
 def _add_sampling(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
-    from hf_ddpm.core.scheduling import TIMESTEP_SPACINGS
-    from hf_ddpm.core.variance import VARIANCE_TYPE_NAMES
-    from hf_ddpm.sampling.samplers import SAMPLERS
+    from hf_ddpm.sampling.samplers import (
+        SAMPLERS,
+        timestep_spacing_choices,
+        variance_type_choices,
+    )
 
     parser.add_argument(
         "--sampler",
@@ -238,23 +246,25 @@ def _add_sampling(parser: argparse.ArgumentParser, subcommand: Subcommand) -> No
     with_variance = " or ".join(name for name, s in SAMPLERS.items() if s.variance_types)
     parser.add_argument(
         "--variance-type",
-        choices=VARIANCE_TYPE_NAMES,
+        choices=variance_type_choices(),
         help=f"reverse-process variance of --sampler {with_variance} (default: analytic when the model "
         "carries eps_second_moment, from hf-ddpm calibrate or train; else the model's own)",
     )
+    optimal = " or ".join(n for n, s in SAMPLERS.items() if "optimal" in s.timestep_spacings)
     parser.add_argument(
         "--timestep-spacing",
-        choices=TIMESTEP_SPACINGS,
+        choices=timestep_spacing_choices(),
         help="how the steps are chosen among the T (default: the model's; optimal needs "
-        "eps_second_moment and --sampler ddpm)",
+        f"eps_second_moment and --sampler {optimal})",
     )
 
 
 def _add_class(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
     parser.add_argument(
         "--class-label",
-        type=int,
-        help="class to draw, 0..num_classes-1 (class-conditional models; default: "
+        metavar="CLASS",
+        help="class to draw: its name, as the model records it (hf-ddpm train --class-from-folders "
+        "keeps the folder names), or its number 0..num_classes-1 (class-conditional models; default: "
         + ("every class in turn)" if SAMPLING in subcommand.shared else "the model's null label)"),
     )
     parser.add_argument(
@@ -363,7 +373,7 @@ def _prepare(args: argparse.Namespace) -> None:
 
 
 def _external_errors() -> tuple[type[BaseException], ...]:
-    from hf_ddpm.core.hub_layout import HubPushError, network_errors
+    from hf_ddpm.core.pushing import HubPushError, network_errors
     from hf_ddpm.sampling.sample_folder import SampleWriteError
 
     return (HubPushError, SampleWriteError, *network_errors())

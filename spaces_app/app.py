@@ -4,8 +4,8 @@ Four tabs:
 
 * **Generate** runs the reverse process p(x_{t-1} | x_t) and streams x_t and the predicted x_0 every
   few steps, then shows the samples in a gallery (``elem_id="samples"``). The sampler is the model's
-  DDPM scheduler (with a choice of its variance types and timestep spacings), or diffusers' DDIM or
-  DPM-Solver++ made from the same config.
+  DDPM scheduler (with a choice of its variance types and timestep spacings), or another of
+  ``hf-ddpm sample``'s samplers (diffusers' DDIM or DPM-Solver++) made from the same config.
 * **Forward process** draws x_t from the closed form q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)
   (Ho et al. 2020, eq. 4) and plots beta_t, abar_t and SNR(t) = abar_t / (1 - abar_t).
 * **Likelihood** evaluates the variational bound L = L_T + sum_{t>1} L_{t-1} + L_0 (Ho et al. eq. 5)
@@ -36,13 +36,23 @@ Run locally: ``python spaces_app/app.py [--model PATH_OR_REPO] [--port 7860]``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import gradio as gr
+if not os.environ.get("GRADIO_TEMP_DIR"):
+    # Gradio keeps uploads and streamed frames in one /tmp/gradio shared by every user and process on
+    # the machine unless GRADIO_TEMP_DIR names another folder: this process gets its own, read by
+    # Gradio when it writes a file, and removed when the process ends.
+    os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="hf-ddpm-space-gradio-")
+    atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
+
+import gradio as gr  # noqa: E402  (after GRADIO_TEMP_DIR is set)
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -53,7 +63,7 @@ if __package__:  # imported as spaces_app.app (the tests)
     from .ddpm_space.generate import generate_images, spacings_for
     from .ddpm_space.inputs import MAX_IMAGES, MAX_SEED, MAX_STEPS, NO_CLASS
     from .ddpm_space.likelihood import likelihood_bound
-    from .ddpm_space.loading import DDPM, LoadedModel, ModelState, load_model
+    from .ddpm_space.loading import DDPM, LoadedModel, ModelState, load_model, sampler_help
     from .ddpm_space.pictures import ImageTransform, readable_upload
 else:  # run as a script (`python app.py`, as a Space runs it), with this folder on sys.path
     from ddpm_space import editing
@@ -61,7 +71,7 @@ else:  # run as a script (`python app.py`, as a Space runs it), with this folder
     from ddpm_space.generate import generate_images, spacings_for
     from ddpm_space.inputs import MAX_IMAGES, MAX_SEED, MAX_STEPS, NO_CLASS
     from ddpm_space.likelihood import likelihood_bound
-    from ddpm_space.loading import DDPM, LoadedModel, ModelState, load_model
+    from ddpm_space.loading import DDPM, LoadedModel, ModelState, load_model, sampler_help
     from ddpm_space.pictures import ImageTransform, readable_upload
 
 try:  # ZeroGPU Spaces ship `spaces`; elsewhere the decorator is a no-op.
@@ -94,6 +104,8 @@ _HERE = Path(__file__).resolve().parent
 _BUNDLED_MODEL = Path("pretrained") / "mnist-5k"
 # PIL modes of example images, by the channel count of the models they suit.
 _EXAMPLE_MODES = {1: "L", 3: "RGB"}
+# The data the examples come from (the bundled sets of hf-ddpm train --dataset).
+_DIGIT_DATASETS = ("mnist-5k", "sklearn-digits")
 
 # Launch-time CSS (Gradio 6 takes it in launch()): blow tiny images up as crisp pixels.
 CSS = (
@@ -139,7 +151,11 @@ def resolve_model(cli_model: str | None = None) -> str | None:
 
 def examples_for(loaded: LoadedModel | None) -> list[str]:
     """The example pictures (examples/*.png: held-out MNIST digits, the bundled model's data) whose
-    colour matches the model: grey ones for a 1-channel model, RGB ones for a 3-channel one."""
+    colour matches the model: grey ones for a 1-channel model, RGB ones for a 3-channel one. None for a
+    model whose train_config.json names other data (a folder of photos, a Hub dataset): digits are no
+    example of what it draws."""
+    if loaded is not None and loaded.trained_on not in (None, *_DIGIT_DATASETS):
+        return []
     mode = _EXAMPLE_MODES.get(loaded.channels) if loaded else None
     paths = sorted((_HERE / "examples").glob("*.png"))
     return [str(path) for path in paths if mode is not None and Image.open(path).mode == mode]
@@ -170,15 +186,16 @@ def _steps_limit(loaded: LoadedModel | None) -> tuple[int, int]:
     return num_steps_train, min(num_steps_train, MAX_STEPS)
 
 
-def _steps_slider(loaded: LoadedModel | None, default: int) -> gr.Slider:
+def _steps_slider(loaded: LoadedModel | None, default: int | None, elem_id: str) -> gr.Slider:
     num_steps_train, max_steps = _steps_limit(loaded)
     capped = f"at most {max_steps} here; " if max_steps < num_steps_train else ""
     return gr.Slider(
         1,
         max_steps,
-        value=min(default, max_steps),
+        value=min(default or max_steps, max_steps),
         step=1,
         label=f"Inference steps ({capped}respaced from T = {num_steps_train})",
+        elem_id=elem_id,
     )
 
 
@@ -189,16 +206,16 @@ def _seed_box(label: str) -> gr.Number:
     return gr.Number(0, label=label, precision=0, minimum=0, info=f"0 to {MAX_SEED}")
 
 
-def _class_slider(loaded: LoadedModel | None) -> gr.Slider:
-    """A class picker, shown only for a class-conditional model (a slider needs max > min)."""
-    num_classes = loaded.num_classes if loaded else None
-    return gr.Slider(
-        0,
-        max(num_classes - 1, 1) if num_classes else 1,
+def _class_choice(loaded: LoadedModel | None) -> gr.Dropdown:
+    """A class picker by name, shown only for a class-conditional model."""
+    names = loaded.class_names if loaded else ()
+    # Custom values reach the work function, whose message names the allowed range, not Gradio's.
+    return gr.Dropdown(
+        [(name, k) for k, name in enumerate(names)] or [("class 0", 0)],
         value=0,
-        step=1,
         label="Class",
-        visible=num_classes is not None,
+        visible=bool(names),
+        allow_custom_value=True,
     )
 
 
@@ -217,7 +234,7 @@ def _condition_dropdown(loaded: LoadedModel | None, none_label: str) -> gr.Dropd
     """A condition for a class-conditional model: none (the default, the null label) or a class y."""
     num_classes = loaded.num_classes if loaded else None
     choices = [(none_label, NO_CLASS)]
-    choices += [(f"class {k}", k) for k in range(num_classes or 0)]
+    choices += [(name, k) for k, name in enumerate(loaded.class_names if loaded else ())]
     # Custom values reach the work function, whose message names the allowed range, not Gradio's.
     return gr.Dropdown(
         choices,
@@ -257,17 +274,21 @@ def build_generate_tab(state: ModelState) -> None:
             num_images = gr.Slider(
                 1, MAX_IMAGES, value=min(4, MAX_IMAGES), step=1, label="Number of images"
             )
-            steps = _steps_slider(loaded, 100)
+            steps = _steps_slider(
+                loaded, loaded.sampling_steps if loaded else None, "generate_steps"
+            )
             sampler = gr.Dropdown(
                 list(samplers),
                 value=DDPM,
-                label="Sampler (ddpm: the model's own; ddim, dpm-solver++: diffusers')",
+                label="Sampler",
+                info=sampler_help(samplers),
                 elem_id="sampler",
             )
             variance = gr.Dropdown(
                 list(variance_types),
                 value=variance_types[0] if variance_types else None,
                 label="Variance type (ddpm sampler)",
+                elem_id="variance_type",
                 # Without a model there is nothing to choose; the request then says why.
                 allow_custom_value=loaded is None,
             )
@@ -275,10 +296,11 @@ def build_generate_tab(state: ModelState) -> None:
                 list(spacings),
                 value=spacings[0] if spacings else None,
                 label="Timestep spacing",
+                elem_id="timestep_spacing",
                 visible=bool(spacings),
                 allow_custom_value=loaded is None,
             )
-            class_label = _class_slider(loaded)
+            class_label = _class_choice(loaded)
             guidance = _guidance_slider(loaded)
             button = gr.Button("Generate", variant="primary", elem_id="generate")
         with gr.Column(scale=2):
@@ -482,7 +504,7 @@ def build_edit_tab(state: ModelState) -> None:
             strength = gr.Slider(
                 0.05, 1, value=0.5, step=0.05, label="Strength (t_0 / T)", visible=False
             )
-            steps = _steps_slider(loaded, 50)
+            steps = _steps_slider(loaded, 50, "edit_steps")
             jumps = gr.Slider(
                 1,
                 10,

@@ -92,3 +92,27 @@ class MixtureOracle:
             eps = (x - a * self._x0_mean(x, ab)) / np.sqrt(var_noise)
             gamma += w * (eps**2 * weights).sum(1)
         return gamma
+
+
+class CovarianceHeadOracle(GaussianOracle):
+    """The exact eps-predictor of N(m, s^2) data (``std`` may be a per-pixel tensor) followed by the exact
+    covariance head's C channels: SN's h = E[eps^2 | x_t] = eps-hat^2 + Var[eps | x_t], or NPR's
+    g = E[(eps - eps_theta)^2 | x_t] = Var[eps | x_t] + (eps-hat - eps_theta)^2 for eps_theta = eps-hat +
+    ``eps_bias`` (an imperfect mean that NPR corrects and SN does not), with
+    Var[eps | x_t] = alpha_bar s^2 / (alpha_bar s^2 + 1 - alpha_bar)."""
+
+    def __init__(self, mean, std, alphas_cumprod, kind: str, eps_bias: float = 0.0):
+        super().__init__(mean, std, alphas_cumprod)
+        self.kind, self.eps_bias = kind, eps_bias
+
+    def eps_variance(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t).long().reshape(-1)
+        ab = self.ab[t].reshape(-1, *([1] * (like.ndim - 1)))
+        return (ab * self.s**2 / (ab * self.s**2 + 1 - ab)).expand_as(like).double()
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        eps_hat = super().__call__(x_t.double(), t)
+        eps = eps_hat + self.eps_bias
+        variance = self.eps_variance(t, x_t)
+        head = eps_hat**2 + variance if self.kind == "sn" else variance + self.eps_bias**2
+        return torch.cat([eps, head], 1).to(x_t.dtype)

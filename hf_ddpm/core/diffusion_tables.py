@@ -84,3 +84,19 @@ def extract(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.T
     """table[t] cast to ``like``'s dtype and shaped (B, 1, ..., 1) to broadcast over ``like``."""
     values = table.to(like.device)[t.to(like.device)].to(like.dtype)
     return values.reshape(values.shape[0], *([1] * (like.ndim - 1)))
+
+
+def check_num_inference_steps(
+    num_inference_steps: int, num_train_timesteps: int, name: str = "num_inference_steps"
+) -> None:
+    """A respaced chain keeps 1..T of the T timesteps: ValueError otherwise, naming the option ``name``
+    as the caller's user spells it (``--num-inference-steps`` on the command line)."""
+    if (
+        isinstance(num_inference_steps, bool)
+        or not isinstance(num_inference_steps, int)
+        or not 1 <= num_inference_steps <= num_train_timesteps
+    ):
+        raise ValueError(
+            f"{name} must be in 1..{num_train_timesteps} (the model's num_train_timesteps), got "
+            f"{num_inference_steps!r}"
+        )

@@ -17,11 +17,13 @@ from diffusers.utils.torch_utils import randn_tensor
 # diffusers copies into a remote-code folder only the siblings that the loaded file itself names, so the
 # noqa imports below name what the modules it uses import in turn (shown in brackets).
 from .analytic import check_eps_second_moment  # noqa: F401  (imported by variance)
+from .covariance import x0_covariance  # noqa: F401  (imported by variance)
+from .covariance_head import CovarianceHead  # noqa: F401  (imported by pipeline_base)
 from .diffusion_tables import DiffusionTables  # noqa: F401  (remote-code closure of the edit pipelines)
 from .edit_inputs import prepare_images  # noqa: F401
 from .forward_process import q_transition_sample  # noqa: F401
 from .gaussian import reparameterize  # noqa: F401
-from .hub_layout import MODEL_INDEX  # noqa: F401  (imported by pipeline_base)
+from .model_card import MODEL_CARD  # noqa: F401  (imported by saving)
 from .pipeline_base import (
     CallbackArg,
     ClassLabelsArg,
@@ -31,6 +33,9 @@ from .pipeline_base import (
 )
 from .pipeline_img2img import HFDDPMImg2ImgPipeline  # noqa: F401
 from .pipeline_inpaint import HFDDPMInpaintPipeline  # noqa: F401
+from .pushing import HubPushError  # noqa: F401  (imported by pipeline_base)
+from .remote_code import copy_source_closure  # noqa: F401  (imported by saving)
+from .saving import MODEL_INDEX  # noqa: F401  (imported by pipeline_base)
 from .variance import LEARNED_VARIANCE_TYPES  # noqa: F401  (imported by pipeline_base)
 
 
@@ -44,6 +49,7 @@ class HFDDPMPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
         null_class_label: the "no class" label of a UNet trained for classifier-free guidance (Ho &
             Salimans 2022; ``hf-ddpm train`` uses ``num_class_embeds - 1``); a call without
             ``class_labels`` then samples unconditionally. See ``HFDDPMPipelineMixin``.
+        class_names: the names of labels 0, 1, ... (``hf-ddpm train`` records its class folders).
 
     ``HFDDPMInpaintPipeline.from_pipe(pipe)`` and ``HFDDPMImg2ImgPipeline.from_pipe(pipe)`` share its
     components without a reload.
@@ -72,8 +78,8 @@ class HFDDPMPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
             output_type: ``"pil"`` (list of PIL images), ``"np"`` (float array, NHWC, in [0, 1]) or
                 ``"pt"`` (float tensor, NCHW, in [0, 1]).
             return_dict: return an ``ImagePipelineOutput`` rather than a one-element tuple.
-            class_labels: one label for the whole batch, or one per image, for a class-conditional UNet;
-                without them a pipeline with a ``null_class_label`` samples unconditionally.
+            class_labels: one label for the whole batch, or one per image, for a class-conditional UNet:
+                integers, or names from the pipeline's ``class_names``; without them a pipeline with a ``null_class_label`` samples unconditionally.
             guidance_scale: classifier-free guidance weight ``s`` in
                 ``eps = eps(x, none) + s * (eps(x, y) - eps(x, none))``; 1 disables guidance.
             callback_on_step_end: called after each step as ``fn(pipe, step_index, timestep, kwargs)``

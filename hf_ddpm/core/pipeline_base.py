@@ -6,12 +6,15 @@ remote-code module as its only ``DiffusionPipeline`` subclass, so each pipeline 
 ``pipeline_inpaint.py``, ``pipeline_img2img.py``) must hold exactly one, and this module none.
 
 Remote code: this file is copied next to ``pipeline.py`` in every saved folder, so it imports only torch,
-diffusers, the standard library and its siblings (``hub_layout`` imports only the standard library at
-module level).
+diffusers, the standard library and its siblings (``saving`` and ``pushing`` import only the standard
+library at module level). Loading without remote code is the installed package's alone
+(``hf_ddpm.hub.loading``), so saved folders do not carry it.
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,19 +24,27 @@ from diffusers import ImagePipelineOutput, ModelMixin, SchedulerMixin, UNet2DMod
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
 # diffusers' remote-code loader copies only the relative imports written in a module, not theirs.
-from .diffusion_tables import DiffusionTables  # noqa: F401  (imported by variance)
+from .covariance import x0_covariance  # noqa: F401  (imported by variance)
+from .covariance_head import CovarianceHead, eps_and_head
+from .diffusion_tables import (
+    DiffusionTables,  # noqa: F401  (imported by variance)
+    check_num_inference_steps,
+)
 from .edit_inputs import ImageArg, broadcast_batch, prepare_images, prepare_masks
-from .hub_layout import load_pipeline, push_pipeline_to_hub, save_pipeline_folder
-from .variance import LEARNED_VARIANCE_TYPES
+from .pushing import push_pipeline_to_hub
+from .saving import save_pipeline_folder
+from .variance import HEAD_VARIANCE_TYPES, LEARNED_VARIANCE_TYPES
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 # True only for the installed package; a remote-code copy lives in diffusers' module cache instead.
 RUNNING_AS_HF_DDPM = __package__ == "hf_ddpm.core"
+# Where the installed package loads saved folders without running their code (from_pretrained).
+INSTALLED_LOADER = "hf_ddpm.hub.loading"
 
 GeneratorArg = torch.Generator | list[torch.Generator] | None
 StepCallback = Callable[[Any, int, torch.Tensor, dict[str, Any]], dict[str, Any]]
 CallbackArg = StepCallback | PipelineCallback | MultiPipelineCallbacks | None
-ClassLabelsArg = int | list[int] | torch.Tensor | None
+ClassLabelsArg = int | str | Sequence[int | str] | torch.Tensor | None
 
 
 def expected_unet_out_channels(scheduler: Any, in_channels: int) -> int:
@@ -42,7 +53,10 @@ def expected_unet_out_channels(scheduler: Any, in_channels: int) -> int:
     A learned variance (Nichol & Dhariwal 2021, eq. 15) doubles them: the first half predicts the mean
     parameterisation (epsilon, x0 or v), the second the variance. ``HFDDPMScheduler`` answers itself
     through ``model_output_channels``; any other diffusers scheduler is judged by its ``variance_type``.
+    With a covariance head ("sn", "npr") the UNet predicts the mean only: the head gives the other half.
     """
+    if getattr(scheduler.config, "variance_type", None) in HEAD_VARIANCE_TYPES:
+        return in_channels
     if hasattr(scheduler, "model_output_channels"):
         return int(scheduler.model_output_channels(in_channels))
     variance_type = getattr(scheduler.config, "variance_type", None)
@@ -65,6 +79,53 @@ def check_unet_matches_scheduler(unet: Any, scheduler: Any) -> None:
         )
 
 
+def check_covariance_head(unet: Any, scheduler: Any, covariance_head: Any) -> None:
+    """Raise a ValueError when the scheduler's variance needs a covariance head the pipeline lacks, or the
+    head does not fit the UNet (its sample channels, or the channels of its last feature map)."""
+    if unet is None or scheduler is None:
+        return
+    variance_type = getattr(scheduler.config, "variance_type", None)
+    if covariance_head is None:
+        if variance_type in HEAD_VARIANCE_TYPES:
+            raise ValueError(
+                f"variance_type {variance_type!r} needs a covariance head (pipeline component "
+                "covariance_head), and this model has none: fit one with `hf-ddpm fit-covariance MODEL "
+                f"--kind {variance_type}`, or sample with another variance_type."
+            )
+        return
+    head, channels = covariance_head.config, unet.config.in_channels
+    features = getattr(getattr(unet, "conv_norm_out", None), "num_channels", None)
+    if head.out_channels != channels or head.feature_channels != features:
+        raise ValueError(
+            f"the covariance head maps {head.feature_channels} feature channels to {head.out_channels}, "
+            f"but this UNet has {features} channels in its last feature map and samples of {channels}: "
+            "the head was fitted for another UNet. Fit one for this model with `hf-ddpm fit-covariance`."
+        )
+
+
+# hf-ddpm train's layout of a class-conditional UNet's embeddings: the data's classes 0..n-1, then one
+# more, n, the null label of classifier-free guidance (Ho & Salimans 2022). Every reader of a model's
+# labels goes through the three functions below.
+
+
+def num_class_embeds_for(num_classes: int) -> int:
+    """``num_class_embeds`` of a UNet for ``num_classes`` classes and the null label after them."""
+    return num_classes + 1
+
+
+def null_label_of(num_class_embeds: int | None, recorded: int | None = None) -> int | None:
+    """The label under which a UNet with ``num_class_embeds`` class embeddings models p(x): the
+    pipeline's ``recorded`` null_class_label, else the last embedding; None for an unconditional UNet."""
+    if not num_class_embeds:
+        return None
+    return num_class_embeds - 1 if recorded is None else int(recorded)
+
+
+def num_classes_of(num_class_embeds: int | None) -> int | None:
+    """The classes 0..n-1 of a UNet laid out as :func:`num_class_embeds_for` makes it (None: unconditional)."""
+    return null_label_of(num_class_embeds)
+
+
 def check_null_class_label(unet: Any, null_class_label: int | None) -> None:
     """The null label of classifier-free guidance must be one of the UNet's class embeddings."""
     if null_class_label is None or unet is None:
@@ -82,6 +143,40 @@ def check_null_class_label(unet: Any, null_class_label: int | None) -> None:
         )
 
 
+def check_class_names(
+    unet: Any, null_class_label: int | None, class_names: Sequence[str] | None
+) -> None:
+    """``class_names`` name the labels 0..K-1 of a class-conditional UNet (``hf-ddpm train`` records its
+    class folders or ClassLabel names): distinct non-empty strings, at most one per class embedding, and
+    the null label of guidance is not among them."""
+    if class_names is None or unet is None:
+        return
+    num_class_embeds = getattr(unet.config, "num_class_embeds", None)
+    if num_class_embeds is None:
+        raise ValueError(
+            "class_names needs a class-conditional UNet; this one has no num_class_embeds. "
+            "Use class_names=None."
+        )
+    names = list(class_names)
+    if (
+        not names
+        or not all(isinstance(n, str) and n for n in names)
+        or len(set(names)) < len(names)
+    ):
+        raise ValueError(f"class_names must be distinct non-empty strings, got {names!r}.")
+    most = num_class_embeds if null_class_label is None else int(null_class_label)
+    if len(names) > most:
+        raise ValueError(
+            f"class_names has {len(names)} names, but the UNet has {num_class_embeds} class embeddings"
+            + (
+                ""
+                if null_class_label is None
+                else f" and label {null_class_label} is the null label"
+            )
+            + f": at most {most} names."
+        )
+
+
 def callback_tensor_names(
     callback: CallbackArg, requested: list[str] | None, allowed: Sequence[str]
 ) -> list[str]:
@@ -96,18 +191,6 @@ def callback_tensor_names(
             f"allowed: {list(allowed)}."
         )
     return names
-
-
-def check_num_inference_steps(num_inference_steps: int, num_train_timesteps: int) -> None:
-    if (
-        isinstance(num_inference_steps, bool)
-        or not isinstance(num_inference_steps, int)
-        or not 1 <= num_inference_steps <= num_train_timesteps
-    ):
-        raise ValueError(
-            f"num_inference_steps must be an integer from 1 to the scheduler's num_train_timesteps "
-            f"({num_train_timesteps}), got {num_inference_steps!r}."
-        )
 
 
 def check_output_type(output_type: str) -> None:
@@ -130,14 +213,20 @@ class HFDDPMPipelineMixin:
         unet: a ``UNet2DModel`` (or any ``ModelMixin`` with its call signature) predicting the scheduler's
             ``prediction_type``; with a learned variance it has ``out_channels = 2 * in_channels``.
         scheduler: ``HFDDPMScheduler`` or any diffusers scheduler.
+        covariance_head: a :class:`CovarianceHead` fitted on this frozen UNet (``hf-ddpm fit-covariance``),
+            or None. It runs only when the scheduler's ``variance_type`` is "sn" or "npr", on the features
+            of the same UNet call; its output follows eps in the model output the scheduler gets.
         null_class_label: for a class-conditional UNet trained for classifier-free guidance (Ho & Salimans
             2022), the label that means "no class"; it is saved with the pipeline, guidance compares
             against it, and a call without ``class_labels`` samples with it (unconditionally). ``None``
             (a UNet trained without label dropout, or an unconditional one) keeps class labels required
             for class-conditional UNets, and guidance then takes the last embedding as the null label.
+        class_names: names of the labels 0, 1, ... (``hf-ddpm train`` records its class folders); saved
+            with the pipeline, so ``class_labels`` may then name classes (``["cats", "dogs"]``).
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->covariance_head"
+    _optional_components = ["covariance_head"]
     _callback_tensor_inputs = ["latents", "pred_original_sample", "model_output"]
 
     def __init__(
@@ -145,13 +234,20 @@ class HFDDPMPipelineMixin:
         unet: UNet2DModel | ModelMixin,
         scheduler: SchedulerMixin,
         null_class_label: int | None = None,
+        class_names: Sequence[str] | None = None,
+        # ModelMixin, not CovarianceHead: a remote-code load imports the head's module twice (root and
+        # covariance_head/), and diffusers checks component types against this hint.
+        covariance_head: ModelMixin | None = None,
     ) -> None:
         super().__init__()
         check_unet_matches_scheduler(unet, scheduler)
+        check_covariance_head(unet, scheduler, covariance_head)
         check_null_class_label(unet, null_class_label)
-        self.register_modules(unet=unet, scheduler=scheduler)
+        check_class_names(unet, null_class_label, class_names)
+        self.register_modules(unet=unet, scheduler=scheduler, covariance_head=covariance_head)
         self.register_to_config(
-            null_class_label=None if null_class_label is None else int(null_class_label)
+            null_class_label=None if null_class_label is None else int(null_class_label),
+            class_names=None if class_names is None else list(class_names),
         )
 
     # ------------------------------------------------------------------------------------ inputs
@@ -172,8 +268,19 @@ class HFDDPMPipelineMixin:
         return callback_tensor_names(callback, tensor_inputs, self._callback_tensor_inputs)
 
     def _guidance_null_label(self) -> int:
-        recorded = self.config.null_class_label
-        return self.unet.config.num_class_embeds - 1 if recorded is None else recorded
+        return null_label_of(self.unet.config.num_class_embeds, self.config.null_class_label)
+
+    def class_label(self, label: int | str) -> int:
+        """The integer label of ``label``: a class name from ``class_names``, or an integer as it is."""
+        if not isinstance(label, str):
+            return label
+        names = self.config.get("class_names") or []
+        if label not in names:
+            known = f"its classes are {', '.join(names)}" if names else "it records no class names"
+            raise ValueError(
+                f"class {label!r} is not a class of this model: {known} (or pass integer labels)."
+            )
+        return names.index(label)
 
     def _class_labels(
         self,
@@ -210,6 +317,10 @@ class HFDDPMPipelineMixin:
                 "class_labels were given, but this UNet is unconditional (its config has no "
                 "num_class_embeds); drop class_labels or load a class-conditional UNet."
             )
+        if isinstance(class_labels, str):
+            class_labels = self.class_label(class_labels)
+        elif isinstance(class_labels, Sequence):
+            class_labels = [self.class_label(label) for label in class_labels]
         labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
         if labels.numel() == 1:
             labels = labels.expand(batch_size)
@@ -220,8 +331,8 @@ class HFDDPMPipelineMixin:
             )
         guided = guidance_scale != 1.0
         # With guidance, the null label is what the class is compared against, not a class to ask for.
-        last_is_null = guided and self._guidance_null_label() == num_class_embeds - 1
-        num_classes = num_class_embeds - 1 if last_is_null else num_class_embeds
+        last_is_null = guided and self._guidance_null_label() == num_classes_of(num_class_embeds)
+        num_classes = num_classes_of(num_class_embeds) if last_is_null else num_class_embeds
         if labels.min() < 0 or labels.max() >= num_classes:
             raise ValueError(
                 f"class_labels must lie in [0, {num_classes - 1}] for this UNet "
@@ -237,26 +348,43 @@ class HFDDPMPipelineMixin:
 
     # -------------------------------------------------------------------------------- the chain
 
+    def _sampling_head(self) -> CovarianceHead | None:
+        """The covariance head when the scheduler's variance type uses one ("sn", "npr"), else None:
+        resolved once per chain, since ``pipe.scheduler`` may have been swapped since construction."""
+        head = getattr(self, "covariance_head", None)
+        check_covariance_head(self.unet, self.scheduler, head)
+        variance_type = getattr(self.scheduler.config, "variance_type", None)
+        return head if variance_type in HEAD_VARIANCE_TYPES else None
+
+    def _unet_output(
+        self, x: torch.Tensor, t: torch.Tensor | int, labels: torch.Tensor | None, head: Any
+    ) -> torch.Tensor:
+        """One UNet call in float32; with a head, its output on that call's last feature map follows."""
+        kwargs = {} if labels is None else {"class_labels": labels}
+        if head is None:
+            return self.unet(x, t, **kwargs).sample.float()
+        return eps_and_head(self.unet, head, x, t, **kwargs)
+
     def _predict(
         self,
         latents: torch.Tensor,
         t: torch.Tensor | int,
         labels: torch.Tensor | None,
         guidance_scale: float,
+        head: CovarianceHead | None = None,
     ) -> torch.Tensor:
-        """The UNet's output at (x_t, t) in float32, with classifier-free guidance when
-        ``guidance_scale != 1``."""
+        """The model output at (x_t, t) in float32 (the UNet's, then ``head``'s if given), with
+        classifier-free guidance when ``guidance_scale != 1``."""
         x = self.scheduler.scale_model_input(latents, t).to(self.unet.dtype)
-        if labels is None:
-            return self.unet(x, t).sample.float()
-        if guidance_scale == 1.0:
-            return self.unet(x, t, class_labels=labels).sample.float()
+        if labels is None or guidance_scale == 1.0:
+            return self._unet_output(x, t, labels, head)
         null_labels = torch.full_like(labels, self._guidance_null_label())
-        both = self.unet(torch.cat([x, x]), t, class_labels=torch.cat([labels, null_labels])).sample
-        conditional, unconditional = both.float().chunk(2)
+        both = self._unet_output(torch.cat([x, x]), t, torch.cat([labels, null_labels]), head)
+        conditional, unconditional = both.chunk(2)
         channels = latents.shape[1]
-        # Guidance acts on the mean's parameterisation only; a learned variance is taken as predicted
-        # for the class (as in GLIDE), since extrapolating it can leave the allowed range.
+        # Guidance acts on the mean's parameterisation only; a learned variance (or a head's second
+        # moment) is taken as predicted for the class (as in GLIDE), since extrapolating it can leave
+        # the allowed range.
         guided = unconditional[:, :channels] + guidance_scale * (
             conditional[:, :channels] - unconditional[:, :channels]
         )
@@ -269,9 +397,11 @@ class HFDDPMPipelineMixin:
         labels: torch.Tensor | None,
         guidance_scale: float,
         generator: GeneratorArg,
+        head: CovarianceHead | None = None,
     ) -> tuple[Any, torch.Tensor]:
-        """One draw x_{t-1} ~ p_theta(x_{t-1} | x_t): the scheduler's step output and the model output."""
-        model_output = self._predict(latents, t, labels, guidance_scale)
+        """One draw x_{t-1} ~ p_theta(x_{t-1} | x_t): the scheduler's step output and the model output
+        (``head``: :meth:`_sampling_head`)."""
+        model_output = self._predict(latents, t, labels, guidance_scale, head)
         return self.scheduler.step(model_output, t, latents, generator=generator), model_output
 
     def _after_step(
@@ -305,8 +435,11 @@ class HFDDPMPipelineMixin:
         tensor_names: list[str],
     ) -> torch.Tensor:
         """Ancestral sampling along ``self.scheduler.timesteps`` from ``latents`` (x at the first one)."""
+        head = self._sampling_head()
         for step_index, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            step, model_output = self._reverse_step(latents, t, labels, guidance_scale, generator)
+            step, model_output = self._reverse_step(
+                latents, t, labels, guidance_scale, generator, head
+            )
             latents = self._after_step(
                 callback, tensor_names, step_index, t, step.prev_sample, step, model_output
             )
@@ -357,7 +490,7 @@ class HFDDPMPipelineMixin:
         push_to_hub: bool = False,
         **kwargs: Any,
     ) -> None:
-        """Write the folder layout that both loading paths read (see ``hub_layout.save_pipeline_folder``).
+        """Write the folder layout that both loading paths read (see ``saving.save_pipeline_folder``).
 
         Unlike ``DiffusionPipeline.save_pretrained`` this copies the remote code next to the weights, and
         it writes the same layout however this class was imported (installed package or remote code).
@@ -392,7 +525,15 @@ class HFDDPMPipelineMixin:
         otherwise keep only a UNet of exactly the hinted classes and drop any other ``ModelMixin``."""
         if getattr(pipeline, "unet", None) is not None:
             kwargs.setdefault("unet", pipeline.unet)
-        return super().from_pipe(pipeline, **kwargs)
+        # diffusers' from_pipe casts every model with .to(dtype), and ModelMixin.to then warns of its
+        # modules "that should be kept in float32" even when that list is empty, as a UNet2DModel's is.
+        cast_warnings = logging.getLogger("diffusers.models.modeling_utils")
+        level = cast_warnings.level
+        cast_warnings.setLevel(logging.ERROR)
+        try:
+            return super().from_pipe(pipeline, **kwargs)
+        finally:
+            cast_warnings.setLevel(level)
 
     @classmethod
     def from_pretrained(
@@ -402,10 +543,14 @@ class HFDDPMPipelineMixin:
 
         Our own components map to the installed hf_ddpm classes, diffusers components to diffusers
         classes; a diffusers ``DDPMScheduler`` (as in google/ddpm-cifar10-32) becomes an
-        ``HFDDPMScheduler`` unless ``convert_scheduler=False``. See ``hub_layout.load_pipeline`` for
-        the keyword arguments. A remote-code copy of this class has no installed package to map to,
+        ``HFDDPMScheduler`` unless ``convert_scheduler=False``. See ``hf_ddpm.hub.loading.load_pipeline``
+        for the keyword arguments. A remote-code copy of this class has no installed package to map to,
         so it defers to ``DiffusionPipeline.from_pretrained``.
         """
         if not RUNNING_AS_HF_DDPM:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        return load_pipeline(cls, pretrained_model_name_or_path, **kwargs)
+        # The installed package's loader, which saved folders do not carry. It is imported by name, not
+        # by an import statement: diffusers scans a Hub repo's remote code for import lines and would
+        # tell its users to install hf_ddpm.
+        loading = importlib.import_module(INSTALLED_LOADER)
+        return loading.load_pipeline(cls, pretrained_model_name_or_path, **kwargs)

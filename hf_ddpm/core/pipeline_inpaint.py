@@ -21,12 +21,17 @@ from diffusers.utils.torch_utils import randn_tensor
 # diffusers copies into a remote-code folder only the siblings that the loaded file itself names, so the
 # noqa imports below name what the modules it uses import in turn (shown in brackets).
 from .analytic import check_eps_second_moment  # noqa: F401  (imported by variance)
+from .covariance import x0_covariance  # noqa: F401  (imported by variance)
+from .covariance_head import CovarianceHead  # noqa: F401  (imported by pipeline_base)
 from .diffusion_tables import DiffusionTables  # noqa: F401  (imported by forward_process)
 from .edit_inputs import ImageArg
 from .forward_process import q_transition_sample
 from .gaussian import reparameterize  # noqa: F401  (imported by forward_process)
-from .hub_layout import MODEL_INDEX  # noqa: F401  (imported by pipeline_base)
+from .model_card import MODEL_CARD  # noqa: F401  (imported by saving)
 from .pipeline_base import CallbackArg, ClassLabelsArg, GeneratorArg, HFDDPMPipelineMixin
+from .pushing import HubPushError  # noqa: F401  (imported by pipeline_base)
+from .remote_code import copy_source_closure  # noqa: F401  (imported by saving)
+from .saving import MODEL_INDEX  # noqa: F401  (imported by pipeline_base)
 from .variance import LEARNED_VARIANCE_TYPES  # noqa: F401  (imported by pipeline_base)
 
 
@@ -133,6 +138,7 @@ class HFDDPMInpaintPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
         alpha_bars = self.scheduler.alphas_cumprod.double()
 
         latents = noise()
+        head = self._sampling_head()
         step_index = 0
         with self.progress_bar(total=len(levels) - 1) as progress:
             for level, next_level in zip(levels, levels[1:]):
@@ -147,7 +153,7 @@ class HFDDPMInpaintPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
                     )
                 else:
                     step, model_output = self._reverse_step(
-                        latents, t, labels, guidance_scale, generator
+                        latents, t, labels, guidance_scale, generator, head
                     )
                     if next_level == 0:
                         known = x0

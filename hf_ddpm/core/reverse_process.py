@@ -21,23 +21,29 @@ from .variance import ChainVariance, VarianceType
 def split_model_output(
     model_output: torch.Tensor, sample: torch.Tensor, variance: VarianceType
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(prediction, variance values), checking that the channels fit the variance type."""
+    """(prediction, variance values), checking that the channels fit the variance type. For a learned
+    type the values are the network's second C channels; for a covariance head's type (SN, NPR) they are
+    its estimate of E[(eps - eps_theta)^2 | x_t], from eps_theta and the head's C channels."""
     channels = sample.shape[1]
-    expected = 2 * channels if variance.learned else channels
+    doubled = variance.learned or variance.head
+    expected = 2 * channels if doubled else channels
     if (
         model_output.shape[0] != sample.shape[0]
         or model_output.shape[2:] != sample.shape[2:]
         or (model_output.shape[1] != expected)
     ):
+        whose = "eps then the covariance head's" if variance.head else "twice"
         raise ValueError(
             f"model_output has shape {tuple(model_output.shape)} but sample has shape {tuple(sample.shape)}; "
             f"variance_type {variance.name!r} needs {expected} output channels "
-            f"({'twice' if variance.learned else 'the same as'} the sample's {channels})"
+            f"({whose if doubled else 'the same as'} the sample's {channels})"
         )
-    if variance.learned:
-        prediction, values = torch.split(model_output, channels, dim=1)
-        return prediction, values
-    return model_output, None
+    if not doubled:
+        return model_output, None
+    prediction, values = torch.split(model_output, channels, dim=1)
+    if variance.head:
+        return prediction, variance.eps_error_moment(prediction, values)
+    return prediction, values
 
 
 class PMeanVariance(NamedTuple):

@@ -13,8 +13,7 @@ import math
 
 import torch
 
-from .diffusion_tables import extract
-from .forward_process import q_posterior_mean_variance
+from .forward_process import q_mean_variance, q_posterior_mean_variance
 from .gaussian import discretized_gaussian_log_likelihood, normal_kl
 from .reverse_process import ReverseProcess, p_mean_variance
 
@@ -50,6 +49,5 @@ def prior_bpd(process: ReverseProcess, x0: torch.Tensor) -> torch.Tensor:
     """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim: constant in the network, small for a good schedule."""
     tables = process.tables
     t = torch.full((x0.shape[0],), tables.num_timesteps - 1, dtype=torch.long, device=x0.device)
-    mean = extract(tables.sqrt_alphas_cumprod, t, x0) * x0
-    log_variance = extract(tables.log_one_minus_alphas_cumprod, t, x0)
+    mean, _, log_variance = q_mean_variance(tables, x0, t)
     return _mean_over_dims(normal_kl(mean, log_variance, 0.0, 0.0)) / _LOG2

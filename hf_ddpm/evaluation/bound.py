@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from hf_ddpm.core.pipeline_base import null_label_of
+
 
 @dataclass
 class VariationalBound:
@@ -44,11 +46,8 @@ def call_model(model: Callable[..., Any], x_t: torch.Tensor, t: torch.Tensor) ->
 def unconditional_label(unet: Any, null_label: int | None = None) -> int | None:
     """The class label under which ``unet`` models p(x): None for an unconditional UNet; for a
     class-conditional one trained for classifier-free guidance, ``null_label`` (a pipeline's
-    ``null_class_label``), or the last class embedding, where hf-ddpm train puts it."""
-    num_class_embeds = getattr(unet.config, "num_class_embeds", None)
-    if not num_class_embeds:
-        return None
-    return num_class_embeds - 1 if null_label is None else int(null_label)
+    ``null_class_label``), or the one of hf-ddpm train's layout (:func:`.pipeline_base.null_label_of`)."""
+    return null_label_of(getattr(unet.config, "num_class_embeds", None), null_label)
 
 
 def unconditional_model(unet: Any, null_label: int | None = None) -> Callable[..., Any]:

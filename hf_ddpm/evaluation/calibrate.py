@@ -39,14 +39,36 @@ DEFAULT_NUM_IMAGES = 64
 SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
 
 
+# From this many images on, the drawn noise serves as a control variate (its standard error needs M > 3,
+# _control_variate_mean); with fewer, the plain mean.
+CONTROL_VARIATE_FROM = 4
+
+
 @dataclass
 class EpsSecondMoment:
-    """Gamma_n for n = 0..T-1 (``values``), the standard error of each over the images (``stderr``), and
-    how many images they average."""
+    """Gamma_n for n = 0..T-1 (``values``), the standard error of each over the images (``stderr``, NaN
+    from one image), how many images they average, and at how many timesteps the estimate fell outside
+    below 0 and was set to 0 (``clipped``, :func:`clip_negative_estimates`)."""
 
     values: np.ndarray
     stderr: np.ndarray
     num_images: int
+    clipped: int = 0
+
+    def clipping_note(self) -> str | None:
+        """Why values were clipped, for the log; ``None`` if none were."""
+        if not self.clipped:
+            return None
+        return (
+            f"{self.clipped} of {len(self.values)} Gamma_n estimates from {self.num_images} image(s) fell "
+            "below 0, which no second moment can (the control variate overshoots with few images), and "
+            "were set to 0; more images narrow the noise"
+        )
+
+
+def _alphas_cumprod(scheduler: Any) -> torch.Tensor:
+    """alpha-bar_n from the scheduler's float32 betas, in float64: 1 - alpha-bar near n = 0 keeps its digits."""
+    return torch.cumprod(1 - scheduler.betas.double(), 0)
 
 
 def _epsilon(
@@ -55,8 +77,7 @@ def _epsilon(
     """The network's epsilon whatever it predicts: x_0 from the prediction, then eps = (x_t - a x_0) / s
     (Ho et al. eq. 4); the variance channels of a learned-variance network are dropped."""
     output = output[:, : x_t.shape[1]]
-    # From the float32 betas in float64: 1 - alpha-bar near t = 0 keeps its digits.
-    ab = torch.cumprod(1 - scheduler.betas.double(), 0)[t.cpu()].to(x_t.device)
+    ab = _alphas_cumprod(scheduler)[t.cpu()].to(x_t.device)
     a = ab.sqrt().view(-1, *([1] * (x_t.ndim - 1)))
     s = (1 - ab).sqrt().view_as(a)
     if scheduler.config.prediction_type == "epsilon":
@@ -124,10 +145,21 @@ def _control_variate_mean(predicted: np.ndarray, drawn: np.ndarray) -> EpsSecond
     """The mean of ``predicted`` (images x timesteps) with ``drawn`` as control variate: E ||eps||^2 / d = 1
     exactly, and where the network is good eps_theta is close to eps, so subtracting c (||eps||^2 / d - 1),
     c = Cov / Var per timestep, removes most of the chi-square noise of ||eps_theta||^2 / d (about
-    sqrt(2 / d) per image) and keeps the estimate unbiased up to O(1 / M) from estimating c."""
+    sqrt(2 / d) per image) and keeps the estimate unbiased up to O(1 / M) from estimating c.
+
+    The standard error is the regression estimator's: Var = sigma_res^2 / M * (M - 2) / (M - 3) (the
+    second factor for the fitted c), with sigma_res^2 = SSR / (M - 2), so SE^2 = SSR / (M (M - 3)). Below
+    ``CONTROL_VARIATE_FROM`` images that is undefined (two points fit any c exactly, leaving residuals
+    of 0 up to rounding), so the plain mean is taken, with its standard error from ddof = 1 (NaN from
+    one image)."""
     count = predicted.shape[0]
-    if count < 2:
-        return EpsSecondMoment(predicted.mean(0), np.full(predicted.shape[1], np.nan), count)
+    if count < CONTROL_VARIATE_FROM:
+        stderr = (
+            predicted.std(0, ddof=1) / math.sqrt(count)
+            if count > 1
+            else np.full(predicted.shape[1], np.nan)
+        )
+        return EpsSecondMoment(predicted.mean(0), stderr, count)
     centred = drawn - drawn.mean(0)
     variance = (centred**2).mean(0)
     c = np.divide(
@@ -137,7 +169,18 @@ def _control_variate_mean(predicted: np.ndarray, drawn: np.ndarray) -> EpsSecond
         where=variance > 0,
     )
     adjusted = predicted - c * (drawn - 1.0)
-    return EpsSecondMoment(adjusted.mean(0), adjusted.std(0, ddof=1) / math.sqrt(count), count)
+    residuals = ((adjusted - adjusted.mean(0)) ** 2).sum(0)
+    return EpsSecondMoment(adjusted.mean(0), np.sqrt(residuals / (count * (count - 3))), count)
+
+
+def clip_negative_estimates(gamma: np.ndarray) -> np.ndarray:
+    """``gamma`` with its estimates below 0 set to 0. Gamma_n is a second moment, so never negative, but the
+    control-variate estimate of few images can overshoot below 0 when c is far off; the scheduler refuses
+    such a moment. At 0 the analytic variance takes E Var[x_0 | x_n] at its largest, beta-bar_n /
+    alpha-bar_n (or Theorem 2's 1), the cautious end. Values above 1, or below Theorem 2's lower bound, are
+    kept: they are the statistic of an imperfect network, and the sampler clips E Var itself
+    (``core.analytic.expected_x0_variance``)."""
+    return np.maximum(np.asarray(gamma, dtype=np.float64), 0.0)
 
 
 def calibrate_pipeline(
@@ -150,7 +193,8 @@ def calibrate_pipeline(
     """Estimate Gamma for ``pipeline`` (``unet`` + an ``HFDDPMScheduler``) on training ``images`` and set
     ``pipeline.scheduler`` to the same scheduler carrying it as ``eps_second_moment`` (its variance type
     is unchanged). A class-conditional CFG model is calibrated with its null label: the analytic
-    variance is then that of the unconditional model p(x), which guided sampling uses too."""
+    variance is then that of the unconditional model p(x), which guided sampling uses too. Estimates
+    below 0 are set to 0 (:func:`clip_negative_estimates`; ``clipped`` counts them)."""
     size = pipeline.unet.config.sample_size
     size = size if isinstance(size, int) else size[0]
     channels = pipeline.unet.config.in_channels
@@ -182,8 +226,12 @@ def calibrate_pipeline(
         max_batch_size=max_batch_size,
         progress=progress,
     )
+    values = clip_negative_estimates(result.values)
+    result = EpsSecondMoment(
+        values, result.stderr, result.num_images, int(np.sum(values != result.values))
+    )
     pipeline.scheduler = type(pipeline.scheduler).from_config(
-        pipeline.scheduler.config, eps_second_moment=result.values.tolist()
+        pipeline.scheduler.config, eps_second_moment=values.tolist()
     )
     return result
 
@@ -211,6 +259,10 @@ def write_eps_second_moment(
         with os.fdopen(handle, "w", encoding="utf-8") as f:
             f.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        # Named by the config it was to replace (which is whole), not by the temporary file.
+        raise OSError(error.errno, f"writing {path} failed: {error.strerror}") from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -219,7 +271,7 @@ def write_eps_second_moment(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``hf-ddpm calibrate`` options."""
-    from .evaluate import add_data_arguments
+    from hf_ddpm.data.held_out import add_data_arguments
 
     add_data_arguments(parser, "train", "split to calibrate on")
     parser.add_argument(
@@ -253,10 +305,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``hf-ddpm calibrate``. Bad input is raised before the long loop, and cli.py reports it as one
     line with exit status 2."""
-    from hf_ddpm.core.hub_layout import push_folder_to_hub, resolve_pipeline_folder
     from hf_ddpm.core.pipeline import HFDDPMPipeline
+    from hf_ddpm.core.pushing import push_folder_to_hub, uploaded_files
+    from hf_ddpm.data.held_out import load_reference
+    from hf_ddpm.hub.loading import resolve_pipeline_folder
 
-    from .evaluate import load_reference
+    from .data_options import resolve_data_flags
 
     if args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
@@ -270,6 +324,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else source
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipeline = HFDDPMPipeline.from_pretrained(source).to(device)
+    resolve_data_flags(args, "calibrate")
     size = pipeline.unet.config.sample_size
     reference = load_reference(
         size if isinstance(size, int) else size[0],
@@ -285,15 +340,24 @@ def run(args: argparse.Namespace) -> int:
         pipeline, reference.images, generator=generator, max_batch_size=args.batch_size
     )
     if output.resolve() != source.resolve():
-        shutil.copytree(source, output, dirs_exist_ok=True)
+        # What an upload of the folder holds (no checkpoints, no logs): the calibrated model.
+        for name in uploaded_files(source):
+            (output / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, output / name)
     path = write_eps_second_moment(output, result.values, set_default=args.set_default)
-    worst = int(np.nanargmax(result.stderr)) if result.num_images > 1 else 0
+    if result.num_images > 1:
+        worst = int(np.nanargmax(result.stderr))
+        spread = f"largest standard error {result.stderr[worst]:.2g} at n={worst}"
+    else:
+        spread = "no standard error from one image"
     print(
         f"Gamma_n over {result.num_images} images of {reference.name!r} ({reference.split}) written to "
         f"{path}: from {result.values[0]:.4f} at n=0 to {result.values[-1]:.4f} at n="
-        f"{len(result.values) - 1}; largest standard error {result.stderr[worst]:.2g} at n={worst}"
+        f"{len(result.values) - 1}; {spread}"
         + ("; variance_type is now 'analytic'" if args.set_default else "")
     )
+    if result.clipping_note():
+        print(f"note: {result.clipping_note()}")
     if args.push_to_hub:
         url = push_folder_to_hub(
             output,

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hf_ddpm.data.held_out import ReferenceData, add_data_arguments, load_reference
 from hf_ddpm.sampling.sample_folder import read_samples
 from hf_ddpm.sampling.samplers import (
     DEFAULT_SAMPLING_STEPS,
@@ -97,28 +98,6 @@ def parse_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
     if not names:
         raise ValueError(f"no metric given in --metrics; allowed: {', '.join(METRICS)}")
     return tuple(dict.fromkeys(names))
-
-
-@dataclass
-class ReferenceData:
-    """Held-out images for the NLL and the reference side of the Fréchet distances.
-
-    Attributes:
-        images: (N, C, H, W) in [-1, 1], on the data's ``num_bins`` grid, at the model's resolution.
-        num_bins: intensity levels of the data (256 for 8-bit images); the discretised decoder uses it.
-        name: dataset name, Hub id or folder (part of the statistics cache key).
-        split: the split the images come from.
-    """
-
-    images: torch.Tensor
-    num_bins: int
-    name: str
-    split: str
-
-    @property
-    def resolution(self) -> int:
-        """Image side length."""
-        return int(self.images.shape[-1])
 
 
 @dataclass(frozen=True)
@@ -205,60 +184,6 @@ class EvaluationOptions:
     def frechet_metrics(self) -> tuple[str, ...]:
         """The Fréchet metrics asked for, in order."""
         return tuple(name for name in self.metrics if name in _FRECHET_METRICS)
-
-
-def load_reference(
-    resolution: int,
-    dataset: str | None = "mnist-5k",
-    train_data_dir: str | None = None,
-    split: str = "test",
-    image_column: str | None = None,
-    max_images: int | None = None,
-    skip_bad_images: bool = False,
-) -> ReferenceData:
-    """Read a dataset split with ``hf_ddpm.data.image_datasets`` (the same options and preprocessing as ``train``).
-
-    Args:
-        resolution: side length to resize and center-crop to; the model's ``sample_size``.
-        dataset, train_data_dir, split, image_column: as for :func:`hf_ddpm.data.image_datasets.load_image_dataset`.
-        max_images: use only the first ``max_images`` images of the split.
-        skip_bad_images: leave out the files of ``train_data_dir`` that cannot be decoded instead of
-            raising (``--skip-bad-images``).
-    """
-    from hf_ddpm.data.image_datasets import collate, load_image_dataset, preprocess
-
-    if train_data_dir is not None:
-        _check_folder_split(train_data_dir, split)
-    data = load_image_dataset(
-        dataset,
-        train_data_dir,
-        split=split,
-        image_column=image_column,
-        skip_bad_images=skip_bad_images,
-    )
-    count = len(data) if max_images is None else min(max_images, len(data))
-    processed = preprocess(data, resolution)
-    examples = [processed[i] for i in tqdm(range(count), desc=f"loading {split}", leave=False)]
-    if not examples:
-        raise ValueError(f"the {split!r} split of {data.name!r} has no images")
-    images = collate(examples)["pixel_values"]
-    return ReferenceData(images=images, num_bins=data.num_bins, name=data.name, split=split)
-
-
-def _check_folder_split(train_data_dir: str, split: str) -> None:
-    """An image folder has only the splits its sub-folders name (most have just ``train``): say which."""
-    import datasets
-
-    if not Path(train_data_dir).is_dir():
-        return  # load_image_dataset names the missing folder
-    splits = datasets.get_dataset_split_names("imagefolder", data_dir=train_data_dir)
-    if split not in splits:
-        hint = f"pass --split {splits[0]}" if len(splits) == 1 else f"pass --split one of {splits}"
-        raise ValueError(
-            f"--split {split}: the image folder {train_data_dir} has no {split!r} split, only "
-            f"{splits}; {hint} (a split the model was trained on makes the NLL and Fréchet distances "
-            f"optimistic), or put held-out images in a {split}/ sub-folder"
-        )
 
 
 def build_extractors(
@@ -686,7 +611,7 @@ def write_metrics_to_card(folder: str | Path, report: dict[str, Any], model_name
     atomically), as :func:`push_metrics_to_hub` does on the Hub."""
     from huggingface_hub import ModelCard
 
-    from hf_ddpm.core.hub_layout import MODEL_CARD
+    from hf_ddpm.core.model_card import MODEL_CARD
 
     path = Path(folder) / MODEL_CARD
     card = ModelCard.load(path)
@@ -716,29 +641,6 @@ def push_metrics_to_hub(
         token=token,
         commit_message="Update evaluation metrics (hf-ddpm evaluate)",
     )
-
-
-def add_data_arguments(
-    parser: argparse.ArgumentParser, split: str, split_help: str
-) -> argparse._ArgumentGroup:
-    """The data options that commands reading a model and a dataset share, as
-    :func:`load_reference` takes them; returns the data group for more options."""
-    data = parser.add_argument_group("data (as for `hf-ddpm train`)")
-    data.add_argument(
-        "--dataset", default="mnist-5k", help="bundled name or Hub dataset id (default: mnist-5k)"
-    )
-    data.add_argument(
-        "--train-data-dir", default=None, help="a local image folder instead of --dataset"
-    )
-    data.add_argument("--split", default=split, help=f"{split_help} (default: {split})")
-    data.add_argument("--image-column", default=None, help="the dataset's image column")
-    data.add_argument(
-        "--skip-bad-images",
-        action="store_true",
-        help="leave out the files of --train-data-dir that cannot be read (listed in the log) "
-        "instead of stopping",
-    )
-    return data
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -867,10 +769,13 @@ def run(args: argparse.Namespace) -> int:
 
     from hf_ddpm.core.pipeline import HFDDPMPipeline
 
+    from .data_options import resolve_data_flags
+
     pipe = HFDDPMPipeline.from_pretrained(args.model).to(device)
     sampling_steps(pipe, options)  # fail before the reference images are read
     # and so does a sampler the model cannot honour
     sampling_scheduler(pipe, options.sampler, options.variance_type, options.timestep_spacing)
+    resolve_data_flags(args, "evaluate")
     apply_unet_speed(pipe, speed, warmup_batch_size=options.batch_size)
     reference = load_reference(
         _model_resolution(pipe),

@@ -129,7 +129,17 @@ def _load_dinov2(model_id: str) -> torch.nn.Module:
     from transformers import AutoModel
 
     try:
-        return AutoModel.from_pretrained(model_id)
+        if Path(model_id).exists() or _hub_offline():
+            return AutoModel.from_pretrained(model_id)
+        try:  # the cache first: no request at all for a model downloaded before
+            return AutoModel.from_pretrained(model_id, local_files_only=True)
+        except OSError as not_cached:
+            # huggingface_hub retries an unreachable Hub for half a minute before it gives up.
+            if not _hub_reachable():
+                raise OSError(
+                    f"the Hub ({_hub_endpoint()}) did not answer within {_PROBE_S:g} s"
+                ) from not_cached
+            return AutoModel.from_pretrained(model_id)
     except (OSError, ValueError) as error:  # ValueError: a folder with no model config
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         if Path(model_id).exists() or not isinstance(error, OSError):
@@ -142,6 +152,29 @@ def _load_dinov2(model_id: str) -> torch.nn.Module:
             f"and {offline}. Download it once where the network works (`hf download {model_id}`), "
             f"or pass --dinov2-model FOLDER with a saved DINOv2 model ({detail})"
         ) from error
+
+
+_PROBE_S = 3.0
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _hub_reachable() -> bool:
+    """Whether a TCP connection to the Hub endpoint opens within ``_PROBE_S`` seconds."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(_hub_endpoint())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=_PROBE_S):
+            return True
+    except OSError:
+        return False
 
 
 def _hub_offline() -> bool:

@@ -29,7 +29,8 @@ def remote_code_sources(folder: Path) -> dict[Path, Path]:
     The pipeline's file and its relative imports go to the folder's root, each custom component's to
     its subfolder, exactly as ``HFDDPMPipeline.save_pretrained`` lays them out.
     """
-    from hf_ddpm.core.hub_layout import MODEL_INDEX, relative_import_closure
+    from hf_ddpm.core.remote_code import relative_import_closure
+    from hf_ddpm.core.saving import MODEL_INDEX
 
     core = Path(__file__).resolve().parents[1] / "core"
     index = json.loads((folder / MODEL_INDEX).read_text(encoding="utf-8"))

@@ -30,8 +30,9 @@ DEFAULT_APP_DIR = _PACKAGE_DIR.parent / "spaces_app"
 _APP_FILES = ("app.py", "requirements.txt", "README.md")
 _SKIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
 # Modules the app imports beyond hf_ddpm's public names: the transform that makes an upload the model's
-# input exactly as in training, so the likelihood tab's bits/dim match `hf-ddpm evaluate`.
-_APP_MODULES = ("data.image_transform",)
+# input exactly as in training, so the likelihood tab's bits/dim match `hf-ddpm evaluate`, and the
+# sampler registry, so the page offers the choices `hf-ddpm sample` has.
+_APP_MODULES = ("data.image_transform", "sampling.samplers")
 
 
 def _check_repo_id(kind: str, repo_id: str) -> None:
@@ -46,12 +47,15 @@ def _check_repo_id(kind: str, repo_id: str) -> None:
 def package_modules() -> list[Path]:
     """The hf_ddpm source files a Space needs, as paths relative to the package: ``__init__.py`` of the
     package and of each subpackage on the way, the modules of its public names (pipeline, scheduler,
-    variational bound) and the image transform, with every sibling they import."""
+    variational bound), the image transform and the pipeline's loader, with every sibling they import."""
     from hf_ddpm import PUBLIC_API
-    from hf_ddpm.core.hub_layout import relative_import_closure
+    from hf_ddpm.core.pipeline_base import INSTALLED_LOADER
+    from hf_ddpm.core.remote_code import relative_import_closure
 
+    # The copied pipeline runs as the installed package, so its from_pretrained imports this loader.
+    loader = INSTALLED_LOADER.removeprefix("hf_ddpm.")
     files = {Path("__init__.py")}
-    for module in {*PUBLIC_API.values(), *_APP_MODULES}:
+    for module in {*PUBLIC_API.values(), *_APP_MODULES, loader}:
         source = _PACKAGE_DIR / f"{module.replace('.', '/')}.py"
         for path in relative_import_closure(source):
             relative = path.relative_to(_PACKAGE_DIR)

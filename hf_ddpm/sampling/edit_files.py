@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ import torch
 from hf_ddpm.data.image_grid import save_png_atomically
 from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed
 
-from .sample import load_for_sampling
+from .sample import load_for_sampling, resolve_class_label
+
+logger = logging.getLogger(__name__)
 
 
 def pipeline_default(pipeline_class: type, name: str) -> Any:
@@ -27,7 +30,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, pipeline_class: type) 
     """The input image and output options of both edit commands (the model, steps, seed, class and
     device flags are cli.py's shared ones); ``--num-inference-steps`` defaults to the pipeline's own."""
     parser.add_argument(
-        "--image", required=True, help="image to edit (PNG, JPEG, ...), at the model's size"
+        "--image",
+        required=True,
+        help="image to edit (PNG, JPEG, ...); resized and centre-cropped to the model's size as "
+        "training does",
     )
     parser.add_argument("--output", required=True, help="where to write the result (.png)")
     parser.set_defaults(num_inference_steps=pipeline_default(pipeline_class, "num_inference_steps"))
@@ -47,8 +53,14 @@ def check_output_path(output: str) -> Path:
 
 
 def read_image(path: str, flag: str, pipeline: Any, mask: bool = False) -> np.ndarray:
-    """The image at ``path`` as an (H, W[, C]) float array in [0, 1], in the model's channel count (a
-    mask: one channel); a ValueError or FileNotFoundError naming ``flag`` and the file otherwise."""
+    """The image at ``path`` as the model sees it, an (H, W, C) float array in [0, 1]: converted to the
+    model's channels (a mask: one grey channel), resized so its shorter side is the model's size and
+    centre-cropped, by the transform training applies to every image
+    (:class:`hf_ddpm.data.image_transform.ImageTransform`); each change is logged. A ValueError or
+    FileNotFoundError naming ``flag`` and the file otherwise."""
+    from hf_ddpm.data.image_transform import ImageTransform
+    from hf_ddpm.data.ingest import GREY_MODES
+
     file = Path(path)
     if not file.is_file():
         what = "a folder, not an image file" if file.is_dir() else "no such file"
@@ -62,14 +74,36 @@ def read_image(path: str, flag: str, pipeline: Any, mask: bool = False) -> np.nd
     config = pipeline.unet.config
     size = config.sample_size
     height, width = (size, size) if isinstance(size, int) else size
-    if image.size != (width, height):
+    if height != width:
         raise ValueError(
-            f"{flag} {path} is {image.width}x{image.height} pixels, but the model takes {width}x{height}: "
-            "resize it first."
+            f"{flag}: the model takes {width}x{height} images; only square ones are read"
         )
-    channels = 1 if mask else config.in_channels
-    array = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
-    return array
+    channels = 1 if mask else int(config.in_channels)
+    if image.size != (width, height):
+        logger.info(
+            "%s %s is %dx%d pixels: resized (bilinear, shorter side to %d) and centre-cropped to "
+            "%dx%d, as training does",
+            flag,
+            path,
+            image.width,
+            image.height,
+            width,
+            width,
+            height,
+        )
+    colour = image.mode not in GREY_MODES
+    if colour and channels == 1 and not mask:
+        logger.info(
+            "%s %s is in colour, but the model is grey (1 channel): converted to grey", flag, path
+        )
+    elif not colour and channels == 3:
+        logger.info(
+            "%s %s is grey, but the model takes colour (RGB): the grey is copied to each channel",
+            flag,
+            path,
+        )
+    pixels = ImageTransform.for_channels(channels, width)(image)
+    return ((pixels.permute(1, 2, 0).numpy() + 1.0) / 2.0).astype(np.float32)
 
 
 def generators(seed: int, num_images: int) -> list[torch.Generator]:
@@ -96,6 +130,7 @@ def write_row(images: np.ndarray, output: Path) -> None:
 def open_edit(args: argparse.Namespace, pipeline_class: type) -> tuple[Any, np.ndarray, Path]:
     """The model as ``pipeline_class`` on ``--device`` (its UNet as ``--dtype``, ``--compile`` and
     ``--channels-last`` say), the ``--image`` read for it, and the checked ``--output`` path."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     output = check_output_path(args.output)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = pipeline_class.from_pipe(load_for_sampling(args.model)).to(device)
@@ -111,7 +146,7 @@ def draw_edits(pipe: Any, args: argparse.Namespace, output: Path, done: str, **i
         num_inference_steps=args.num_inference_steps,
         generator=generators(args.seed, args.num_images),
         output_type="np",
-        **class_kwargs(args.class_label, args.guidance_scale),
+        **class_kwargs(resolve_class_label(pipe, args.class_label), args.guidance_scale),
     ).images
     write_row(images, output)
     print(f"wrote {len(images)} {done} image(s) to {output}")

@@ -12,7 +12,10 @@ from .edit_files import add_common_arguments, draw_edits, open_edit, pipeline_de
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, HFDDPMInpaintPipeline)
     parser.add_argument(
-        "--mask", required=True, help="mask image: white where new content goes, black to keep"
+        "--mask",
+        required=True,
+        help="mask image: white where new content goes, black to keep; resized and cropped as "
+        "--image is",
     )
     for flag, name, what in (
         ("--jump-length", "jump_length", "steps of each RePaint resampling jump"),

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from hf_ddpm.core.diffusion_tables import check_num_inference_steps
+from hf_ddpm.core.pipeline_base import num_classes_of
 from hf_ddpm.hub.bundled import bundled_model_path
 from hf_ddpm.sampling.samplers import (
     SEED_RANGE,
@@ -100,13 +102,31 @@ def load_for_sampling(model: str | None) -> Any:
 
 
 def num_classes(pipeline: Any) -> int | None:
-    """Classes a model trained by ``hf-ddpm train --class-column`` draws, or None if unconditional.
+    """Classes a model trained by ``hf-ddpm train --class-column`` draws (the embeddings before its null
+    label, :func:`.pipeline_base.num_classes_of`), or None if unconditional."""
+    return num_classes_of(getattr(pipeline.unet.config, "num_class_embeds", None))
 
-    hf-ddpm train keeps the last class embedding as the null label of classifier-free guidance, so the
-    classes are 0..num_class_embeds-2.
-    """
-    num_class_embeds = getattr(pipeline.unet.config, "num_class_embeds", None)
-    return num_class_embeds - 1 if num_class_embeds else None
+
+def resolve_class_label(pipeline: Any, label: str | int | None) -> int | None:
+    """``--class-label`` as the integer label of ``pipeline``: a class name the model records (its
+    ``class_names``: ``hf-ddpm train --class-from-folders`` keeps the folder names), else an integer;
+    a ``ValueError`` naming the flag and the model's classes otherwise."""
+    if label is None or isinstance(label, int):
+        return label
+    names = list(getattr(pipeline.config, "class_names", None) or [])
+    if label in names:
+        return names.index(label)
+    try:
+        return int(label)
+    except ValueError:
+        pass
+    if names:
+        listed = ", ".join(f"{name} ({i})" for i, name in enumerate(names))
+        raise ValueError(f"--class-label {label!r} is not a class of this model: {listed}")
+    raise ValueError(
+        f"--class-label {label!r}: this model records no class names, so give the class as a number "
+        "(models trained with hf-ddpm train --class-from-folders record their folder names)"
+    )
 
 
 def check_sample_options(
@@ -121,11 +141,7 @@ def check_sample_options(
     num_train_timesteps = int(pipeline.scheduler.config.num_train_timesteps)
     if num_images < 1:
         raise ValueError(f"--num-images must be >= 1, got {num_images}")
-    if not 1 <= num_inference_steps <= num_train_timesteps:
-        raise ValueError(
-            f"--num-inference-steps must be in 1..{num_train_timesteps} (the model's "
-            f"num_train_timesteps), got {num_inference_steps}"
-        )
+    check_num_inference_steps(num_inference_steps, num_train_timesteps, "--num-inference-steps")
     if seed not in SEED_RANGE:
         raise ValueError(f"--seed must be in 0..{SEED_RANGE.stop - 1}, got {seed}")
     if guidance_scale < 0:
@@ -291,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
         num_images=args.num_images,
         num_inference_steps=args.num_inference_steps,
         seed=args.seed,
-        class_label=args.class_label,
+        class_label=resolve_class_label(pipeline, args.class_label),
         guidance_scale=args.guidance_scale,
     )
     save_png_atomically(grid, output)

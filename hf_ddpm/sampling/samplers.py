@@ -15,8 +15,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hf_ddpm.core.pipeline_base import check_covariance_head, expected_unet_out_channels
 from hf_ddpm.core.scheduling import TIMESTEP_SPACINGS, HFDDPMScheduler
-from hf_ddpm.core.variance import LEARNED_VARIANCE_TYPES, VARIANCE_TYPE_NAMES, AnalyticVariance
+from hf_ddpm.core.variance import (
+    HEAD_VARIANCE_TYPES,
+    LEARNED_VARIANCE_TYPES,
+    VARIANCE_TYPE_NAMES,
+    AnalyticVariance,
+)
 
 # Steps a command samples with when not told (capped at T): `hf-ddpm sample`, the Fréchet samples and grid
 # of `hf-ddpm evaluate`, and the sample grids of `hf-ddpm train`. One place, so a benchmark's choice
@@ -32,12 +38,21 @@ def default_sampling_steps(num_train_timesteps: int) -> int:
     return min(DEFAULT_SAMPLING_STEPS, int(num_train_timesteps))
 
 
+def default_sampling_steps_in_words() -> str:
+    """:func:`default_sampling_steps` as the help of a steps option states its default."""
+    return f"{DEFAULT_SAMPLING_STEPS}, or T if the model has fewer"
+
+
 def sampling_variance_type(config: Mapping[str, Any]) -> str:
     """The variance a model samples with unless told otherwise: "analytic" where its scheduler config
     carries ``eps_second_moment`` (Analytic-DPM's optimal variance, Bao et al. 2022 Theorem 1, the better
-    one at few steps), else its own ``variance_type``. A learned variance keeps what it learned."""
+    one at few steps), else its own ``variance_type``. A learned variance keeps what it learned, and a
+    covariance head's per-pixel variance ("sn", "npr") is kept over the scalar analytic one."""
     own = config["variance_type"]
-    if config.get("eps_second_moment") is None or own in LEARNED_VARIANCE_TYPES:
+    if config.get("eps_second_moment") is None or own in (
+        *LEARNED_VARIANCE_TYPES,
+        *HEAD_VARIANCE_TYPES,
+    ):
         return own
     return AnalyticVariance.name
 
@@ -96,6 +111,18 @@ SAMPLERS: dict[str, Sampler] = {
 }
 
 
+def variance_type_choices() -> tuple[str, ...]:
+    """Every ``--variance-type`` of some sampler, in registry order."""
+    return tuple(dict.fromkeys(v for sampler in SAMPLERS.values() for v in sampler.variance_types))
+
+
+def timestep_spacing_choices() -> tuple[str, ...]:
+    """Every ``--timestep-spacing`` of some sampler, in registry order."""
+    return tuple(
+        dict.fromkeys(s for sampler in SAMPLERS.values() for s in sampler.timestep_spacings)
+    )
+
+
 @dataclass(frozen=True)
 class SamplingChoice:
     """The scheduler a command swaps into the pipeline, and what its log line says of it."""
@@ -150,7 +177,12 @@ def sampling_scheduler(
     try:
         scheduler = entry.build(config, variance, spacing)
         channels = getattr(scheduler, "model_output_channels", None)
-        needed = channels(pipeline.unet.config.in_channels) if channels else None
+        needed = (
+            expected_unet_out_channels(scheduler, pipeline.unet.config.in_channels)
+            if channels
+            else None
+        )
+        check_covariance_head(pipeline.unet, scheduler, getattr(pipeline, "covariance_head", None))
     except ValueError as error:
         raise ValueError(f"{flags}: {error}") from error
     if needed is not None and needed != pipeline.unet.config.out_channels:

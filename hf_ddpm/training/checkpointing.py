@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from hf_ddpm.core.hub_layout import plain_file_mode
+from hf_ddpm.core.saving import plain_file_mode
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
-from hf_ddpm.core.hub_layout import network_errors
+from hf_ddpm.core.pushing import network_errors
 
 from .checkpointing import (
     CHECKPOINT_NAME,

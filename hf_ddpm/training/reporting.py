@@ -161,6 +161,62 @@ class SampleGrids:
         acc.wait_for_everyone()
 
 
+def format_duration(seconds: float) -> str:
+    """``seconds`` as a person reads a run's length: ``"40 s"``, ``"12 min"``, ``"3 h 20 min"``, ``"2.3 days"``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        hours, minutes = divmod(round(seconds / 60), 60)
+        return f"{hours} h {minutes} min"
+    return f"{seconds / 86400:.1f} days"
+
+
+class RunTimeEstimate:
+    """Times the first optimizer steps after the first one (which also pays for start-up: workers,
+    allocator, kernels) and logs once how long the whole run will take at that pace.
+
+    Attributes:
+        steps: how many steps the estimate times.
+    """
+
+    steps = 5
+
+    def __init__(self, setup: TrainingSetup, first_step: int) -> None:
+        self.setup = setup
+        self.start_step = first_step + 1
+        self.started: float | None = None
+
+    def _now(self) -> float:
+        import time
+
+        if self.setup.accelerator.device.type == "cuda":
+            torch.cuda.synchronize()  # once per estimate: queued kernels count
+        return time.perf_counter()
+
+    def after_step(self, step: int) -> None:
+        """Call after each optimizer step ``step`` (1-based); logs the estimate once."""
+        max_steps = self.setup.config.max_steps
+        if step == self.start_step and max_steps - step >= self.steps:
+            self.started = self._now()
+        elif self.started is not None and step == self.start_step + self.steps:
+            per_step = (self._now() - self.started) / self.steps
+            left = max_steps - step
+            logger.info(
+                "time: %.3g s per step over steps %d-%d, so the %d steps left take about %s (the whole "
+                "run of %d steps about %s), besides sample grids, checkpoints and the final calibration",
+                per_step,
+                self.start_step + 1,
+                step,
+                left,
+                format_duration(per_step * left),
+                max_steps,
+                format_duration(per_step * max_steps),
+            )
+            self.started = None
+
+
 def startup_summary(setup: TrainingSetup, step: int) -> str:
     """One line that says what this run will do: device, images, parameters, batch, steps, warm-up."""
     config, acc, data = setup.config, setup.accelerator, setup.data
@@ -172,9 +228,13 @@ def startup_summary(setup: TrainingSetup, step: int) -> str:
         batch += f" x {accumulation} accumulation"
     resuming = f" (resuming at step {step})" if step else ""
     precision = "" if acc.mixed_precision == "no" else f" {acc.mixed_precision}"
+    classes = ""
+    if data.num_classes:
+        named = f": {', '.join(data.class_names)}" if data.class_names else ""
+        classes = f", {data.num_classes} classes{named}"
     return (
         f"training on {acc.device}{precision}: {len(data)} images ({data.channels} channel(s), "
-        f"{config.resolution}x{config.resolution}), {parameters:,} parameters, {batch} = "
+        f"{config.resolution}x{config.resolution}{classes}), {parameters:,} parameters, {batch} = "
         f"{per_process * processes * accumulation} images per step, {config.max_steps} steps"
         f"{resuming}, warm-up {config.lr_warmup_steps} steps"
     )
@@ -184,6 +244,8 @@ def card_description(setup: TrainingSetup, step: int, losses: LossLog) -> str:
     """The training section of the model card."""
     config, data = setup.config, setup.data
     classes = f", {data.num_classes} classes" if data.num_classes else ""
+    if data.class_names:
+        classes += f": {', '.join(data.class_names)}"
     lines = [
         "A denoising diffusion probabilistic model (Ho, Jain & Abbeel 2020) trained with hf_ddpm "
         "and sampled by ancestral sampling. The weights are the exponential moving average.",

@@ -136,13 +136,22 @@ def resume_differences(
     before = {**TrainConfig().to_dict(), **saved["config"]}
     # --train-data-dir replaces --dataset (older checkpoints still record the unused default).
     ignored = {"dataset"} if now["train_data_dir"] is not None else set()
+    folder_change = _data_folder_difference(before, now, saved.get("data", {}), data)
+    if folder_change is not True:
+        ignored.add("train_data_dir")
     differences = [
         f"--{name.replace('_', '-')} {before[name]!r} (now {now[name]!r})"
         for name in now
         if name not in RESUMABLE_OPTIONS | ignored and before.get(name) != now[name]
     ]
+    if isinstance(folder_change, str):
+        differences.append(folder_change)
     saved_images = saved.get("data", {}).get("images")
-    if saved_images is not None and saved_images != len(data):
+    if (
+        saved_images is not None
+        and saved_images != len(data)
+        and not isinstance(folder_change, str)
+    ):
         differences.append(f"the data: {saved_images} images (now {len(data)})")
     global_batch = config.batch_size * num_processes
     if saved["global_batch"] != global_batch:
@@ -151,6 +160,38 @@ def resume_differences(
             f"{config.batch_size} x {num_processes} process(es))"
         )
     return differences
+
+
+def _data_folder_difference(
+    before: dict[str, Any], now: dict[str, Any], saved_data: dict[str, Any], data: ImageDataset
+) -> bool | str | None:
+    """How ``--train-data-dir`` compares with the checkpoint's: ``None`` for the same images (the same
+    folder however it is written, or one with the same content fingerprint, ``folder_fingerprint``),
+    a sentence naming the folder whose images changed, or ``True`` where only the option's text can be
+    compared (no folder on one side, or a checkpoint that recorded no fingerprint)."""
+    old, new = before.get("train_data_dir"), now.get("train_data_dir")
+    if old is None or new is None:
+        return True if old != new else None
+    recorded, current = saved_data.get("fingerprint"), data.fingerprint
+    same_place = Path(old).resolve() == Path(new).resolve()
+    if recorded is None or current is None:
+        return None if same_place else True
+    if recorded == current:
+        if not same_place:
+            logger.info(
+                "--train-data-dir %s holds the same images as the checkpoint's %s (names, sizes and "
+                "times of its %d files): resuming exactly",
+                new,
+                old,
+                current["files"],
+            )
+        return None
+    where = f"--train-data-dir {new!r}" + ("" if same_place else f" (the checkpoint's: {old!r})")
+    return (
+        f"the images of {where}: {recorded['files']} files, {recorded['bytes']:,} bytes when the "
+        f"checkpoint was written, now {current['files']} files, {current['bytes']:,} bytes, with other "
+        "names, sizes or modification times"
+    )
 
 
 def check_resume_options(

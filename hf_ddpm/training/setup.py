@@ -9,6 +9,7 @@ every image checked) first, before anything is written; a checkpoint on the Hub 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ def load_training_data(config: TrainConfig) -> ImageDataset:
         class_column=config.class_column,
         channels=config.channels,
         skip_bad_images=config.skip_bad_images,
+        class_from_folders=config.class_from_folders,
     )
 
 
@@ -154,7 +156,6 @@ class TrainingSetup:
     config: TrainConfig
     accelerator: Accelerator
     data: ImageDataset
-    train_data: Any
     scheduler: HFDDPMScheduler
     unet_config: dict[str, Any]
     null_label: int | None
@@ -166,6 +167,14 @@ class TrainingSetup:
     ema_unet: torch.nn.Module | None
     timestep_sampler: UniformSampler
     update_sampler: bool
+
+    @functools.cached_property
+    def train_data(self) -> Any:
+        """The data as the loop's batches read it (:func:`hf_ddpm.data.image_datasets.preprocess`),
+        built on first use: a setup driven with batches of its own never reads its images."""
+        from hf_ddpm.data.image_datasets import preprocess
+
+        return preprocess(self.data, self.config.resolution)
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -188,8 +197,8 @@ def build_setup(config: TrainConfig, accelerator: Accelerator, data: ImageDatase
             "build_setup needs --batch-size and --lr-warmup-steps filled in: pass the config "
             "through TrainConfig.with_scaled_defaults first"
         )
+    from hf_ddpm.core.pipeline_base import null_label_of, num_class_embeds_for
     from hf_ddpm.core.scheduling import HFDDPMScheduler
-    from hf_ddpm.data.image_datasets import preprocess
 
     from .ema import EMA
     from .timestep_sampler import LossSecondMomentResampler, UniformSampler
@@ -205,15 +214,16 @@ def build_setup(config: TrainConfig, accelerator: Accelerator, data: ImageDatase
         # still pure noise (diffusers leaves alpha_bar_T = 0.36 at T = 100).
         scale_linear_betas_by_timesteps=config.num_train_timesteps != 1000,
     )
-    # Label num_classes is the null class of classifier-free guidance (HFDDPMPipeline's convention).
-    null_label = data.num_classes
+    # The data's classes, then the null label of classifier-free guidance (HFDDPMPipeline's layout).
+    num_class_embeds = None if data.num_classes is None else num_class_embeds_for(data.num_classes)
+    null_label = null_label_of(num_class_embeds)
     unet_cfg = unet_config(
         config.model_preset,
         config.unet_config,
         resolution=config.resolution,
         in_channels=data.channels,
         out_channels=scheduler.model_output_channels(data.channels),
-        num_class_embeds=None if null_label is None else null_label + 1,
+        num_class_embeds=num_class_embeds,
     )
     batch_sampler = EpochBatchSampler(
         len(data), config.batch_size, acc.num_processes, acc.process_index, config.seed, 0
@@ -243,7 +253,6 @@ def build_setup(config: TrainConfig, accelerator: Accelerator, data: ImageDatase
         config=config,
         accelerator=acc,
         data=data,
-        train_data=preprocess(data, config.resolution),
         scheduler=scheduler,
         unet_config=unet_cfg,
         null_label=null_label,

@@ -12,7 +12,15 @@ Multi-GPU or multi-node: ``accelerate launch --multi_gpu --num_processes N -m hf
 
 The pieces, one module each: ``setup.py`` (data, accelerator, resume source, model, EMA, optimiser),
 ``step.py`` (one optimizer step), ``run_checkpoint.py`` (what a checkpoint holds, and resuming from it),
-``reporting.py`` (losses, sample grids, the card). This module runs them in order.
+``reporting.py`` (losses, sample grids, the card), ``preemption.py`` (SIGTERM / SIGINT),
+``end_of_run.py`` (the final pipeline, then the extras: calibration, the grid, the push). This module runs
+them in order.
+
+Exit status of ``hf-ddpm train``: 0 done; 1 failed (the loss diverged, a checkpoint could not be written
+or resumed from, the Hub could not be reached to resume); 2 bad options or data (before any step);
+3 (``EXIT_PARTIAL``) trained and saved, but an end-of-run extra failed: each is one warning with the
+command that redoes it; 75 (``EXIT_STOPPED``) stopped by SIGTERM or SIGINT after writing a checkpoint:
+resume with ``--resume-from-checkpoint latest``.
 
 Exact resume. Everything random in a step is a pure function of ``(seed, rank, micro-batch index)``
 (``determinism.py``), so a checkpoint only needs the step and the number of micro-batches seen, besides
@@ -37,13 +45,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .end_of_run import EXIT_PARTIAL, finish_run
 from .periodic_eval import PeriodicEvaluation
+from .preemption import EXIT_STOPPED, StopSignals, ignore_stop_signals
 from .reporting import (
     LossLog,
+    RunTimeEstimate,
     SampleGrids,
     TrainingDivergedError,
-    card_description,
-    grid_sampling,
     startup_summary,
 )
 from .run_checkpoint import (
@@ -68,8 +77,6 @@ from .train_config import DATA_RECORD, TrainConfig, config_from_args
 from .train_config import add_arguments as add_arguments
 
 if TYPE_CHECKING:
-    from hf_ddpm.core.pipeline import HFDDPMPipeline
-
     from .hub_checkpoints import HubCheckpointUploader
 
 logger = logging.getLogger(__name__)
@@ -77,14 +84,21 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
-    """What :func:`train` leaves behind (on the main process; other ranks get the same step and loss)."""
+    """What :func:`train` leaves behind (on the main process; other ranks get the same step and loss).
+
+    Attributes:
+        stopped_by: the signal that stopped the run after a checkpoint (``"SIGTERM"``), else ``None``.
+        warnings: one line per end-of-run extra that failed or was skipped, with the command that redoes
+            it (the run is then partial).
+    """
 
     output_dir: Path
     step: int
     final_loss: float
     hub_url: str | None = None
-    push_error: str | None = None
     checkpoint_push_errors: list[str] = field(default_factory=list)
+    stopped_by: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 class _Trainer:
@@ -99,9 +113,12 @@ class _Trainer:
         self.resume_path = resume_path
         # Built in run(), on the main process, when --hub-strategy uploads checkpoints.
         self.uploader: HubCheckpointUploader | None = None
+        self.stop = StopSignals()
 
     def _start(self) -> None:
         """Resume, write train_config.json, start the checkpoint uploader and the trackers."""
+        from hf_ddpm.data.image_datasets import TRAIN_RECORD
+
         setup, config = self.setup, self.setup.config
         acc = setup.accelerator
         if self.resume_path is not None:
@@ -112,7 +129,7 @@ class _Trainer:
             if config.overwrite_output_dir:
                 clear_output_dir(setup.output_dir)
             record = {**config.to_dict(), DATA_RECORD: setup.data.record()}
-            (setup.output_dir / "train_config.json").write_text(
+            (setup.output_dir / TRAIN_RECORD).write_text(
                 json.dumps(record, indent=2) + "\n", encoding="utf-8"
             )
             if config.push_to_hub and config.hub_strategy != "end":
@@ -130,6 +147,10 @@ class _Trainer:
             acc.init_trackers("hf-ddpm", config=hparams)
 
     def run(self) -> TrainResult:
+        with self.stop:
+            return self._run()
+
+    def _run(self) -> TrainResult:
         from torch.utils.data import DataLoader
         from tqdm.auto import tqdm
 
@@ -145,6 +166,7 @@ class _Trainer:
             collate_fn=collate,
             num_workers=config.dataloader_num_workers,
             pin_memory=acc.device.type == "cuda",
+            worker_init_fn=ignore_stop_signals,
         )
         batches = iter(loader)
         bar = tqdm(
@@ -153,15 +175,20 @@ class _Trainer:
             desc="train",
             disable=not acc.is_local_main_process,
         )
+        stopped_by = None
+        clock = RunTimeEstimate(setup, progress.step) if acc.is_main_process else None
         while progress.step < config.max_steps:
             outcome = progress.optimizer_step(batches)
             self.losses.add(outcome)
             bar.update(1)
             step = outcome.step
+            if clock is not None:
+                clock.after_step(step)
             checkpoint_due = bool(config.checkpoint_every) and step % config.checkpoint_every == 0
             sample_due = bool(config.sample_every) and step % config.sample_every == 0
+            read_due = step % config.log_every == 0 or checkpoint_due or sample_due
             # A diverged loss must be seen before anything is written from the weights it produced.
-            if step % config.log_every == 0 or checkpoint_due or sample_due:
+            if read_due:
                 self.losses.read(bar)
             if checkpoint_due:
                 save_run_checkpoint(setup, progress, self.uploader)
@@ -169,6 +196,9 @@ class _Trainer:
                 self.grids.log(step)
             if self.evaluation.due(step):
                 self.evaluation.run(step)
+            stopped_by = self.stop.agreed(acc, read_due)
+            if stopped_by is not None:
+                break
         self.losses.read(bar)
         bar.close()
         if not (setup.output_dir / f"checkpoint-{progress.step}").exists():
@@ -176,101 +206,33 @@ class _Trainer:
         result = TrainResult(setup.output_dir, progress.step, self.losses.final_loss())
         acc.wait_for_everyone()
         acc.end_training()
-        # Saving the pipeline and pushing it (after any queued checkpoint uploads) involve no other
-        # process: they come after the last collective, so a long upload cannot time out the other
+        if stopped_by is not None:
+            result.stopped_by = stopped_by
+            if self.uploader is not None:
+                logger.info(
+                    "waiting for the checkpoint upload to finish (a second %s stops now; the "
+                    "checkpoint stays in %s for --resume-from-checkpoint latest)",
+                    stopped_by,
+                    setup.output_dir,
+                )
+                result.checkpoint_push_errors = list(self.uploader.wait())
+            return result
+        # Saving the pipeline and its extras (the push after any queued checkpoint uploads) involve no
+        # other process: they come after the last collective, so a long upload cannot time out the other
         # ranks waiting at a barrier.
         if acc.is_main_process:
-            self._save_final(result)
-        return result
-
-    def _save_final(self, result: TrainResult) -> None:
-        from hf_ddpm.core.pipeline import HFDDPMPipeline
-        from hf_ddpm.data.image_datasets import BUNDLED_DATASETS
-
-        setup, config = self.setup, self.setup.config
-        setup.ema.copy_to(setup.ema_unet)
-        # With label dropout the null label was trained: the saved pipeline samples p(x) without labels.
-        null_label = setup.null_label if config.class_dropout > 0 else None
-        pipeline = HFDDPMPipeline(
-            unet=setup.ema_unet, scheduler=setup.scheduler, null_class_label=null_label
-        )
-        if config.calibrate:
-            self._calibrate(pipeline)
-        # The final grid samples as `hf-ddpm sample` will: analytic where the model is calibrated.
-        grid = self.grids.grid(grid_sampling(setup, pipeline.scheduler)) if config.grid else None
-        hub_dataset = config.train_data_dir is None and config.dataset not in BUNDLED_DATASETS
-        pipeline.save_pretrained(
-            setup.output_dir,
-            repo_id=config.hub_model_id,
-            datasets=[config.dataset] if hub_dataset else None,
-            tags=[
-                "unconditional-image-generation"
-                if setup.null_label is None
-                else "class-conditional"
-            ],
-            description=card_description(setup, result.step, self.losses),
-            sample_grid=grid,
-        )
-        self.evaluation.write_card(setup.output_dir, config.hub_model_id or setup.output_dir.name)
-        if config.push_to_hub:
-            from hf_ddpm.core.hub_layout import HubPushError, push_folder_to_hub
-
-            from .checkpointing import TMP_PREFIX
-            from .hub_checkpoints import HUB_STAGING_PREFIX
-
-            if self.uploader is not None:
-                # The final commit comes after every checkpoint commit, so the repo ends on the pipeline.
-                result.checkpoint_push_errors = list(self.uploader.wait())
-            try:
-                result.hub_url = push_folder_to_hub(
-                    setup.output_dir,
-                    config.hub_model_id,
-                    private=config.hub_private,
-                    token=config.hub_token,
-                    commit_message=f"hf-ddpm train: step {result.step}",
-                    # Checkpoints hold optimizer state (hundreds of MB for ddpm-cifar10) and logs grow.
-                    ignore_patterns=[
-                        "checkpoint-*",
-                        f"{TMP_PREFIX}*",
-                        f"{HUB_STAGING_PREFIX}*",
-                        "logs/*",
-                    ],
-                )
-            except HubPushError as error:
-                # Reported once, by the caller: run() prints it and exits 1.
-                result.push_error = str(error)
-
-    def _calibrate(self, pipeline: HFDDPMPipeline) -> None:
-        """Give ``pipeline.scheduler`` Analytic-DPM's ``eps_second_moment`` (``hf-ddpm calibrate``'s
-        statistic) from the first ``--calibrate-images`` training images, as the training transform gives
-        them, so the saved and pushed model samples well in few steps."""
-        import torch
-
-        from hf_ddpm.data.image_datasets import collate
-        from hf_ddpm.evaluation.calibrate import calibrate_pipeline
-
-        setup, config = self.setup, self.setup.config
-        if setup.null_label is not None and config.class_dropout == 0:
-            logger.info(
-                "calibration skipped: a class-conditional model trained without --class-dropout has no "
-                "model of p(x) (its null label) to calibrate"
+            final, result.warnings = finish_run(
+                setup,
+                progress.step,
+                self.losses,
+                self.uploader,
+                self.stop,
+                last_evaluation=self.evaluation.last,
             )
-            return
-        count = min(config.calibrate_images, len(setup.train_data))
-        logger.info(
-            "calibrating Analytic-DPM's eps_second_moment on %d training images: %d x %d = %d network "
-            "calls (--no-calibrate skips it)",
-            count,
-            count,
-            config.num_train_timesteps,
-            count * config.num_train_timesteps,
-        )
-        images = collate([setup.train_data[i] for i in range(count)])["pixel_values"]
-        setup.ema_unet.eval()
-        device = setup.accelerator.device
-        calibrate_pipeline(
-            pipeline, images, generator=torch.Generator(device).manual_seed(config.seed)
-        )
+            result.hub_url = final.hub_url
+            result.checkpoint_push_errors = final.checkpoint_push_errors
+        result.stopped_by = self.stop.received
+        return result
 
 
 def prepare_training(config: TrainConfig) -> tuple[TrainingSetup, Path | None]:
@@ -316,10 +278,9 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``hf-ddpm train``: 0 on success, 1 if training diverged, the final push failed or the
-    checkpoint to resume from is unusable or unreachable, 2 for bad options or data. Failed checkpoint
-    uploads (``--hub-strategy``) are printed as warnings and do not change the status. Bad options or
-    data are raised, and cli.py reports them."""
+    """Entry point of ``hf-ddpm train``; returns the exit status of the module docstring. Bad options or
+    data are raised, and cli.py reports them (status 2). Failed checkpoint uploads (``--hub-strategy``)
+    are printed as warnings and do not change the status."""
     from .checkpointing import CorruptCheckpointError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -332,10 +293,16 @@ def run(args: argparse.Namespace) -> int:
         return 1
     for error in result.checkpoint_push_errors:
         print(f"hf-ddpm train: warning: {error}", file=sys.stderr)
-    if result.push_error:
-        print(f"hf-ddpm train: {result.push_error}", file=sys.stderr)
-        return 1
+    for warning in result.warnings:
+        print(f"hf-ddpm train: warning: {warning}", file=sys.stderr)
+    if result.stopped_by is not None:
+        print(
+            f"hf-ddpm train: stopped by {result.stopped_by} at step {result.step}; resume with "
+            "--resume-from-checkpoint latest",
+            file=sys.stderr,
+        )
+        return EXIT_STOPPED
     print(f"hf-ddpm train: done at step {result.step}; pipeline saved in {result.output_dir}")
     if result.hub_url:
         print(f"hf-ddpm train: pushed to {result.hub_url}")
-    return 0
+    return EXIT_PARTIAL if result.warnings else 0

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_ddpm.data.ingest import CHANNEL_CHOICES
-from hf_ddpm.sampling.samplers import DEFAULT_SAMPLING_STEPS
+from hf_ddpm.sampling.samplers import default_sampling_steps_in_words
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 LOGGERS = ("tensorboard", "none")
@@ -47,6 +47,8 @@ RESUMABLE_OPTIONS = frozenset(
         "grid",
         "calibrate",
         "calibrate_images",
+        "covariance_head",
+        "covariance_head_steps",
         "num_samples",
         "sample_steps",
         "eval_every",
@@ -71,11 +73,44 @@ def _opt(default: Any, help: str, **argparse_kwargs: Any) -> Any:
     return field(default=default, metadata={"help": help, **argparse_kwargs})
 
 
+def _choices() -> dict[str, tuple[str, ...]]:
+    """The options with a closed list of choices, each list read from its registry (imported here, when
+    options are checked or the help is built, not when ``hf-ddpm --help`` imports this module)."""
+    from hf_ddpm.core.losses import LOSS_FUNCTIONS
+    from hf_ddpm.core.parameterization import PARAMETERIZATIONS
+    from hf_ddpm.core.schedules import BETA_SCHEDULES
+    from hf_ddpm.core.variance import VARIANCE_TYPES
+
+    from .hub_checkpoints import HUB_STRATEGIES
+    from .unet_presets import PRESETS
+
+    return {
+        "loss": tuple(LOSS_FUNCTIONS),
+        "prediction_type": tuple(PARAMETERIZATIONS),
+        "variance_type": tuple(VARIANCE_TYPES),
+        "beta_schedule": BETA_SCHEDULES,
+        "mixed_precision": MIXED_PRECISIONS,
+        "logger": LOGGERS,
+        "hub_strategy": HUB_STRATEGIES,
+        "model_preset": tuple(PRESETS),
+    }
+
+
+def _listed_in_help() -> dict[str, tuple[str, ...]]:
+    """The names each option's help lists: its choices, and the bundled sets for ``--dataset`` (which
+    also takes any Hub dataset id)."""
+    from hf_ddpm.data.bundled_datasets import BUNDLED_DATASETS
+
+    listed = {**_choices(), "dataset": tuple(BUNDLED_DATASETS)}
+    del listed["hub_strategy"]  # its help says what each choice uploads
+    return listed
+
+
 @dataclass
 class TrainConfig:
     """Every option of ``hf-ddpm train``; field ``foo_bar`` is the flag ``--foo-bar``."""
 
-    dataset: str = _opt("mnist-5k", "Hub dataset id, or a bundled set: mnist-5k, sklearn-digits")
+    dataset: str = _opt("mnist-5k", "Hub dataset id, or a bundled set")
     train_data_dir: str | None = _opt(None, "local image folder (overrides --dataset)", type=str)
     split: str = _opt("train", "dataset split to train on")
     image_column: str | None = _opt(
@@ -83,6 +118,11 @@ class TrainConfig:
     )
     class_column: str | None = _opt(
         None, "label column: trains a class-conditional model", type=str
+    )
+    class_from_folders: bool = _opt(
+        False,
+        "the sub-folders of --train-data-dir are the classes (cats/, dogs/, ...): trains a "
+        "class-conditional model that records their names, so `hf-ddpm sample --class-label cats` works",
     )
     channels: int | None = _opt(
         None,
@@ -114,19 +154,17 @@ class TrainConfig:
     )
     max_grad_norm: float = _opt(1.0, "gradient-norm clip")
     ema_decay: float = _opt(0.9999, "EMA decay (with warm-up)")
-    model_preset: str = _opt("ddpm-cifar10", "UNet preset: ddpm-cifar10, small, tiny")
+    model_preset: str = _opt("ddpm-cifar10", "UNet preset")
     unet_config: str | None = _opt(
         None, "UNet2DModel config JSON (overrides --model-preset)", type=str
     )
-    loss: str = _opt("simple", "training objective: simple, vlb, hybrid")
+    loss: str = _opt("simple", "training objective")
     min_snr_gamma: float | None = _opt(None, "Min-SNR-gamma weighting of L_simple", type=float)
-    prediction_type: str = _opt("epsilon", "what the UNet predicts: epsilon, sample, v_prediction")
-    variance_type: str = _opt(
-        "fixed_small", "reverse-process variance, e.g. fixed_small, learned_range"
-    )
-    beta_schedule: str = _opt("linear", "beta schedule, e.g. linear, squaredcos_cap_v2")
+    prediction_type: str = _opt("epsilon", "what the UNet predicts")
+    variance_type: str = _opt("fixed_small", "reverse-process variance")
+    beta_schedule: str = _opt("linear", "beta schedule")
     num_train_timesteps: int = _opt(1000, "diffusion steps T")
-    mixed_precision: str = _opt("no", "no, fp16 or bf16")
+    mixed_precision: str = _opt("no", "mixed precision")
     gradient_accumulation_steps: int = _opt(1, "micro-batches per optimizer step")
     seed: int = _opt(0, "seed of every random stream (data order, noise, init)")
     dataloader_num_workers: int = _opt(2, "DataLoader worker processes")
@@ -165,10 +203,19 @@ class TrainConfig:
         "bundled model the 10-step optimal trajectory from 16 is within 0.013 bits/dim of the one "
         "from 64 (docs/analytic-dpm.md)",
     )
+    covariance_head: str | None = _opt(
+        None,
+        "fit SN-DDPM's (sn) or NPR-DDPM's (npr) per-pixel covariance head on the EMA model at the end, "
+        "as `hf-ddpm fit-covariance` does; the saved model then samples with it",
+        type=str,
+    )
+    covariance_head_steps: int = _opt(
+        2000, "optimizer steps of the end-of-training covariance head fit (--covariance-head)"
+    )
     num_samples: int = _opt(16, "images in each sample grid")
     sample_steps: int | None = _opt(
         None,
-        f"respaced sampling steps of the grids (default: {DEFAULT_SAMPLING_STEPS}, or T if fewer)",
+        f"respaced sampling steps of the grids (default: {default_sampling_steps_in_words()})",
         type=int,
     )
     eval_every: int = _opt(
@@ -205,32 +252,36 @@ class TrainConfig:
         None, "Hub token (default: the logged-in one); never saved", type=str
     )
 
+    def _check_covariance_head(self) -> None:
+        from hf_ddpm.core.variance import HEAD_VARIANCE_TYPES, LEARNED_VARIANCE_TYPES
+
+        if self.covariance_head is None:
+            return
+        if self.covariance_head not in HEAD_VARIANCE_TYPES:
+            raise ValueError(
+                f"--covariance-head {self.covariance_head!r} is not one of {', '.join(HEAD_VARIANCE_TYPES)}"
+            )
+        if self.variance_type in LEARNED_VARIANCE_TYPES:
+            raise ValueError(
+                f"--covariance-head {self.covariance_head} (hf-ddpm fit-covariance at the end) needs a "
+                f"UNet that predicts the mean only; --variance-type {self.variance_type} learns the "
+                "variance itself"
+            )
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option and its allowed values."""
-        from hf_ddpm.core.losses import LOSS_TYPES, check_loss_fits_variance
-        from hf_ddpm.core.parameterization import PARAMETERIZATIONS
-        from hf_ddpm.core.schedules import BETA_SCHEDULES
-        from hf_ddpm.core.variance import VARIANCE_TYPES
+        from hf_ddpm.core.diffusion_tables import check_num_inference_steps
+        from hf_ddpm.core.losses import check_loss_fits_variance
 
-        from .hub_checkpoints import HUB_STRATEGIES
-        from .unet_presets import PRESETS
-
-        choices = {
-            "loss": LOSS_TYPES,
-            "prediction_type": tuple(PARAMETERIZATIONS),
-            "variance_type": tuple(VARIANCE_TYPES),
-            "beta_schedule": BETA_SCHEDULES,
-            "mixed_precision": MIXED_PRECISIONS,
-            "logger": LOGGERS,
-            "hub_strategy": HUB_STRATEGIES,
-        }
-        if self.unet_config is None:
-            choices["model_preset"] = tuple(PRESETS)
+        choices = _choices()
+        if self.unet_config is not None:
+            del choices["model_preset"]
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"--{_flag(name)} {getattr(self, name)!r} is not one of {', '.join(allowed)}"
                 )
+        self._check_covariance_head()
         at_least = {
             "resolution": 1,
             "batch_size": 1,
@@ -242,6 +293,7 @@ class TrainConfig:
             "sample_every": 0,
             "num_samples": 1,
             "calibrate_images": 1,
+            "covariance_head_steps": 1,
             "dataloader_num_workers": 0,
             "log_every": 1,
             "eval_every": 0,
@@ -251,16 +303,19 @@ class TrainConfig:
         for name, low in at_least.items():
             if getattr(self, name) is not None and getattr(self, name) < low:
                 raise ValueError(f"--{_flag(name)} must be >= {low}, got {getattr(self, name)}")
+        if self.class_from_folders and (self.train_data_dir is None or self.class_column):
+            raise ValueError(
+                "--class-from-folders takes the classes from the sub-folders of --train-data-dir: give "
+                "--train-data-dir FOLDER, and no --class-column"
+            )
         if self.channels is not None and self.channels not in CHANNEL_CHOICES:
             raise ValueError(f"--channels must be 1 (grey) or 3 (RGB), got {self.channels}")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise ValueError(
                 f"--checkpoints-total-limit must be >= 1, got {self.checkpoints_total_limit}"
             )
-        if self.sample_steps is not None and not 1 <= self.sample_steps <= self.num_train_timesteps:
-            raise ValueError(
-                f"--sample-steps must be in 1..{self.num_train_timesteps}, got {self.sample_steps}"
-            )
+        if self.sample_steps is not None:
+            check_num_inference_steps(self.sample_steps, self.num_train_timesteps, "--sample-steps")
         if self.eval_every:
             from hf_ddpm.evaluation.evaluate import parse_metrics
 
@@ -272,12 +327,14 @@ class TrainConfig:
                 raise ValueError(
                     f"--eval-samples must be >= 2 for a Fréchet distance, got {self.eval_samples}"
                 )
-            if self.eval_steps is not None and self.eval_steps > self.num_train_timesteps:
-                raise ValueError(
-                    f"--eval-steps must be in 1..{self.num_train_timesteps}, got {self.eval_steps}"
-                )
+            if self.eval_steps is not None:
+                check_num_inference_steps(self.eval_steps, self.num_train_timesteps, "--eval-steps")
         if not self.learning_rate > 0:
             raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if not self.max_grad_norm > 0:
+            raise ValueError(f"--max-grad-norm must be > 0, got {self.max_grad_norm}")
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
+            raise ValueError(f"--min-snr-gamma must be > 0, got {self.min_snr_gamma}")
         if not 0.0 <= self.class_dropout < 1.0:
             raise ValueError(f"--class-dropout must be in [0, 1), got {self.class_dropout}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -415,11 +472,16 @@ def _help(field_: dataclasses.Field, text: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`TrainConfig` field, plus ``--config FILE``."""
+    """One flag per :class:`TrainConfig` field, plus ``--config FILE``; an option with choices lists them
+    from its registry."""
     parser.add_argument("--config", default=None, help="JSON file of options (flags override it)")
+    listed = _listed_in_help()
     for f in dataclasses.fields(TrainConfig):
         meta = dict(f.metadata)
-        help_text = _help(f, meta.pop("help"))
+        text = meta.pop("help")
+        if f.name in listed:
+            text = f"{text}: {', '.join(listed[f.name])}"
+        help_text = _help(f, text)
         flag = f"--{_flag(f.name)}"
         if isinstance(f.default, bool):
             parser.add_argument(

@@ -2,7 +2,8 @@
 
 Every few steps it shows x_t (the sample after the step) and the sampler's prediction of x_0 from it,
 then the finished images. The sampler is the model's own DDPM scheduler with a chosen variance type, or
-one of diffusers' few-step solvers (DDIM, DPM-Solver++) made from the same config by ``from_config``.
+another of ``hf-ddpm sample``'s samplers (diffusers' DDIM, DPM-Solver++), built from the same config by
+the registry entry that builds it for the command line.
 """
 
 from __future__ import annotations
@@ -14,41 +15,19 @@ import numpy as np
 import torch
 
 from .inputs import MAX_IMAGES, MAX_SEED, MAX_STEPS, choice, guidance, int_in, steps_note
-from .loading import DDPM, DIFFUSERS_SPACINGS, LoadedModel, ModelState
+from .loading import DDPM, SAMPLERS, LoadedModel, ModelState
 from .pictures import pipeline_images_to_uint8, tile, to_uint8
 from .streaming import Finished, every_nth_step, stream_pipeline
 
 
-def _ddim(config: Any, **overrides: Any) -> Any:
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler.from_config(config, **overrides)
-
-
-def _dpm_solver_pp(config: Any, **overrides: Any) -> Any:
-    from diffusers import DPMSolverMultistepScheduler
-
-    return DPMSolverMultistepScheduler.from_config(
-        config, algorithm_type="dpmsolver++", **overrides
-    )
-
-
-# diffusers' samplers, each made from the model's scheduler config.
-_DIFFUSERS_SCHEDULERS: dict[str, Callable[..., Any]] = {
-    "ddim": _ddim,
-    "dpm-solver++": _dpm_solver_pp,
-}
-
-
 def spacings_for(loaded: LoadedModel, sampler: str) -> tuple[str, ...]:
-    """The timestep spacings ``sampler`` can use: the model scheduler's own for DDPM, diffusers' for
-    its solvers (the model's configured spacing first where it is one of them)."""
+    """The timestep spacings ``sampler`` can use: those the model's scheduler accepts for DDPM, the
+    registry entry's for another (the model's configured spacing first where it is one of them)."""
     if sampler == DDPM:
         return loaded.timestep_spacings
+    takes = SAMPLERS[sampler].timestep_spacings
     configured = loaded.timestep_spacings[:1]
-    return tuple(
-        dict.fromkeys((*(s for s in configured if s in DIFFUSERS_SPACINGS), *DIFFUSERS_SPACINGS))
-    )
+    return tuple(dict.fromkeys((*(s for s in configured if s in takes), *takes)))
 
 
 def make_scheduler(
@@ -56,12 +35,14 @@ def make_scheduler(
 ) -> Any:
     """A fresh scheduler for one request (set_timesteps mutates it, and requests may overlap)."""
     config = loaded.pipe.scheduler.config
-    overrides = {} if timestep_spacing is None else {"timestep_spacing": timestep_spacing}
-    if sampler == DDPM:
+    if sampler == DDPM:  # the model's own code: without hf_ddpm, its remote-code scheduler
+        overrides = {} if timestep_spacing is None else {"timestep_spacing": timestep_spacing}
         return type(loaded.pipe.scheduler).from_config(
             config, variance_type=variance_type, **overrides
         )
-    return _DIFFUSERS_SCHEDULERS[sampler](config, **overrides)
+    entry = SAMPLERS[sampler]
+    spacing = timestep_spacing or config["timestep_spacing"]
+    return entry.build(config, variance_type if entry.variance_types else None, spacing)
 
 
 def generate_images(

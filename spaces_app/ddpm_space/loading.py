@@ -1,9 +1,12 @@
 """Load the model and read from its configs what shapes the page.
 
 It loads with ``hf_ddpm.HFDDPMPipeline`` where hf_ddpm is importable, otherwise with
-``DiffusionPipeline.from_pretrained(model, trust_remote_code=True)``. The choices the page offers (variance
-types, timestep spacings) come from the loaded scheduler's own code, so a choice the model's scheduler
-gains (an analytic variance once its config carries the moments it needs) appears without a change here.
+``DiffusionPipeline.from_pretrained(model, trust_remote_code=True)``. The choices the page offers come
+from the registries ``hf-ddpm sample`` reads (``hf_ddpm.sampling.samplers.SAMPLERS``: the samplers, each
+one's variance types and spacings, and the variance a model samples with by default), each kept where the
+model's scheduler accepts it with the model's config (the analytic variance and the optimal spacing only
+once the config carries the moments they need). Without hf_ddpm the page offers the model's own sampler
+alone, with the variance types and spacings its remote code lists, its configured ones first.
 """
 
 from __future__ import annotations
@@ -21,18 +24,18 @@ import torch
 from .pictures import Transform, upload_transform
 
 try:  # hf_ddpm installed, or copied beside app.py by `hf-ddpm space`
+    from hf_ddpm.core.pipeline_base import num_classes_of
     from hf_ddpm.data.image_transform import dataset_num_bins
+    from hf_ddpm.sampling.samplers import SAMPLERS, default_sampling_steps, sampling_variance_type
 except ImportError:
-    dataset_num_bins = None
+    dataset_num_bins = SAMPLERS = sampling_variance_type = num_classes_of = None
+    default_sampling_steps = None
 
 # Written beside the pipeline by `hf-ddpm train`: names the data, and so its number of levels.
 _TRAIN_CONFIG = "train_config.json"
 _8_BIT_BINS = 256
-# The samplers offered next to the model's own: diffusers' few-step solvers, swapped in by from_config.
+# The model's own sampler (its scheduler), the registry's name for it; the one offered without hf_ddpm.
 DDPM = "ddpm"
-DIFFUSERS_SAMPLERS = ("ddim", "dpm-solver++")
-# The spacings diffusers' DDIMScheduler and DPMSolverMultistepScheduler accept in set_timesteps.
-DIFFUSERS_SPACINGS = ("linspace", "leading", "trailing")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,14 @@ class LoadedModel:
     mask_transform: Transform
     samplers: tuple[str, ...] = (DDPM,)
     timestep_spacings: tuple[str, ...] = ()
+    # The name of each class 0..num_classes-1: the model's class_names (hf-ddpm train records its class
+    # folders), else "class k".
+    class_names: tuple[str, ...] = ()
+    # What the model's train_config.json says it was trained on: a dataset name, "image folder", or None
+    # where it has no such file.
+    trained_on: str | None = None
+    # The Generate tab's steps unless changed: hf-ddpm sample's (without hf_ddpm, the pipeline's own).
+    sampling_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,14 @@ def _train_config(model: str) -> dict[str, Any] | None:
     return config if isinstance(config, dict) else None
 
 
+def trained_on(model: str) -> str | None:
+    """The dataset the model's train_config.json names, ``"image folder"`` for a folder, else None."""
+    config = _train_config(model)
+    if config is None:
+        return None
+    return "image folder" if config.get("train_data_dir") else config.get("dataset")
+
+
 def data_num_bins(model: str) -> tuple[int, str]:
     """How many intensity levels the model's training data had, and where that figure comes from.
 
@@ -130,28 +149,25 @@ def variance_is_learned(pipe: Any) -> bool:
     return int(pipe.unet.config.out_channels) != channels
 
 
-def _scheduler_code_constant(scheduler: Any, name: str) -> Any:
-    """A public constant of the scheduler's own code (the installed hf_ddpm, or the remote-code copy
-    that came with the model), looked up in its module and in the modules its functions come from."""
-    module = sys.modules.get(type(scheduler).__module__)
-    if module is None:
-        return None
-    if hasattr(module, name):
-        return getattr(module, name)
-    for value in vars(module).values():
-        home = inspect.getmodule(value) if inspect.isfunction(value) else None
-        if home is not None and home is not module and hasattr(home, name):
-            return getattr(home, name)
+def _code_constant(obj: Any, name: str) -> Any:
+    """A public name of ``obj``'s own code (the installed hf_ddpm, or the remote-code copy that came with
+    the model), looked up in the modules of its classes and in the modules their functions come from."""
+    modules = [sys.modules.get(cls.__module__) for cls in type(obj).__mro__]
+    for module in dict.fromkeys(m for m in modules if m is not None):
+        if hasattr(module, name):
+            return getattr(module, name)
+        for value in vars(module).values():
+            home = inspect.getmodule(value) if inspect.isfunction(value) else None
+            if home is not None and home is not module and hasattr(home, name):
+                return getattr(home, name)
     return None
 
 
-def _accepted(scheduler: Any, key: str, candidates: Any) -> dict[str, Any]:
-    """The configured value of ``key`` first, then each candidate the scheduler accepts with the
-    model's config (it raises ValueError for one that needs what the config lacks), each with the
-    scheduler it makes."""
-    configured = str(scheduler.config[key])
+def _accepted(scheduler: Any, key: str, first: str, candidates: Any) -> dict[str, Any]:
+    """``first``, then each candidate, kept where the scheduler accepts it with the model's config (it
+    raises ValueError for one that needs what the config lacks), each with the scheduler it makes."""
     accepted = {}
-    for name in dict.fromkeys((configured, *(candidates or ()))):
+    for name in dict.fromkeys((first, *(candidates or ()))):
         try:
             accepted[name] = type(scheduler).from_config(scheduler.config, **{key: name})
         except ValueError:
@@ -160,16 +176,22 @@ def _accepted(scheduler: Any, key: str, candidates: Any) -> dict[str, Any]:
 
 
 def offered_variance_types(pipe: Any) -> tuple[str, ...]:
-    """The variance types that fit this model: its own if it learned one (the output means something
-    else under another type), else every type of its scheduler that needs no learned output."""
+    """The variance types that fit this model, the one ``hf-ddpm sample`` uses by default first: its own
+    if it learned one (the output means something else under another type), else every type of the
+    ddpm sampler (without hf_ddpm: of its scheduler's code) that needs no learned output."""
     scheduler = pipe.scheduler
     if variance_is_learned(pipe):
         return (str(scheduler.config.variance_type),)
+    if SAMPLERS is None:
+        first = str(scheduler.config.variance_type)
+        candidates = _code_constant(scheduler, "VARIANCE_TYPE_NAMES")
+    else:
+        first = sampling_variance_type(scheduler.config)
+        candidates = SAMPLERS[DDPM].variance_types
     channels = int(pipe.unet.config.in_channels)
-    candidates = _scheduler_code_constant(scheduler, "VARIANCE_TYPES")
     return tuple(
         name
-        for name, made in _accepted(scheduler, "variance_type", candidates).items()
+        for name, made in _accepted(scheduler, "variance_type", first, candidates).items()
         if not hasattr(made, "model_output_channels")
         or made.model_output_channels(channels) == channels
     )
@@ -177,19 +199,56 @@ def offered_variance_types(pipe: Any) -> tuple[str, ...]:
 
 def offered_timestep_spacings(pipe: Any) -> tuple[str, ...]:
     """The ways the model's scheduler spaces a respaced chain, its configured one first."""
-    if "timestep_spacing" not in pipe.scheduler.config:
+    config = pipe.scheduler.config
+    if "timestep_spacing" not in config:
         return ()
-    candidates = _scheduler_code_constant(pipe.scheduler, "TIMESTEP_SPACINGS")
-    return tuple(_accepted(pipe.scheduler, "timestep_spacing", candidates))
+    if SAMPLERS is None:
+        candidates = _code_constant(pipe.scheduler, "TIMESTEP_SPACINGS")
+    else:
+        candidates = SAMPLERS[DDPM].timestep_spacings
+    return tuple(
+        _accepted(pipe.scheduler, "timestep_spacing", str(config.timestep_spacing), candidates)
+    )
 
 
 def offered_samplers(pipe: Any, streams: bool) -> tuple[str, ...]:
-    """The model's own DDPM sampler, and diffusers' few-step solvers where they apply: a pipeline that
-    takes any scheduler (it streams, so it is hf_ddpm's) and a model with a fixed variance (DDIM and
-    DPM-Solver++ have no use for a learned variance's extra channels)."""
-    if not streams or variance_is_learned(pipe):
+    """The model's own DDPM sampler, and the registry's others where they apply: to a pipeline that
+    takes any scheduler (it streams, so it is hf_ddpm's), and to a learned variance only a sampler that
+    takes it (DDIM and DPM-Solver++ have no use for its extra channels)."""
+    if SAMPLERS is None or not streams:
         return (DDPM,)
-    return (DDPM, *DIFFUSERS_SAMPLERS)
+    learned = str(pipe.scheduler.config.variance_type) if variance_is_learned(pipe) else None
+    return (
+        DDPM,
+        *(
+            name
+            for name, sampler in SAMPLERS.items()
+            if name != DDPM and (learned is None or learned in sampler.variance_types)
+        ),
+    )
+
+
+def sampler_help(samplers: tuple[str, ...]) -> str:
+    """What each offered sampler is, in the words of ``hf-ddpm sample --help``."""
+    if SAMPLERS is None:
+        return f"{DDPM}: the model's own scheduler"
+    return "; ".join(f"{name}: {SAMPLERS[name].help}" for name in samplers)
+
+
+def _sampling_steps(pipe: Any) -> int | None:
+    """``hf-ddpm sample``'s steps for this model, or else the default of the pipeline's own call."""
+    if default_sampling_steps is not None:
+        return default_sampling_steps(pipe.scheduler.config.num_train_timesteps)
+    default = inspect.signature(pipe.__call__).parameters.get("num_inference_steps")
+    return default.default if default is not None and isinstance(default.default, int) else None
+
+
+def num_classes(pipe: Any) -> int | None:
+    """The classes the model draws (the embeddings before its null label), by hf_ddpm's layout, or by
+    the model's own code's; a model whose code predates that function is offered every embedding."""
+    num_class_embeds = getattr(pipe.unet.config, "num_class_embeds", None)
+    layout = num_classes_of or _code_constant(pipe, "num_classes_of")
+    return layout(num_class_embeds) if layout is not None else num_class_embeds
 
 
 # --------------------------------------------------------------------------------------------------
@@ -205,17 +264,19 @@ def describe(pipe: Any, source: str) -> ModelState:
     if not isinstance(sample_size, int):
         sample_size = int(sample_size[0])
     channels = int(unet_config.in_channels)
-    # hf-ddpm train keeps the last class embedding as the null label of classifier-free guidance.
-    num_class_embeds = getattr(unet_config, "num_class_embeds", None)
-    num_classes = num_class_embeds - 1 if num_class_embeds else None
+    classes = num_classes(pipe)
     num_bins, num_bins_source = data_num_bins(source)
+    recorded = list(getattr(pipe.config, "class_names", None) or [])
+    class_names = tuple(
+        recorded[k] if k < len(recorded) else f"class {k}" for k in range(classes or 0)
+    )
     streams = "callback_on_step_end" in inspect.signature(pipe.__call__).parameters
     loaded = LoadedModel(
         pipe=pipe,
         sample_size=sample_size,
         channels=channels,
         num_train_timesteps=int(pipe.scheduler.config.num_train_timesteps),
-        num_classes=int(num_classes) if num_classes else None,
+        num_classes=int(classes) if classes else None,
         variance_types=offered_variance_types(pipe),
         streams=streams,
         num_bins=num_bins,
@@ -224,6 +285,9 @@ def describe(pipe: Any, source: str) -> ModelState:
         mask_transform=upload_transform(1, sample_size, _8_BIT_BINS),
         samplers=offered_samplers(pipe, streams),
         timestep_spacings=offered_timestep_spacings(pipe),
+        class_names=class_names,
+        trained_on=trained_on(source),
+        sampling_steps=_sampling_steps(pipe),
     )
     return ModelState(
         loaded, f"Model: `{source}` ({sample_size}x{sample_size}, {channels} channel(s))."

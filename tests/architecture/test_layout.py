@@ -1,9 +1,10 @@
 """The package layout is the architecture: these tests fail when a change breaks it.
 
 - ``hf_ddpm/core`` is the remote-code closure every saved model carries: flat, sibling imports only as
-  ``from .module import name`` (what diffusers' loader follows), and nothing beyond torch, numpy, PIL,
-  diffusers and what diffusers itself installs.
-- Dependencies point one way: core <- data <- evaluation, hub <- training, sampling <- cli.
+  ``from .module import name`` (what diffusers' loader follows), nothing beyond torch, numpy, PIL,
+  diffusers and what diffusers itself installs, and no module that the pipelines and the scheduler do
+  not reach.
+- Dependencies point one way: core <- data, hub <- sampling <- evaluation <- training <- cli.
 - No module imports another module's private (underscore) names.
 - The bundled model's copies of core are byte-identical to their sources.
 """
@@ -24,7 +25,7 @@ CORE_ALLOWED = {"torch", "numpy", "PIL", "diffusers", "huggingface_hub", "safete
 # Which subpackages each may import (besides itself); the picture in docs/ARCHITECTURE.md.
 ALLOWED_DEPENDENCIES = {
     "core": set(),
-    "data": {"core"},
+    "data": set(),
     "hub": {"core", "data", "hf_ddpm"},
     "sampling": {"core", "data", "hub"},
     "evaluation": {"core", "data", "hub", "sampling"},
@@ -77,6 +78,35 @@ def test_core_is_flat_and_imports_only_its_siblings_and_allowed_libraries():
                 continue
             bad.append(f"{_where(path, node)}: core may not import {module!r}")
     assert not bad, "\n".join(bad)
+
+
+# What diffusers loads from a saved folder: the pipeline (and its edit pipelines) and the scheduler.
+REMOTE_CODE_ENTRY_POINTS = ("pipeline", "pipeline_inpaint", "pipeline_img2img", "scheduling")
+
+
+def _relative_imports(path):
+    return {
+        module
+        for node, module, _ in _imports(path)
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and module
+    }
+
+
+def test_every_core_module_is_reached_from_a_pipeline_or_the_scheduler():
+    """core/ holds what a saved model runs and nothing else: each of its modules is reached from an
+    entry point through ``from .x import`` lines (what diffusers follows), so each is carried and used."""
+    core = PACKAGE / "core"
+    reached, pending = set(), list(REMOTE_CODE_ENTRY_POINTS)
+    while pending:
+        module = pending.pop()
+        if module not in reached:
+            reached.add(module)
+            pending += _relative_imports(core / f"{module}.py")
+    unreached = sorted({p.stem for p in core.glob("*.py")} - {"__init__"} - reached)
+    assert not unreached, (
+        f"{unreached}: no pipeline or scheduler imports them, so no saved model carries or runs them; "
+        "move them out of core"
+    )
 
 
 def _subpackage(path):

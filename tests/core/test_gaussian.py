@@ -7,7 +7,6 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from hf_ddpm.core.elbo import gaussian_elbo
 from hf_ddpm.core.gaussian import (
     discretized_gaussian_log_likelihood,
     gaussian_log_likelihood,
@@ -15,6 +14,7 @@ from hf_ddpm.core.gaussian import (
     reparameterize,
     standard_normal_cdf,
 )
+from hf_ddpm.evaluation.elbo import gaussian_elbo
 
 
 @pytest.fixture(autouse=True)

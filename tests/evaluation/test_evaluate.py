@@ -210,6 +210,8 @@ def test_cli_end_to_end(saved_pipeline, tiny_dinov2, tmp_path, capsys):
     argv = [
         "evaluate",
         str(saved_pipeline),
+        "--dataset",
+        "mnist-5k",
         "--metrics",
         "nll,fd-dinov2",
         "--dinov2-model",
@@ -480,6 +482,8 @@ def _nll_argv(model, tmp_path, *extra):
     return [
         "evaluate",
         str(model),
+        "--dataset",
+        "mnist-5k",
         "--metrics",
         "nll",
         "--max-reference-images",

@@ -14,8 +14,8 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler
 from huggingface_hub import ModelCard
 
-from hf_ddpm.core.hub_layout import relative_import_closure
 from hf_ddpm.core.pipeline import HFDDPMPipeline
+from hf_ddpm.core.remote_code import relative_import_closure
 from hf_ddpm.core.scheduling import HFDDPMScheduler
 
 T = 10
@@ -76,7 +76,12 @@ def test_saved_layout(tiny_unet, tmp_path):
         "unet": ["diffusers", "UNet2DModel"],
     }
     files = _files(folder)
-    assert {"pipeline.py", "hub_layout.py", "README.md", "unet/config.json"} <= set(files)
+    assert {"pipeline.py", "README.md", "unet/config.json"} <= set(files)
+    # The root carries what importing the pipeline loads (saving and pushing included, so a remote
+    # copy can save and push itself), and not the installed package's loader.
+    root_code = {f for f in files if "/" not in f and f.endswith(".py")}
+    assert root_code == _hf_ddpm_modules_imported_by("hf_ddpm.core.pipeline")
+    assert {"saving.py", "pushing.py", "model_card.py", "remote_code.py"} <= root_code
     assert "unet/diffusion_pytorch_model.safetensors" in files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl"))]
     copied = {f.split("/", 1)[1] for f in files if f.startswith("scheduler/") and f.endswith(".py")}

@@ -3,14 +3,18 @@ load from the repo without hf_ddpm, and a network failure followed by a retry.""
 
 import hashlib
 import json
+import shlex
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from hf_ddpm.core.hub_layout import HubPushError, push_folder_to_hub
 from hf_ddpm.core.pipeline import HFDDPMPipeline
+from hf_ddpm.core.pushing import HubPushError, push_folder_to_hub
 from hf_ddpm.core.scheduling import HFDDPMScheduler
 
 T = 10
@@ -127,7 +131,7 @@ def test_network_error_keeps_the_folder_and_a_retry_succeeds(
         push_folder_to_hub(folder, REPO)
     message = str(failure.value)
     assert "Nothing local was lost" in message and str(folder) in message
-    assert f"push_folder_to_hub({str(folder)!r}, {REPO!r})" in message
+    assert f"hf upload {REPO} {folder} ." in message and "hf_ddpm" not in message
     # The card gets the repo id before the upload; nothing else in the folder changes.
     after = _digests(folder)
     assert {k: v for k, v in after.items() if k != "README.md"} == {
@@ -141,6 +145,33 @@ def test_network_error_keeps_the_folder_and_a_retry_succeeds(
     assert json.loads(remote["model_index.json"]) == json.loads(
         (folder / "model_index.json").read_text()
     )
+
+
+def _retry_hint(error):
+    """The command a failed push tells its user to run, with ``hf`` from this environment."""
+    command = shlex.split(str(error).splitlines()[-1])
+    assert command[:2] == ["hf", "upload"]
+    return [str(Path(sys.executable).with_name("hf")), *command[1:]]
+
+
+def test_the_retry_hint_is_a_command_a_diffusers_user_can_run(
+    tiny_unet, tmp_path, hub_server, hub_down
+):
+    """The hint names only huggingface_hub's CLI (what a user of a saved folder has) and uploads what
+    the failed push would have: the ignored files stay local."""
+    folder = tmp_path / "trained"
+    _pipe(tiny_unet).save_pretrained(folder)
+    (folder / "checkpoint-2").mkdir()
+    (folder / "checkpoint-2" / "state.bin").write_bytes(b"optimizer state")
+    hub_down("500")
+    with pytest.raises(HubPushError) as failure:
+        push_folder_to_hub(folder, REPO, ignore_patterns=["checkpoint-*"])
+    hub_server.fail_next_commits(0)
+    subprocess.run(_retry_hint(failure.value), env=hub_server.env, check=True, capture_output=True)
+    remote = hub_server.files(REPO)
+    assert remote["model_index.json"] == (folder / "model_index.json").read_bytes()
+    assert "unet/diffusion_pytorch_model.safetensors" in remote
+    assert not [name for name in remote if name.startswith("checkpoint-")]
 
 
 def test_failed_push_from_memory_keeps_its_temporary_folder(tiny_unet, hub_server, hub_down):

@@ -21,9 +21,9 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
 from hf_ddpm import HFDDPMImg2ImgPipeline, HFDDPMInpaintPipeline, HFDDPMPipeline
-from hf_ddpm.core.hub_layout import copy_source_closure
 from hf_ddpm.core.pipeline_img2img import sdedit_timesteps
 from hf_ddpm.core.pipeline_inpaint import repaint_schedule
+from hf_ddpm.core.remote_code import copy_source_closure
 from hf_ddpm.core.scheduling import HFDDPMScheduler
 
 T = 1000
@@ -322,7 +322,7 @@ def test_mask_and_image_accept_pil_numpy_and_tensors_alike():
         ({"mask_image": np.zeros((4, 4))}, r"expected shape \(8, 8\)"),
         ({"jump_length": 0}, "jump_length must be an integer >= 1"),
         ({"jump_n_sample": 0}, "jump_n_sample must be an integer >= 1"),
-        ({"num_inference_steps": 0}, "num_inference_steps must be an integer from 1"),
+        ({"num_inference_steps": 0}, r"num_inference_steps must be in 1\.\."),
         (
             {"generator": _generators(2), "image": np.zeros((3, SIZE, SIZE, 1))},
             "different numbers of images",
@@ -634,11 +634,6 @@ def test_cli_inpaint_and_img2img_write_one_image_per_seed(saved_tiny):
     [
         ({"--image": "missing.png"}, FileNotFoundError, r"--image .*missing.png: no such file"),
         ({"--image": "fake.png"}, ValueError, r"--image .*fake.png is not an image"),
-        (
-            {"--image": "big.png"},
-            ValueError,
-            r"--image .*big.png is 9x8 pixels, but the model takes 8x8",
-        ),
         ({"--mask": "missing.png"}, FileNotFoundError, r"--mask .*missing.png: no such file"),
         ({"--mask": "black.png"}, ValueError, "all black: nothing to fill"),
         ({"--output": "out.jpg"}, ValueError, r"--output must be a \.png file"),
@@ -651,7 +646,6 @@ def test_cli_inpaint_errors_name_the_flag_and_file(
 
     d = saved_tiny
     (d / "fake.png").write_text("not a png")
-    PIL.Image.new("L", (SIZE + 1, SIZE)).save(d / "big.png")
     PIL.Image.new("L", (SIZE, SIZE)).save(d / "black.png")
     flags = {"--image": "digit.png", "--mask": "mask.png", "--output": "out.png"}
     flags.update(change)

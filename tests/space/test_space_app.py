@@ -198,10 +198,11 @@ def test_the_timestep_spacing_is_the_schedulers(served, model_dir, spacing):
         _generate(client, timestep_spacing="bogus").result()
 
 
-def test_the_offered_choices_come_from_the_schedulers_code(tmp_path, model_dir, monkeypatch):
+def test_the_offered_choices_come_from_the_registry(tmp_path, model_dir, monkeypatch):
     """Fixed types for a fixed-variance model, the learned type alone (and no diffusers sampler) for
-    a learned one; a type the scheduler's own table gains is offered without a change to the app."""
+    a learned one; a type the registry gains is offered without a change to the app."""
     from hf_ddpm.core import variance
+    from hf_ddpm.sampling import samplers
 
     fixed = app.load_model(str(model_dir)).model
     assert {"fixed_small", "fixed_large"} <= set(fixed.variance_types)
@@ -221,6 +222,12 @@ def test_the_offered_choices_come_from_the_schedulers_code(tmp_path, model_dir, 
         variance.VARIANCE_TYPES,
         "newly_added",
         dataclasses.replace(variance.VARIANCE_TYPES["fixed_small"], name="newly_added"),
+    )
+    ddpm = samplers.SAMPLERS["ddpm"]
+    monkeypatch.setitem(
+        samplers.SAMPLERS,
+        "ddpm",
+        dataclasses.replace(ddpm, variance_types=(*ddpm.variance_types, "newly_added")),
     )
     assert "newly_added" in app.load_model(str(model_dir)).model.variance_types
 
@@ -442,6 +449,26 @@ print("EDIT:", help_text)
 # The bundled model's UNet and data, with the bound over 10 timesteps instead of its 1000 (~13 s per
 # image on one CPU thread): the preprocessing, the levels and the label under test do not depend on T.
 SHORT_T = 10
+
+
+def test_the_bundled_model_offers_and_defaults_to_the_variance_hf_ddpm_sample_uses():
+    """The bundled model is calibrated: `hf-ddpm sample` draws it with the analytic variance unless told
+    otherwise, and the Space offers that variance and starts on it."""
+    from hf_ddpm.sampling.samplers import sampling_scheduler
+
+    state = app.load_model(str(bundled_model_path()))
+    assert state.model is not None, state.message
+    command_line = sampling_scheduler(state.model.pipe)  # `hf-ddpm sample` without --variance-type
+    assert command_line.scheduler.config.variance_type == "analytic"
+    assert "analytic" in state.model.variance_types
+    config = app.build_demo(state).get_config_file()
+    (dropdown,) = [
+        c["props"]
+        for c in config["components"]
+        if c.get("props", {}).get("elem_id") == "variance_type"
+    ]
+    assert dropdown["value"] == command_line.scheduler.config.variance_type
+    assert ["analytic", "analytic"] in [list(choice) for choice in dropdown["choices"]]
 
 
 @pytest.fixture(scope="module")

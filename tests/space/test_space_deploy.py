@@ -16,8 +16,12 @@ from hf_ddpm.hub.space import DEFAULT_APP_DIR, prepare_space_folder
 MODEL_ID = "tester/tiny-ddpm"
 
 
-def test_space_folder_has_the_app_the_model_id_and_a_working_hf_ddpm(tmp_path):
+def test_space_folder_has_the_app_the_model_id_and_a_working_hf_ddpm(tmp_path, tiny_unet):
+    from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler
+
     folder = prepare_space_folder(DEFAULT_APP_DIR, MODEL_ID, tmp_path / "space")
+    saved = tmp_path / "model"
+    HFDDPMPipeline(tiny_unet(), HFDDPMScheduler(num_train_timesteps=10)).save_pretrained(saved)
     assert filecmp.cmp(folder / "app.py", DEFAULT_APP_DIR / "app.py", shallow=False)
     assert filecmp.cmp(
         folder / "requirements.txt", DEFAULT_APP_DIR / "requirements.txt", shallow=False
@@ -37,7 +41,11 @@ def test_space_folder_has_the_app_the_model_id_and_a_working_hf_ddpm(tmp_path):
         "from hf_ddpm import variational_bound\n"
         # The app prepares uploads with the transform of training and evaluation.
         "from hf_ddpm.data.image_transform import ImageTransform, dataset_num_bins\n"
+        # ... and offers the samplers of `hf-ddpm sample`.
+        "from hf_ddpm.sampling.samplers import SAMPLERS, sampling_variance_type\n"
         "HFDDPMScheduler(num_train_timesteps=10)\n"
+        # The app loads its model as the installed package does, with the copied loader.
+        f"HFDDPMPipeline.from_pretrained({str(saved)!r})\n"
     )
     result = subprocess.run(
         [sys.executable, "-I", "-c", probe], capture_output=True, text=True, timeout=120

@@ -379,10 +379,5 @@ def test_train_help_renders_and_states_each_default_once(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: None)" not in text
     assert "10% of --max-steps" in text  # a literal percent sign survives argparse's formatting
-    from hf_ddpm.sampling.samplers import DEFAULT_SAMPLING_STEPS
-
-    assert (
-        f"(default: {DEFAULT_SAMPLING_STEPS}, or T if fewer)" in text
-        and "(default: 0.0002)" in text
-    )
+    assert "(default: 100, or T if the model has fewer)" in text and "(default: 0.0002)" in text
     assert "--calibrate, --no-calibrate" in text and "docs/analytic-dpm.md" in text

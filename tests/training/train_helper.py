@@ -1,13 +1,18 @@
-"""Run hf_ddpm.training.train.train in a subprocess for the resume-after-SIGKILL and the 2-process tests.
+"""Run hf_ddpm.training.train.train in a subprocess for the resume-after-SIGKILL/SIGTERM and the 2-process
+tests.
 
-Usage: python tests/training/train_helper.py CONFIG_JSON REPORT_DIR [KILL_AT_FORWARD]
+Usage: python tests/training/train_helper.py CONFIG_JSON REPORT_DIR [SIGNALS]
 
 - CONFIG_JSON: TrainConfig fields.
 - REPORT_DIR: each rank writes ``rank-R.json`` there: a SHA-256 of its final (unwrapped) model weights
   and the list of file-writing calls it made (checkpoints, pipeline saves, images), so the test can check
   that the ranks stay in sync and that only rank 0 writes.
-- KILL_AT_FORWARD: SIGKILL this process at the start of the UNet's forward call number K (1-based), i.e.
-  in the middle of a training step.
+- SIGNALS: comma-separated events. ``K`` SIGKILLs this process at the start of the UNet's forward call
+  number K (1-based), i.e. in the middle of a training step; ``K:SIGTERM`` sends it SIGTERM (or any
+  signal) there instead, ``K:SIGTERM@R`` only on rank R; ``save#N:SIGTERM`` sends it at the start of the
+  N-th checkpoint save.
+- With ``TRAIN_HELPER_CLI=1`` the run goes through ``hf-ddpm train --config CONFIG_JSON`` and the helper
+  exits with its status.
 """
 
 import hashlib
@@ -24,7 +29,19 @@ torch.set_num_threads(1)
 
 def main() -> None:
     config_path, report_dir = sys.argv[1], Path(sys.argv[2])
-    kill_at = int(sys.argv[3]) if len(sys.argv) > 3 else None
+    rank = int(os.environ.get("RANK", "0"))
+    at_forward: dict[int, signal.Signals] = {}
+    at_save: dict[int, signal.Signals] = {}
+    for event in filter(None, (sys.argv[3] if len(sys.argv) > 3 else "").split(",")):
+        where, _, name = event.partition(":")
+        name, _, only_rank = name.partition("@")
+        if only_rank and int(only_rank) != rank:
+            continue
+        number = signal.Signals[name] if name else signal.SIGKILL
+        if where.startswith("save#"):
+            at_save[int(where.removeprefix("save#"))] = number
+        else:
+            at_forward[int(where)] = number
 
     from diffusers import UNet2DModel
     from PIL import Image
@@ -62,24 +79,33 @@ def main() -> None:
             writes.append("write_text")
         return write_text(self, *args, **kwargs)
 
-    run_checkpoint.save_checkpoint = recording("save_checkpoint", run_checkpoint.save_checkpoint)
+    save_checkpoint = recording("save_checkpoint", run_checkpoint.save_checkpoint)
+    saves = [0]
+
+    def signalling_save_checkpoint(*args, **kwargs):
+        saves[0] += 1
+        if saves[0] in at_save:
+            os.kill(os.getpid(), at_save[saves[0]])
+        return save_checkpoint(*args, **kwargs)
+
+    run_checkpoint.save_checkpoint = signalling_save_checkpoint
     pipeline.HFDDPMPipeline.save_pretrained = recording(
         "save_pretrained", pipeline.HFDDPMPipeline.save_pretrained
     )
     Image.Image.save = recording_image_save
     Path.write_text = recording_write_text
 
-    if kill_at is not None:
+    if at_forward:
         calls = [0]
         forward = UNet2DModel.forward
 
-        def dying_forward(self, *args, **kwargs):
+        def signalled_forward(self, *args, **kwargs):
             calls[0] += 1
-            if calls[0] == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+            if calls[0] in at_forward:
+                os.kill(os.getpid(), at_forward[calls[0]])
             return forward(self, *args, **kwargs)
 
-        UNet2DModel.forward = dying_forward
+        UNet2DModel.forward = signalled_forward
 
     trainer_result = {}
     original_run = train._Trainer.run
@@ -100,10 +126,19 @@ def main() -> None:
         return result
 
     train._Trainer.run = run_and_report
-    train.train(config)
+    status = 0
+    if os.environ.get("TRAIN_HELPER_CLI") == "1":
+        from hf_ddpm.cli import main as cli_main
+
+        status = cli_main(["train", "--config", config_path])
+    else:
+        train.train(config)
     report_dir.mkdir(parents=True, exist_ok=True)
     trainer_result["writes"] = writes
-    (report_dir / f"rank-{trainer_result['rank']}.json").write_text(json.dumps(trainer_result))
+    (report_dir / f"rank-{trainer_result.get('rank', rank)}.json").write_text(
+        json.dumps(trainer_result)
+    )
+    sys.exit(status)
 
 
 if __name__ == "__main__":

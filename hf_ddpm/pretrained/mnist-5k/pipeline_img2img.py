@@ -19,10 +19,15 @@ from diffusers.utils.torch_utils import randn_tensor
 # diffusers copies into a remote-code folder only the siblings that the loaded file itself names, so the
 # noqa imports below name what the modules it uses import in turn (shown in brackets).
 from .analytic import check_eps_second_moment  # noqa: F401  (imported by variance)
+from .covariance import x0_covariance  # noqa: F401  (imported by variance)
+from .covariance_head import CovarianceHead  # noqa: F401  (imported by pipeline_base)
 from .diffusion_tables import DiffusionTables  # noqa: F401  (imported by variance)
 from .edit_inputs import ImageArg
-from .hub_layout import MODEL_INDEX  # noqa: F401  (imported by pipeline_base)
+from .model_card import MODEL_CARD  # noqa: F401  (imported by saving)
 from .pipeline_base import CallbackArg, ClassLabelsArg, GeneratorArg, HFDDPMPipelineMixin
+from .pushing import HubPushError  # noqa: F401  (imported by pipeline_base)
+from .remote_code import copy_source_closure  # noqa: F401  (imported by saving)
+from .saving import MODEL_INDEX  # noqa: F401  (imported by pipeline_base)
 from .variance import LEARNED_VARIANCE_TYPES  # noqa: F401  (imported by pipeline_base)
 
 

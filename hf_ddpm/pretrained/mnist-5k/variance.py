@@ -7,11 +7,17 @@ chain (the full T-step one, or a respaced one, whose tables give the effective b
 timesteps (``p_variance``, used by ``p_mean_variance`` and the bound) and the sampler's noise scale of
 every step (``noise_scales``), so each formula is written once, here.
 
-A new variance type is one new object with ``name``, ``learned`` and ``on_chain(chain, timesteps)``.
+A new variance type is one new object with ``name``, ``learned``, ``head`` and ``on_chain(chain, timesteps)``.
+
+The optimal variances (Analytic-DPM's scalar one, SN's and NPR's per pixel, :mod:`.covariance`) also serve
+DDIM: their ``on_steps(alphas_cumprod, timesteps, eta, final_alpha_cumprod)`` evaluates them on a chain
+whose steps are DDIM's of that eta (eta = 1 is DDPM, which ``on_chain`` is).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -20,11 +26,19 @@ from typing import ClassVar, Protocol
 import numpy as np
 import torch
 
-from .analytic import analytic_step_variances
+from .analytic import analytic_step_variances, last_step_max_variance
+from .covariance import (
+    npr_eps_error_moment,
+    optimal_step_variance,
+    sn_eps_error_moment,
+    step_variance_coefficients,
+    x0_covariance,
+)
 from .diffusion_tables import DiffusionTables, extract
 
 # The sampler's noise scale sigma of one step: a Python float for a fixed type (the step multiplies by a
-# scalar, with no call), a function of the network's variance channels for a learned one.
+# scalar, with no call), a function of the network's variance channels for a learned one (for a head's
+# type, of the eps error moment that ``split_model_output`` derives from eps and the head's channels).
 NoiseScale = float | Callable[[torch.Tensor], torch.Tensor]
 # chain -> two float64 columns indexed like the chain's tables.
 Columns = Callable[[DiffusionTables], tuple[torch.Tensor, torch.Tensor]]
@@ -47,10 +61,12 @@ class ChainVariance(Protocol):
 
 
 class VarianceType(Protocol):
-    """One choice of Sigma_theta: whether the network outputs it (doubling its channels), and how."""
+    """One choice of Sigma_theta: whether the network outputs it (doubling its channels), whether a
+    covariance head does (``head``: the model output is eps then the head's channels), and how."""
 
     name: str
     learned: bool
+    head: bool
 
     def on_chain(self, chain: DiffusionTables, timesteps: torch.Tensor) -> ChainVariance:
         """This type on ``chain``, whose index k is timestep ``timesteps[k]`` of the full chain."""
@@ -105,6 +121,7 @@ class FixedVariance:
     name: str
     columns: Columns
     learned: ClassVar[bool] = False
+    head: ClassVar[bool] = False
 
     def on_chain(self, chain: DiffusionTables, timesteps: torch.Tensor) -> FixedChainVariance:
         return FixedChainVariance(*self.columns(chain))
@@ -118,9 +135,61 @@ class LearnedVariance:
     name: str
     log_variance_map: Columns
     learned: ClassVar[bool] = True
+    head: ClassVar[bool] = False
 
     def on_chain(self, chain: DiffusionTables, timesteps: torch.Tensor) -> LearnedChainVariance:
         return LearnedChainVariance(*self.log_variance_map(chain))
+
+
+@dataclass(frozen=True)
+class PixelChainVariance:
+    """sigma^2 = floor[k] + gain[k]^2 Cov[x_0 | x_t] per pixel (:func:`.covariance.optimal_step_variance`),
+    Cov from the eps error moment v by :func:`.covariance.x0_covariance` with ``noise_to_signal[k]``,
+    capped at ``cap[k]`` (infinite except at the last noise-adding step when that is clipped)."""
+
+    floor: torch.Tensor
+    gain: torch.Tensor
+    noise_to_signal: torch.Tensor
+    cap: torch.Tensor
+
+    def p_variance(
+        self, values: torch.Tensor | None, t: torch.Tensor, like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        covariance = x0_covariance(extract(self.noise_to_signal, t, like), values)
+        variance = optimal_step_variance(
+            extract(self.floor, t, like), extract(self.gain, t, like), covariance
+        )
+        variance = torch.minimum(variance, extract(self.cap, t, like))
+        # A pixel whose Cov clips to 0 has a decoder variance of 0: floored so that its log stays finite.
+        return variance, variance.clamp_min(_MIN_VARIANCE).log()
+
+    def noise_scales(self) -> list[NoiseScale]:
+        return [
+            partial(_pixel_noise_scale, *row)
+            for row in zip(
+                self.floor.tolist(),
+                self.gain.tolist(),
+                self.noise_to_signal.tolist(),
+                self.cap.tolist(),
+            )
+        ]
+
+
+def _pixel_noise_scale(
+    floor: float, gain: float, noise_to_signal: float, cap: float, values: torch.Tensor
+) -> torch.Tensor:
+    variance = optimal_step_variance(floor, gain, x0_covariance(noise_to_signal, values))
+    return variance.clamp_(max=cap).sqrt_()
+
+
+def _ddim_chain(
+    alphas_cumprod: torch.Tensor, eta: float, final_alpha_cumprod: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(floor, gain) of each step of a chain with cumulative products ``alphas_cumprod`` (ascending; index
+    k steps to k - 1, index 0 to the data, whose alpha-bar is ``final_alpha_cumprod``)."""
+    ab_t = alphas_cumprod.double()
+    ab_s = torch.cat([ab_t.new_full((1,), final_alpha_cumprod), ab_t[:-1]])
+    return step_variance_coefficients(ab_t, ab_s, eta)
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,23 +204,68 @@ class AnalyticVariance:
     last_step_pixels: float | None = None
     name: ClassVar[str] = "analytic"
     learned: ClassVar[bool] = False
+    head: ClassVar[bool] = False
 
     def on_chain(self, chain: DiffusionTables, timesteps: torch.Tensor) -> FixedChainVariance:
-        count = chain.num_timesteps
-        descending = analytic_step_variances(
-            chain.alphas_cumprod.cpu().numpy(),
-            self.eps_second_moment[timesteps.cpu().numpy()],
-            np.arange(count - 1, -1, -1),
-            last_step_pixels=self.last_step_pixels,
-        )
-        # A Gamma_n >= 1 clips E Var[x_0 | x_n] to 0, the decoder's variance with it: floored so that its log
-        # stays finite.
-        variance = torch.from_numpy(np.maximum(descending[::-1], _ANALYTIC_MIN_VARIANCE).copy())
+        variance = self.on_steps(chain.alphas_cumprod, timesteps).variance
         variance = variance.to(device=chain.betas.device, dtype=chain.betas.dtype)
         return FixedChainVariance(variance, variance.log())
 
+    def on_steps(
+        self,
+        alphas_cumprod: torch.Tensor,
+        timesteps: torch.Tensor,
+        eta: float = 1.0,
+        final_alpha_cumprod: float = 1.0,
+    ) -> FixedChainVariance:
+        """Analytic-DDIM's variance of each step of the chain (eta = 1: DDPM's), on the CPU in float64."""
+        count = len(alphas_cumprod)
+        descending = analytic_step_variances(
+            alphas_cumprod.cpu().double().numpy(),
+            self.eps_second_moment[timesteps.cpu().numpy()],
+            np.arange(count - 1, -1, -1),
+            last_step_pixels=self.last_step_pixels,
+            eta=eta,
+            final_alpha_cumprod=final_alpha_cumprod,
+        )
+        # A Gamma_n >= 1 clips E Var[x_0 | x_n] to 0, the decoder's variance with it: floored so that its log
+        # stays finite.
+        variance = torch.from_numpy(np.maximum(descending[::-1], _MIN_VARIANCE).copy())
+        return FixedChainVariance(variance, variance.log())
 
-_ANALYTIC_MIN_VARIANCE = 1e-20
+
+@dataclass(frozen=True)
+class HeadVariance:
+    """A per-pixel optimal variance from a covariance head (Bao et al. ICML 2022): the model output is
+    eps_theta then the head's channels, which ``eps_error_moment(eps, head)`` turns into an estimate of
+    E[(eps - eps_theta)^2 | x_t]; ``last_step_pixels`` as :class:`AnalyticVariance`'s."""
+
+    name: str
+    eps_error_moment: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    last_step_pixels: float | None = None
+    learned: ClassVar[bool] = False
+    head: ClassVar[bool] = True
+
+    def on_chain(self, chain: DiffusionTables, timesteps: torch.Tensor) -> PixelChainVariance:
+        return self.on_steps(chain.alphas_cumprod, timesteps)
+
+    def on_steps(
+        self,
+        alphas_cumprod: torch.Tensor,
+        timesteps: torch.Tensor,
+        eta: float = 1.0,
+        final_alpha_cumprod: float = 1.0,
+    ) -> PixelChainVariance:
+        """SN's or NPR's variance of each step of the chain, DDIM's of ``eta`` (eta = 1: DDPM's)."""
+        ab = alphas_cumprod.double()
+        floor, gain = _ddim_chain(ab, eta, final_alpha_cumprod)
+        cap = torch.full_like(ab, math.inf)
+        if self.last_step_pixels is not None and len(ab) > 1:
+            cap[1] = last_step_max_variance(self.last_step_pixels)
+        return PixelChainVariance(floor, gain, (1.0 - ab) / ab, cap)
+
+
+_MIN_VARIANCE = 1e-20
 
 
 def beta_tilde(chain: DiffusionTables) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,7 +306,29 @@ LEARNED_VARIANCE_TYPES: tuple[str, ...] = tuple(
 )
 
 
-VARIANCE_TYPE_NAMES: tuple[str, ...] = (*VARIANCE_TYPES, AnalyticVariance.name)
+# The variance types of a covariance head (sampling only: the UNet is trained with another type).
+HEAD_VARIANCES: dict[str, HeadVariance] = {
+    "sn": HeadVariance("sn", sn_eps_error_moment),
+    "npr": HeadVariance("npr", npr_eps_error_moment),
+}
+HEAD_VARIANCE_TYPES: tuple[str, ...] = tuple(HEAD_VARIANCES)
+
+
+VARIANCE_TYPE_NAMES: tuple[str, ...] = (
+    *VARIANCE_TYPES,
+    AnalyticVariance.name,
+    *HEAD_VARIANCE_TYPES,
+)
+
+
+def check_head_prediction_type(variance: VarianceType, prediction_type: str) -> None:
+    """A covariance head's variance reads eps_theta from the model output: ValueError unless the network
+    predicts epsilon."""
+    if variance.head and prediction_type != "epsilon":
+        raise ValueError(
+            f"variance_type {variance.name!r} needs prediction_type 'epsilon' (its covariance head is "
+            f"trained on eps_theta), got {prediction_type!r}"
+        )
 
 
 def resolve_variance_type(
@@ -201,13 +337,16 @@ def resolve_variance_type(
     last_step_pixels: float | None = None,
 ) -> VarianceType:
     """The object of a ``variance_type`` name; a ValueError lists the allowed names. "analytic" is built
-    from the model's ``eps_second_moment`` (checked by :func:`.analytic.check_eps_second_moment`)."""
+    from the model's ``eps_second_moment`` (checked by :func:`.analytic.check_eps_second_moment`);
+    ``last_step_pixels`` caps the last noise-adding step of the optimal ones (analytic, sn, npr)."""
     if variance_type == AnalyticVariance.name:
         if eps_second_moment is None:
             raise ValueError(
                 "variance_type 'analytic' needs eps_second_moment; run hf-ddpm calibrate"
             )
         return AnalyticVariance(np.asarray(eps_second_moment, dtype=np.float64), last_step_pixels)
+    if variance_type in HEAD_VARIANCES:
+        return dataclasses.replace(HEAD_VARIANCES[variance_type], last_step_pixels=last_step_pixels)
     try:
         return VARIANCE_TYPES[variance_type]
     except KeyError:

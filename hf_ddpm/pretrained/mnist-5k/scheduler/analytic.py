@@ -24,6 +24,8 @@ import math
 
 import numpy as np
 
+from .covariance import optimal_step_variance, step_variance_coefficients, x0_covariance
+
 # The paper's last-step correction (its section 6 and the authors' samplers): E|sigma eps| of the last
 # noise-adding step is kept within ``pixels`` bins of 8-bit data, 2 for the linear schedule and 1 otherwise.
 LINEAR_SCHEDULE_LAST_STEP_PIXELS = 2.0
@@ -59,7 +61,8 @@ def expected_x0_variance(alphas_cumprod: np.ndarray, eps_second_moment: np.ndarr
     clipped to [0, 1], the bounds of Theorem 2 for data in [-1, 1]."""
     ab = np.asarray(alphas_cumprod, dtype=np.float64)
     gamma = np.asarray(eps_second_moment, dtype=np.float64)
-    return np.clip((1.0 - ab) / ab * (1.0 - gamma), 0.0, 1.0)
+    # E_x[E[eps^2 | x_n]] = E[eps^2] = 1, so the data's average of SN's h - eps_theta^2 is 1 - Gamma_n.
+    return x0_covariance((1.0 - ab) / ab, 1.0 - gamma)
 
 
 def last_step_max_variance(pixels: float, num_bins: int = 256) -> float:
@@ -74,24 +77,27 @@ def analytic_step_variances(
     timesteps: np.ndarray,
     last_step_pixels: float | None = None,
     num_bins: int = 256,
+    eta: float = 1.0,
+    final_alpha_cumprod: float = 1.0,
 ) -> np.ndarray:
     """sigma^2 of each step of the chain visiting ``timesteps`` (strictly descending, the last step goes to
-    the data): Theorem 1's optimal variance with Theorem 2's clipping, one value per timestep.
+    the data, whose alpha-bar is ``final_alpha_cumprod``): Theorem 1's optimal variance with Theorem 2's
+    clipping, one value per timestep.
 
-    For the step r -> s: beta-tilde_{s|r} + (sqrt(alpha-bar_s) beta_{r|s} / beta-bar_r)^2 clip(E Var[x_0|x_r]).
-    The last step (r -> data) has beta-tilde = 0 and coefficient 1, so its variance is clip(E Var[x_0 | x_r]),
-    the optimal Gaussian decoder. ``last_step_pixels`` (None: off) caps the variance of the last step that
-    adds noise, the one into the chain's smallest timestep, at :func:`last_step_max_variance`.
+    For the step r -> s: floor + gain^2 clip(E Var[x_0 | x_r]) (:func:`.covariance.optimal_step_variance`),
+    with DDIM's (floor, gain) of that ``eta`` (:func:`.covariance.step_variance_coefficients`); eta = 1 is
+    DDPM, beta-tilde_{s|r} + (sqrt(alpha-bar_s) beta_{r|s} / beta-bar_r)^2 clip(E Var[x_0 | x_r]). The last
+    step (r -> data) has floor 0 and gain 1, so its variance is clip(E Var[x_0 | x_r]), the optimal Gaussian
+    decoder. ``last_step_pixels`` (None: off) caps the variance of the last step that adds noise, the one
+    into the chain's smallest timestep, at :func:`last_step_max_variance`.
     """
     ab_all = np.asarray(alphas_cumprod, dtype=np.float64)
     ts = np.asarray(timesteps, dtype=np.int64)
     ab_r = ab_all[ts]
-    ab_s = np.append(ab_all[ts[1:]], 1.0)
-    beta_rs = 1.0 - ab_r / ab_s
-    posterior_variance = (1.0 - ab_s) * beta_rs / (1.0 - ab_r)
-    coef_x0 = np.sqrt(ab_s) * beta_rs / (1.0 - ab_r)
+    ab_s = np.append(ab_all[ts[1:]], final_alpha_cumprod)
+    floor, gain = step_variance_coefficients(ab_r, ab_s, eta)
     x0_variance = expected_x0_variance(ab_r, np.asarray(eps_second_moment, dtype=np.float64)[ts])
-    variances = posterior_variance + coef_x0**2 * x0_variance
+    variances = optimal_step_variance(floor, gain, x0_variance)
     if last_step_pixels is not None and len(ts) > 1:
         variances[-2] = min(variances[-2], last_step_max_variance(last_step_pixels, num_bins))
     return variances

@@ -25,7 +25,8 @@ from .analytic import (
     check_eps_second_moment,
     optimal_timesteps,
 )
-from .diffusion_tables import DiffusionTables, extract
+from .covariance import x0_covariance  # noqa: F401  (imported by variance)
+from .diffusion_tables import DiffusionTables, check_num_inference_steps, extract
 from .forward_process import q_posterior_mean_variance as _q_posterior_mean_variance
 from .forward_process import q_sample
 
@@ -38,6 +39,7 @@ from .reverse_process import p_mean_variance as _p_mean_variance
 from .schedules import make_betas
 from .variance import (
     NoiseScale,
+    check_head_prediction_type,
     resolve_variance_type,
 )
 from .vlb import prior_bpd as _prior_bpd
@@ -102,8 +104,9 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
             "linear", "scaled_linear", "squaredcos_cap_v2" (cosine), "sigmoid", "laplace".
         variance_type: Sigma_theta: "fixed_small" (beta-tilde), "fixed_large" (beta), their "_log" twins (same
             distribution), "learned" (the network outputs log Sigma), "learned_range" (Nichol & Dhariwal eq. 15),
-            or "analytic" (Bao et al. 2022's optimal variance, from ``eps_second_moment``); learned types need a
-            network with twice the sample's channels.
+            "analytic" (Bao et al. 2022's optimal variance, from ``eps_second_moment``), or "sn" / "npr" (the
+            per-pixel optimal variance of a covariance head, Bao et al. ICML 2022); learned types need a network
+            with twice the sample's channels, and sn / npr a model output of eps then the head's channels.
         clip_sample, clip_sample_range: clip the predicted x_0 to [-range, range] when sampling.
         prediction_type: "epsilon", "sample" (x_0) or "v_prediction".
         thresholding, dynamic_thresholding_ratio, sample_max_value: Imagen's dynamic thresholding of x_0.
@@ -115,7 +118,7 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         eps_second_moment: Gamma_n = E ||eps_theta(x_n, n)||^2 / d for n = 0..T-1, the statistic of the trained
             network that the analytic variance and the optimal spacing need (``hf-ddpm calibrate`` writes it),
             checked by them; diffusers' own schedulers ignore the key.
-        analytic_clip_last_step: with the analytic variance, cap the last noise-adding step's variance at about a
+        analytic_clip_last_step: with the optimal variances (analytic, sn, npr), cap the last noise-adding step's variance at about a
             pixel bin of 8-bit data (2 bins for the linear schedule, 1 otherwise), the paper's setting for
             sampling; it loosens the bound of few-step chains, so it is off by default.
     """
@@ -189,6 +192,8 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         self._variance = resolve_variance_type(
             variance_type, self._eps_second_moment, last_step_pixels
         )
+        check_head_prediction_type(self._variance, prediction_type)
+        self._splits_output = self._variance.learned or self._variance.head
         if thresholding:
             process_x0 = partial(
                 _dynamic_threshold, ratio=dynamic_thresholding_ratio, max_value=sample_max_value
@@ -238,10 +243,7 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
             self.num_inference_steps = len(ts)
         else:
             n = int(num_inference_steps)
-            if not 1 <= n <= num_train:
-                raise ValueError(
-                    f"num_inference_steps must be between 1 and num_train_timesteps={num_train}, got {num_inference_steps}"
-                )
+            check_num_inference_steps(n, num_train)
             spacing = self.config.timestep_spacing
             if spacing == "optimal":
                 ts = self._optimal_timesteps.get(n)
@@ -320,8 +322,9 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         return sample
 
     def model_output_channels(self, sample_channels: int) -> int:
-        """Channels the network must output: twice the sample's for learned variances."""
-        return 2 * sample_channels if self._variance.learned else sample_channels
+        """Channels the model output must have: twice the sample's for learned variances, and for a
+        covariance head's (eps, then the head's channels)."""
+        return 2 * sample_channels if self._splits_output else sample_channels
 
     # ----------------------------------------------------------------------------------------- sampling
 
@@ -344,7 +347,7 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         """
         index = self._step_index(timestep)
         c = self._steps[index]
-        if self._variance.learned or model_output.shape != sample.shape:
+        if self._splits_output or model_output.shape != sample.shape:
             prediction, values = split_model_output(model_output, sample, self._variance)
         else:
             prediction, values = model_output, None  # the common case, without the checks' overhead

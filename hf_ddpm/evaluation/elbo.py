@@ -2,6 +2,8 @@
 
 log p(x) = log E_q[p(x, z) / q(z | x)] >= E_q[log p(x | z)] - KL(q(z | x) || p(z))   (Jensen's inequality),
 with equality exactly when q(z | x) is the true posterior p(z | x).
+
+A saved model never runs it (the DDPM bound itself is ``core/vlb.py``), so it lives outside core.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from .gaussian import normal_kl, reparameterize
+from hf_ddpm.core.gaussian import normal_kl, reparameterize
 
 
 def gaussian_elbo(

@@ -1,0 +1,81 @@
+"""The data ``hf-ddpm evaluate`` and ``hf-ddpm calibrate`` read when no data flag is given: the model's own.
+
+``hf-ddpm train`` writes ``train_config.json`` beside the pipeline, naming the dataset or image folder the
+model was trained on; without ``--dataset`` or ``--train-data-dir`` both commands read that data. A model
+without the file (one not trained by hf-ddpm, or saved by hand) needs a data flag: no dataset is assumed,
+since the bundled grey digits fit only grey 32x32 models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from hf_ddpm.data.image_datasets import BUNDLED_DATASETS, TRAIN_RECORD
+
+
+def model_train_record(model: str) -> tuple[dict[str, Any] | None, str]:
+    """The ``train_config.json`` of ``model`` (a folder, or a Hub repo id) if it has one, and where it
+    was looked for."""
+    folder = Path(model)
+    if folder.is_dir():
+        path, where = folder / TRAIN_RECORD, f"the folder {model}"
+        if not path.is_file():
+            return None, where
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+
+        where = f"the Hub repo {model}"
+        try:
+            path = Path(hf_hub_download(model, TRAIN_RECORD))
+        # No such file, repo or network: the command then asks for the data.
+        except (EntryNotFoundError, HFValidationError, OSError):
+            return None, where
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None, where
+    return (record if isinstance(record, dict) else None), where
+
+
+def resolve_data_flags(args: argparse.Namespace, command: str) -> None:
+    """Fill ``args.dataset``, ``args.train_data_dir`` and ``args.image_column`` from the model's
+    ``train_config.json`` when neither data flag is given, and log which data that is.
+
+    Raises:
+        ValueError: no data flag, and the model records no data, or names a folder that is not here.
+    """
+    if args.dataset is not None or args.train_data_dir is not None:
+        return
+    record, where = model_train_record(args.model)
+    flags = (
+        f"pass --dataset NAME (a Hub dataset id, or the bundled {' or '.join(BUNDLED_DATASETS)}) or "
+        "--train-data-dir FOLDER"
+    )
+    if record is None or not (record.get("train_data_dir") or record.get("dataset")):
+        raise ValueError(
+            f"which data? No --dataset or --train-data-dir was given, and the model has no "
+            f"{TRAIN_RECORD} naming the data it was trained on (looked in {where}); {flags}"
+        )
+    folder = record.get("train_data_dir")
+    if folder:
+        if not Path(folder).is_dir():
+            raise ValueError(
+                f"the model's {TRAIN_RECORD} names --train-data-dir {folder!r}, which is not a folder "
+                f"here (relative paths are read from the current folder); {flags}"
+            )
+        args.train_data_dir = folder
+        chosen = f"--train-data-dir {folder}"
+    else:
+        args.dataset = record["dataset"]
+        chosen = f"--dataset {args.dataset}"
+    if args.image_column is None:
+        args.image_column = record.get("image_column")
+    # Printed, not logged: these commands configure no logging, and the user must see what was read.
+    print(
+        f"hf-ddpm {command}: reading the model's own data, {chosen} (split {args.split}), as its "
+        f"{TRAIN_RECORD} names it; --dataset or --train-data-dir reads other data"
+    )

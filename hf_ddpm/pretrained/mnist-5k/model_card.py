@@ -1,0 +1,160 @@
+"""The model card (README.md) of a saved pipeline folder, as text: written by ``saving``, pointed at a
+Hub repo by ``pushing``.
+
+Copied into every saved folder, so it imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+MODEL_CARD = "README.md"
+SAMPLE_GRID = "samples.png"
+# The distribution whose metadata may name hf_ddpm's source repository (for the card's install line).
+_DISTRIBUTION = "hf-ddpm"
+# How a card names its model in the usage snippets: push_folder_to_hub and a re-save point them elsewhere.
+_CARD_REFERENCE = re.compile(r'from_pretrained\(\s*"([^"]*)"')
+
+
+def _yaml_list(key: str, values: list[str]) -> list[str]:
+    return [f"{key}:"] + [f"- {json.dumps(value)}" for value in values]
+
+
+def _describe_config(folder: Path) -> list[str]:
+    """One bullet per fact the saved configs give about the model, for the card."""
+    lines = []
+    scheduler_config = folder / "scheduler" / "scheduler_config.json"
+    if scheduler_config.is_file():
+        config = json.loads(scheduler_config.read_text(encoding="utf-8"))
+        keys = ("num_train_timesteps", "beta_schedule", "variance_type", "prediction_type")
+        facts = ", ".join(f"{key}={config[key]!r}" for key in keys if key in config)
+        lines.append(f"- scheduler: {config.get('_class_name', '?')} ({facts})")
+    unet_config = folder / "unet" / "config.json"
+    if unet_config.is_file():
+        config = json.loads(unet_config.read_text(encoding="utf-8"))
+        size = config.get("sample_size")
+        lines.append(
+            f"- unet: {config.get('_class_name', '?')}, {config.get('in_channels')} channels, "
+            f"{size}x{size} pixels"
+            + (", class-conditional" if config.get("num_class_embeds") else "")
+        )
+    return lines
+
+
+def card_reference(folder: Path, repo_id: str | None = None) -> str:
+    """What a card's title and usage snippets name: ``repo_id``, else the folder as given."""
+    return repo_id or folder.as_posix()
+
+
+def _display_name(reference: str) -> str:
+    """The card's title for a Hub id or folder: its last part (``user/my-ddpm`` -> ``my-ddpm``)."""
+    name = Path(reference).name
+    return name if name not in ("", ".", "..") else Path(reference).resolve().name
+
+
+def _source_repository() -> str | None:
+    """hf_ddpm's source repository URL from its installed metadata (``Project-URL``), if it names one."""
+    from importlib import metadata
+
+    try:
+        urls = metadata.metadata(_DISTRIBUTION).get_all("Project-URL") or []
+    except metadata.PackageNotFoundError:
+        return None
+    for entry in urls:
+        label, _, url = entry.partition(",")
+        if label.strip().lower() in ("repository", "source", "source code"):
+            if url.strip().startswith(("https://", "http://")):
+                return url.strip()
+    return None
+
+
+def _install_line() -> str:
+    """How to get hf_ddpm, truthfully: it is not on PyPI."""
+    repository = _source_repository()
+    where = (
+        f"`pip install git+{repository}`"
+        if repository
+        else "`pip install -e .` in a checkout of its source repository"
+    )
+    return f"With hf_ddpm installed (it is not on PyPI: {where}; no remote code runs):"
+
+
+def model_card_text(
+    folder: Path,
+    *,
+    repo_id: str | None = None,
+    license: str = "apache-2.0",
+    datasets: list[str] | None = None,
+    tags: list[str] | None = None,
+    description: str | None = None,
+) -> str:
+    """README.md for the saved pipeline ``folder``: YAML metadata, usage for both loading paths, and the
+    sample grid when ``folder`` holds one. Without ``repo_id`` the title and the snippets name the folder
+    (as given); ``push_folder_to_hub`` points them at the repo (:func:`retarget_card`)."""
+    repo = card_reference(folder, repo_id)
+    call = "pipe(batch_size=4, num_inference_steps=1000)"
+    unet_config = folder / "unet" / "config.json"
+    if unet_config.is_file() and json.loads(unet_config.read_text()).get("num_class_embeds"):
+        # A class-conditional UNet needs labels; the last embedding is the null label of guidance.
+        call = (
+            "pipe(batch_size=4, class_labels=[0, 1, 2, 3], guidance_scale=2.0, "
+            "num_inference_steps=1000)"
+        )
+    all_tags = list(dict.fromkeys(["ddpm", "hf-ddpm", "diffusers", *(tags or [])]))
+    front = ["---", "library_name: diffusers", "pipeline_tag: unconditional-image-generation"]
+    front += [f"license: {license}"] + _yaml_list("tags", all_tags)
+    if datasets:
+        front += _yaml_list("datasets", list(datasets))
+    front.append("---")
+    body = [
+        "",
+        f"# {_display_name(repo)}",
+        "",
+        description
+        or "A denoising diffusion probabilistic model (Ho, Jain & Abbeel 2020) trained with hf_ddpm "
+        "and sampled by ancestral sampling.",
+        "",
+        *_describe_config(folder),
+        "",
+        "## Usage",
+        "",
+        "With only diffusers installed (`pip install diffusers torch`): the sampling code in this "
+        "repository runs as remote code, so hf_ddpm itself need not be installed.",
+        "",
+        "```python",
+        "from diffusers import DiffusionPipeline",
+        "",
+        f'pipe = DiffusionPipeline.from_pretrained("{repo}", trust_remote_code=True)',
+        f"images = {call}.images",
+        "```",
+        "",
+        _install_line(),
+        "",
+        "```python",
+        "from hf_ddpm import HFDDPMPipeline",
+        "",
+        f'pipe = HFDDPMPipeline.from_pretrained("{repo}")',
+        f"images = {call}.images",
+        "```",
+    ]
+    if (folder / SAMPLE_GRID).is_file():
+        body += ["", "## Samples", "", f"![samples]({SAMPLE_GRID})"]
+    return "\n".join(front + body) + "\n"
+
+
+def retarget_card(text: str, reference: str) -> str:
+    """``text`` of a model card with its usage snippets and title naming ``reference`` (a Hub repo id or
+    a folder) instead of what they named before; the rest of the card is left as it is."""
+    previous = dict.fromkeys(_CARD_REFERENCE.findall(text))
+    for old in previous:
+        text = text.replace(f'from_pretrained("{old}"', f'from_pretrained("{reference}"')
+        text = re.sub(
+            rf"^# {re.escape(_display_name(old))}$",
+            f"# {_display_name(reference)}",
+            text,
+            count=1,
+            flags=re.MULTILINE,
+        )
+    return text

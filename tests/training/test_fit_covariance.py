@@ -1,0 +1,258 @@
+"""``hf-ddpm fit-covariance``: the fitted head approaches the exact per-pixel second moment on Gaussian data,
+a resumed fit is the uninterrupted one, and bad input is refused with a message naming the command.
+
+The oracle: x_0 ~ N(0, s^2) per pixel, with s = 1 on the left half and s = 0.05 on the right, so the exact
+eps-predictor and both exact heads are closed forms (DESIGN.md, "Per-pixel optimal covariance"):
+eps-hat = sqrt(1 - ab) x_t / (ab s^2 + 1 - ab), Var[eps | x_t] = ab s^2 / (ab s^2 + 1 - ab), and
+E[eps^2 | x_t] = eps-hat^2 + Var[eps | x_t]. Its "last feature map" carries the exact target T of the kind
+being fitted as [T, -T, U, -U] with U = sqrt(M - T^2): one GroupNorm group over them has mean 0 and variance
+M / 2 whatever the input, and SiLU(z) - SiLU(-z) = z, so a head can represent T exactly; what it learns
+depends only on the regression targets it is given, the features of the right call, and the fitting loop.
+"""
+
+import json
+
+import pytest
+import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.unets.unet_2d import UNet2DOutput
+from torch import nn
+
+from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler
+from hf_ddpm.training.fit_covariance import FitOptions, check_fittable, fit_covariance_head
+
+SIZE, STEPS = 8, 100
+# T <= sqrt(M): eps-hat^2 + Var exceeds 8 with probability about 0.5%, clipped in the features only.
+FEATURE_BOUND = 64.0
+
+
+def pixel_stds() -> torch.Tensor:
+    s = torch.full((1, 1, SIZE, SIZE), 0.05, dtype=torch.float64)
+    s[..., : SIZE // 2] = 1.0
+    return s
+
+
+def exact_moments(x_t: torch.Tensor, ab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eps-hat, Var[eps | x_t]) of the Gaussian data, per pixel, at per-sample alpha-bar ``ab``."""
+    ab = ab.double().view(-1, 1, 1, 1)
+    s2 = pixel_stds() ** 2
+    denominator = ab * s2 + 1 - ab
+    return (1 - ab).sqrt() * x_t.double() / denominator, ab * s2 / denominator
+
+
+class FeatureOracle(ModelMixin, ConfigMixin):
+    """The exact eps-predictor of the Gaussian data, with a last feature map that carries ``kind``'s exact
+    target (see the module docstring) through a ``conv_norm_out`` GroupNorm, as a UNet2DModel has one."""
+
+    @register_to_config
+    def __init__(
+        self, kind: str = "sn", in_channels: int = 1, out_channels: int = 1, sample_size: int = SIZE
+    ) -> None:
+        super().__init__()
+        self.conv_norm_out = nn.GroupNorm(1, 4, eps=1e-12)
+        self.register_buffer(
+            "alphas_cumprod", HFDDPMScheduler(num_train_timesteps=STEPS).alphas_cumprod.double()
+        )
+
+    def forward(self, x_t, t, class_labels=None):
+        eps_hat, variance = exact_moments(x_t, self.alphas_cumprod[torch.as_tensor(t).long()])
+        target = eps_hat**2 + variance if self.config.kind == "sn" else variance
+        target = target.clamp(max=FEATURE_BOUND**0.5)
+        other = (FEATURE_BOUND - target**2).clamp(min=0).sqrt()
+        self.conv_norm_out(torch.cat([target, -target, other, -other], 1).float())
+        return UNet2DOutput(sample=eps_hat.float())
+
+
+def gaussian_pipeline(kind: str) -> HFDDPMPipeline:
+    return HFDDPMPipeline(
+        unet=FeatureOracle(kind), scheduler=HFDDPMScheduler(num_train_timesteps=STEPS)
+    )
+
+
+def gaussian_images(count: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (
+        pixel_stds() * torch.randn(count, 1, SIZE, SIZE, generator=generator, dtype=torch.float64)
+    ).float()
+
+
+@pytest.mark.parametrize("kind", ["sn", "npr"])
+def test_the_fitted_head_approaches_the_exact_second_moment(kind):
+    pipeline = gaussian_pipeline(kind)
+    options = FitOptions(kind=kind, max_steps=600, batch_size=64, learning_rate=2e-2, log_every=100)
+    result = fit_covariance_head(pipeline, gaussian_images(4096, seed=0), options, progress=False)
+    assert result.step == 600 and len(result.losses) == 6
+
+    # Fresh x_t at three timesteps; the exact heads from the closed forms.
+    ab_table = pipeline.scheduler.alphas_cumprod.double()
+    x0 = gaussian_images(512, seed=1).double()
+    t = torch.tensor([10, 50, 90]).repeat_interleave(512 // 3 + 1)[:512]
+    ab = ab_table[t].view(-1, 1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * torch.randn(
+        x0.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64
+    )
+    eps_hat, variance = exact_moments(x_t, ab_table[t])
+    exact = {"sn": eps_hat**2 + variance, "npr": variance}
+    from hf_ddpm.core.covariance_head import unet_features
+
+    with torch.no_grad(), unet_features(pipeline.unet) as features:
+        pipeline.unet(x_t.float(), t)
+        learned = result.head(features[-1]).double()
+    error = (learned - exact[kind]).square().mean()
+    # The best a head blind to the pixel can do: one value per timestep (Analytic-DPM's kind of variance).
+    per_timestep = torch.stack([exact[kind][t == k].mean() for k in t.tolist()]).view(-1, 1, 1, 1)
+    scalar_error = (per_timestep - exact[kind]).square().mean()
+    assert error < 0.05 * scalar_error, (float(error), float(scalar_error))
+    # It learned its own kind's moment, not the other's.
+    other = "npr" if kind == "sn" else "sn"
+    assert (learned - exact[other]).square().mean() > 10 * error
+
+
+def test_a_resumed_fit_ends_with_the_uninterrupted_ones_head(tmp_path):
+    images = gaussian_images(256, seed=0)
+    options = FitOptions(kind="npr", max_steps=12, batch_size=32, log_every=4, checkpoint_every=5)
+    whole = fit_covariance_head(gaussian_pipeline("npr"), images, options, progress=False)
+    interrupted = FitOptions(**{**options.__dict__, "max_steps": 7})
+    fit_covariance_head(gaussian_pipeline("npr"), images, interrupted, tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-5", "checkpoint-7"]
+    (tmp_path / "checkpoint-7").rename(tmp_path / "ignored")  # resume from step 5, mid-epoch
+    resumed = fit_covariance_head(
+        gaussian_pipeline("npr"), images, options, tmp_path, resume_from="latest", progress=False
+    )
+    assert resumed.step == 12
+    for name, value in whole.head.state_dict().items():
+        assert torch.equal(value, resumed.head.state_dict()[name]), name
+    assert resumed.losses == whole.losses
+
+
+def test_a_resume_with_other_options_is_refused(tmp_path):
+    images = gaussian_images(64, seed=0)
+    options = FitOptions(kind="npr", max_steps=2, batch_size=16, checkpoint_every=1)
+    fit_covariance_head(gaussian_pipeline("npr"), images, options, tmp_path, progress=False)
+    changed = FitOptions(kind="npr", max_steps=4, batch_size=8, checkpoint_every=1)
+    with pytest.raises(ValueError, match="--batch-size 16 .now 8."):
+        fit_covariance_head(gaussian_pipeline("npr"), images, changed, tmp_path, "latest", False)
+
+
+def test_a_model_with_a_learned_variance_is_refused(tiny_unet):
+    pipeline = HFDDPMPipeline(
+        unet=tiny_unet(in_channels=1, out_channels=2),
+        scheduler=HFDDPMScheduler(num_train_timesteps=STEPS, variance_type="learned_range"),
+    )
+    with pytest.raises(
+        ValueError, match="hf-ddpm fit-covariance .*learned its variance.*learned_range"
+    ):
+        check_fittable(pipeline)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "flag"),
+    [
+        ("kind", "full", "--kind"),
+        ("max_steps", 0, "--max-steps"),
+        ("learning_rate", 0.0, "--learning-rate"),
+    ],
+)
+def test_bad_options_name_their_flag(field, value, flag):
+    with pytest.raises(ValueError, match=f"hf-ddpm fit-covariance: {flag}"):
+        FitOptions(**{"kind": "sn", field: value})
+
+
+# ------------------------------------------------------------------------------------ the commands
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    """A saved tiny unconditional pipeline (8x8 grey, T = 20) and a folder of 8x8 training images."""
+    from conftest import _tiny_unet
+    from PIL import Image
+
+    HFDDPMPipeline(
+        _tiny_unet(in_channels=1), HFDDPMScheduler(num_train_timesteps=20)
+    ).save_pretrained(tmp_path / "model")
+    images = tmp_path / "images" / "train"
+    images.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(0)
+    for i in range(12):
+        pixels = (torch.rand(8, 8, generator=generator) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels, mode="L").save(images / f"{i}.png")
+    return tmp_path
+
+
+def test_fit_covariance_writes_a_model_that_samples_with_its_head(tiny_model, capsys):
+    from hf_ddpm import cli
+
+    out = tiny_model / "fitted"
+    argv = [
+        "fit-covariance",
+        str(tiny_model / "model"),
+        "--train-data-dir",
+        str(tiny_model / "images"),
+    ]
+    argv += ["--kind", "npr", "--max-steps", "4", "--batch-size", "4", "--log-every", "2"]
+    assert cli.main([*argv, "--output", str(out)]) == 0
+    assert "npr covariance head fitted for 4 steps on 12 images" in capsys.readouterr().out
+    pipe = HFDDPMPipeline.from_pretrained(out)
+    assert pipe.scheduler.config.variance_type == "npr" and pipe.covariance_head is not None
+    log = [json.loads(line) for line in (out / "fit_covariance_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [2, 4]
+    # The source folder is untouched; the head fitted is the one in the checkpoint.
+    assert HFDDPMPipeline.from_pretrained(tiny_model / "model").covariance_head is None
+    from hf_ddpm.training.checkpointing import load_checkpoint
+
+    tensors, _ = load_checkpoint(out / "checkpoint-4")
+    for name, value in pipe.covariance_head.state_dict().items():
+        assert torch.equal(value, tensors["head"][name])
+
+
+def test_fit_covariance_on_a_learned_variance_model_is_one_line_exit_2(tiny_model, capsys):
+    from conftest import _tiny_unet
+
+    from hf_ddpm import cli
+
+    scheduler = HFDDPMScheduler(num_train_timesteps=20, variance_type="learned_range")
+    HFDDPMPipeline(_tiny_unet(in_channels=1, out_channels=2), scheduler).save_pretrained(
+        tiny_model / "learned"
+    )
+    argv = ["fit-covariance", str(tiny_model / "learned"), "--kind", "sn"]
+    assert cli.main([*argv, "--train-data-dir", str(tiny_model / "images")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "hf-ddpm fit-covariance" in err and "learned" in err, err
+
+
+def test_train_with_covariance_head_fits_it_at_the_end(tmp_path):
+    from hf_ddpm.training.train import TrainConfig, train
+
+    config = TrainConfig(
+        dataset="sklearn-digits",
+        model_preset="tiny",
+        resolution=8,
+        batch_size=8,
+        max_steps=2,
+        num_train_timesteps=20,
+        output_dir=str(tmp_path / "out"),
+        checkpoint_every=0,
+        sample_every=0,
+        grid=False,
+        calibrate=False,
+        dataloader_num_workers=0,
+        logger="none",
+        covariance_head="sn",
+        covariance_head_steps=3,
+    )
+    train(config)
+    pipe = HFDDPMPipeline.from_pretrained(tmp_path / "out")
+    assert pipe.scheduler.config.variance_type == "sn"
+    assert pipe.covariance_head.conv.weight.abs().sum() > 0  # fitted: no longer the zero start
+    assert (tmp_path / "out" / "covariance-head" / "checkpoint-3").is_dir()
+
+
+def test_train_refuses_a_head_beside_a_learned_variance(tmp_path):
+    from hf_ddpm.training.train import TrainConfig
+
+    config = TrainConfig(
+        variance_type="learned_range", covariance_head="npr", output_dir=str(tmp_path)
+    )
+    with pytest.raises(ValueError, match="--covariance-head npr .hf-ddpm fit-covariance"):
+        config.validate()
