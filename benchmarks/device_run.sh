@@ -4,7 +4,8 @@
 # Here, once:   bash benchmarks/device_run.sh --prepare     # downloads the wheels the device image lacks into .whl/
 # There:        run(command="bash benchmarks/device_run.sh", carry=[".whl"], timeout_s=540)
 #
-# On the device it installs the carried wheels, records the GPU, runs benchmarks/gpu.py (about 5 minutes,
+# On the device it installs the carried wheels, records the GPU, runs benchmarks/gpu.py (about 6 minutes,
+# issue 19's per-UNet-call sampling configurations included;
 # host-sync check included) and, with the time left, the gpu-marked tests that need no dataset download.
 # Everything it writes goes to $OUT, which comes back.
 set -u
@@ -30,13 +31,13 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 
 python -c "import torch, diffusers, accelerate; print(torch.__version__, diffusers.__version__, accelerate.__version__)" \
     > "$OUT/versions.txt" 2>&1 || { cat "$OUT/versions.txt"; exit 1; }
 
-timeout 420 python benchmarks/gpu.py --json "$OUT/gpu.json" > "$OUT/gpu.log" 2>&1
+timeout 460 python benchmarks/gpu.py --json "$OUT/gpu.json" > "$OUT/gpu.log" 2>&1
 echo "gpu.py exit $? after $(( $(date +%s) - start )) s" >> "$OUT/gpu.log"
 tail -n 20 "$OUT/gpu.log"
 
 # The pipeline's GPU tests need only torch and diffusers. The training-loop sync test needs datasets and
 # scikit-learn, which the image lacks; gpu.py's host_syncs check runs the same calls without accelerate.
-if [ $(( $(date +%s) - start )) -lt 450 ] && python -c "import pytest" 2>/dev/null; then
+if [ $(( $(date +%s) - start )) -lt 470 ] && python -c "import pytest" 2>/dev/null; then
     timeout 60 python -m pytest -q -m gpu -p no:cacheprovider tests/core/test_pipeline.py \
         "tests/core/test_gpu_host_syncs.py::test_sampling_loop_does_not_sync" > "$OUT/pytest-gpu.log" 2>&1
     tail -n 5 "$OUT/pytest-gpu.log"

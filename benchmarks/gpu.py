@@ -1,6 +1,6 @@
 """GPU benchmarks for one CUDA device (written for the H200 the ``device`` tool lends): hf_ddpm vs diffusers.
 
-    python benchmarks/gpu.py [--json FILE] [--budget-s 290] [--sample-steps 1000]
+    python benchmarks/gpu.py [--json FILE] [--budget-s 360] [--sample-steps 1000]
     python benchmarks/gpu.py --smoke        # tiny sizes on CPU: checks the logic, measures nothing
 
 Ho et al. (2020)'s 35.7M ``ddpm-cifar10`` UNet (hf_ddpm.training.unet_presets), randomly initialised (the cost does not
@@ -12,6 +12,9 @@ depend on the weights), on synthetic 32x32 RGB data:
   example (fp32 and bf16 through accelerate), with peak memory and achieved TFLOP/s;
 - sampling 256 images x 1000 steps: ``HFDDPMPipeline`` plain (fp32) and fast (bf16 UNet, channels_last,
   ``torch.compile(mode="reduce-overhead")``, i.e. CUDA graphs), against ``DDPMPipeline``;
+- issue 19, per UNet call: images/s of 256 images x 100 steps with ``hf-ddpm sample``'s UNet options (fp32,
+  bf16 autocast, bf16 + torch.compile + channels_last; ``hf_ddpm.sampling.unet_speed``) against
+  ``DDPMPipeline``, and the wall time of 50,000 samples extrapolated from each;
 - the chip's measured bf16 matmul rate, against which the achieved TFLOP/s are read;
 - a check that hf_ddpm's training step and ``HFDDPMPipeline``'s sampling loop never make the host wait for the
   GPU (``torch.cuda.set_sync_debug_mode("error")``).
@@ -62,6 +65,8 @@ class Sizes(harness.Sizes):
     sample_steps: int
     matmul_size: int
     matmul_iters: int
+    scale_batch: int = 256  # issue 19: images per pipeline call of the per-UNet-call configurations
+    scale_steps: int = 100
 
 
 FULL = Sizes(
@@ -87,7 +92,13 @@ SMOKE = Sizes(
     sample_steps=3,
     matmul_size=128,
     matmul_iters=2,
+    scale_batch=2,
+    scale_steps=3,
 )
+# Issue 19: images/s of hf-ddpm sample's UNet options (hf_ddpm.sampling.unet_speed, the code the CLI runs)
+# against DDPMPipeline, and the wall time of SCALE_SAMPLES samples extrapolated from them.
+SCALE_CONFIGS = ("diffusers", "fp32", "bf16", "bf16-compile-cl")
+SCALE_SAMPLES = 50_000
 
 TRAIN_CONFIGS = ("diffusers-fp32", "diffusers-bf16", "hf_ddpm-fp32", "hf_ddpm-bf16", "hf_ddpm-fast")
 SAMPLE_CONFIGS = ("diffusers", "hf_ddpm", "hf_ddpm-fast")
@@ -96,7 +107,8 @@ WORKERS = (
     [("calibrate", "matmul"), ("check", "host_syncs")]
     + [("train", c) for c in TRAIN_CONFIGS if c != "hf_ddpm-fast"]
     + [("sample", "diffusers"), ("sample", "hf_ddpm")]
-    + [("train", "hf_ddpm-fast"), ("sample", "hf_ddpm-fast")]
+    + [("scale", c) for c in SCALE_CONFIGS if c != "bf16-compile-cl"]
+    + [("train", "hf_ddpm-fast"), ("sample", "hf_ddpm-fast"), ("scale", "bf16-compile-cl")]
 )
 
 
@@ -271,6 +283,62 @@ def _sample(name: str, sizes: Sizes, device: torch.device, outdir: str) -> dict[
     return {"seconds": elapsed, "warmup_s": warmup_s, "peak_memory_gib": _peak_gib(device)}
 
 
+def _scale(name: str, sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    """Images/s of ``scale_batch`` images x ``scale_steps`` steps: DDPMPipeline, or HFDDPMPipeline with
+    the UNet options of ``hf-ddpm sample --dtype/--compile/--channels-last`` (apply_unet_speed, whose
+    compile warm-up is one UNet call of the batch)."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from hf_ddpm.core.pipeline import HFDDPMPipeline
+    from hf_ddpm.core.scheduling import HFDDPMScheduler
+    from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed
+
+    unet = _unet(sizes, device).eval()
+    start = time.perf_counter()
+    if name == "diffusers":
+        pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler())
+    else:
+        speed = {
+            "fp32": UNetSpeed(),
+            "bf16": UNetSpeed(dtype="bfloat16"),
+            # Inductor on CPU needs a C++ toolchain and minutes; the smoke run checks the eager path.
+            "bf16-compile-cl": UNetSpeed(
+                dtype="bfloat16", compile=device.type == "cuda", channels_last=True
+            ),
+        }[name]
+        pipe = HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler())
+        apply_unet_speed(pipe, speed, warmup_batch_size=sizes.scale_batch)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(steps: int) -> Any:
+        generator = torch.Generator(device).manual_seed(0)
+        return pipe(
+            batch_size=sizes.scale_batch,
+            generator=generator,
+            num_inference_steps=steps,
+            output_type="pt",
+        ).images
+
+    run(min(3, sizes.scale_steps))
+    _sync(device)
+    warmup_s = time.perf_counter() - start
+    _reset_peak(device)
+    start = time.perf_counter()
+    images = run(sizes.scale_steps)
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    if not bool(torch.isfinite(images).all()):
+        raise RuntimeError(f"scale {name}: non-finite samples")
+    images_per_s = sizes.scale_batch / elapsed
+    return {
+        "images_per_s": images_per_s,
+        "seconds": elapsed,
+        "warmup_s": warmup_s,
+        "peak_memory_gib": _peak_gib(device),
+        "extrapolated_50k_s": SCALE_SAMPLES / images_per_s,
+    }
+
+
 def _first_host_sync(device: torch.device, work: Any) -> str | None:
     """Run ``work()`` (after one warm-up call) with CUDA's sync debug mode set to raise, and return the
     error of the first operation that made the host wait for the GPU, or None if there was none."""
@@ -350,6 +418,8 @@ def _worker(kind: str, name: str, sizes: Sizes, smoke: bool, outdir: str) -> dic
         return _train(name, sizes, device)
     if kind == "sample":
         return _sample(name, sizes, device, outdir)
+    if kind == "scale":
+        return _scale(name, sizes, device)
     raise ValueError(f"unknown worker {kind}:{name}")
 
 
@@ -430,6 +500,12 @@ def _summarise(result: dict[str, Any], sizes: Sizes, smoke: bool = False) -> Non
         "training_speedup_fast_vs_diffusers_bf16": ratio(
             train, "images_per_s", "diffusers-bf16", "hf_ddpm-fast", False
         ),
+        **{
+            f"scale_speedup_{name}_vs_diffusers": ratio(
+                result.get("scale", {}), "images_per_s", "diffusers", name, False
+            )
+            for name in SCALE_CONFIGS[1:]
+        },
         "sampling_speedup_plain": ratio(sample, "seconds", "diffusers", "hf_ddpm", True),
         "sampling_speedup_fast": ratio(sample, "seconds", "diffusers", "hf_ddpm-fast", True),
     }
@@ -478,6 +554,23 @@ def _table(result: dict[str, Any], sizes: Sizes) -> str:
                 "ERROR" if "error" in e else ("skipped" if not e else ""),
             )
         )
+    for name in SCALE_CONFIGS:
+        e = result.get("scale", {}).get(name, {})
+        rows.append(
+            (
+                f"sample {name} {sizes.scale_batch}x{sizes.scale_steps}",
+                f"{fmt(e.get('images_per_s'), 1)} img/s",
+                fmt(e.get("peak_memory_gib"), 2),
+                "",
+                "ERROR"
+                if "error" in e
+                else (
+                    f"{SCALE_SAMPLES:,} in {fmt(e.get('extrapolated_50k_s'), 0)} s"
+                    if e
+                    else "skipped"
+                ),
+            )
+        )
     calib = result.get("calibrate", {}).get("matmul", {})
     rows.append(
         ("bf16 matmul (measured)", "", "", fmt(calib.get("bf16_matmul_tflops"), 1), "chip rate")
@@ -503,7 +596,7 @@ def _table(result: dict[str, Any], sizes: Sizes) -> str:
         + ", ".join(
             f"{k} {fmt(v, 2)}"
             for k, v in s.items()
-            if k.endswith(("fp32", "bf16", "plain", "fast"))
+            if k.endswith(("fp32", "bf16", "plain", "fast", "_vs_diffusers"))
         )
     )
     return "\n".join(lines)
@@ -517,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         "--budget-s",
         type=float,
         default=None,
-        help="start no new configuration after this many seconds (default 290; none with --smoke)",
+        help="start no new configuration after this many seconds (default 360; none with --smoke)",
     )
     parser.add_argument(
         "--sample-steps", type=int, default=None, help="sampling steps (default 1000; smoke 3)"
@@ -532,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = dataclasses.replace(sizes, sample_steps=args.sample_steps)
     args.sample_steps = sizes.sample_steps
     if args.budget_s is None:
-        args.budget_s = float("inf") if args.smoke else 290.0
+        args.budget_s = float("inf") if args.smoke else 360.0
     if args.smoke and not torch.cuda.is_available():
         # On a shared 2-core machine two OpenMP threads spin against other processes: small ops
         # measured 100x slower than with one thread.
