@@ -55,7 +55,7 @@ def save_run_checkpoint(
     """Write ``checkpoint-{step}`` on the main process (then hand it to ``uploader`` and prune old ones);
     every process waits for it. Returns the folder on the main process."""
     acc, config = setup.accelerator, setup.config
-    path = None
+    path, failure = None, None
     if acc.is_main_process:
         training_state = {
             "optimizer": setup.optimizer.state_dict(),
