@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from .bundled_datasets import BUNDLED_DATASETS
-from .image_transform import ImageTransform, dataset_num_bins
-from .ingest import CHANNEL_CHOICES, GREY_MODES, UnreadableImagesError, scan_images
+from .image_transform import GREY_MODES, ImageTransform, dataset_num_bins
+from .ingest import CHANNEL_CHOICES, UnreadableImagesError, scan_images
 
 logger = logging.getLogger(__name__)
 

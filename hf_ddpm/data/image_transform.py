@@ -8,6 +8,9 @@ registry.
 
 The steps, for one PIL image:
 
+0. turn it upright as its EXIF orientation says, and bring it to 8 bits per channel
+   (:func:`to_eight_bit`: 16-bit and float images scaled, transparency composited over white, modes whose
+   range cannot be known refused by name);
 1. convert to grey (``"L"``) or RGB, as the model's data is;
 2. resize (bilinear) so that the shorter side is ``resolution``, then center-crop to a square;
 3. scale 0..255 to [-1, 1], snapping data with fewer than 256 levels onto its ``num_bins`` grid
@@ -20,12 +23,80 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .bundled_datasets import BUNDLED_DATASETS
 
 MODES = ("L", "RGB")
 _8_BIT_BINS = 256
+# PIL modes that hold one grey value per pixel (the alpha of LA / La is composited away).
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+# Modes at 8 bits per channel or fewer, without alpha, that Pillow converts to L and RGB exactly.
+_PILLOW_CONVERTS = frozenset({"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "HSV"})
+_WITH_ALPHA = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+_SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+_EXIF_ORIENTATION = 0x0112
+
+
+def _from_array(values: np.ndarray, full_scale: float) -> Image.Image:
+    """Grey values on 0..``full_scale`` as an 8-bit ``"L"`` image: round(v * 255 / full_scale)."""
+    return Image.fromarray(
+        np.rint(values.astype(np.float64) * (255.0 / full_scale)).astype(np.uint8)
+    )
+
+
+def to_eight_bit(image: Image.Image) -> Image.Image:
+    """``image`` upright (EXIF orientation applied) in mode ``"L"`` (grey) or ``"RGB"``, 8 bits per channel.
+
+    - 8-bit modes without alpha (1, L, P, RGB, CMYK, YCbCr, ...): Pillow's conversions (CMYK without a
+      colour profile as R = (255 - C)(255 - K) / 255);
+    - with alpha (LA, PA, RGBA, a palette with a transparent colour, ...): composited over white,
+      c * a + 255 * (1 - a), as a viewer shows it on a white page;
+    - 16-bit grey (I;16 and its byte orders): v * 255 / 65535, rounded; Pillow's own conversion clips
+      at 255 instead and makes most 16-bit images white;
+    - 32-bit integers (I, as 16-bit PNGs and TIFFs also open): taken as 16-bit, so values must be in
+      0..65535; 32-bit floats (F): values must be in [0, 1], scaled by 255.
+
+    Raises:
+        ValueError: a mode not listed, or I / F values outside the range that says how to scale them;
+            the message names the mode.
+    """
+    if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in _PILLOW_CONVERTS:
+        return image.convert("L" if mode in GREY_MODES else "RGB")
+    if mode in _WITH_ALPHA:
+        grey = mode in GREY_MODES
+        rgba = np.asarray(image.convert("LA" if grey else "RGBA"), dtype=np.float64)
+        colour, alpha = rgba[..., :-1], rgba[..., -1:] / 255.0
+        over_white = np.rint(colour * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+        return Image.fromarray(over_white[..., 0] if grey else over_white)
+    values = np.asarray(image)
+    if mode in _SIXTEEN_BIT:
+        return _from_array(values, 65535.0)
+    if mode == "I":
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > 65535:
+            raise ValueError(
+                f"image mode 'I' (32-bit integers) with values {low}..{high}: only 0..65535 "
+                "(16-bit) can be scaled to 8 bits; convert it to 8-bit L or RGB first"
+            )
+        return _from_array(values, 65535.0)
+    if mode == "F":
+        if not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > 1:
+            raise ValueError(
+                f"image mode 'F' (32-bit floats) with values {values.min():g}..{values.max():g}: "
+                "only values in [0, 1] can be scaled to 8 bits; convert it to 8-bit L or RGB first"
+            )
+        return _from_array(values, 1.0)
+    raise ValueError(
+        f"image mode {mode!r} is not supported; supported: "
+        f"{', '.join(sorted(_PILLOW_CONVERTS | _WITH_ALPHA | _SIXTEEN_BIT | {'I', 'F'}))}. "
+        "Convert it to 8-bit L or RGB first"
+    )
 
 
 def dataset_num_bins(dataset: str | None) -> int:
@@ -77,10 +148,10 @@ class ImageTransform:
         return cls(modes[channels], resolution, num_bins)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        """``image`` (any PIL mode) as a (C, resolution, resolution) float32 tensor in [-1, 1]."""
-        return _to_tensor(
-            _resize_center_crop(image.convert(self.mode), self.resolution), self.num_bins
-        )
+        """``image`` (a mode :func:`to_eight_bit` takes) as a (C, resolution, resolution) float32 tensor
+        in [-1, 1]."""
+        eight_bit = to_eight_bit(image).convert(self.mode)
+        return _to_tensor(_resize_center_crop(eight_bit, self.resolution), self.num_bins)
 
 
 def _resize_center_crop(image: Image.Image, resolution: int) -> Image.Image:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-# PIL modes that hold one grey value per pixel (LA adds only an alpha channel, which is dropped).
-GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+from .image_transform import GREY_MODES, to_eight_bit
+
 CHANNEL_CHOICES = (1, 3)
 # Unreadable files named in an error message; the rest are counted.
 LISTED_BAD_FILES = 10
@@ -68,9 +68,11 @@ class FolderScan:
 
 
 def _decoded_mode(path: str) -> str:
-    """Open and fully decode one image (``Image.load``, which reads every pixel); return its mode."""
+    """Open and fully decode one image (``Image.load``, which reads every pixel), check that its mode and
+    values can be brought to 8 bits (``to_eight_bit``, which raises naming the mode); return its mode."""
     with Image.open(path) as image:
         image.load()
+        to_eight_bit(image)
         return image.mode
 
 

@@ -58,8 +58,7 @@ def read_image(path: str, flag: str, pipeline: Any, mask: bool = False) -> np.nd
     centre-cropped, by the transform training applies to every image
     (:class:`hf_ddpm.data.image_transform.ImageTransform`); each change is logged. A ValueError or
     FileNotFoundError naming ``flag`` and the file otherwise."""
-    from hf_ddpm.data.image_transform import ImageTransform
-    from hf_ddpm.data.ingest import GREY_MODES
+    from hf_ddpm.data.image_transform import GREY_MODES, ImageTransform
 
     file = Path(path)
     if not file.is_file():

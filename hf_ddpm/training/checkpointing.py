@@ -13,6 +13,7 @@ into a JSON-able skeleton and a flat dict of tensors, so nothing is pickled and 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -23,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from hf_ddpm.core.saving import plain_file_mode
 
@@ -39,6 +41,15 @@ TMP_PREFIX = ".tmp-checkpoint-"
 
 class CorruptCheckpointError(RuntimeError):
     """A checkpoint folder that is partial, or whose files do not match its manifest."""
+
+
+class OutputWriteError(RuntimeError):
+    """A checkpoint or the final pipeline could not be written (a full disk, an I/O error); the message
+    names the path, the error and the last complete checkpoint, which is intact."""
+
+
+# Errors that may pass (a busy network file system, an interrupted call): one retry, then a stop.
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT})
 
 
 def checkpoint_path(output_dir: str | os.PathLike[str], step: int) -> Path:
@@ -67,12 +78,28 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    try:
+        _write_into(tmp, step, tensors, state)
+        rename_into_place(tmp, final)
+    except BaseException:
+        # Nothing half-written stays behind (latest_checkpoint would skip it anyway).
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _write_into(
+    tmp: Path, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any]
+) -> None:
+    """The checkpoint's files, each fsynced, the manifest last."""
     # safetensors writes each file with mode 0600; a checkpoint's files get a plain open()'s mode.
     file_mode = plain_file_mode(tmp)
     digests: dict[str, str] = {}
     for group, group_tensors in tensors.items():
         path = tmp / f"{group}.safetensors"
-        save_file({k: v.detach().cpu().contiguous() for k, v in group_tensors.items()}, str(path))
+        safetensors.torch.save_file(
+            {k: v.detach().cpu().contiguous() for k, v in group_tensors.items()}, str(path)
+        )
         path.chmod(file_mode)
         digests[path.name] = _fsync_and_hash(path)
     state_path = tmp / STATE
@@ -82,8 +109,6 @@ def save_checkpoint(
     manifest_path = tmp / MANIFEST
     manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
     _fsync_and_hash(manifest_path)
-    rename_into_place(tmp, final)
-    return final
 
 
 def rename_into_place(tmp: Path, final: Path) -> None:

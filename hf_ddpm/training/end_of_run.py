@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from hf_ddpm.core.model_card import MODEL_CARD, SAMPLE_GRID
 from hf_ddpm.core.saving import MODEL_INDEX, write_model_card
 
-from .checkpointing import TMP_PREFIX
+from .checkpointing import TMP_PREFIX, OutputWriteError, checkpoint_path
 from .reporting import LossLog, SampleGrids, card_description, grid_sampling
 from .setup import TrainingSetup
 from .train_config import TrainConfig
@@ -356,11 +356,20 @@ def finish_run(
     stop: StopSignals,
     last_evaluation: dict[str, Any] | None = None,
 ) -> tuple[FinalRun, list[str]]:
-    """Save the final pipeline (a failure raises: there is no model), then run the wanted extras;
-    returns the run and one warning per extra that failed or was skipped by a stop signal."""
+    """Save the final pipeline (a failure raises ``OutputWriteError``: there is no model), then run the
+    wanted extras; returns the run and one warning per extra that failed or was skipped by a stop
+    signal."""
     pipeline = final_pipeline(setup)
     card = card_fields(setup, step, losses)
-    save_final_pipeline(pipeline, setup.output_dir, card)
+    try:
+        save_final_pipeline(pipeline, setup.output_dir, card)
+    except OSError as error:
+        raise OutputWriteError(
+            f"writing the final pipeline into {setup.output_dir} failed: {error}; the previous files "
+            f"there are as they were, and {checkpoint_path(setup.output_dir, step)} holds the trained "
+            "weights. Free space or fix the disk, then rerun with --resume-from-checkpoint latest: it "
+            "saves the pipeline without training further"
+        ) from error
     logger.info("saved the trained pipeline in %s", setup.output_dir)
     run = FinalRun(setup, pipeline, step, card, uploader, last_evaluation)
     warnings: list[str] = []

@@ -17,7 +17,11 @@ from typing import TYPE_CHECKING, Any
 from .checkpointing import (
     STATE,
     TMP_PREFIX,
+    TRANSIENT_ERRNOS,
+    OutputWriteError,
+    checkpoint_path,
     flatten_state,
+    latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
@@ -51,7 +55,7 @@ def save_run_checkpoint(
     """Write ``checkpoint-{step}`` on the main process (then hand it to ``uploader`` and prune old ones);
     every process waits for it. Returns the folder on the main process."""
     acc, config = setup.accelerator, setup.config
-    path = None
+    path, failure = None, None
     if acc.is_main_process:
         training_state = {
             "optimizer": setup.optimizer.state_dict(),
@@ -76,14 +80,46 @@ def save_run_checkpoint(
             "ema": setup.ema.shadow,
             "training_state": tensors,
         }
-        path = save_checkpoint(setup.output_dir, progress.step, groups, state)
-        if uploader is not None:
-            # Before pruning: the upload works on hard links, so pruning cannot pull files from under it.
-            uploader.submit(path, progress.step)
-        prune_checkpoints(setup.output_dir, config.checkpoints_total_limit)
-        logger.info("saved %s", path)
+        path, failure = _write_with_one_retry(setup.output_dir, progress.step, groups, state)
+        if path is not None:
+            if uploader is not None:
+                # Before pruning: the upload works on hard links, so pruning cannot pull files from
+                # under it.
+                uploader.submit(path, progress.step)
+            prune_checkpoints(setup.output_dir, config.checkpoints_total_limit)
+            logger.info("saved %s", path)
+    if acc.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        # Every rank stops together, rather than waiting for the main process at the next collective.
+        shared = [failure]
+        broadcast_object_list(shared)
+        failure = shared[0]
+    if failure is not None:
+        raise OutputWriteError(failure)
     acc.wait_for_everyone()
     return path
+
+
+def _write_with_one_retry(
+    output_dir: Path, step: int, groups: dict[str, Any], state: dict[str, Any]
+) -> tuple[Path | None, str | None]:
+    """``save_checkpoint``, retried once after a transient error (``TRANSIENT_ERRNOS``); returns the
+    folder, or ``None`` and the one line that says what failed and what is left."""
+    for attempt in (1, 2):
+        try:
+            return save_checkpoint(output_dir, step, groups, state), None
+        except OSError as error:
+            if attempt == 1 and error.errno in TRANSIENT_ERRNOS:
+                logger.warning("writing checkpoint-%d failed (%s); retrying once", step, error)
+                continue
+            last = latest_checkpoint(output_dir)
+            kept = f"the last complete checkpoint, {last}, is intact" if last else "no checkpoint"
+            return None, (
+                f"writing {checkpoint_path(output_dir, step)} failed: {error}; {kept}. Free space "
+                "or fix the disk, then resume with --resume-from-checkpoint latest"
+            )
+    raise AssertionError("unreachable")
 
 
 def read_run_state(path: Path) -> dict[str, Any]:

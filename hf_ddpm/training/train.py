@@ -281,14 +281,20 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``hf-ddpm train``; returns the exit status of the module docstring. Bad options or
     data are raised, and cli.py reports them (status 2). Failed checkpoint uploads (``--hub-strategy``)
     are printed as warnings and do not change the status."""
-    from .checkpointing import CorruptCheckpointError
+    from .checkpointing import CorruptCheckpointError, OutputWriteError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         result = train(config_from_args(args))
     # A checkpoint to resume from that fails its manifest check, or a Hub that cannot be reached for
     # --resume-from-checkpoint hub: nothing was trained, and the message says which.
-    except (TrainingDivergedError, CorruptCheckpointError, ConnectionError) as error:
+    # A checkpoint or the pipeline that could not be written: the message names it and what is intact.
+    except (
+        TrainingDivergedError,
+        CorruptCheckpointError,
+        ConnectionError,
+        OutputWriteError,
+    ) as error:
         print(f"hf-ddpm train: {error}", file=sys.stderr)
         return 1
     for error in result.checkpoint_push_errors:

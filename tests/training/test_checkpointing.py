@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from hf_ddpm.training import checkpointing
 from hf_ddpm.training.checkpointing import (
     CorruptCheckpointError,
     flatten_state,
@@ -73,24 +72,18 @@ def test_resume_argument_errors_and_fresh_start(tmp_path):
 
 
 def test_crash_while_writing_leaves_previous_checkpoint(tmp_path, monkeypatch):
+    from fault_injection import inject_write_faults
+
     _save(tmp_path, 1)
-    real_save = checkpointing.save_file
-    calls = []
-
-    def dying_save(tensors, filename):
-        calls.append(filename)
-        if len(calls) == 2:
-            raise OSError("disk full")
-        real_save(tensors, filename)
-
-    monkeypatch.setattr(checkpointing, "save_file", dying_save)
-    with pytest.raises(OSError, match="disk full"):
+    faults = inject_write_faults(monkeypatch, tmp_path, nth=2, kinds=("save_file",))
+    with pytest.raises(OSError, match="No space left on device"):
         save_checkpoint(
             tmp_path, 2, {"a": {"x": torch.ones(1)}, "b": {"y": torch.ones(1)}}, {"step": 2}
         )
+    assert len(faults.failed) == 1
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-1"]
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-1"
-    prune_checkpoints(tmp_path, None)  # clears the stale temporary folder
+    # The partial folder is gone already.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1"]
 
 
