@@ -271,7 +271,7 @@ def write_pipeline(pipeline: Any, output: str | os.PathLike) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``hf-ddpm fit-covariance`` options."""
-    from hf_ddpm.evaluation.evaluate import add_data_arguments
+    from hf_ddpm.data.held_out import add_data_arguments
 
     add_data_arguments(parser, "train", "split to fit on")
     parser.add_argument(
@@ -330,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``hf-ddpm fit-covariance``; bad input is raised before the first step (cli.py: one line, exit 2)."""
     from hf_ddpm.core.pipeline import HFDDPMPipeline
     from hf_ddpm.core.pushing import push_folder_to_hub
-    from hf_ddpm.evaluation.evaluate import load_reference
+    from hf_ddpm.data.held_out import load_reference
     from hf_ddpm.hub.loading import resolve_pipeline_folder
 
     options = FitOptions(
