@@ -331,6 +331,7 @@ def run(args: argparse.Namespace) -> int:
     from hf_ddpm.core.pipeline import HFDDPMPipeline
     from hf_ddpm.core.pushing import push_folder_to_hub
     from hf_ddpm.data.held_out import load_reference
+    from hf_ddpm.evaluation.data_options import resolve_data_flags
     from hf_ddpm.hub.loading import resolve_pipeline_folder
 
     options = FitOptions(
@@ -353,6 +354,7 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipeline = HFDDPMPipeline.from_pretrained(source).to(device)
     check_fittable(pipeline)
+    resolve_data_flags(args, "fit-covariance")
     size = pipeline.unet.config.sample_size
     reference = load_reference(
         size if isinstance(size, int) else size[0],
