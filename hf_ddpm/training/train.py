@@ -283,7 +283,7 @@ class _Trainer:
         """``pipeline`` with an SN / NPR covariance head fitted on the EMA UNet (``hf-ddpm fit-covariance``,
         ``--covariance-head-steps`` steps, the run's batch size and seed, all training images) and its
         scheduler's variance type set to that kind. Its checkpoints go to ``covariance-head/`` in the
-        output folder, so an interrupted fit resumes with ``hf-ddpm fit-covariance``."""
+        output folder, and a rerun of the same command continues the fit from the latest of them."""
         from hf_ddpm.data.image_datasets import collate
 
         from .fit_covariance import FitOptions, fit_covariance_head, with_head
