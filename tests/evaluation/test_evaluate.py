@@ -320,7 +320,7 @@ def test_push_metrics_updates_the_model_index(hub_server):
     import yaml
     from huggingface_hub import HfApi
 
-    from hf_ddpm.evaluation.evaluate import push_metrics_to_hub
+    from hf_ddpm.hub.metrics_card import push_metrics_to_hub
 
     api = HfApi()
     api.create_repo("tester/tiny")
