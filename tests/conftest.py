@@ -154,3 +154,23 @@ def run_without_hf_ddpm(tmp_path):
         return result
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov2_dir(tmp_path_factory):
+    """A randomly initialised 1-layer DINOv2 (hidden size 16, 224-pixel input) saved to a folder: the
+    feature extractor's tests and evaluate's fd-dinov2 load it as they would a Hub model."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        patch_size=14,
+        image_size=224,
+    )
+    path = tmp_path_factory.mktemp("dinov2")
+    Dinov2Model(config).save_pretrained(path)
+    return str(path)

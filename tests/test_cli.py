@@ -280,17 +280,6 @@ def test_shared_flags_are_declared_once_and_honour_a_commands_default():
         assert ("threads" in dests) == (cli.THREADS in spec.shared)
 
 
-def test_a_new_sampler_is_one_registry_entry(monkeypatch, capsys):
-    """Adding an entry to hf_ddpm.sampling.samplers.SAMPLERS puts it in --sampler's choices and help."""
-    from hf_ddpm.sampling import samplers
-
-    dummy = samplers.Sampler("a dummy sampler for this test", samplers.SAMPLERS["ddim"].build)
-    monkeypatch.setitem(samplers.SAMPLERS, "dummy-sampler", dummy)
-    text = _help("sample", capsys)
-    assert "dummy-sampler" in text and "a dummy sampler for this test" in text
-    assert _parsed(["sample", "--sampler", "dummy-sampler"]).sampler == "dummy-sampler"
-
-
 def test_http_client_logs_are_quiet(monkeypatch):
     """train logs at INFO; huggingface_hub's HTTP client would then log every request."""
     from hf_ddpm.sampling import sample

@@ -4,7 +4,8 @@ The command and the importable functions do the same thing:
 
 - :func:`evaluate_pipeline` takes a pipeline object and held-out images and returns the report (a dict);
 - :func:`load_reference` reads a dataset split the way ``hf-ddpm train`` does;
-- :func:`push_metrics_to_hub` writes the metrics into a Hub model card's ``model-index``;
+- :func:`hf_ddpm.hub.metrics_card.push_metrics_to_hub` writes the metrics into a Hub model card's
+  ``model-index`` (``--push-to-hub``);
 - :func:`add_arguments` / :func:`run` are the subcommand.
 
 Metrics: ``nll`` (Ho et al. 2020 eq. 5 over the held-out split, with the Table 4 breakdown into prior, rate
@@ -28,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_ddpm.data.held_out import ReferenceData, add_data_arguments, load_reference
+from hf_ddpm.hub.metrics_card import push_metrics_to_hub
 from hf_ddpm.sampling.sample_folder import read_samples
 from hf_ddpm.sampling.samplers import (
     DEFAULT_SAMPLING_STEPS,
@@ -62,25 +64,16 @@ __all__ = [
     "add_arguments",
     "add_data_arguments",
     "build_extractors",
-    "card_eval_results",
     "evaluate_pipeline",
     "format_table",
     "sampling_steps",
     "load_reference",
     "parse_metrics",
-    "push_metrics_to_hub",
     "run",
-    "write_metrics_to_card",
 ]
 
 METRICS = ("nll", "fid", "fd-dinov2")
 _FRECHET_METRICS = ("fid", "fd-dinov2")
-# metric -> (model-index metric type, display name)
-_CARD_METRICS = {
-    "nll": ("nll_bpd", "NLL bound (bits/dim)"),
-    "fid": ("fid", "FID"),
-    "fd-dinov2": ("fd_dinov2", "FD_DINOv2"),
-}
 _GRID_MAX_IMAGES = 64
 
 
@@ -577,70 +570,6 @@ def format_table(report: dict[str, Any]) -> str:
             )
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
     return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}".rstrip() for r in rows)
-
-
-def card_eval_results(report: dict[str, Any]) -> list[Any]:
-    """The report's metrics as huggingface_hub ``EvalResult`` entries of a card's ``model-index``.
-
-    Raises:
-        ValueError: the report has no metrics.
-    """
-    from huggingface_hub import EvalResult
-
-    settings = report["settings"]
-    results = [
-        EvalResult(
-            task_type="unconditional-image-generation",
-            task_name="Unconditional image generation",
-            dataset_type=settings["dataset"],
-            dataset_name=settings["dataset"],
-            dataset_split=settings["split"],
-            metric_type=_CARD_METRICS[name][0],
-            metric_name=_CARD_METRICS[name][1],
-            metric_value=round(values["bpd"] if name == "nll" else values["value"], 4),
-        )
-        for name, values in report["metrics"].items()
-    ]
-    if not results:
-        raise ValueError("the report has no metrics to push")
-    return results
-
-
-def write_metrics_to_card(folder: str | Path, report: dict[str, Any], model_name: str) -> Path:
-    """Put the report's metrics into the ``model-index`` of a saved folder's README.md (written
-    atomically), as :func:`push_metrics_to_hub` does on the Hub."""
-    from huggingface_hub import ModelCard
-
-    from hf_ddpm.core.model_card import MODEL_CARD
-
-    path = Path(folder) / MODEL_CARD
-    card = ModelCard.load(path)
-    card.data.model_name = model_name
-    card.data.eval_results = card_eval_results(report)
-    partial = path.with_name(f".{path.name}.partial")
-    card.save(partial)
-    partial.replace(path)
-    return path
-
-
-def push_metrics_to_hub(
-    repo_id: str, report: dict[str, Any], token: str | None = None, model_name: str | None = None
-) -> str:
-    """Add the report's metrics to the ``model-index`` of the Hub repo's model card.
-
-    Results with the same task, dataset, split and metric type are replaced; others are kept. Returns the
-    commit URL.
-    """
-    from huggingface_hub import ModelCardData, metadata_update
-
-    name = model_name or repo_id.split("/")[-1]
-    return metadata_update(
-        repo_id,
-        ModelCardData(model_name=name, eval_results=card_eval_results(report)).to_dict(),
-        overwrite=True,
-        token=token,
-        commit_message="Update evaluation metrics (hf-ddpm evaluate)",
-    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

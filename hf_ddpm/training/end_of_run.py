@@ -204,7 +204,7 @@ def _sample_command(run: FinalRun) -> str:
 def _card_metrics(run: FinalRun) -> None:
     """The last evaluation's figures in the model card's model-index, as ``hf-ddpm evaluate
     --push-to-hub`` writes them."""
-    from hf_ddpm.evaluation.evaluate import write_metrics_to_card
+    from hf_ddpm.hub.metrics_card import write_metrics_to_card
 
     if run.last_evaluation is not None:
         name = run.config.hub_model_id or run.output_dir.name

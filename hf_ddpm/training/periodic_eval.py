@@ -107,7 +107,7 @@ class PeriodicEvaluation:
 
     def write_card(self, folder: Path, model_name: str) -> None:
         """Put the last evaluation's metrics into ``folder``'s model card, if there was one."""
-        from hf_ddpm.evaluation.evaluate import write_metrics_to_card
+        from hf_ddpm.hub.metrics_card import write_metrics_to_card
 
         if self.last is not None:
             write_metrics_to_card(folder, self.last, model_name)

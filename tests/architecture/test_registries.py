@@ -175,3 +175,21 @@ def test_the_default_steps_are_one_constant(monkeypatch, model_dir, capsys):
     monkeypatch.setattr(samplers, "DEFAULT_SAMPLING_STEPS", 7)
     assert "(default: 7, or T if the model has fewer)" in _help("sample", capsys)
     assert _page(model_dir)["generate_steps"]["value"] == 7
+
+
+def test_the_null_label_layout_is_read_by_every_consumer(tmp_path):
+    """hf-ddpm train's layout: 3 classes, labels 0..2, then the null label 3 in a 4th embedding. The
+    pipeline, hf-ddpm sample, the bound and the Space all read it from core/pipeline_base."""
+    from hf_ddpm.core.pipeline_base import null_label_of, num_class_embeds_for
+    from hf_ddpm.evaluation.bound import unconditional_label
+    from hf_ddpm.sampling.sample import num_classes
+
+    unet = _tiny_unet(in_channels=1, num_class_embeds=num_class_embeds_for(3))
+    pipe = HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler(num_train_timesteps=20))
+    assert unet.config.num_class_embeds == 4 and null_label_of(4) == 3
+    assert num_classes(pipe) == 3
+    assert unconditional_label(unet) == 3
+    pipe.save_pretrained(tmp_path / "model")
+    assert app.load_model(str(tmp_path / "model")).model.num_classes == 3
+    with pytest.raises(ValueError, match=r"class_labels must lie in \[0, 2\]"):
+        pipe(class_labels=[3], guidance_scale=2.0, num_inference_steps=2, output_type="np")

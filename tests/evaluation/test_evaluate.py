@@ -176,24 +176,7 @@ def saved_pipeline(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope="module")
-def tiny_dinov2(tmp_path_factory):
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    config = Dinov2Config(
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        patch_size=14,
-    )
-    folder = tmp_path_factory.mktemp("dinov2")
-    Dinov2Model(config).save_pretrained(folder)
-    return str(folder)
-
-
-def test_cli_end_to_end(saved_pipeline, tiny_dinov2, tmp_path, capsys):
+def test_cli_end_to_end(saved_pipeline, tiny_dinov2_dir, tmp_path, capsys):
     import json
 
     from PIL import Image
@@ -215,7 +198,7 @@ def test_cli_end_to_end(saved_pipeline, tiny_dinov2, tmp_path, capsys):
         "--metrics",
         "nll,fd-dinov2",
         "--dinov2-model",
-        tiny_dinov2,
+        tiny_dinov2_dir,
         "--num-samples",
         "6",
         "--batch-size",
@@ -274,7 +257,7 @@ def test_cli_end_to_end(saved_pipeline, tiny_dinov2, tmp_path, capsys):
         output_type="pt",
     ).images
     samples = torch.round(samples * 255) / 255
-    extractor = DinoV2Features(tiny_dinov2, device="cpu")
+    extractor = DinoV2Features(tiny_dinov2_dir, device="cpu")
     with pytest.warns(UserWarning):
         expected = frechet_distance(
             feature_statistics(extractor(samples)), feature_statistics(extractor((x0 + 1) / 2))
@@ -320,7 +303,7 @@ def test_push_metrics_updates_the_model_index(hub_server):
     import yaml
     from huggingface_hub import HfApi
 
-    from hf_ddpm.evaluation.evaluate import push_metrics_to_hub
+    from hf_ddpm.hub.metrics_card import push_metrics_to_hub
 
     api = HfApi()
     api.create_repo("tester/tiny")

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import Dinov2Config, Dinov2Model
 
 from hf_ddpm.evaluation.features import (
     IMAGENET_MEAN,
@@ -17,22 +16,6 @@ from hf_ddpm.evaluation.features import (
     reference_statistics,
 )
 from hf_ddpm.evaluation.frechet import feature_statistics, frechet_distance
-
-
-@pytest.fixture(scope="module")
-def tiny_dinov2_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    config = Dinov2Config(
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        patch_size=14,
-        image_size=224,
-    )
-    path = tmp_path_factory.mktemp("dinov2")
-    Dinov2Model(config).save_pretrained(path)
-    return str(path)
 
 
 def _smooth_images(n, channels, size=16, seed=0):

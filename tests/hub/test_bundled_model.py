@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hf_ddpm import HFDDPMPipeline
 from hf_ddpm.hub.bundled import bundled_model_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -64,3 +65,15 @@ def test_the_bundled_model_is_small_and_safetensors_only():
     assert sum(p.stat().st_size for p in files) < 25 * 2**20
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
     assert (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_the_bundled_model_samples_unconditionally_without_labels():
+    from hf_ddpm.hub.bundled import bundled_model_path
+
+    if bundled_model_path() is None:
+        pytest.skip("this checkout ships no bundled model")
+    pipe = HFDDPMPipeline.from_pretrained(bundled_model_path())
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.config.null_class_label == pipe.unet.config.num_class_embeds - 1 == 10
+    images = pipe(batch_size=1, num_inference_steps=2, output_type="np").images
+    assert images.shape == (1, 32, 32, 1)
