@@ -40,7 +40,46 @@ def _describe_config(folder: Path) -> list[str]:
             f"{size}x{size} pixels"
             + (", class-conditional" if config.get("num_class_embeds") else "")
         )
+    classes, _ = _model_classes(folder)
+    if classes and isinstance(classes[0], str):
+        lines.append(
+            f"- classes: {', '.join(classes)} (`class_labels` takes these names, or 0..{len(classes) - 1})"
+        )
     return lines
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _model_classes(folder: Path) -> tuple[list[int | str], bool]:
+    """The classes a saved class-conditional pipeline draws, as its card names them (the recorded
+    ``class_names``, else the integer labels that are not the null label), and whether it has a null
+    label for guidance; ``([], False)`` for an unconditional one."""
+    embeds = _read_json(folder / "unet" / "config.json").get("num_class_embeds")
+    if not embeds:
+        return [], False
+    index = _read_json(folder / "model_index.json")
+    null, names = index.get("null_class_label"), index.get("class_names")
+    if names:
+        return list(names), null is not None
+    # hf-ddpm train keeps the last embedding as the null label, trained or not.
+    classes = embeds - 1 if null in (None, embeds - 1) else embeds
+    return [k for k in range(classes) if k != null], null is not None
+
+
+def _sampling_call(folder: Path) -> str:
+    """The card's example call: all T steps, and for a class-conditional model labels it has (by name
+    where it records names) with guidance where it has a null label to guide against."""
+    steps = _read_json(folder / "scheduler" / "scheduler_config.json").get(
+        "num_train_timesteps", 1000
+    )
+    classes, guided = _model_classes(folder)
+    if not classes:
+        return f"pipe(batch_size=4, num_inference_steps={steps})"
+    labels = json.dumps([classes[i % len(classes)] for i in range(4)])
+    guidance = ", guidance_scale=2.0" if guided else ""
+    return f"pipe(batch_size=4, class_labels={labels}{guidance}, num_inference_steps={steps})"
 
 
 def card_reference(folder: Path, repo_id: str | None = None) -> str:
@@ -94,14 +133,7 @@ def model_card_text(
     sample grid when ``folder`` holds one. Without ``repo_id`` the title and the snippets name the folder
     (as given); ``push_folder_to_hub`` points them at the repo (:func:`retarget_card`)."""
     repo = card_reference(folder, repo_id)
-    call = "pipe(batch_size=4, num_inference_steps=1000)"
-    unet_config = folder / "unet" / "config.json"
-    if unet_config.is_file() and json.loads(unet_config.read_text()).get("num_class_embeds"):
-        # A class-conditional UNet needs labels; the last embedding is the null label of guidance.
-        call = (
-            "pipe(batch_size=4, class_labels=[0, 1, 2, 3], guidance_scale=2.0, "
-            "num_inference_steps=1000)"
-        )
+    call = _sampling_call(folder)
     all_tags = list(dict.fromkeys(["ddpm", "hf-ddpm", "diffusers", *(tags or [])]))
     front = ["---", "library_name: diffusers", "pipeline_tag: unconditional-image-generation"]
     front += [f"license: {license}"] + _yaml_list("tags", all_tags)

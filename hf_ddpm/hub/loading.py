@@ -11,12 +11,15 @@ import importlib
 import inspect
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from hf_ddpm.core.saving import MODEL_INDEX
 
 _INSTALLED_PACKAGE = "hf_ddpm.core"
+# The folders hf-ddpm train checkpoints into (training/checkpointing.py writes them), inside the run's folder.
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 # Weight formats this project never reads: skipping them keeps downloads of diffusers repos small.
 _IGNORED_DOWNLOADS = ["*.msgpack", "*.h5", "*.onnx", "*.ckpt", "*.onnx_data"]
 
@@ -71,6 +74,18 @@ def resolve_pipeline_folder(
             ) from error
         where = f"the Hub repo {path_or_repo_id} (downloaded to {folder})"
     if not (folder / MODEL_INDEX).is_file():
+        if CHECKPOINT_NAME.match(folder.name):
+            # hf-ddpm train's checkpoint-N holds training state; the run's pipeline is its parent.
+            parent = folder.parent
+            advice = (
+                f"pass the run's folder {parent}, which holds the pipeline"
+                if (parent / MODEL_INDEX).is_file()
+                else f"the run saves its pipeline in {parent} when it ends; to continue training, use "
+                "hf-ddpm train --resume-from-checkpoint"
+            )
+            raise FileNotFoundError(
+                f"{where} is a training checkpoint ({folder.name}), not a pipeline: {advice}."
+            )
         raise FileNotFoundError(
             f"No {MODEL_INDEX} in {where}: it is not a saved diffusers pipeline. "
             "Save one with HFDDPMPipeline.save_pretrained(folder)."

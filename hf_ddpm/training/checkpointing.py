@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -29,13 +28,13 @@ import torch
 from safetensors.torch import load_file
 
 from hf_ddpm.core.saving import plain_file_mode
+from hf_ddpm.hub.loading import CHECKPOINT_NAME
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 STATE = "state.json"
 FORMAT_VERSION = 1
-CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 TMP_PREFIX = ".tmp-checkpoint-"
 
 

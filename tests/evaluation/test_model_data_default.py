@@ -91,3 +91,19 @@ def test_the_docs_state_the_defaults_that_help_states():
         line for line in docs.splitlines() if line.startswith("| `--num-inference-steps`")
     )
     assert "default: T" in steps_row
+
+
+def test_fd_dinov2_gives_up_at_once_when_the_hub_does_not_answer(monkeypatch):
+    """Not cached, HF_HUB_OFFLINE unset, and nothing listening at the endpoint: the 3 s probe answers,
+    not half a minute of huggingface_hub's retries."""
+    from huggingface_hub import constants
+
+    from hf_ddpm.evaluation.features import DinoV2Features
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(FileNotFoundError) as raised:
+        DinoV2Features("facebook/dinov2-small", device="cpu")
+    message = str(raised.value)
+    assert "the Hub could not be reached" in message and "did not answer within 3 s" in message
+    assert "--dinov2-model" in message

@@ -47,6 +47,12 @@ def test_class_folders_become_named_classes_recorded_with_the_model(cats_and_dog
     assert pipe.config.class_names == ["cats", "dogs"]
     # 2 classes and hf-ddpm train's null label
     assert pipe.unet.config.num_class_embeds == 3 and pipe.config.null_class_label == 2
+    card = (out / "README.md").read_text()
+    assert 'class_labels=["cats", "dogs", "cats", "dogs"], guidance_scale=2.0' in card
+    assert "- classes: cats, dogs" in card and "2 classes: cats, dogs" in card
+    from spaces_app import app
+
+    assert app.load_model(str(out)).model.class_names == ("cats", "dogs")
 
 
 def test_sample_takes_the_class_by_name(cats_and_dogs, tmp_path, capsys):
