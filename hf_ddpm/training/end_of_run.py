@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hf_ddpm.core.model_card import MODEL_CARD, SAMPLE_GRID
-from hf_ddpm.core.saving import MODEL_INDEX, write_model_card
+from hf_ddpm.core.model_card import MODEL_CARD, SAMPLE_GRID, card_reference, retarget_card
+from hf_ddpm.core.saving import MODEL_INDEX, write_atomically, write_model_card
 
 from .checkpointing import TMP_PREFIX, OutputWriteError, checkpoint_path
 from .reporting import LossLog, SampleGrids, card_description, grid_sampling
@@ -281,18 +281,17 @@ def save_final_pipeline(pipeline: HFDDPMPipeline, output_dir: Path, card: dict[s
     moved_in: list[str] = []
     try:
         pipeline.save_pretrained(tmp, **card)
-        # The card written there names the hidden folder; it is written again in place below.
-        (tmp / MODEL_CARD).unlink(missing_ok=True)
+        # The card is made from the new configs (classes, null label) but names the hidden folder.
+        tmp_card = tmp / MODEL_CARD
+        reference = card_reference(output_dir, card.get("repo_id"))
+        write_atomically(tmp_card, retarget_card(tmp_card.read_text(encoding="utf-8"), reference))
         names = sorted((p.name for p in tmp.iterdir()), key=lambda name: name == MODEL_INDEX)
         old.mkdir()
-        for name in [MODEL_INDEX, MODEL_CARD, *names]:
+        for name in [MODEL_INDEX, *names]:
             if (output_dir / name).exists() and name not in moved_aside:
                 (output_dir / name).rename(old / name)
                 moved_aside.append(name)
         for name in names:
-            if name == MODEL_INDEX:
-                moved_in.append(MODEL_CARD)
-                write_model_card(output_dir, **card)
             moved_in.append(name)
             (tmp / name).rename(output_dir / name)
     except BaseException:

@@ -108,7 +108,8 @@ def test_calibrate_command_end_to_end(tmp_path, capsys):
     source, output = tmp_path / "model", tmp_path / "calibrated"
     _tiny_pipeline().save_pretrained(source)
     before = (source / "scheduler" / "scheduler_config.json").read_text()
-    argv = ["calibrate", str(source), "--num-images", "3", "--output", str(output)]
+    argv = ["calibrate", str(source), "--dataset", "mnist-5k", "--num-images", "3"]
+    argv += ["--output", str(output)]
     assert main(argv) == 0
     assert "Gamma_n over 3 images" in capsys.readouterr().out
     assert (source / "scheduler" / "scheduler_config.json").read_text() == before

@@ -40,6 +40,8 @@ def _argv(model, dinov2, tmp_path, name, *extra):
     return [
         "evaluate",
         str(model),
+        "--dataset",
+        "mnist-5k",
         "--metrics",
         "nll,fd-dinov2",
         "--dinov2-model",

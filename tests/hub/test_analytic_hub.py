@@ -19,7 +19,8 @@ def test_calibrate_a_hub_model_and_push_it_back(hub_server, tmp_path, capsys):
 
     _tiny_pipeline().push_to_hub("tester/tiny-ddpm")
     output = tmp_path / "calibrated"
-    argv = ["calibrate", "tester/tiny-ddpm", "--num-images", "2", "--output", str(output)]
+    argv = ["calibrate", "tester/tiny-ddpm", "--dataset", "mnist-5k", "--num-images", "2"]
+    argv += ["--output", str(output)]
     assert main([*argv, "--set-default", "--push-to-hub"]) == 0
     assert "pushed" in capsys.readouterr().out
     pushed = json.loads(hub_server.files("tester/tiny-ddpm")["scheduler/scheduler_config.json"])

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+from .diffusion_tables import posterior_variance_between
+
 Array = TypeVar("Array")
 
 
@@ -65,7 +67,6 @@ def step_variance_coefficients(
     lambda^2 = beta-tilde_{s|t} and gain = sqrt(alpha-bar_s) beta_{s|t} / beta-bar_t, eq. 7's coefficient
     of x_0 (the authors' DDPM ``coeff_cov_x0``)."""
     beta_bar_t, beta_bar_s = 1.0 - alpha_bar_t, 1.0 - alpha_bar_s
-    beta_tilde = beta_bar_s * (1.0 - alpha_bar_t / alpha_bar_s) / beta_bar_t
-    floor = eta * eta * beta_tilde
+    floor = eta * eta * posterior_variance_between(alpha_bar_t, alpha_bar_s)
     gain = alpha_bar_s**0.5 - ((beta_bar_s - floor) * alpha_bar_t / beta_bar_t) ** 0.5
     return floor, gain

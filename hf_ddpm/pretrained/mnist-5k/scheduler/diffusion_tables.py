@@ -14,6 +14,13 @@ import numpy as np
 import torch
 
 
+def posterior_variance_between(alpha_bar_t: np.ndarray, alpha_bar_s: np.ndarray) -> np.ndarray:
+    """beta-tilde_{s|t} = beta-bar_s (1 - alpha-bar_t / alpha-bar_s) / beta-bar_t, the variance of
+    q(x_s | x_t, x_0) for s < t: Ho et al. eq. 7 for any pair of steps (s = t - 1 is eq. 7 itself, a
+    respaced chain's step the general case). Works on numpy arrays and torch tensors alike."""
+    return (1.0 - alpha_bar_s) * (1.0 - alpha_bar_t / alpha_bar_s) / (1.0 - alpha_bar_t)
+
+
 @dataclass(frozen=True)
 class DiffusionTables:
     """Per-timestep constants of one diffusion chain, indexed 0..T-1 (index t is the paper's t + 1)."""
@@ -44,8 +51,7 @@ class DiffusionTables:
         ab_prev = np.concatenate([[1.0], ab[:-1]])
         betas = 1.0 - ab / ab_prev
         with np.errstate(divide="ignore"):
-            # Ho et al. eq. 7: beta-tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t.
-            posterior_variance = betas * (1.0 - ab_prev) / (1.0 - ab)
+            posterior_variance = posterior_variance_between(ab, ab_prev)
             # beta-tilde_1 = 0; its log is clipped to beta-tilde_2, as improved-diffusion does, so that
             # learned_range interpolation and the t = 0 decoder stay finite.
             clipped = posterior_variance[1] if len(ab) > 1 else betas[0]
