@@ -311,21 +311,22 @@ class HFDDPMScheduler(StepIndexMixin, SchedulerMixin, ConfigMixin):
         # 2. Clip it to the data's range (or threshold it), in place.
         if self._step_process_x0 is not None:
             x0 = self._step_process_x0(x0)
-        # 3. The posterior mean of eq. 7, mu-tilde_t = posterior_mean_coef1 x_0 + posterior_mean_coef2 x_t.
-        # 4. The variance sigma_t^2 of the variance type (fixed, learned, or optimal).
-        # 5. x_{t-1} = mu-tilde_t + sigma_t z, z ~ N(0, I); the last step (Algorithm 2's t = 1) adds no noise.
-        #    The noise's buffer becomes x_{t-1}: one allocation fewer per step.
         if c.adds_noise:
+            # 3. The standard deviation sigma_t of the variance type (fixed, learned, or optimal).
             sigma = (
                 c.noise_scale
                 if values is None
                 else c.noise_scale(values.float() if upcast else values)
             )
+            # 4. sigma_t z, z ~ N(0, I), drawn into the buffer that becomes x_{t-1} (one allocation fewer).
             prev = standard_normal_noise(prediction.shape, generator, prediction, x_t.dtype).mul_(
                 sigma
             )
+            # 5. x_{t-1} = mu-tilde_t + sigma_t z with eq. 7's posterior mean
+            #    mu-tilde_t = posterior_mean_coef1 x_0 + posterior_mean_coef2 x_t.
             prev.add_(x_t, alpha=c.posterior_mean_coef2).add_(x0, alpha=c.posterior_mean_coef1)
         else:
+            # 3.-5. The last step (Algorithm 2's t = 1) adds no noise: x_0 = mu-tilde_1.
             prev = torch.mul(x_t, c.posterior_mean_coef2).add_(x0, alpha=c.posterior_mean_coef1)
         self._advance_step_index()
         if upcast:

@@ -2,9 +2,10 @@
 noise draw, and the dtype rule.
 
 - The index: diffusers' ``step_index`` / ``begin_index`` (as its multistep schedulers keep them). The first
-  ``step`` after ``set_timesteps`` finds its timestep in ``timesteps`` (or starts at ``begin_index``; a
-  timestep on the accelerator, which would have to be read back, starts at 0), and every step advances by one.
-  A sampler that steps out of order (RePaint's jumps) says where it is with ``set_begin_index``.
+  ``step`` after ``set_timesteps`` finds its timestep in ``timesteps`` (or starts at ``begin_index``), and
+  every step advances by one. A sampler that steps out of order (RePaint's jumps) says where it is with
+  ``set_begin_index``. A timestep on the accelerator is read back once, at that first step, as diffusers
+  does; the steps after it never wait for the device.
 - The noise: one standard normal per element of the sample, drawn as diffusers' schedulers draw it
   (``randn_tensor`` in the model output's dtype), so the same generator gives the same samples.
 - The dtype: a half-precision step is computed in float32 and cast back.
@@ -65,10 +66,6 @@ class StepIndexMixin:
         if self._step_index is None:
             if self._begin_index is not None:
                 self._step_index = self._begin_index
-            elif isinstance(timestep, torch.Tensor) and not timestep.is_cpu:
-                # Finding it would read the accelerator back (a stall): a chain on the device starts at
-                # its first timestep unless set_begin_index says otherwise.
-                self._step_index = 0
             else:
                 self._step_index = self.index_for_timestep(timestep)
         if self._step_index >= len(self.timesteps):
