@@ -1,6 +1,6 @@
 """CPU benchmarks: hf_ddpm against diffusers on identical work, in one process run (issue 8).
 
-    python benchmarks/cpu.py [--quick] [--json FILE] [--threads N] [--no-memory]
+    python benchmarks/cpu.py [--quick] [--json FILE] [--threads N] [--no-memory] [--baseline-rev REV]
 
 Every figure is a ratio measured in one run: the contenders are interleaved (block by block, or run by run in
 alternating order) and each time is the median over repeats after a warm-up, because these 2-core machines are
@@ -8,7 +8,8 @@ shared and a single timing can be off by 2x. Before a time is reported the outpu
 wrong answer cannot win. Sections:
 
 - scheduler step: ``HFDDPMScheduler.step`` vs ``DDPMScheduler.step`` over a full T-step loop, with the floor
-  (one ``randn`` plus one fused multiply-add of the same shape);
+  (one ``randn`` plus one fused multiply-add of the same shape), and with ``--baseline-rev REV`` the
+  ``HFDDPMScheduler`` of ``hf_ddpm/core`` as it was at git revision REV, in the same interleaved run;
 - NLL: ``hf_ddpm.variational_bound`` (T terms, batched across timesteps) vs a naive loop of T batch-B calls
   (improved-diffusion's ``calc_bpd_loop``);
 - sampling: ``HFDDPMPipeline`` vs ``DDPMPipeline`` with the same UNet weights, seed and steps;
@@ -220,7 +221,36 @@ def _scheduler_contenders(sizes: Sizes) -> tuple[Any, Any, torch.Tensor, torch.T
     return ours, theirs, model_output, x_T
 
 
-def _step_loops(sizes: Sizes) -> tuple[list[_StepLoop], torch.Tensor, torch.Tensor]:
+def _scheduler_at_revision(rev: str) -> type:
+    """``HFDDPMScheduler`` as ``hf_ddpm/core`` was at git revision ``rev``. Core is flat and its modules
+    import only each other (``from .x import``), so its files at ``rev`` load as one package of another
+    name beside today's."""
+    import importlib
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    names = subprocess.run(
+        ["git", "-C", repo, "ls-tree", "--name-only", rev, "hf_ddpm/core/"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    root = tempfile.mkdtemp(prefix="hf_ddpm-core-")
+    package = "core_at_" + "".join(c if c.isalnum() else "_" for c in rev)
+    os.mkdir(os.path.join(root, package))
+    for name in names:
+        if name.endswith(".py"):
+            source = subprocess.run(
+                ["git", "-C", repo, "show", f"{rev}:{name}"], check=True, capture_output=True
+            ).stdout
+            with open(os.path.join(root, package, os.path.basename(name)), "wb") as f:
+                f.write(source)
+    sys.path.insert(0, root)
+    return importlib.import_module(f"{package}.scheduling").HFDDPMScheduler
+
+
+def _step_loops(
+    sizes: Sizes, baseline_rev: str | None = None
+) -> tuple[list[_StepLoop], torch.Tensor, torch.Tensor]:
     ours, theirs, model_output, x_T = _scheduler_contenders(sizes)
     shape = sizes.step_shape
 
@@ -240,12 +270,22 @@ def _step_loops(sizes: Sizes) -> tuple[list[_StepLoop], torch.Tensor, torch.Tens
         ),
         _StepLoop("floor", _floor),
     ]
+    if baseline_rev is not None:
+        baseline = _scheduler_at_revision(baseline_rev)(num_train_timesteps=sizes.step_timesteps)
+        baseline.set_timesteps(sizes.step_timesteps)
+        loops.append(
+            _StepLoop(
+                f"hf_ddpm@{baseline_rev}",
+                lambda x, t, g: baseline.step(model_output, t, x, generator=g).prev_sample,
+                restart=lambda: baseline.set_timesteps(sizes.step_timesteps),
+            )
+        )
     return loops, x_T, ours.timesteps
 
 
-def bench_scheduler_step(sizes: Sizes) -> dict[str, Any]:
+def bench_scheduler_step(sizes: Sizes, baseline_rev: str | None = None) -> dict[str, Any]:
     """Per-step time of each scheduler over full T-step loops, interleaved in blocks of steps."""
-    loops, x_T, timesteps = _step_loops(sizes)
+    loops, x_T, timesteps = _step_loops(sizes, baseline_rev)
     ours, theirs = loops[0], loops[1]
     max_diff = 0.0
     for repeat in range(sizes.step_repeats):
@@ -256,14 +296,23 @@ def bench_scheduler_step(sizes: Sizes) -> dict[str, Any]:
             k = (block // sizes.step_block + repeat) % len(loops)
             for loop in loops[k:] + loops[:k]:
                 loop.run_block(sizes.step_block, record=repeat > 0)
-        diff = (ours.sample - theirs.sample).abs().max().item()
-        max_diff = max(max_diff, diff)
-        if not torch.allclose(ours.sample, theirs.sample, **STEP_TOLERANCE):
-            raise AssertionError(
-                f"scheduler outputs differ after {len(timesteps)} steps: max |diff| = {diff:.3g}"
-            )
+        for other in [theirs, *loops[3:]]:
+            diff = (ours.sample - other.sample).abs().max().item()
+            max_diff = max(max_diff, diff)
+            if not torch.allclose(ours.sample, other.sample, **STEP_TOLERANCE):
+                raise AssertionError(
+                    f"scheduler outputs of hf_ddpm and {other.name} differ after {len(timesteps)} "
+                    f"steps: max |diff| = {diff:.3g}"
+                )
     per_step = {loop.name: _median(loop.per_step_s) for loop in loops}
+    baseline = {}
+    if baseline_rev is not None:
+        baseline = {
+            "baseline_rev": baseline_rev,
+            "baseline_ratio": per_step["hf_ddpm"] / per_step[f"hf_ddpm@{baseline_rev}"],
+        }
     return {
+        **baseline,
         "shape": list(sizes.step_shape),
         "num_steps": len(timesteps),
         "per_step_us": {loop.name: 1e6 * per_step[loop.name] for loop in loops},
@@ -676,6 +725,16 @@ def _table(result: dict[str, Any]) -> str:
                 f"floor {fmt(us['floor'], 1, ' us')}",
             )
         )
+        if "baseline_rev" in step:
+            rev = step["baseline_rev"]
+            rows.append(
+                (
+                    f"  vs hf_ddpm@{rev}",
+                    fmt(us["hf_ddpm"], digits=1),
+                    fmt(us[f"hf_ddpm@{rev}"], digits=1),
+                    f"today / {rev} {fmt(step['baseline_ratio'], 3)}",
+                )
+            )
     sampling = result.get("sampling")
     if sampling:
         for steps, entry in sampling["by_steps"].items():
@@ -737,7 +796,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "notes": [],
     }
     sections: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-        ("scheduler_step", lambda: bench_scheduler_step(sizes)),
+        ("scheduler_step", lambda: bench_scheduler_step(sizes, args.baseline_rev)),
         ("nll", lambda: bench_nll(sizes)),
         ("sampling", lambda: bench_sampling(sizes)),
         ("training", lambda: bench_training(sizes)),
@@ -782,6 +841,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--no-memory", action="store_true", help="skip the peak-memory subprocesses"
+    )
+    parser.add_argument(
+        "--baseline-rev",
+        metavar="REV",
+        help="also time HFDDPMScheduler.step as hf_ddpm/core was at git revision REV, interleaved "
+        "(the step figure's baseline_ratio = today / REV)",
     )
     parser.add_argument("--probe-memory", metavar="SECTION:CONTENDER", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
