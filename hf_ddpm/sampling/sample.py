@@ -229,8 +229,9 @@ def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
     steps = args.num_inference_steps or default_sampling_steps(
         pipeline.scheduler.config.num_train_timesteps
     )
+    class_label = resolve_class_label(pipeline, args.class_label)
     check_sample_options(
-        pipeline, args.num_images, steps, args.seed, args.class_label, args.guidance_scale
+        pipeline, args.num_images, steps, args.seed, class_label, args.guidance_scale
     )
     settings = {
         "model": _model_name(args.model),
@@ -238,7 +239,7 @@ def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
         "sampler": choice.description,
         "num_inference_steps": steps,
         "seed": args.seed,
-        "class_label": args.class_label,
+        "class_label": class_label,
         "guidance_scale": args.guidance_scale,
         "image_shape": list(unet_image_shape(pipeline.unet)),
         "dtype": speed.dtype,
@@ -254,8 +255,7 @@ def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
     classes = num_classes(pipeline)
     label_of = None
     if classes is not None:
-        label = args.class_label
-        label_of = (lambda i: label) if label is not None else (lambda i: i % classes)
+        label_of = (lambda i: class_label) if class_label is not None else (lambda i: i % classes)
     guided = label_of is not None and args.guidance_scale != 1.0
     batch = min(args.batch_size, -(-args.num_images // group.world))
     apply_unet_speed(pipeline, speed, warmup_batch_size=batch * (2 if guided else 1))

@@ -333,3 +333,112 @@ def test_guided_sampling_makes_one_unet_call_per_step_for_both_halves(tmp_path, 
     pipe.unet.forward = lambda x, *a, **k: batches.append(x.shape[0]) or forward(x, *a, **k)
     pipe(batch_size=3, class_labels=[0, 1, 2], guidance_scale=2.0, num_inference_steps=4)
     assert batches == [6, 6, 6, 6]
+
+
+# ------------------------------------------------------------------ sample folders: every sampling flag
+
+CLASS_NAMES = ["ant", "bee", "cat", "dog"]
+
+
+def _save_conditional(tmp_path, tiny_unet):
+    """A class-conditional model trained for guidance, as hf-ddpm train lays it out: 4 named classes and
+    the null label 4."""
+    pipe = HFDDPMPipeline(
+        unet=tiny_unet(num_class_embeds=5),
+        scheduler=HFDDPMScheduler(num_train_timesteps=10),
+        null_class_label=4,
+        class_names=CLASS_NAMES,
+    )
+    pipe.save_pretrained(tmp_path / "cond")
+    return tmp_path / "cond"
+
+
+def _one_at_a_time(model, num_images, seed, steps, labels, scheduler=None, **call):
+    """The images of a sample folder drawn independently of it: the saved pipeline called once per image
+    with that image's own generator (numpy's SeedSequence with the index as spawn key) and its class."""
+    import numpy as np
+
+    pipe = HFDDPMPipeline.from_pretrained(model)
+    if scheduler is not None:
+        pipe.scheduler = scheduler
+    pipe.set_progress_bar_config(disable=True)
+    images = []
+    for i in range(num_images):
+        state = np.random.SeedSequence(entropy=seed, spawn_key=(i,)).generate_state(1, np.uint64)
+        image = pipe(
+            batch_size=1,
+            generator=[torch.Generator().manual_seed(int(state[0]))],
+            num_inference_steps=steps,
+            output_type="np",
+            class_labels=[labels(i)],
+            **call,
+        ).images[0]
+        images.append(np.rint(np.clip(image, 0, 1) * 255))
+    return np.stack(images)
+
+
+@pytest.mark.parametrize(
+    ("extra", "labels", "guidance", "recorded_label"),
+    [
+        (["--class-label", "3"], lambda i: 3, 1.0, 3),
+        (["--class-label", "cat"], lambda i: 2, 1.0, 2),
+        (["--class-label", "dog", "--guidance-scale", "3"], lambda i: 3, 3.0, 3),
+        (["--guidance-scale", "2"], lambda i: i % 4, 2.0, None),
+    ],
+    ids=["number", "name", "name-guided", "every-class-guided"],
+)
+def test_sample_folder_takes_the_class_label_and_guidance_flags(
+    tmp_path, tiny_unet, extra, labels, guidance, recorded_label
+):
+    """--class-label by number or by the model's class name, and --guidance-scale, in folder mode: the
+    images are those of the pipeline called one image at a time. (--class-label crashed here with a
+    TypeError: the folder mode never turned the flag's text into a label.)"""
+    import json
+
+    import numpy as np
+
+    from hf_ddpm.sampling.sample_folder import read_samples
+
+    model = _save_conditional(tmp_path, tiny_unet)
+    folder = tmp_path / "s"
+    argv = ["sample", str(model), "--output-dir", str(folder), "--num-images", "5"]
+    argv += ["--batch-size", "2", "--num-inference-steps", "3", "--seed", "4"]
+    assert cli.main([*argv, *extra]) == 0
+    expected = _one_at_a_time(model, 5, 4, 3, labels, guidance_scale=guidance)
+    drawn = read_samples(folder).astype(int)
+    assert np.abs(drawn - expected).max() <= 1
+    settings = json.loads((folder / "sample_config.json").read_text())["settings"]
+    assert (settings["class_label"], settings["guidance_scale"]) == (recorded_label, guidance)
+
+
+def test_sample_folder_takes_the_sampler_flags(tmp_path, tiny_unet):
+    """--sampler ddim --variance-type fixed_small --timestep-spacing trailing in folder mode: the images
+    of the pipeline with that HFDDIMScheduler, built here from the saved scheduler config, one image at a
+    time; and not those of the model's own DDPM scheduler."""
+    import numpy as np
+
+    from hf_ddpm.core.scheduling_ddim import HFDDIMScheduler
+    from hf_ddpm.sampling.sample_folder import read_samples
+
+    model = _save_conditional(tmp_path, tiny_unet)
+    folder = tmp_path / "s"
+    argv = ["sample", str(model), "--output-dir", str(folder), "--num-images", "3"]
+    argv += ["--batch-size", "2", "--num-inference-steps", "3", "--seed", "1"]
+    flags = [
+        "--sampler",
+        "ddim",
+        "--variance-type",
+        "fixed_small",
+        "--timestep-spacing",
+        "trailing",
+    ]
+    assert cli.main([*argv, *flags]) == 0
+    config = HFDDPMPipeline.from_pretrained(model).scheduler.config
+    ddim = HFDDIMScheduler.from_config(
+        config, variance_type="fixed_small", timestep_spacing="trailing"
+    )
+    expected = _one_at_a_time(model, 3, 1, 3, lambda i: i % 4, scheduler=ddim)
+    drawn = read_samples(folder).astype(int)
+    assert np.abs(drawn - expected).max() <= 1
+    own = _one_at_a_time(model, 3, 1, 3, lambda i: i % 4)
+    assert np.abs(drawn - own).max() > 8
