@@ -219,34 +219,29 @@ def _generate(
     the same on any device, batch size and number of processes; with ``samples_dir`` they are kept in a
     resumable sample folder."""
     from hf_ddpm.sampling.sample_folder import (
+        PipelineSampling,
         SampleFolderJob,
-        pipeline_drawer,
-        unet_sha256,
         write_sample_folder,
     )
-    from hf_ddpm.sampling.unet_speed import unet_image_shape
 
     choice = sampling_scheduler(
         pipe, options.sampler, options.variance_type, options.timestep_spacing
     )
     # A class-conditional CFG model is judged as the model of p(x): its null label, like the NLL.
     null = unconditional_label(pipe.unet, getattr(pipe.config, "null_class_label", None))
-    label_of = None if null is None else (lambda i: null)
     own_scheduler, pipe.scheduler = pipe.scheduler, choice.scheduler
     pipe.set_progress_bar_config(disable=True)
     try:
-        draw = pipeline_drawer(pipe, options.seed, num_inference_steps, label_of)
+        draw = PipelineSampling(pipe, choice.description, num_inference_steps, options.seed, null)
         if samples_dir is not None:
-            settings = {
-                "unet_sha256": unet_sha256(pipe.unet),
-                "sampler": choice.description,
-                "num_inference_steps": num_inference_steps,
-                "seed": options.seed,
-                "class_label": null,
-                "guidance_scale": 1.0,
-                "image_shape": list(unet_image_shape(pipe.unet)),
-            }
-            job = SampleFolderJob(samples_dir, num_samples, options.batch_size, settings=settings)
+            job = SampleFolderJob(
+                samples_dir,
+                num_samples,
+                options.batch_size,
+                settings=draw.settings(),
+                flag="--samples-dir",
+                overwrite_flag=None,
+            )
             write_sample_folder(draw, job, group)
             return _to_float(read_samples(samples_dir, group, limit=num_samples))
         mine = group.shard(range(num_samples))

@@ -18,7 +18,7 @@ from hf_ddpm.sampling.samplers import (
     default_sampling_steps,
     sampling_scheduler,
 )
-from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed, unet_image_shape
+from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed
 
 logger = logging.getLogger(__name__)
 
@@ -205,19 +205,10 @@ def sample_grid(
     return image_grid(images)
 
 
-def _model_name(model: str | None) -> str:
-    """What a sample folder records as the model: the name given, a local folder resolved."""
-    if model is None:
-        bundled = bundled_model_path()
-        return "untrained" if bundled is None else str(bundled)
-    return str(Path(model).resolve()) if Path(model).exists() else model
-
-
 def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
     from hf_ddpm.sampling.sample_folder import (
+        PipelineSampling,
         SampleFolderJob,
-        pipeline_drawer,
-        unet_sha256,
         write_sample_folder,
     )
     from hf_ddpm.sampling.sharding import process_group
@@ -233,33 +224,21 @@ def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
     check_sample_options(
         pipeline, args.num_images, steps, args.seed, class_label, args.guidance_scale
     )
-    settings = {
-        "model": _model_name(args.model),
-        "unet_sha256": unet_sha256(pipeline.unet),
-        "sampler": choice.description,
-        "num_inference_steps": steps,
-        "seed": args.seed,
-        "class_label": class_label,
-        "guidance_scale": args.guidance_scale,
-        "image_shape": list(unet_image_shape(pipeline.unet)),
-        "dtype": speed.dtype,
-    }
+    guided = num_classes(pipeline) is not None and args.guidance_scale != 1.0
+    batch = min(args.batch_size, -(-args.num_images // group.world))
+    apply_unet_speed(pipeline, speed, warmup_batch_size=batch * (2 if guided else 1))
+    pipeline.set_progress_bar_config(disable=True)  # the folder's one bar counts the images
+    drawing = PipelineSampling(
+        pipeline, choice.description, steps, args.seed, class_label, args.guidance_scale
+    )
     job = SampleFolderJob(
         Path(args.output_dir),
         args.num_images,
         args.batch_size,
-        settings=settings,
+        settings=drawing.settings(),
         npz=args.npz,
         overwrite=args.overwrite,
     )
-    classes = num_classes(pipeline)
-    label_of = None
-    if classes is not None:
-        label_of = (lambda i: class_label) if class_label is not None else (lambda i: i % classes)
-    guided = label_of is not None and args.guidance_scale != 1.0
-    batch = min(args.batch_size, -(-args.num_images // group.world))
-    apply_unet_speed(pipeline, speed, warmup_batch_size=batch * (2 if guided else 1))
-    pipeline.set_progress_bar_config(disable=True)  # the folder's one bar counts the images
     if group.is_main:
         logger.info(
             "sampling %d images into %s on %d process(es): %s, %d steps, UNet in %s",
@@ -270,8 +249,7 @@ def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
             steps,
             speed.describe(),
         )
-    draw = pipeline_drawer(pipeline, args.seed, steps, label_of, args.guidance_scale)
-    report = write_sample_folder(draw, job, group)
+    report = write_sample_folder(drawing, job, group)
     if group.is_main:
         kept = f", {report.kept} kept from an earlier run" if report.kept else ""
         npz = f"; {report.npz_path}" if report.npz_path else ""

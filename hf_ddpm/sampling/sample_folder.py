@@ -32,23 +32,28 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from hf_ddpm.core.pipeline_base import num_classes_of
 from hf_ddpm.data.image_grid import save_png_atomically, to_uint8
 
 from .sharding import ProcessGroup, image_generator
+from .unet_speed import unet_dtype, unet_image_shape
 
 __all__ = [
     "CONFIG_NAME",
     "SampleFolderJob",
     "SampleWriteError",
     "image_name",
+    "INFORMATION_ONLY",
+    "PipelineSampling",
     "npz_name",
-    "pipeline_drawer",
     "read_samples",
-    "unet_sha256",
     "write_sample_folder",
 ]
 
 CONFIG_NAME = "sample_config.json"
+# Settings recorded for the reader but not compared on resume: the same weights reached through another
+# path (a symlink, a copy, the Hub cache) are the same model, which unet_sha256 recognises.
+INFORMATION_ONLY = frozenset({"model"})
 _IMAGE_FILE = re.compile(r"^(\d{6,})\.png$")
 _NPZ_FILE = re.compile(r"^samples_\d+x\d+x\d+x\d+\.npz$")
 
@@ -79,6 +84,10 @@ class SampleFolderJob:
             image shape, ...), JSON-ready; recorded in ``sample_config.json`` and compared on resume.
         npz: also write the evaluators' ``.npz`` of all N images.
         overwrite: replace a folder made with other settings instead of refusing.
+        flag: the command's flag for the folder, which its errors name (``hf-ddpm evaluate``:
+            ``--samples-dir``).
+        overwrite_flag: the command's flag for ``overwrite``, which a refusal suggests; None where the
+            command has none.
     """
 
     output_dir: Path
@@ -87,6 +96,8 @@ class SampleFolderJob:
     settings: Mapping[str, Any] = field(default_factory=dict)
     npz: bool = False
     overwrite: bool = False
+    flag: str = "--output-dir"
+    overwrite_flag: str | None = "--overwrite"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "output_dir", Path(self.output_dir))
@@ -129,39 +140,52 @@ def _write_json_atomically(data: Mapping[str, Any], path: Path) -> None:
 
 
 def _differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
-    keys = sorted(set(recorded) | set(wanted))
-    return [
-        f"{key} {recorded.get(key)!r} (folder) vs {wanted.get(key)!r} (now)"
-        for key in keys
-        if recorded.get(key) != wanted.get(key)
-    ]
+    """The compared settings that differ, in words; other weights are named by where they came from."""
+    keys = sorted((set(recorded) | set(wanted)) - INFORMATION_ONLY)
+    lines = []
+    for key in keys:
+        was, now = recorded.get(key), wanted.get(key)
+        if was == now:
+            continue
+        if key == "unet_sha256":
+            lines.append(
+                f"the model's weights: {recorded.get('model')} (folder, unet_sha256 {str(was)[:12]}) vs "
+                f"{wanted.get('model')} (now, unet_sha256 {str(now)[:12]})"
+            )
+        else:
+            lines.append(f"{key} {was!r} (folder) vs {now!r} (now)")
+    return lines
 
 
 def _check_folder(job: SampleFolderJob) -> None:
     """Refuse a folder that is not one, or that holds images made with other settings."""
-    folder = job.output_dir
+    folder, flag = job.output_dir, job.flag
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"--output-dir {folder} is a file, not a folder")
+        raise ValueError(f"{flag} {folder} is a file, not a folder")
+    remedy = (
+        f"pass {job.overwrite_flag} to replace them, or choose another {flag}"
+        if job.overwrite_flag
+        else f"choose another {flag}, or remove this one"
+    )
     config = folder / CONFIG_NAME
     if job.overwrite or not config.exists():
         if not job.overwrite and any(_IMAGE_FILE.match(p.name) for p in _listing(folder)):
             raise ValueError(
-                f"--output-dir {folder} holds numbered PNGs but no {CONFIG_NAME}, so their settings are "
-                "unknown: pass --overwrite to replace them, or choose another --output-dir"
+                f"{flag} {folder} holds numbered PNGs but no {CONFIG_NAME}, so their settings are "
+                f"unknown: {remedy}"
             )
         return
     try:
         recorded = json.loads(config.read_text(encoding="utf-8"))["settings"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(
-            f"--output-dir {folder}: {CONFIG_NAME} cannot be read ({error}); pass --overwrite to start "
-            "the folder again"
+            f"{flag} {folder}: {CONFIG_NAME} cannot be read ({error}): {remedy}"
         ) from error
     differences = _differences(recorded, json.loads(json.dumps(dict(job.settings))))
     if differences:
         raise ValueError(
-            f"--output-dir {folder} holds images made with other settings: {'; '.join(differences)}. "
-            "Pass --overwrite to replace them, or choose another --output-dir"
+            f"{flag} {folder} holds images made with other settings: {'; '.join(differences)}. "
+            f"{remedy[0].upper()}{remedy[1:]}"
         )
 
 
@@ -175,7 +199,7 @@ def _prepare_folder(job: SampleFolderJob) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ValueError(f"--output-dir {folder}: cannot create it ({error})") from error
+        raise ValueError(f"{job.flag} {folder}: cannot create it ({error})") from error
     for path in _listing(folder):
         stale = path.name.startswith(".") and path.name.endswith(".partial")
         replaced = job.overwrite and (_IMAGE_FILE.match(path.name) or _NPZ_FILE.match(path.name))
@@ -186,7 +210,7 @@ def _prepare_folder(job: SampleFolderJob) -> None:
         _write_json_atomically(record, folder / CONFIG_NAME)
     except SampleWriteError as error:
         if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # the folder is not writable
-            raise ValueError(f"--output-dir {folder}: cannot write there ({error})") from error
+            raise ValueError(f"{job.flag} {folder}: cannot write there ({error})") from error
         raise
 
 
@@ -298,34 +322,84 @@ def write_sample_folder(
     return SampleFolderReport(drawn=missing, kept=job.num_images - missing, npz_path=npz_path)
 
 
-def pipeline_drawer(
-    pipeline: Any,
-    seed: int,
-    num_inference_steps: int,
-    label_of: Callable[[int], int] | None = None,
-    guidance_scale: float = 1.0,
-) -> Callable[[Sequence[int]], np.ndarray]:
-    """``draw(indices)`` for :func:`write_sample_folder`: one ``pipeline`` call on the images of
-    ``indices``, image ``i`` from :func:`~hf_ddpm.sampling.sharding.image_generator` ``(seed, i)`` and,
-    for a class-conditional model, class ``label_of(i)``."""
+@dataclass(frozen=True)
+class PipelineSampling:
+    """How ``pipeline`` draws the images of a sample folder: called as ``draw(indices)`` by
+    :func:`write_sample_folder`, and the one source of the :meth:`settings` the folder records, so that
+    ``hf-ddpm sample --output-dir`` and ``hf-ddpm evaluate --samples-dir`` describe the same images alike.
 
-    def draw(indices: Sequence[int]) -> np.ndarray:
+    Image ``i`` comes from :func:`~hf_ddpm.sampling.sharding.image_generator` ``(seed, i)``. A
+    class-conditional model draws ``class_label``, or every class in turn (``i % classes``) when it is
+    None; an unconditional one draws without labels.
+
+    Attributes:
+        pipeline: the pipeline, with the scheduler to sample with and its UNet as it will run
+            (:func:`~hf_ddpm.sampling.unet_speed.apply_unet_speed` applied).
+        sampler: that scheduler in words (:attr:`~hf_ddpm.sampling.samplers.SamplingChoice.description`).
+        num_inference_steps, seed, class_label, guidance_scale: as ``hf-ddpm sample``'s flags.
+    """
+
+    pipeline: Any
+    sampler: str
+    num_inference_steps: int
+    seed: int
+    class_label: int | None = None
+    guidance_scale: float = 1.0
+
+    def _labels(self, indices: Sequence[int]) -> list[int] | None:
+        classes = num_classes_of(getattr(self.pipeline.unet.config, "num_class_embeds", None))
+        if classes is None:
+            return None
+        if self.class_label is not None:
+            return [self.class_label] * len(indices)
+        return [i % classes for i in indices]
+
+    def __call__(self, indices: Sequence[int]) -> np.ndarray:
+        """The images of ``indices`` as uint8 (B, H, W, C), from one pipeline call."""
+        labels = self._labels(indices)
         kwargs: dict[str, Any] = {}
-        if label_of is not None:
-            kwargs = {
-                "class_labels": [label_of(i) for i in indices],
-                "guidance_scale": guidance_scale,
-            }
-        images = pipeline(
+        if labels is not None:
+            kwargs = {"class_labels": labels, "guidance_scale": self.guidance_scale}
+        images = self.pipeline(
             batch_size=len(indices),
-            generator=[image_generator(seed, i) for i in indices],
-            num_inference_steps=num_inference_steps,
+            generator=[image_generator(self.seed, i) for i in indices],
+            num_inference_steps=self.num_inference_steps,
             output_type="np",
             **kwargs,
         ).images
         return to_uint8(images)
 
-    return draw
+    def settings(self) -> dict[str, Any]:
+        """Everything the images depend on besides their index, for :class:`SampleFolderJob`: the model by
+        the content of its weights (``unet_sha256``, and ``covariance_head_sha256`` for a pipeline with a
+        covariance head), the sampler, steps, seed, class label, guidance, image shape and the dtype the
+        UNet runs in; and, for information only (:data:`INFORMATION_ONLY`), where the model was loaded
+        from."""
+        pipeline = self.pipeline
+        settings: dict[str, Any] = {
+            "model": _model_source(pipeline),
+            "unet_sha256": _weights_sha256(pipeline.unet),
+            "sampler": self.sampler,
+            "num_inference_steps": self.num_inference_steps,
+            "seed": self.seed,
+            "class_label": self.class_label,
+            "guidance_scale": self.guidance_scale,
+            "image_shape": list(unet_image_shape(pipeline.unet)),
+            "dtype": unet_dtype(pipeline.unet),
+        }
+        head = getattr(pipeline, "covariance_head", None)
+        if head is not None:
+            settings["covariance_head_sha256"] = _weights_sha256(head)
+        return settings
+
+
+def _model_source(pipeline: Any) -> str | None:
+    """Where ``pipeline`` was loaded from (diffusers' ``_name_or_path``), a local folder as an absolute
+    path; None for a pipeline built in memory."""
+    source = getattr(pipeline.config, "_name_or_path", None)
+    if not source:
+        return None
+    return str(Path(source).resolve()) if Path(source).exists() else str(source)
 
 
 def _read_pngs(paths: Sequence[Path]) -> np.ndarray:
@@ -344,11 +418,12 @@ def _folder_images(folder: Path) -> list[Path]:
     return [path for _, path in numbered]
 
 
-def unet_sha256(unet: Any) -> str:
-    """A hash of ``unet``'s weights: what a sample folder records of the model, so that a model retrained
-    into the same folder is told apart."""
+def _weights_sha256(module: Any) -> str:
+    """A hash of ``module``'s weights (names and float32 values): what a sample folder records of the model,
+    so that the same weights are recognised wherever they are loaded from, and a model retrained into the
+    same folder is told apart."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(unet.state_dict().items()):
+    for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()

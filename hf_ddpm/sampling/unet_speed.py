@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["UNET_DTYPES", "UNetSpeed", "apply_unet_speed", "unet_image_shape"]
+__all__ = ["UNET_DTYPES", "UNetSpeed", "apply_unet_speed", "unet_dtype", "unet_image_shape"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +74,22 @@ def _check_device(speed: UNetSpeed, device: torch.device) -> None:
         )
 
 
-def _autocast_forward(forward: Any, device_type: str, dtype: torch.dtype) -> Any:
+def _autocast_forward(forward: Any, device_type: str, dtype: str) -> Any:
     @functools.wraps(forward)
     def run(*args: Any, **kwargs: Any) -> Any:
-        with torch.autocast(device_type, dtype=dtype):
+        with torch.autocast(device_type, dtype=UNET_DTYPES[dtype]):
             return forward(*args, **kwargs)
 
+    run.autocast_dtype = dtype  # type: ignore[attr-defined]  # read back by unet_dtype
     return run
+
+
+def unet_dtype(unet: Any) -> str:
+    """The dtype ``unet``'s convolutions run in, as ``--dtype`` names it: the autocast dtype that
+    :func:`apply_unet_speed` gave it, else its weights' dtype. Read from the UNet itself, so that what a
+    sample folder records is what drew its images."""
+    autocast = getattr(unet.forward, "autocast_dtype", None)
+    return autocast or str(unet.dtype).removeprefix("torch.")
 
 
 def apply_unet_speed(pipeline: Any, speed: UNetSpeed, warmup_batch_size: int | None = None) -> None:
@@ -98,7 +107,7 @@ def apply_unet_speed(pipeline: Any, speed: UNetSpeed, warmup_batch_size: int | N
     if speed.uses_channels_last:
         unet.to(memory_format=torch.channels_last)
     if speed.dtype != "float32":
-        unet.forward = _autocast_forward(unet.forward, device.type, UNET_DTYPES[speed.dtype])
+        unet.forward = _autocast_forward(unet.forward, device.type, speed.dtype)
     if not speed.compile:
         return
     unet.compile()

@@ -442,3 +442,35 @@ def test_sample_folder_takes_the_sampler_flags(tmp_path, tiny_unet):
     assert np.abs(drawn - expected).max() <= 1
     own = _one_at_a_time(model, 3, 1, 3, lambda i: i % 4)
     assert np.abs(drawn - own).max() > 8
+
+
+def test_a_folder_is_resumed_with_the_same_weights_from_another_path_and_refused_with_others(
+    tmp_path, tiny_unet, capsys
+):
+    """The model is compared by the content of its weights: a copy of the folder, or a symlink to it,
+    resumes the folder; other weights are refused, naming both models. (A copy was refused: the folder
+    compared the model's absolute path.)"""
+    import shutil
+
+    model = _save(tmp_path, tiny_unet)
+    copy = tmp_path / "copy"
+    shutil.copytree(model, copy)
+    (tmp_path / "link").symlink_to(model, target_is_directory=True)
+    folder = tmp_path / "s"
+    argv = ["sample", "--output-dir", str(folder), "--num-inference-steps", "2"]
+    assert cli.main([*argv, "--model", str(model), "--num-images", "2"]) == 0
+    before = {p.name: p.read_bytes() for p in folder.glob("*.png")}
+    for other, count in ((copy, 3), (tmp_path / "link", 4)):
+        capsys.readouterr()
+        assert cli.main([*argv, "--model", str(other), "--num-images", str(count)]) == 0
+        assert f"({count - 2 if other == copy else 1} drawn now" in capsys.readouterr().out
+    assert all((folder / name).read_bytes() == data for name, data in before.items())
+
+    retrained = HFDDPMPipeline(
+        unet=tiny_unet(seed=1), scheduler=HFDDPMScheduler(num_train_timesteps=10)
+    )
+    retrained.save_pretrained(tmp_path / "retrained")
+    assert cli.main([*argv, "--model", str(tmp_path / "retrained"), "--num-images", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "the model's weights" in err, err
+    assert f"{model} (folder" in err and f"{tmp_path / 'retrained'} (now" in err, err
