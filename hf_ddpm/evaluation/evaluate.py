@@ -342,6 +342,13 @@ def evaluate_pipeline(
     if missing:
         raise ValueError(f"no feature extractor given for {missing}")
 
+    samples = None
+    if (
+        options.samples is not None
+    ):  # read and checked first: a bad --samples is not worth an NLL pass
+        samples = _to_float(read_samples(options.samples, group))
+        _check_samples_shape(samples, reference, options.samples, group)
+
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
     if "nll" in names:
@@ -349,11 +356,7 @@ def evaluate_pipeline(
         results["nll"] = _nll(pipe, reference, options, group).to_dict()
         timings["nll_s"] = time.perf_counter() - start
 
-    samples = None
-    if options.samples is not None:
-        samples = _to_float(read_samples(options.samples, group))
-        _check_samples_shape(samples, reference, options.samples, group)
-    elif frechet:
+    if samples is None and frechet:
         start = time.perf_counter()
         samples = _generate(pipe, options, options.num_samples, steps, group, options.samples_dir)
         timings["sampling_s"] = time.perf_counter() - start

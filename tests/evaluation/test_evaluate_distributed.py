@@ -195,3 +195,25 @@ def test_samples_dir_drawn_in_float32_is_refused_under_bfloat16(model_and_dinov2
     assert err.startswith(f"hf-ddpm evaluate: error: --samples-dir {folder} holds images made with")
     assert "dtype 'float32' (folder) vs 'bfloat16' (now)" in err and "--overwrite" not in err, err
     assert sorted(p.name for p in folder.glob("*.png")) == [f"{i:06d}.png" for i in range(4)]
+
+
+def test_a_bad_samples_is_refused_before_the_nll_pass(
+    model_and_dinov2, tmp_path, capsys, monkeypatch
+):
+    """--samples is read and checked against the reference split before any UNet call: a wrong shape, a
+    file that is not a sample set and a missing path each fail at once. (They were reported after the
+    whole NLL pass.)"""
+    model, dinov2 = model_and_dinov2
+    np.savez(tmp_path / "wrong.npz", np.zeros((4, 16, 16, 1), dtype=np.uint8))
+    (tmp_path / "notes.txt").write_text("x")
+    seen = _count_unet_images(monkeypatch)
+    for source, message in (
+        ("wrong.npz", "16x16x1 (H x W x C), the reference split's 8x8x1"),
+        ("notes.txt", "neither a folder of numbered PNGs nor a .npz"),
+        ("missing", "no such folder or file"),
+    ):
+        argv = _argv(model, dinov2, tmp_path, "x", "--samples", str(tmp_path / source))
+        assert main(argv) == 2  # nll,fd-dinov2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("hf-ddpm evaluate: error: --samples") and message in err, err
+    assert seen["images"] == 0
