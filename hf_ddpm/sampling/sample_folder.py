@@ -193,6 +193,11 @@ def _listing(folder: Path) -> list[Path]:
     return list(folder.iterdir()) if folder.is_dir() else []
 
 
+def _missing_indices(folder: Path, num_images: int) -> list[int]:
+    present = {path.name for path in _listing(folder)}
+    return [i for i in range(num_images) if image_name(i) not in present]
+
+
 def _prepare_folder(job: SampleFolderJob) -> None:
     """On the main process: create the folder, clear it under ``overwrite``, record the settings."""
     folder = job.output_dir
@@ -286,14 +291,19 @@ def write_sample_folder(
             error = e
     group.agree(error)
 
-    todo = [i for i in group.shard(range(job.num_images)) if not (folder / image_name(i)).exists()]
+    # Only the missing indices are split, so that the processes share what is left evenly. The main
+    # process lists them for all: a process listing later could see images another has already written.
+    missing: list[int] = group.broadcast(
+        _missing_indices(folder, job.num_images) if group.is_main else None
+    )
+    todo = group.shard(missing)
     batches = [
         todo[start : start + job.batch_size] for start in range(0, len(todo), job.batch_size)
     ]
-    rounds, missing = group.max(len(batches)), group.sum(len(todo))
+    rounds = group.max(len(batches))
     bar = tqdm(
         total=job.num_images,
-        initial=job.num_images - missing,
+        initial=job.num_images - len(missing),
         desc="sampling",
         unit="img",
         disable=not group.is_main,
@@ -319,7 +329,9 @@ def write_sample_folder(
             except OSError as e:
                 error = e
         group.agree(error)
-    return SampleFolderReport(drawn=missing, kept=job.num_images - missing, npz_path=npz_path)
+    return SampleFolderReport(
+        drawn=len(missing), kept=job.num_images - len(missing), npz_path=npz_path
+    )
 
 
 @dataclass(frozen=True)
