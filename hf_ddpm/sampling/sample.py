@@ -18,7 +18,7 @@ from hf_ddpm.sampling.samplers import (
     default_sampling_steps,
     sampling_scheduler,
 )
-from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed
+from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed, compile_warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +209,7 @@ def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
     from hf_ddpm.sampling.sample_folder import (
         PipelineSampling,
         SampleFolderJob,
+        SampleFolderReport,
         write_sample_folder,
     )
     from hf_ddpm.sampling.sharding import process_group
@@ -224,9 +225,7 @@ def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
     check_sample_options(
         pipeline, args.num_images, steps, args.seed, class_label, args.guidance_scale
     )
-    guided = num_classes(pipeline) is not None and args.guidance_scale != 1.0
-    batch = min(args.batch_size, -(-args.num_images // group.world))
-    apply_unet_speed(pipeline, speed, warmup_batch_size=batch * (2 if guided else 1))
+    apply_unet_speed(pipeline, speed)  # warmed up once the folder is accepted
     pipeline.set_progress_bar_config(disable=True)  # the folder's one bar counts the images
     drawing = PipelineSampling(
         pipeline, choice.description, steps, args.seed, class_label, args.guidance_scale
@@ -239,17 +238,26 @@ def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
         npz=args.npz,
         overwrite=args.overwrite,
     )
-    if group.is_main:
-        logger.info(
-            "sampling %d images into %s on %d process(es): %s, %d steps, UNet in %s",
-            args.num_images,
-            job.output_dir,
-            group.world,
-            choice.description,
-            steps,
-            speed.describe(),
-        )
-    report = write_sample_folder(drawing, job, group)
+
+    def announce(plan: SampleFolderReport) -> None:
+        if group.is_main:
+            kept = f" ({plan.kept} kept from an earlier run)" if plan.kept else ""
+            logger.info(
+                "sampling %d images into %s%s on %d process(es): %s, %d steps, UNet in %s",
+                plan.drawn,
+                job.output_dir,
+                kept,
+                group.world,
+                choice.description,
+                steps,
+                speed.describe(),
+            )
+        if speed.compile and plan.drawn:
+            guided = num_classes(pipeline) is not None and args.guidance_scale != 1.0
+            batch = min(args.batch_size, -(-plan.drawn // group.world))
+            compile_warm_up(pipeline, batch * (2 if guided else 1))
+
+    report = write_sample_folder(drawing, job, group, before_drawing=announce)
     if group.is_main:
         kept = f", {report.kept} kept from an earlier run" if report.kept else ""
         npz = f"; {report.npz_path}" if report.npz_path else ""

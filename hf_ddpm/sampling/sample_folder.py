@@ -259,15 +259,19 @@ def write_sample_folder(
     draw: Callable[[Sequence[int]], np.ndarray],
     job: SampleFolderJob,
     group: ProcessGroup | None = None,
+    before_drawing: Callable[[SampleFolderReport], None] | None = None,
 ) -> SampleFolderReport:
     """Fill ``job.output_dir`` with the images ``0..N-1`` that it lacks, split over ``group``'s processes.
 
     Args:
         draw: ``draw(indices)`` returns the images of those indices as uint8 (B, H, W, C); image ``i``
-            must depend only on ``i`` and the job's settings.
+            must depend only on ``i`` and the job's settings (:class:`PipelineSampling`).
         job: the folder, N, the batch size, the settings and the options.
         group: the processes sharing the work (:func:`~hf_ddpm.sampling.sharding.process_group`); one
             process when None.
+        before_drawing: called on every process once the folder is checked and prepared, before the first
+            image is drawn, with what the run will do (``npz_path`` still None): where a command announces
+            its work, so that a refused folder is the only thing it prints.
 
     Every process writes its own images; the main process records the settings first, shows one
     progress bar with the total, and writes the ``.npz`` once all are done.
@@ -296,6 +300,12 @@ def write_sample_folder(
     missing: list[int] = group.broadcast(
         _missing_indices(folder, job.num_images) if group.is_main else None
     )
+    if before_drawing is not None:
+        before_drawing(
+            SampleFolderReport(
+                drawn=len(missing), kept=job.num_images - len(missing), npz_path=None
+            )
+        )
     todo = group.shard(missing)
     batches = [
         todo[start : start + job.batch_size] for start in range(0, len(todo), job.batch_size)

@@ -18,7 +18,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["UNET_DTYPES", "UNetSpeed", "apply_unet_speed", "unet_dtype", "unet_image_shape"]
+__all__ = [
+    "UNET_DTYPES",
+    "UNetSpeed",
+    "apply_unet_speed",
+    "compile_warm_up",
+    "unet_dtype",
+    "unet_image_shape",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +102,8 @@ def unet_dtype(unet: Any) -> str:
 def apply_unet_speed(pipeline: Any, speed: UNetSpeed, warmup_batch_size: int | None = None) -> None:
     """Set ``pipeline.unet`` to run as ``speed`` says, in place.
 
-    With ``compile``, one UNet call of ``warmup_batch_size`` images (the batch the run will use) is made
-    here and its time logged once, so the run's own batches, and its progress bar, do not pay for it.
+    With ``compile`` and a ``warmup_batch_size``, :func:`compile_warm_up` runs here, so the run's own
+    batches, and its progress bar, do not pay for compilation; without one the caller warms up later.
 
     Raises:
         ValueError: an unknown dtype, or float16 on a CPU; the message names ``--dtype``.
@@ -111,15 +118,21 @@ def apply_unet_speed(pipeline: Any, speed: UNetSpeed, warmup_batch_size: int | N
     if not speed.compile:
         return
     unet.compile()
-    if warmup_batch_size is None:
-        return
-    config = unet.config
+    if warmup_batch_size is not None:
+        compile_warm_up(pipeline, warmup_batch_size)
+
+
+def compile_warm_up(pipeline: Any, batch_size: int) -> None:
+    """One call of a UNet that :func:`apply_unet_speed` compiled, on ``batch_size`` images (the batch the
+    run will use): it compiles it, and its time is logged once."""
+    unet = pipeline.unet
+    device = unet.device
     height, width, channels = unet_image_shape(unet)
-    x = torch.zeros(warmup_batch_size, channels, height, width, device=device)
+    x = torch.zeros(batch_size, channels, height, width, device=device)
     t = torch.tensor(0, dtype=torch.long, device=device)
     labels = None
-    if getattr(config, "num_class_embeds", None):
-        labels = torch.zeros(warmup_batch_size, dtype=torch.long, device=device)
+    if getattr(unet.config, "num_class_embeds", None):
+        labels = torch.zeros(batch_size, dtype=torch.long, device=device)
     start = time.perf_counter()
     with torch.no_grad():
         unet(x, t, class_labels=labels)

@@ -474,3 +474,69 @@ def test_a_folder_is_resumed_with_the_same_weights_from_another_path_and_refused
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "the model's weights" in err, err
     assert f"{model} (folder" in err and f"{tmp_path / 'retrained'} (now" in err, err
+
+
+def _installed_hf_ddpm(*argv):
+    """The installed ``hf-ddpm`` entry point in a subprocess, running this tree: its real stderr, which
+    pytest's log capture cannot swallow."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    command = Path(sys.executable).with_name("hf-ddpm")
+    if not command.exists():
+        pytest.skip(f"no hf-ddpm entry point beside {sys.executable}")
+    repo = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
+    return subprocess.run(
+        [str(command), *argv],
+        env={**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_refused_folder_prints_one_line_and_nothing_before_it(tmp_path, tiny_unet):
+    """Refusals of the folder print exactly one line on the command's real stderr: no 'sampling N images'
+    line before it (the log line came first, and the CLI tests missed it because pytest's log handler
+    took basicConfig's output)."""
+    model = _save(tmp_path, tiny_unet)
+    folder = tmp_path / "s"
+    argv = [
+        "sample",
+        str(model),
+        "--output-dir",
+        str(folder),
+        "--num-images",
+        "2",
+        "--threads",
+        "1",
+    ]
+    assert cli.main([*argv, "--num-inference-steps", "2"]) == 0
+    refused = _installed_hf_ddpm(*argv, "--num-inference-steps", "3")
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines() == [
+        f"hf-ddpm sample: error: --output-dir {folder} holds images made with other settings: "
+        "num_inference_steps 2 (folder) vs 3 (now). Pass --overwrite to replace them, or choose "
+        "another --output-dir"
+    ], refused.stderr
+    assert refused.stdout == ""
+
+
+def test_compile_warms_up_once_the_folder_is_accepted_and_not_for_a_refused_one(
+    tmp_path, tiny_unet, monkeypatch
+):
+    """--compile's warm-up (minutes for a large UNet) runs after the folder's checks, on the batch the run
+    will draw; a refused folder costs none. torch.compile itself is stubbed: only the order is tested."""
+    warmups = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: None)
+    monkeypatch.setattr(sample, "compile_warm_up", lambda pipe, batch: warmups.append(batch))
+    model = _save(tmp_path, tiny_unet)
+    argv = ["sample", str(model), "--output-dir", str(tmp_path / "s"), "--compile"]
+    argv += ["--num-inference-steps", "2", "--num-images", "5", "--batch-size", "4"]
+    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--num-images", "7"]) == 0  # 2 missing: a batch of 2
+    assert cli.main([*argv, "--seed", "1"]) == 2
+    assert warmups == [4, 2]
