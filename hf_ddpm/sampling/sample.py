@@ -22,6 +22,8 @@ from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed, compile_war
 
 logger = logging.getLogger(__name__)
 
+FOLDER_BATCH_SIZE = 64  # --batch-size of a sample folder; a grid is drawn in one call
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``hf-ddpm sample`` options of its own; the model, device, seed, threads, sampling and speed
@@ -43,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write DIR/000000.png ... instead of a grid; a rerun draws only the missing images",
     )
     folder.add_argument(
-        "--batch-size", type=int, default=64, help="images per pipeline call on each process"
+        "--batch-size",
+        type=int,
+        help=f"images per pipeline call on each process (default: {FOLDER_BATCH_SIZE})",
     )
     folder.add_argument(
         "--npz",
@@ -233,7 +237,7 @@ def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
     job = SampleFolderJob(
         Path(args.output_dir),
         args.num_images,
-        args.batch_size,
+        FOLDER_BATCH_SIZE if args.batch_size is None else args.batch_size,
         settings=drawing.settings(),
         npz=args.npz,
         overwrite=args.overwrite,
@@ -254,7 +258,7 @@ def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
             )
         if speed.compile and plan.drawn:
             guided = num_classes(pipeline) is not None and args.guidance_scale != 1.0
-            batch = min(args.batch_size, -(-plan.drawn // group.world))
+            batch = min(job.batch_size, -(-plan.drawn // group.world))
             compile_warm_up(pipeline, batch * (2 if guided else 1))
 
     report = write_sample_folder(drawing, job, group, before_drawing=announce)
@@ -279,6 +283,20 @@ def run(args: argparse.Namespace) -> int:
                 "--output writes one grid and --output-dir one PNG per image: give one of them"
             )
         return _run_folder(args, speed)
+    folder_only = [
+        flag
+        for flag, given in (
+            ("--batch-size", args.batch_size is not None),
+            ("--npz", args.npz),
+            ("--overwrite", args.overwrite),
+        )
+        if given
+    ]
+    if folder_only:
+        raise ValueError(
+            f"{' and '.join(folder_only)} {'is' if len(folder_only) == 1 else 'are'} for a sample "
+            "folder: give --output-dir DIR (--output writes one grid, in one pipeline call)"
+        )
     output = Path(args.output or "samples.png")
     if output.suffix.lower() != ".png":
         raise ValueError(f"--output must be a .png file, got {output}")

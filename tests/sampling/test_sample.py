@@ -540,3 +540,27 @@ def test_compile_warms_up_once_the_folder_is_accepted_and_not_for_a_refused_one(
     assert cli.main([*argv, "--num-images", "7"]) == 0  # 2 missing: a batch of 2
     assert cli.main([*argv, "--seed", "1"]) == 2
     assert warmups == [4, 2]
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--batch-size", "4"], "--batch-size is"),
+        (["--npz"], "--npz is"),
+        (["--overwrite", "--npz"], "--npz and --overwrite are"),
+    ],
+)
+def test_folder_flags_in_grid_mode_are_refused_naming_output_dir(
+    tmp_path, tiny_unet, capsys, extra, named
+):
+    """--batch-size, --npz and --overwrite act on a sample folder only; with a grid they were silently
+    ignored."""
+    out = tmp_path / "grid.png"
+    argv = ["sample", str(_save(tmp_path, tiny_unet)), "--output", str(out), *extra]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"hf-ddpm sample: error: {named} for a sample folder: give --output-dir DIR (--output writes "
+        "one grid, in one pipeline call)"
+    )
+    assert not out.exists()
