@@ -6,11 +6,13 @@ A folder holds
 - ``000000.png`` .. ``{N-1:06d}.png``: image ``i`` is drawn from its own generator
   (:func:`~hf_ddpm.sampling.sharding.image_generator`), so it depends only on the seed and ``i``; each file
   is written to a hidden temporary name and renamed, so a killed run leaves no half-written PNG;
-- ``sample_config.json``: the settings the images depend on besides their index. A rerun with the same
-  settings draws only the missing indices; other settings are refused, naming the differences, unless
+- ``sample_config.json``: the settings the images depend on besides their index
+  (:meth:`PipelineSampling.settings`; the model by a hash of its weights). A rerun with the same settings
+  draws only the missing indices; other settings are refused, naming the differences, unless
   ``overwrite``;
 - with ``npz``: ``samples_{N}x{H}x{W}x{C}.npz``, a uint8 array ``arr_0`` of shape (N, H, W, C), the format
-  that openai/improved-diffusion's and guided-diffusion's evaluators read (shared/DESIGN.md).
+  that openai/improved-diffusion's and guided-diffusion's evaluators read (shared/DESIGN.md). Once it is
+  written, the folder's ``.npz`` of another N goes.
 
 A failed write (a full disk, an I/O error) raises :class:`SampleWriteError` naming the file; the files
 already written stay, and a rerun fills in the rest.
@@ -252,6 +254,11 @@ def _write_npz(folder: Path, num_images: int) -> Path:
             raise
 
     _write_file(path, write)
+    # An .npz of an earlier, smaller N would pass for the folder's images; only evaluator-named files
+    # of this folder go.
+    for stale in _listing(folder):
+        if stale != path and _NPZ_FILE.match(stale.name):
+            stale.unlink()
     return path
 
 

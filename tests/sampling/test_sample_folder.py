@@ -218,3 +218,24 @@ def test_image_generator_is_a_cpu_generator_seeded_per_image():
     a = torch.randn(3, generator=image_generator(1, 2))
     b = torch.randn(3, generator=torch.Generator().manual_seed(image_seed(1, 2)))
     assert torch.equal(a, b)
+
+
+def test_a_grown_folder_replaces_its_npz_and_keeps_other_files(pipe, tmp_path):
+    """The .npz of 6 images goes when the folder grows to 8 (it stayed, and passed for the folder); files
+    not named as the evaluators name theirs, and .npz files elsewhere, stay."""
+    folder = tmp_path / "s"
+    write_sample_folder(_drawing(pipe, 7), _job(folder, num_images=6, npz=True))
+    assert (folder / "samples_6x8x8x3.npz").exists()
+    for name in ("mine.npz", "samples_6x8x8.npz", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    (tmp_path / "samples_6x8x8x3.npz").write_bytes(b"y")
+    report = write_sample_folder(_drawing(pipe, 7), _job(folder, num_images=8, npz=True))
+    assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".png")) == [
+        "mine.npz",
+        "notes.txt",
+        "sample_config.json",
+        "samples_6x8x8.npz",
+        "samples_8x8x8x3.npz",
+    ]
+    assert report.npz_path == folder / "samples_8x8x8x3.npz"
+    assert (tmp_path / "samples_6x8x8x3.npz").read_bytes() == b"y"
