@@ -20,7 +20,6 @@ already written stay, and a rerun fills in the rest.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -35,7 +34,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from hf_ddpm.core.pipeline_base import num_classes_of
-from hf_ddpm.data.image_grid import save_png_atomically, to_uint8
+from hf_ddpm.core.saving import write_atomically
+from hf_ddpm.data.image_grid import save_npz_atomically, save_png_atomically, to_uint8
 
 from .sharding import ProcessGroup, image_generator
 from .unet_speed import unet_dtype, unet_image_shape
@@ -126,21 +126,6 @@ def _write_file(path: Path, write: Callable[[], Any]) -> None:
         raise failure from error
 
 
-def _write_json_atomically(data: Mapping[str, Any], path: Path) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-
-    def write() -> None:
-        try:
-            partial.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            partial.replace(path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                partial.unlink()
-            raise
-
-    _write_file(path, write)
-
-
 def _differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
     """The compared settings that differ, in words; other weights are named by where they came from."""
     keys = sorted((set(recorded) | set(wanted)) - INFORMATION_ONLY)
@@ -213,8 +198,9 @@ def _prepare_folder(job: SampleFolderJob) -> None:
         if stale or replaced:
             path.unlink()
     record = {"settings": dict(job.settings), "num_images": job.num_images}
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
     try:
-        _write_json_atomically(record, folder / CONFIG_NAME)
+        _write_file(folder / CONFIG_NAME, lambda: write_atomically(folder / CONFIG_NAME, text))
     except SampleWriteError as error:
         if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # the folder is not writable
             raise ValueError(f"{job.flag} {folder}: cannot write there ({error})") from error
@@ -241,19 +227,7 @@ def _run_round(
 def _write_npz(folder: Path, num_images: int) -> Path:
     images = _read_pngs([folder / image_name(i) for i in range(num_images)])
     path = folder / npz_name(*images.shape)
-    partial = path.with_name(f".{path.name}.partial")
-
-    def write() -> None:
-        try:
-            with open(partial, "wb") as f:
-                np.savez(f, images)
-            partial.replace(path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                partial.unlink()
-            raise
-
-    _write_file(path, write)
+    _write_file(path, lambda: save_npz_atomically(images, path))
     # An .npz of an earlier, smaller N would pass for the folder's images; only evaluator-named files
     # of this folder go.
     for stale in _listing(folder):
