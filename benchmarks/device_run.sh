@@ -5,7 +5,7 @@
 # There:        run(command="bash benchmarks/device_run.sh", carry=[".whl"], timeout_s=540)
 #
 # On the device it installs the carried wheels, records the GPU, runs benchmarks/gpu.py (about 6 minutes,
-# issue 19's per-UNet-call sampling configurations included;
+# issue 19's per-UNet-call sampling configurations included, run before the 1000-step ones and compared with DDPMPipeline;
 # host-sync check included) and, with the time left, the gpu-marked tests that need no dataset download.
 # Everything it writes goes to $OUT, which comes back.
 set -u

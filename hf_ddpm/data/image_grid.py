@@ -1,10 +1,11 @@
 """One near-square grid image from a batch, as training, sampling and evaluation all save, and the 8-bit
-conversion and atomic PNG write that every saved sample goes through."""
+conversion and atomic PNG and .npz writes that every saved sample goes through."""
 
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,18 +29,34 @@ def image_grid(images: np.ndarray) -> Image.Image:
     return Image.fromarray(grid[..., 0] if c == 1 else grid)
 
 
-def save_png_atomically(picture: Image.Image, path: str | Path) -> Path:
-    """Write ``picture`` to ``path`` as a PNG through a temporary file in the same folder (created if
-    needed), so that a reader never sees half a PNG and a crash leaves any old file whole. A failed
-    write (a full disk, an I/O error) removes the temporary file and raises."""
+def _through_partial(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """``write(partial)`` to a hidden file beside ``path`` (its folder created if needed), then
+    ``os.replace`` it onto ``path``: a reader never sees half a file and a crash leaves any old file
+    whole. A failed write (a full disk, an I/O error) removes the partial file and raises."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     try:
-        picture.save(partial, format="PNG")
+        write(partial)
         partial.replace(path)
     except BaseException:
         with contextlib.suppress(OSError):
             partial.unlink()
         raise
     return path
+
+
+def save_png_atomically(picture: Image.Image, path: str | Path) -> Path:
+    """Write ``picture`` to ``path`` as a PNG, atomically (a hidden partial file, then a rename)."""
+    return _through_partial(path, lambda partial: picture.save(partial, format="PNG"))
+
+
+def save_npz_atomically(images: np.ndarray, path: str | Path) -> Path:
+    """Write ``images`` to ``path`` as the ``arr_0`` of an .npz (the evaluators' format), atomically (a
+    hidden partial file, then a rename)."""
+
+    def write(partial: Path) -> None:
+        with open(partial, "wb") as f:  # a file object: np.savez would add .npz to a path
+            np.savez(f, images)
+
+    return _through_partial(path, write)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hf_ddpm.core.saving import write_atomically
 from hf_ddpm.data.held_out import ReferenceData, add_data_arguments, load_reference
 from hf_ddpm.hub.metrics_card import push_metrics_to_hub
 from hf_ddpm.sampling.sample_folder import read_samples
@@ -219,34 +220,29 @@ def _generate(
     the same on any device, batch size and number of processes; with ``samples_dir`` they are kept in a
     resumable sample folder."""
     from hf_ddpm.sampling.sample_folder import (
+        PipelineSampling,
         SampleFolderJob,
-        pipeline_drawer,
-        unet_sha256,
         write_sample_folder,
     )
-    from hf_ddpm.sampling.unet_speed import unet_image_shape
 
     choice = sampling_scheduler(
         pipe, options.sampler, options.variance_type, options.timestep_spacing
     )
     # A class-conditional CFG model is judged as the model of p(x): its null label, like the NLL.
     null = unconditional_label(pipe.unet, getattr(pipe.config, "null_class_label", None))
-    label_of = None if null is None else (lambda i: null)
     own_scheduler, pipe.scheduler = pipe.scheduler, choice.scheduler
     pipe.set_progress_bar_config(disable=True)
     try:
-        draw = pipeline_drawer(pipe, options.seed, num_inference_steps, label_of)
+        draw = PipelineSampling(pipe, choice.description, num_inference_steps, options.seed, null)
         if samples_dir is not None:
-            settings = {
-                "unet_sha256": unet_sha256(pipe.unet),
-                "sampler": choice.description,
-                "num_inference_steps": num_inference_steps,
-                "seed": options.seed,
-                "class_label": null,
-                "guidance_scale": 1.0,
-                "image_shape": list(unet_image_shape(pipe.unet)),
-            }
-            job = SampleFolderJob(samples_dir, num_samples, options.batch_size, settings=settings)
+            job = SampleFolderJob(
+                samples_dir,
+                num_samples,
+                options.batch_size,
+                settings=draw.settings(),
+                flag="--samples-dir",
+                overwrite_flag=None,
+            )
             write_sample_folder(draw, job, group)
             return _to_float(read_samples(samples_dir, group, limit=num_samples))
         mine = group.shard(range(num_samples))
@@ -347,6 +343,13 @@ def evaluate_pipeline(
     if missing:
         raise ValueError(f"no feature extractor given for {missing}")
 
+    samples = None
+    if (
+        options.samples is not None
+    ):  # read and checked first: a bad --samples is not worth an NLL pass
+        samples = _to_float(read_samples(options.samples, group))
+        _check_samples_shape(samples, reference, options.samples, group)
+
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
     if "nll" in names:
@@ -354,11 +357,7 @@ def evaluate_pipeline(
         results["nll"] = _nll(pipe, reference, options, group).to_dict()
         timings["nll_s"] = time.perf_counter() - start
 
-    samples = None
-    if options.samples is not None:
-        samples = _to_float(read_samples(options.samples, group))
-        _check_samples_shape(samples, reference, options.samples, group)
-    elif frechet:
+    if samples is None and frechet:
         start = time.perf_counter()
         samples = _generate(pipe, options, options.num_samples, steps, group, options.samples_dir)
         timings["sampling_s"] = time.perf_counter() - start
@@ -723,9 +722,7 @@ def run(args: argparse.Namespace) -> int:
     if not group.is_main:
         return 0
     output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(f".{output.name}.partial")
-    partial.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    partial.replace(output)
+    write_atomically(output, json.dumps(report, indent=2) + "\n")
     print(format_table(report))
     print(
         f"report: {output}"

@@ -18,9 +18,11 @@ from hf_ddpm.sampling.samplers import (
     default_sampling_steps,
     sampling_scheduler,
 )
-from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed, unet_image_shape
+from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed, compile_warm_up
 
 logger = logging.getLogger(__name__)
+
+FOLDER_BATCH_SIZE = 64  # --batch-size of a sample folder; a grid is drawn in one call
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write DIR/000000.png ... instead of a grid; a rerun draws only the missing images",
     )
     folder.add_argument(
-        "--batch-size", type=int, default=64, help="images per pipeline call on each process"
+        "--batch-size",
+        type=int,
+        help=f"images per pipeline call on each process (default: {FOLDER_BATCH_SIZE})",
     )
     folder.add_argument(
         "--npz",
@@ -205,19 +209,11 @@ def sample_grid(
     return image_grid(images)
 
 
-def _model_name(model: str | None) -> str:
-    """What a sample folder records as the model: the name given, a local folder resolved."""
-    if model is None:
-        bundled = bundled_model_path()
-        return "untrained" if bundled is None else str(bundled)
-    return str(Path(model).resolve()) if Path(model).exists() else model
-
-
 def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
     from hf_ddpm.sampling.sample_folder import (
+        PipelineSampling,
         SampleFolderJob,
-        pipeline_drawer,
-        unet_sha256,
+        SampleFolderReport,
         write_sample_folder,
     )
     from hf_ddpm.sampling.sharding import process_group
@@ -229,49 +225,43 @@ def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
     steps = args.num_inference_steps or default_sampling_steps(
         pipeline.scheduler.config.num_train_timesteps
     )
+    class_label = resolve_class_label(pipeline, args.class_label)
     check_sample_options(
-        pipeline, args.num_images, steps, args.seed, args.class_label, args.guidance_scale
+        pipeline, args.num_images, steps, args.seed, class_label, args.guidance_scale
     )
-    settings = {
-        "model": _model_name(args.model),
-        "unet_sha256": unet_sha256(pipeline.unet),
-        "sampler": choice.description,
-        "num_inference_steps": steps,
-        "seed": args.seed,
-        "class_label": args.class_label,
-        "guidance_scale": args.guidance_scale,
-        "image_shape": list(unet_image_shape(pipeline.unet)),
-        "dtype": speed.dtype,
-    }
+    apply_unet_speed(pipeline, speed)  # warmed up once the folder is accepted
+    pipeline.set_progress_bar_config(disable=True)  # the folder's one bar counts the images
+    drawing = PipelineSampling(
+        pipeline, choice.description, steps, args.seed, class_label, args.guidance_scale
+    )
     job = SampleFolderJob(
         Path(args.output_dir),
         args.num_images,
-        args.batch_size,
-        settings=settings,
+        FOLDER_BATCH_SIZE if args.batch_size is None else args.batch_size,
+        settings=drawing.settings(),
         npz=args.npz,
         overwrite=args.overwrite,
     )
-    classes = num_classes(pipeline)
-    label_of = None
-    if classes is not None:
-        label = args.class_label
-        label_of = (lambda i: label) if label is not None else (lambda i: i % classes)
-    guided = label_of is not None and args.guidance_scale != 1.0
-    batch = min(args.batch_size, -(-args.num_images // group.world))
-    apply_unet_speed(pipeline, speed, warmup_batch_size=batch * (2 if guided else 1))
-    pipeline.set_progress_bar_config(disable=True)  # the folder's one bar counts the images
-    if group.is_main:
-        logger.info(
-            "sampling %d images into %s on %d process(es): %s, %d steps, UNet in %s",
-            args.num_images,
-            job.output_dir,
-            group.world,
-            choice.description,
-            steps,
-            speed.describe(),
-        )
-    draw = pipeline_drawer(pipeline, args.seed, steps, label_of, args.guidance_scale)
-    report = write_sample_folder(draw, job, group)
+
+    def announce(plan: SampleFolderReport) -> None:
+        if group.is_main:
+            kept = f" ({plan.kept} kept from an earlier run)" if plan.kept else ""
+            logger.info(
+                "sampling %d images into %s%s on %d process(es): %s, %d steps, UNet in %s",
+                plan.drawn,
+                job.output_dir,
+                kept,
+                group.world,
+                choice.description,
+                steps,
+                speed.describe(),
+            )
+        if speed.compile and plan.drawn:
+            guided = num_classes(pipeline) is not None and args.guidance_scale != 1.0
+            batch = min(job.batch_size, -(-plan.drawn // group.world))
+            compile_warm_up(pipeline, batch * (2 if guided else 1))
+
+    report = write_sample_folder(drawing, job, group, before_drawing=announce)
     if group.is_main:
         kept = f", {report.kept} kept from an earlier run" if report.kept else ""
         npz = f"; {report.npz_path}" if report.npz_path else ""
@@ -293,6 +283,20 @@ def run(args: argparse.Namespace) -> int:
                 "--output writes one grid and --output-dir one PNG per image: give one of them"
             )
         return _run_folder(args, speed)
+    folder_only = [
+        flag
+        for flag, given in (
+            ("--batch-size", args.batch_size is not None),
+            ("--npz", args.npz),
+            ("--overwrite", args.overwrite),
+        )
+        if given
+    ]
+    if folder_only:
+        raise ValueError(
+            f"{' and '.join(folder_only)} {'is' if len(folder_only) == 1 else 'are'} for a sample "
+            "folder: give --output-dir DIR (--output writes one grid, in one pipeline call)"
+        )
     output = Path(args.output or "samples.png")
     if output.suffix.lower() != ".png":
         raise ValueError(f"--output must be a .png file, got {output}")

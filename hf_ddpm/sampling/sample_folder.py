@@ -6,11 +6,13 @@ A folder holds
 - ``000000.png`` .. ``{N-1:06d}.png``: image ``i`` is drawn from its own generator
   (:func:`~hf_ddpm.sampling.sharding.image_generator`), so it depends only on the seed and ``i``; each file
   is written to a hidden temporary name and renamed, so a killed run leaves no half-written PNG;
-- ``sample_config.json``: the settings the images depend on besides their index. A rerun with the same
-  settings draws only the missing indices; other settings are refused, naming the differences, unless
+- ``sample_config.json``: the settings the images depend on besides their index
+  (:meth:`PipelineSampling.settings`; the model by a hash of its weights). A rerun with the same settings
+  draws only the missing indices; other settings are refused, naming the differences, unless
   ``overwrite``;
 - with ``npz``: ``samples_{N}x{H}x{W}x{C}.npz``, a uint8 array ``arr_0`` of shape (N, H, W, C), the format
-  that openai/improved-diffusion's and guided-diffusion's evaluators read (shared/DESIGN.md).
+  that openai/improved-diffusion's and guided-diffusion's evaluators read (shared/DESIGN.md). Once it is
+  written, the folder's ``.npz`` of another N goes.
 
 A failed write (a full disk, an I/O error) raises :class:`SampleWriteError` naming the file; the files
 already written stay, and a rerun fills in the rest.
@@ -18,7 +20,6 @@ already written stay, and a rerun fills in the rest.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -32,23 +33,29 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from hf_ddpm.data.image_grid import save_png_atomically, to_uint8
+from hf_ddpm.core.pipeline_base import num_classes_of
+from hf_ddpm.core.saving import write_atomically
+from hf_ddpm.data.image_grid import save_npz_atomically, save_png_atomically, to_uint8
 
 from .sharding import ProcessGroup, image_generator
+from .unet_speed import unet_dtype, unet_image_shape
 
 __all__ = [
     "CONFIG_NAME",
     "SampleFolderJob",
     "SampleWriteError",
     "image_name",
+    "INFORMATION_ONLY",
+    "PipelineSampling",
     "npz_name",
-    "pipeline_drawer",
     "read_samples",
-    "unet_sha256",
     "write_sample_folder",
 ]
 
 CONFIG_NAME = "sample_config.json"
+# Settings recorded for the reader but not compared on resume: the same weights reached through another
+# path (a symlink, a copy, the Hub cache) are the same model, which unet_sha256 recognises.
+INFORMATION_ONLY = frozenset({"model"})
 _IMAGE_FILE = re.compile(r"^(\d{6,})\.png$")
 _NPZ_FILE = re.compile(r"^samples_\d+x\d+x\d+x\d+\.npz$")
 
@@ -79,6 +86,10 @@ class SampleFolderJob:
             image shape, ...), JSON-ready; recorded in ``sample_config.json`` and compared on resume.
         npz: also write the evaluators' ``.npz`` of all N images.
         overwrite: replace a folder made with other settings instead of refusing.
+        flag: the command's flag for the folder, which its errors name (``hf-ddpm evaluate``:
+            ``--samples-dir``).
+        overwrite_flag: the command's flag for ``overwrite``, which a refusal suggests; None where the
+            command has none.
     """
 
     output_dir: Path
@@ -87,6 +98,8 @@ class SampleFolderJob:
     settings: Mapping[str, Any] = field(default_factory=dict)
     npz: bool = False
     overwrite: bool = False
+    flag: str = "--output-dir"
+    overwrite_flag: str | None = "--overwrite"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "output_dir", Path(self.output_dir))
@@ -113,60 +126,63 @@ def _write_file(path: Path, write: Callable[[], Any]) -> None:
         raise failure from error
 
 
-def _write_json_atomically(data: Mapping[str, Any], path: Path) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-
-    def write() -> None:
-        try:
-            partial.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            partial.replace(path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                partial.unlink()
-            raise
-
-    _write_file(path, write)
-
-
 def _differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
-    keys = sorted(set(recorded) | set(wanted))
-    return [
-        f"{key} {recorded.get(key)!r} (folder) vs {wanted.get(key)!r} (now)"
-        for key in keys
-        if recorded.get(key) != wanted.get(key)
-    ]
+    """The compared settings that differ, in words; other weights are named by where they came from."""
+    keys = sorted((set(recorded) | set(wanted)) - INFORMATION_ONLY)
+    lines = []
+    for key in keys:
+        was, now = recorded.get(key), wanted.get(key)
+        if was == now:
+            continue
+        if key == "unet_sha256":
+            lines.append(
+                f"the model's weights: {recorded.get('model')} (folder, unet_sha256 {str(was)[:12]}) vs "
+                f"{wanted.get('model')} (now, unet_sha256 {str(now)[:12]})"
+            )
+        else:
+            lines.append(f"{key} {was!r} (folder) vs {now!r} (now)")
+    return lines
 
 
 def _check_folder(job: SampleFolderJob) -> None:
     """Refuse a folder that is not one, or that holds images made with other settings."""
-    folder = job.output_dir
+    folder, flag = job.output_dir, job.flag
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"--output-dir {folder} is a file, not a folder")
+        raise ValueError(f"{flag} {folder} is a file, not a folder")
+    remedy = (
+        f"pass {job.overwrite_flag} to replace them, or choose another {flag}"
+        if job.overwrite_flag
+        else f"choose another {flag}, or remove this one"
+    )
     config = folder / CONFIG_NAME
     if job.overwrite or not config.exists():
         if not job.overwrite and any(_IMAGE_FILE.match(p.name) for p in _listing(folder)):
             raise ValueError(
-                f"--output-dir {folder} holds numbered PNGs but no {CONFIG_NAME}, so their settings are "
-                "unknown: pass --overwrite to replace them, or choose another --output-dir"
+                f"{flag} {folder} holds numbered PNGs but no {CONFIG_NAME}, so their settings are "
+                f"unknown: {remedy}"
             )
         return
     try:
         recorded = json.loads(config.read_text(encoding="utf-8"))["settings"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(
-            f"--output-dir {folder}: {CONFIG_NAME} cannot be read ({error}); pass --overwrite to start "
-            "the folder again"
+            f"{flag} {folder}: {CONFIG_NAME} cannot be read ({error}): {remedy}"
         ) from error
     differences = _differences(recorded, json.loads(json.dumps(dict(job.settings))))
     if differences:
         raise ValueError(
-            f"--output-dir {folder} holds images made with other settings: {'; '.join(differences)}. "
-            "Pass --overwrite to replace them, or choose another --output-dir"
+            f"{flag} {folder} holds images made with other settings: {'; '.join(differences)}. "
+            f"{remedy[0].upper()}{remedy[1:]}"
         )
 
 
 def _listing(folder: Path) -> list[Path]:
     return list(folder.iterdir()) if folder.is_dir() else []
+
+
+def _missing_indices(folder: Path, num_images: int) -> list[int]:
+    present = {path.name for path in _listing(folder)}
+    return [i for i in range(num_images) if image_name(i) not in present]
 
 
 def _prepare_folder(job: SampleFolderJob) -> None:
@@ -175,18 +191,19 @@ def _prepare_folder(job: SampleFolderJob) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ValueError(f"--output-dir {folder}: cannot create it ({error})") from error
+        raise ValueError(f"{job.flag} {folder}: cannot create it ({error})") from error
     for path in _listing(folder):
         stale = path.name.startswith(".") and path.name.endswith(".partial")
         replaced = job.overwrite and (_IMAGE_FILE.match(path.name) or _NPZ_FILE.match(path.name))
         if stale or replaced:
             path.unlink()
     record = {"settings": dict(job.settings), "num_images": job.num_images}
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
     try:
-        _write_json_atomically(record, folder / CONFIG_NAME)
+        _write_file(folder / CONFIG_NAME, lambda: write_atomically(folder / CONFIG_NAME, text))
     except SampleWriteError as error:
         if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # the folder is not writable
-            raise ValueError(f"--output-dir {folder}: cannot write there ({error})") from error
+            raise ValueError(f"{job.flag} {folder}: cannot write there ({error})") from error
         raise
 
 
@@ -210,19 +227,12 @@ def _run_round(
 def _write_npz(folder: Path, num_images: int) -> Path:
     images = _read_pngs([folder / image_name(i) for i in range(num_images)])
     path = folder / npz_name(*images.shape)
-    partial = path.with_name(f".{path.name}.partial")
-
-    def write() -> None:
-        try:
-            with open(partial, "wb") as f:
-                np.savez(f, images)
-            partial.replace(path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                partial.unlink()
-            raise
-
-    _write_file(path, write)
+    _write_file(path, lambda: save_npz_atomically(images, path))
+    # An .npz of an earlier, smaller N would pass for the folder's images; only evaluator-named files
+    # of this folder go.
+    for stale in _listing(folder):
+        if stale != path and _NPZ_FILE.match(stale.name):
+            stale.unlink()
     return path
 
 
@@ -230,15 +240,19 @@ def write_sample_folder(
     draw: Callable[[Sequence[int]], np.ndarray],
     job: SampleFolderJob,
     group: ProcessGroup | None = None,
+    before_drawing: Callable[[SampleFolderReport], None] | None = None,
 ) -> SampleFolderReport:
     """Fill ``job.output_dir`` with the images ``0..N-1`` that it lacks, split over ``group``'s processes.
 
     Args:
         draw: ``draw(indices)`` returns the images of those indices as uint8 (B, H, W, C); image ``i``
-            must depend only on ``i`` and the job's settings.
+            must depend only on ``i`` and the job's settings (:class:`PipelineSampling`).
         job: the folder, N, the batch size, the settings and the options.
         group: the processes sharing the work (:func:`~hf_ddpm.sampling.sharding.process_group`); one
             process when None.
+        before_drawing: called on every process once the folder is checked and prepared, before the first
+            image is drawn, with what the run will do (``npz_path`` still None): where a command announces
+            its work, so that a refused folder is the only thing it prints.
 
     Every process writes its own images; the main process records the settings first, shows one
     progress bar with the total, and writes the ``.npz`` once all are done.
@@ -262,14 +276,25 @@ def write_sample_folder(
             error = e
     group.agree(error)
 
-    todo = [i for i in group.shard(range(job.num_images)) if not (folder / image_name(i)).exists()]
+    # Only the missing indices are split, so that the processes share what is left evenly. The main
+    # process lists them for all: a process listing later could see images another has already written.
+    missing: list[int] = group.broadcast(
+        _missing_indices(folder, job.num_images) if group.is_main else None
+    )
+    if before_drawing is not None:
+        before_drawing(
+            SampleFolderReport(
+                drawn=len(missing), kept=job.num_images - len(missing), npz_path=None
+            )
+        )
+    todo = group.shard(missing)
     batches = [
         todo[start : start + job.batch_size] for start in range(0, len(todo), job.batch_size)
     ]
-    rounds, missing = group.max(len(batches)), group.sum(len(todo))
+    rounds = group.max(len(batches))
     bar = tqdm(
         total=job.num_images,
-        initial=job.num_images - missing,
+        initial=job.num_images - len(missing),
         desc="sampling",
         unit="img",
         disable=not group.is_main,
@@ -295,37 +320,89 @@ def write_sample_folder(
             except OSError as e:
                 error = e
         group.agree(error)
-    return SampleFolderReport(drawn=missing, kept=job.num_images - missing, npz_path=npz_path)
+    return SampleFolderReport(
+        drawn=len(missing), kept=job.num_images - len(missing), npz_path=npz_path
+    )
 
 
-def pipeline_drawer(
-    pipeline: Any,
-    seed: int,
-    num_inference_steps: int,
-    label_of: Callable[[int], int] | None = None,
-    guidance_scale: float = 1.0,
-) -> Callable[[Sequence[int]], np.ndarray]:
-    """``draw(indices)`` for :func:`write_sample_folder`: one ``pipeline`` call on the images of
-    ``indices``, image ``i`` from :func:`~hf_ddpm.sampling.sharding.image_generator` ``(seed, i)`` and,
-    for a class-conditional model, class ``label_of(i)``."""
+@dataclass(frozen=True)
+class PipelineSampling:
+    """How ``pipeline`` draws the images of a sample folder: called as ``draw(indices)`` by
+    :func:`write_sample_folder`, and the one source of the :meth:`settings` the folder records, so that
+    ``hf-ddpm sample --output-dir`` and ``hf-ddpm evaluate --samples-dir`` describe the same images alike.
 
-    def draw(indices: Sequence[int]) -> np.ndarray:
+    Image ``i`` comes from :func:`~hf_ddpm.sampling.sharding.image_generator` ``(seed, i)``. A
+    class-conditional model draws ``class_label``, or every class in turn (``i % classes``) when it is
+    None; an unconditional one draws without labels.
+
+    Attributes:
+        pipeline: the pipeline, with the scheduler to sample with and its UNet as it will run
+            (:func:`~hf_ddpm.sampling.unet_speed.apply_unet_speed` applied).
+        sampler: that scheduler in words (:attr:`~hf_ddpm.sampling.samplers.SamplingChoice.description`).
+        num_inference_steps, seed, class_label, guidance_scale: as ``hf-ddpm sample``'s flags.
+    """
+
+    pipeline: Any
+    sampler: str
+    num_inference_steps: int
+    seed: int
+    class_label: int | None = None
+    guidance_scale: float = 1.0
+
+    def _labels(self, indices: Sequence[int]) -> list[int] | None:
+        classes = num_classes_of(getattr(self.pipeline.unet.config, "num_class_embeds", None))
+        if classes is None:
+            return None
+        if self.class_label is not None:
+            return [self.class_label] * len(indices)
+        return [i % classes for i in indices]
+
+    def __call__(self, indices: Sequence[int]) -> np.ndarray:
+        """The images of ``indices`` as uint8 (B, H, W, C), from one pipeline call."""
+        labels = self._labels(indices)
         kwargs: dict[str, Any] = {}
-        if label_of is not None:
-            kwargs = {
-                "class_labels": [label_of(i) for i in indices],
-                "guidance_scale": guidance_scale,
-            }
-        images = pipeline(
+        if labels is not None:
+            kwargs = {"class_labels": labels, "guidance_scale": self.guidance_scale}
+        images = self.pipeline(
             batch_size=len(indices),
-            generator=[image_generator(seed, i) for i in indices],
-            num_inference_steps=num_inference_steps,
+            generator=[image_generator(self.seed, i) for i in indices],
+            num_inference_steps=self.num_inference_steps,
             output_type="np",
             **kwargs,
         ).images
         return to_uint8(images)
 
-    return draw
+    def settings(self) -> dict[str, Any]:
+        """Everything the images depend on besides their index, for :class:`SampleFolderJob`: the model by
+        the content of its weights (``unet_sha256``, and ``covariance_head_sha256`` for a pipeline with a
+        covariance head), the sampler, steps, seed, class label, guidance, image shape and the dtype the
+        UNet runs in; and, for information only (:data:`INFORMATION_ONLY`), where the model was loaded
+        from."""
+        pipeline = self.pipeline
+        settings: dict[str, Any] = {
+            "model": _model_source(pipeline),
+            "unet_sha256": _weights_sha256(pipeline.unet),
+            "sampler": self.sampler,
+            "num_inference_steps": self.num_inference_steps,
+            "seed": self.seed,
+            "class_label": self.class_label,
+            "guidance_scale": self.guidance_scale,
+            "image_shape": list(unet_image_shape(pipeline.unet)),
+            "dtype": unet_dtype(pipeline.unet),
+        }
+        head = getattr(pipeline, "covariance_head", None)
+        if head is not None:
+            settings["covariance_head_sha256"] = _weights_sha256(head)
+        return settings
+
+
+def _model_source(pipeline: Any) -> str | None:
+    """Where ``pipeline`` was loaded from (diffusers' ``_name_or_path``), a local folder as an absolute
+    path; None for a pipeline built in memory."""
+    source = getattr(pipeline.config, "_name_or_path", None)
+    if not source:
+        return None
+    return str(Path(source).resolve()) if Path(source).exists() else str(source)
 
 
 def _read_pngs(paths: Sequence[Path]) -> np.ndarray:
@@ -344,11 +421,12 @@ def _folder_images(folder: Path) -> list[Path]:
     return [path for _, path in numbered]
 
 
-def unet_sha256(unet: Any) -> str:
-    """A hash of ``unet``'s weights: what a sample folder records of the model, so that a model retrained
-    into the same folder is told apart."""
+def _weights_sha256(module: Any) -> str:
+    """A hash of ``module``'s weights (names and float32 values): what a sample folder records of the model,
+    so that the same weights are recognised wherever they are loaded from, and a model retrained into the
+    same folder is told apart."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(unet.state_dict().items()):
+    for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()

@@ -2,8 +2,12 @@
 
 One process (no launcher, or a launch of one) is the group of one: every call here is then a no-op or the
 identity, so code written for many processes runs unchanged alone. Under a launcher, the processes join
-torch.distributed through accelerate (gloo on CPU, NCCL on GPUs): each takes the indices ``i`` with
-``i % world == rank``, which keeps their loads within one item of each other whatever is missing.
+torch.distributed through accelerate (gloo on CPU, NCCL on GPUs). Work is split by :meth:`ProcessGroup.shard`:
+each process takes every world-th item of one list that all of them hold (positions ``rank``,
+``rank + world``, ...), so their loads differ by at most one item. Of ``range(N)`` that is the indices ``i``
+with ``i % world == rank``; a resumed sample folder splits only the indices still missing, which the main
+process lists once for all (:meth:`ProcessGroup.broadcast`), so that a folder missing, say, every odd image
+still keeps every process busy.
 
 Seeds: :func:`image_generator` gives image ``i`` its own CPU generator, seeded from ``(seed, i)`` alone, so
 an image does not depend on the batch it is drawn in nor on the process that draws it.
@@ -74,6 +78,14 @@ class ProcessGroup:
         tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
         torch.distributed.all_reduce(tensor, op=op)
         return int(tensor.item())
+
+    def broadcast(self, value: Any) -> Any:
+        """The main process's ``value`` (any picklable object), on every process; the others' are ignored."""
+        if self.world == 1:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
 
     def gather(self, value: Any) -> list[Any]:
         """Every process's ``value`` (any picklable object), in rank order, on every process."""

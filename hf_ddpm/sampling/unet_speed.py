@@ -18,7 +18,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["UNET_DTYPES", "UNetSpeed", "apply_unet_speed", "unet_image_shape"]
+__all__ = [
+    "UNET_DTYPES",
+    "UNetSpeed",
+    "apply_unet_speed",
+    "compile_warm_up",
+    "unet_dtype",
+    "unet_image_shape",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -74,20 +81,29 @@ def _check_device(speed: UNetSpeed, device: torch.device) -> None:
         )
 
 
-def _autocast_forward(forward: Any, device_type: str, dtype: torch.dtype) -> Any:
+def _autocast_forward(forward: Any, device_type: str, dtype: str) -> Any:
     @functools.wraps(forward)
     def run(*args: Any, **kwargs: Any) -> Any:
-        with torch.autocast(device_type, dtype=dtype):
+        with torch.autocast(device_type, dtype=UNET_DTYPES[dtype]):
             return forward(*args, **kwargs)
 
+    run.autocast_dtype = dtype  # type: ignore[attr-defined]  # read back by unet_dtype
     return run
+
+
+def unet_dtype(unet: Any) -> str:
+    """The dtype ``unet``'s convolutions run in, as ``--dtype`` names it: the autocast dtype that
+    :func:`apply_unet_speed` gave it, else its weights' dtype. Read from the UNet itself, so that what a
+    sample folder records is what drew its images."""
+    autocast = getattr(unet.forward, "autocast_dtype", None)
+    return autocast or str(unet.dtype).removeprefix("torch.")
 
 
 def apply_unet_speed(pipeline: Any, speed: UNetSpeed, warmup_batch_size: int | None = None) -> None:
     """Set ``pipeline.unet`` to run as ``speed`` says, in place.
 
-    With ``compile``, one UNet call of ``warmup_batch_size`` images (the batch the run will use) is made
-    here and its time logged once, so the run's own batches, and its progress bar, do not pay for it.
+    With ``compile`` and a ``warmup_batch_size``, :func:`compile_warm_up` runs here, so the run's own
+    batches, and its progress bar, do not pay for compilation; without one the caller warms up later.
 
     Raises:
         ValueError: an unknown dtype, or float16 on a CPU; the message names ``--dtype``.
@@ -98,19 +114,25 @@ def apply_unet_speed(pipeline: Any, speed: UNetSpeed, warmup_batch_size: int | N
     if speed.uses_channels_last:
         unet.to(memory_format=torch.channels_last)
     if speed.dtype != "float32":
-        unet.forward = _autocast_forward(unet.forward, device.type, UNET_DTYPES[speed.dtype])
+        unet.forward = _autocast_forward(unet.forward, device.type, speed.dtype)
     if not speed.compile:
         return
     unet.compile()
-    if warmup_batch_size is None:
-        return
-    config = unet.config
+    if warmup_batch_size is not None:
+        compile_warm_up(pipeline, warmup_batch_size)
+
+
+def compile_warm_up(pipeline: Any, batch_size: int) -> None:
+    """One call of a UNet that :func:`apply_unet_speed` compiled, on ``batch_size`` images (the batch the
+    run will use): it compiles it, and its time is logged once."""
+    unet = pipeline.unet
+    device = unet.device
     height, width, channels = unet_image_shape(unet)
-    x = torch.zeros(warmup_batch_size, channels, height, width, device=device)
+    x = torch.zeros(batch_size, channels, height, width, device=device)
     t = torch.tensor(0, dtype=torch.long, device=device)
     labels = None
-    if getattr(config, "num_class_embeds", None):
-        labels = torch.zeros(warmup_batch_size, dtype=torch.long, device=device)
+    if getattr(unet.config, "num_class_embeds", None):
+        labels = torch.zeros(batch_size, dtype=torch.long, device=device)
     start = time.perf_counter()
     with torch.no_grad():
         unet(x, t, class_labels=labels)

@@ -13,7 +13,6 @@ goes on, without further evaluations.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hf_ddpm.sampling.sharding import ProcessGroup
@@ -27,8 +26,8 @@ EVAL_SPLIT = "test"
 
 
 class PeriodicEvaluation:
-    """The run's evaluations: :meth:`due` says when, :meth:`run` evaluates and logs, :meth:`write_card`
-    records the last one in the saved model card."""
+    """The run's evaluations: :meth:`due` says when, :meth:`run` evaluates and logs, and :attr:`last` is
+    the last report, which the end of the run writes into the saved model card."""
 
     def __init__(self, setup: TrainingSetup) -> None:
         self.setup = setup
@@ -87,6 +86,8 @@ class PeriodicEvaluation:
             report = self._evaluate()
         except Exception as error:  # never the end of a training run
             self._stopped = True
+            if not setup.accelerator.is_main_process:  # one warning per run, not per process
+                return
             logger.warning(
                 "evaluation at step %d failed, training goes on without --eval-every: %s: %s",
                 step,
@@ -104,10 +105,3 @@ class PeriodicEvaluation:
             logger.info("evaluation at step %d:\n%s", step, format_table(report))
         if setup.config.logger != "none":
             setup.accelerator.log(figures, step=step)
-
-    def write_card(self, folder: Path, model_name: str) -> None:
-        """Put the last evaluation's metrics into ``folder``'s model card, if there was one."""
-        from hf_ddpm.hub.metrics_card import write_metrics_to_card
-
-        if self.last is not None:
-            write_metrics_to_card(folder, self.last, model_name)

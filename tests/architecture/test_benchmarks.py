@@ -122,6 +122,38 @@ def test_gpu_summary_ratios_and_tflops(tmp_path):
     )
 
 
+def test_gpu_summary_compares_each_scale_configuration_with_ddpm_pipeline(tmp_path):
+    """fp32 must match DDPMPipeline within 1e-3; the bf16 configurations' distance is reported."""
+    import numpy as np
+
+    images = np.zeros((2, 3, 4, 4), dtype=np.float32)
+    offsets = {"diffusers": 0.0, "fp32": 5e-4, "bf16": 0.03, "bf16-compile-cl": 0.05}
+    for name, offset in offsets.items():
+        shifted = images.copy()
+        shifted[1, 2, 3, 0] = offset
+        np.save(tmp_path / f"scale-{name}.npy", shifted)
+    result = {"_outdir": str(tmp_path), "scale": {n: {"images_per_s": 1.0} for n in offsets}}
+    gpu._summarise(result, gpu.SMOKE)
+    summary = result["summary"]
+    assert summary["scale_max_abs_diff_from_diffusers"] == pytest.approx(
+        {"fp32": 5e-4, "bf16": 0.03, "bf16-compile-cl": 0.05}
+    )
+    assert summary["scale_outputs_match"] is True
+    np.save(tmp_path / "scale-fp32.npy", images + 2e-3)
+    gpu._summarise(result, gpu.SMOKE)
+    assert result["summary"]["scale_outputs_match"] is False
+    assert "max |diff| 5.0e-02" in gpu._table(result, gpu.SMOKE)
+
+
+def test_gpu_runs_every_scale_configuration_before_the_1000_step_sampling():
+    """--budget-s skips the last workers first: the 100-step scale configurations, the compiled one
+    included, come before the 1000-step sampling runs."""
+    order = [f"{kind}:{name}" for kind, name in gpu.WORKERS]
+    first_long = min(order.index(f"sample:{n}") for n in gpu.SAMPLE_CONFIGS)
+    assert all(order.index(f"scale:{n}") < first_long for n in gpu.SCALE_CONFIGS)
+    assert len(order) == len(set(order))
+
+
 @pytest.mark.slow
 def test_gpu_smoke_runs_end_to_end_on_cpu(tmp_path):
     out = tmp_path / "gpu.json"
@@ -135,4 +167,37 @@ def test_gpu_smoke_runs_end_to_end_on_cpu(tmp_path):
     for name in gpu.SAMPLE_CONFIGS:
         assert result["sample"][name]["seconds"] > 0
     assert result["summary"]["sampling_outputs_match"] is True
+    assert result["summary"]["scale_outputs_match"] is True
+    assert set(result["summary"]["scale_max_abs_diff_from_diffusers"]) == set(gpu.SCALE_CONFIGS[1:])
     assert proc.stdout.strip().splitlines()[0].startswith("configuration")
+
+
+@pytest.mark.slow
+def test_sample_scale_at_tiny_sizes_writes_every_figure_the_docs_cite(tmp_path):
+    """benchmarks/sample_scale.py end to end at tiny sizes (1 step; channels_last the only candidate, as
+    compiling takes minutes here): the figures docs/benchmarks.md cites are in its JSON, the outputs are
+    compared, and the 2-process run draws each image once."""
+    out = tmp_path / "scale.json"
+    args = [
+        "--models",
+        "bundled",
+        "--steps",
+        "1",
+        "--repeats",
+        "1",
+        "--candidates",
+        "channels_last",
+    ]
+    proc = _run("sample_scale.py", *args, "--shard-images", "4", "--json", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    (per_call,) = result["per_call"]
+    assert set(per_call["images_per_s"]) == {"diffusers", "hf_ddpm", "hf_ddpm+channels_last"}
+    assert per_call["best_settings"] == "channels_last" and per_call["outputs_match"] is True
+    for key in ("speedup_best_vs_diffusers", "max_abs_diff_plain_vs_diffusers", "seconds"):
+        assert key in per_call, key
+    (processes,) = result["processes"]
+    assert processes["model"] == "bundled" and processes["steps"] == 1
+    assert processes["unet_images_counted"] == {"1": [4], "2": [4]}
+    assert processes["max_grey_level_diff_2_vs_1"] <= 2
+    assert set(processes["images_per_s"]) == {"1", "2"} and processes["speedup_2_vs_1"] > 0

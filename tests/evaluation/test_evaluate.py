@@ -578,3 +578,33 @@ def test_a_folder_with_an_unreadable_image_is_refused_unless_skip_bad_images(
     assert main([*argv, "--skip-bad-images"]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["metrics"]["nll"]["num_images"] == 2, report["metrics"]["nll"]
+
+
+def test_a_failed_report_write_keeps_the_old_report_and_leaves_no_partial_file(
+    saved_pipeline, tmp_path, monkeypatch, capsys
+):
+    """The report goes through the project's one atomic text writer (core/saving.write_atomically): a
+    full disk mid-write leaves the previous report whole and no hidden partial file (the partial was
+    left behind)."""
+    import errno
+    import pathlib
+
+    from hf_ddpm.cli import main
+
+    report = tmp_path / "r.json"
+    assert main(_nll_argv(saved_pipeline, tmp_path)) == 0
+    before = report.read_text()
+    write_text = pathlib.Path.write_text
+
+    def full_disk(self, data, *args, **kwargs):
+        if self.name == ".r.json.partial":
+            write_text(self, data[: len(data) // 2], *args, **kwargs)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full_disk)
+    capsys.readouterr()
+    assert main(_nll_argv(saved_pipeline, tmp_path, "--seed", "1")) == 1
+    assert capsys.readouterr().err.splitlines()[-1].endswith("No space left on device")
+    assert report.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]

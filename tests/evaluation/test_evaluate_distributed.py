@@ -145,3 +145,75 @@ def test_samples_scores_a_folder_or_an_npz_without_drawing(model_and_dinov2, tmp
     argv = _argv(model, dinov2, tmp_path, "x", "--samples", str(tmp_path / "notes.txt"))
     assert main([*argv, *fd_only]) == 2
     assert "neither a folder of numbered PNGs nor a .npz" in capsys.readouterr().err
+
+
+def _count_unet_images(monkeypatch):
+    from diffusers import UNet2DModel
+
+    seen = {"images": 0}
+    forward = UNet2DModel.forward
+
+    def counting(self, sample, *args, **kwargs):
+        seen["images"] += int(sample.shape[0])
+        return forward(self, sample, *args, **kwargs)
+
+    monkeypatch.setattr(UNet2DModel, "forward", counting)
+    return seen
+
+
+def test_samples_dir_resumes_a_folder_of_hf_ddpm_sample(model_and_dinov2, tmp_path, monkeypatch):
+    """A folder drawn by ``hf-ddpm sample --output-dir`` with the settings evaluate uses is evaluate's
+    ``--samples-dir``: its images are scored, not drawn again. (It was refused: evaluate recorded no
+    model and no dtype.)"""
+    model, dinov2 = model_and_dinov2
+    folder = tmp_path / "drawn"
+    shared = ["--num-inference-steps", "2", "--seed", "5", "--device", "cpu"]
+    sample = ["sample", str(model), "--output-dir", str(folder), "--num-images", "6", *shared]
+    assert main([*sample, "--batch-size", "4"]) == 0
+    seen = _count_unet_images(monkeypatch)
+    argv = _argv(model, dinov2, tmp_path, "r", "--samples-dir", str(folder), "--metrics")
+    with pytest.warns(UserWarning, match="samples of 16-dimensional features"):
+        assert main([*argv, "fd-dinov2", *shared]) == 0
+    assert seen["images"] == 0
+    assert json.loads((tmp_path / "r.json").read_text())["num_samples"] == 6
+
+
+def test_samples_dir_drawn_in_float32_is_refused_under_bfloat16(model_and_dinov2, tmp_path, capsys):
+    """The dtype the UNet ran in is one of the folder's settings: bf16 images are not mixed into a folder
+    drawn in float32. (evaluate recorded no dtype, and resumed silently.)"""
+    model, dinov2 = model_and_dinov2
+    folder = tmp_path / "kept"
+    argv = _argv(model, dinov2, tmp_path, "r", "--samples-dir", str(folder), "--metrics")
+    argv += ["fd-dinov2", "--num-inference-steps", "2"]
+    with pytest.warns(UserWarning):
+        assert main([*argv, "--num-samples", "4"]) == 0
+    settings = json.loads((folder / "sample_config.json").read_text())["settings"]
+    assert settings["dtype"] == "float32" and settings["model"] == str(model.resolve())
+    capsys.readouterr()
+    assert main([*argv, "--num-samples", "6", "--dtype", "bfloat16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after DINOv2's loading bar
+    assert err.startswith(f"hf-ddpm evaluate: error: --samples-dir {folder} holds images made with")
+    assert "dtype 'float32' (folder) vs 'bfloat16' (now)" in err and "--overwrite" not in err, err
+    assert sorted(p.name for p in folder.glob("*.png")) == [f"{i:06d}.png" for i in range(4)]
+
+
+def test_a_bad_samples_is_refused_before_the_nll_pass(
+    model_and_dinov2, tmp_path, capsys, monkeypatch
+):
+    """--samples is read and checked against the reference split before any UNet call: a wrong shape, a
+    file that is not a sample set and a missing path each fail at once. (They were reported after the
+    whole NLL pass.)"""
+    model, dinov2 = model_and_dinov2
+    np.savez(tmp_path / "wrong.npz", np.zeros((4, 16, 16, 1), dtype=np.uint8))
+    (tmp_path / "notes.txt").write_text("x")
+    seen = _count_unet_images(monkeypatch)
+    for source, message in (
+        ("wrong.npz", "16x16x1 (H x W x C), the reference split's 8x8x1"),
+        ("notes.txt", "neither a folder of numbered PNGs nor a .npz"),
+        ("missing", "no such folder or file"),
+    ):
+        argv = _argv(model, dinov2, tmp_path, "x", "--samples", str(tmp_path / source))
+        assert main(argv) == 2  # nll,fd-dinov2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("hf-ddpm evaluate: error: --samples") and message in err, err
+    assert seen["images"] == 0

@@ -333,3 +333,234 @@ def test_guided_sampling_makes_one_unet_call_per_step_for_both_halves(tmp_path, 
     pipe.unet.forward = lambda x, *a, **k: batches.append(x.shape[0]) or forward(x, *a, **k)
     pipe(batch_size=3, class_labels=[0, 1, 2], guidance_scale=2.0, num_inference_steps=4)
     assert batches == [6, 6, 6, 6]
+
+
+# ------------------------------------------------------------------ sample folders: every sampling flag
+
+CLASS_NAMES = ["ant", "bee", "cat", "dog"]
+
+
+def _save_conditional(tmp_path, tiny_unet):
+    """A class-conditional model trained for guidance, as hf-ddpm train lays it out: 4 named classes and
+    the null label 4."""
+    pipe = HFDDPMPipeline(
+        unet=tiny_unet(num_class_embeds=5),
+        scheduler=HFDDPMScheduler(num_train_timesteps=10),
+        null_class_label=4,
+        class_names=CLASS_NAMES,
+    )
+    pipe.save_pretrained(tmp_path / "cond")
+    return tmp_path / "cond"
+
+
+def _one_at_a_time(model, num_images, seed, steps, labels, scheduler=None, **call):
+    """The images of a sample folder drawn independently of it: the saved pipeline called once per image
+    with that image's own generator (numpy's SeedSequence with the index as spawn key) and its class."""
+    import numpy as np
+
+    pipe = HFDDPMPipeline.from_pretrained(model)
+    if scheduler is not None:
+        pipe.scheduler = scheduler
+    pipe.set_progress_bar_config(disable=True)
+    images = []
+    for i in range(num_images):
+        state = np.random.SeedSequence(entropy=seed, spawn_key=(i,)).generate_state(1, np.uint64)
+        image = pipe(
+            batch_size=1,
+            generator=[torch.Generator().manual_seed(int(state[0]))],
+            num_inference_steps=steps,
+            output_type="np",
+            class_labels=[labels(i)],
+            **call,
+        ).images[0]
+        images.append(np.rint(np.clip(image, 0, 1) * 255))
+    return np.stack(images)
+
+
+@pytest.mark.parametrize(
+    ("extra", "labels", "guidance", "recorded_label"),
+    [
+        (["--class-label", "3"], lambda i: 3, 1.0, 3),
+        (["--class-label", "cat"], lambda i: 2, 1.0, 2),
+        (["--class-label", "dog", "--guidance-scale", "3"], lambda i: 3, 3.0, 3),
+        (["--guidance-scale", "2"], lambda i: i % 4, 2.0, None),
+    ],
+    ids=["number", "name", "name-guided", "every-class-guided"],
+)
+def test_sample_folder_takes_the_class_label_and_guidance_flags(
+    tmp_path, tiny_unet, extra, labels, guidance, recorded_label
+):
+    """--class-label by number or by the model's class name, and --guidance-scale, in folder mode: the
+    images are those of the pipeline called one image at a time. (--class-label crashed here with a
+    TypeError: the folder mode never turned the flag's text into a label.)"""
+    import json
+
+    import numpy as np
+
+    from hf_ddpm.sampling.sample_folder import read_samples
+
+    model = _save_conditional(tmp_path, tiny_unet)
+    folder = tmp_path / "s"
+    argv = ["sample", str(model), "--output-dir", str(folder), "--num-images", "5"]
+    argv += ["--batch-size", "2", "--num-inference-steps", "3", "--seed", "4"]
+    assert cli.main([*argv, *extra]) == 0
+    expected = _one_at_a_time(model, 5, 4, 3, labels, guidance_scale=guidance)
+    drawn = read_samples(folder).astype(int)
+    assert np.abs(drawn - expected).max() <= 1
+    settings = json.loads((folder / "sample_config.json").read_text())["settings"]
+    assert (settings["class_label"], settings["guidance_scale"]) == (recorded_label, guidance)
+
+
+def test_sample_folder_takes_the_sampler_flags(tmp_path, tiny_unet):
+    """--sampler ddim --variance-type fixed_small --timestep-spacing trailing in folder mode: the images
+    of the pipeline with that HFDDIMScheduler, built here from the saved scheduler config, one image at a
+    time; and not those of the model's own DDPM scheduler."""
+    import numpy as np
+
+    from hf_ddpm.core.scheduling_ddim import HFDDIMScheduler
+    from hf_ddpm.sampling.sample_folder import read_samples
+
+    model = _save_conditional(tmp_path, tiny_unet)
+    folder = tmp_path / "s"
+    argv = ["sample", str(model), "--output-dir", str(folder), "--num-images", "3"]
+    argv += ["--batch-size", "2", "--num-inference-steps", "3", "--seed", "1"]
+    flags = [
+        "--sampler",
+        "ddim",
+        "--variance-type",
+        "fixed_small",
+        "--timestep-spacing",
+        "trailing",
+    ]
+    assert cli.main([*argv, *flags]) == 0
+    config = HFDDPMPipeline.from_pretrained(model).scheduler.config
+    ddim = HFDDIMScheduler.from_config(
+        config, variance_type="fixed_small", timestep_spacing="trailing"
+    )
+    expected = _one_at_a_time(model, 3, 1, 3, lambda i: i % 4, scheduler=ddim)
+    drawn = read_samples(folder).astype(int)
+    assert np.abs(drawn - expected).max() <= 1
+    own = _one_at_a_time(model, 3, 1, 3, lambda i: i % 4)
+    assert np.abs(drawn - own).max() > 8
+
+
+def test_a_folder_is_resumed_with_the_same_weights_from_another_path_and_refused_with_others(
+    tmp_path, tiny_unet, capsys
+):
+    """The model is compared by the content of its weights: a copy of the folder, or a symlink to it,
+    resumes the folder; other weights are refused, naming both models. (A copy was refused: the folder
+    compared the model's absolute path.)"""
+    import shutil
+
+    model = _save(tmp_path, tiny_unet)
+    copy = tmp_path / "copy"
+    shutil.copytree(model, copy)
+    (tmp_path / "link").symlink_to(model, target_is_directory=True)
+    folder = tmp_path / "s"
+    argv = ["sample", "--output-dir", str(folder), "--num-inference-steps", "2"]
+    assert cli.main([*argv, "--model", str(model), "--num-images", "2"]) == 0
+    before = {p.name: p.read_bytes() for p in folder.glob("*.png")}
+    for other, count in ((copy, 3), (tmp_path / "link", 4)):
+        capsys.readouterr()
+        assert cli.main([*argv, "--model", str(other), "--num-images", str(count)]) == 0
+        assert f"({count - 2 if other == copy else 1} drawn now" in capsys.readouterr().out
+    assert all((folder / name).read_bytes() == data for name, data in before.items())
+
+    retrained = HFDDPMPipeline(
+        unet=tiny_unet(seed=1), scheduler=HFDDPMScheduler(num_train_timesteps=10)
+    )
+    retrained.save_pretrained(tmp_path / "retrained")
+    assert cli.main([*argv, "--model", str(tmp_path / "retrained"), "--num-images", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "the model's weights" in err, err
+    assert f"{model} (folder" in err and f"{tmp_path / 'retrained'} (now" in err, err
+
+
+def _installed_hf_ddpm(*argv):
+    """The installed ``hf-ddpm`` entry point in a subprocess, running this tree: its real stderr, which
+    pytest's log capture cannot swallow."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    command = Path(sys.executable).with_name("hf-ddpm")
+    if not command.exists():
+        pytest.skip(f"no hf-ddpm entry point beside {sys.executable}")
+    repo = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
+    return subprocess.run(
+        [str(command), *argv],
+        env={**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_refused_folder_prints_one_line_and_nothing_before_it(tmp_path, tiny_unet):
+    """Refusals of the folder print exactly one line on the command's real stderr: no 'sampling N images'
+    line before it (the log line came first, and the CLI tests missed it because pytest's log handler
+    took basicConfig's output)."""
+    model = _save(tmp_path, tiny_unet)
+    folder = tmp_path / "s"
+    argv = [
+        "sample",
+        str(model),
+        "--output-dir",
+        str(folder),
+        "--num-images",
+        "2",
+        "--threads",
+        "1",
+    ]
+    assert cli.main([*argv, "--num-inference-steps", "2"]) == 0
+    refused = _installed_hf_ddpm(*argv, "--num-inference-steps", "3")
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines() == [
+        f"hf-ddpm sample: error: --output-dir {folder} holds images made with other settings: "
+        "num_inference_steps 2 (folder) vs 3 (now). Pass --overwrite to replace them, or choose "
+        "another --output-dir"
+    ], refused.stderr
+    assert refused.stdout == ""
+
+
+def test_compile_warms_up_once_the_folder_is_accepted_and_not_for_a_refused_one(
+    tmp_path, tiny_unet, monkeypatch
+):
+    """--compile's warm-up (minutes for a large UNet) runs after the folder's checks, on the batch the run
+    will draw; a refused folder costs none. torch.compile itself is stubbed: only the order is tested."""
+    warmups = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: None)
+    monkeypatch.setattr(sample, "compile_warm_up", lambda pipe, batch: warmups.append(batch))
+    model = _save(tmp_path, tiny_unet)
+    argv = ["sample", str(model), "--output-dir", str(tmp_path / "s"), "--compile"]
+    argv += ["--num-inference-steps", "2", "--num-images", "5", "--batch-size", "4"]
+    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--num-images", "7"]) == 0  # 2 missing: a batch of 2
+    assert cli.main([*argv, "--seed", "1"]) == 2
+    assert warmups == [4, 2]
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--batch-size", "4"], "--batch-size is"),
+        (["--npz"], "--npz is"),
+        (["--overwrite", "--npz"], "--npz and --overwrite are"),
+    ],
+)
+def test_folder_flags_in_grid_mode_are_refused_naming_output_dir(
+    tmp_path, tiny_unet, capsys, extra, named
+):
+    """--batch-size, --npz and --overwrite act on a sample folder only; with a grid they were silently
+    ignored."""
+    out = tmp_path / "grid.png"
+    argv = ["sample", str(_save(tmp_path, tiny_unet)), "--output", str(out), *extra]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"hf-ddpm sample: error: {named} for a sample folder: give --output-dir DIR (--output writes "
+        "one grid, in one pipeline call)"
+    )
+    assert not out.exists()

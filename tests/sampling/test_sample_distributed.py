@@ -130,3 +130,42 @@ def test_a_run_killed_mid_write_leaves_no_half_png_and_a_rerun_completes_it(tmp_
     assert cli.main(_args(model, tmp_path / "clean", batch_size=2)) == 0
     diff = read_samples(folder).astype(int) - read_samples(tmp_path / "clean").astype(int)
     assert np.abs(diff).max() <= 2
+
+
+def test_a_resume_splits_only_the_missing_images_over_the_processes(tmp_path, tiny_unet):
+    """A folder missing every odd image, resumed by 2 processes: each draws 2 of the 4 missing images
+    (rank 1 drew all 4 when range(N) was split first and the existing files dropped after), and the folder
+    equals one drawn whole by one process."""
+    model = _model(tmp_path, tiny_unet)
+    folder = tmp_path / "resumed"
+    assert cli.main([*_args(model, folder, batch_size=4), "--num-images", "8"]) == 0
+    for i in (1, 3, 5, 7):
+        (folder / f"{i:06d}.png").unlink()
+    kept = {p.name: p.read_bytes() for p in folder.glob("*.png")}
+    reports = tmp_path / "reports"
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+    ]
+    args = [*_args(model, folder, batch_size=4), "--num-images", "8"]
+    done = subprocess.run(
+        [*launch, str(HELPER), str(reports), "--", *args],
+        env=_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    ranks = [json.loads((reports / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert [r["unet_images"] for r in ranks] == [2 * STEPS, 2 * STEPS]
+    assert "(4 drawn now, 4 kept from an earlier run)" in done.stdout
+    assert all((folder / name).read_bytes() == data for name, data in kept.items())
+    whole = tmp_path / "whole"
+    assert cli.main([*_args(model, whole, batch_size=4), "--num-images", "8"]) == 0
+    diff = read_samples(folder).astype(int) - read_samples(whole).astype(int)
+    assert read_samples(folder).shape[0] == 8 and np.abs(diff).max() <= 2

@@ -12,9 +12,9 @@ from PIL import Image
 from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler
 from hf_ddpm.sampling import sample_folder
 from hf_ddpm.sampling.sample_folder import (
+    PipelineSampling,
     SampleFolderJob,
     SampleWriteError,
-    pipeline_drawer,
     read_samples,
     write_sample_folder,
 )
@@ -33,6 +33,10 @@ def pipe(tiny_unet):
     return pipeline
 
 
+def _drawing(pipe, seed, steps=STEPS):
+    return PipelineSampling(pipe, "ddpm sampler", steps, seed)
+
+
 def _job(folder, num_images=5, batch_size=2, **kwargs):
     return SampleFolderJob(folder, num_images, batch_size, settings=SETTINGS, **kwargs)
 
@@ -48,7 +52,7 @@ def test_image_seeds_differ_between_indices_and_seeds():
 
 
 def test_image_i_depends_only_on_seed_and_i_not_on_the_batch(pipe, tmp_path):
-    draw = pipeline_drawer(pipe, seed=7, num_inference_steps=STEPS)
+    draw = _drawing(pipe, 7)
     write_sample_folder(draw, _job(tmp_path / "b2", batch_size=2))
     write_sample_folder(draw, _job(tmp_path / "b5", batch_size=5))
     assert _pngs(tmp_path / "b2") == [f"{i:06d}.png" for i in range(5)]
@@ -68,7 +72,7 @@ def test_image_i_depends_only_on_seed_and_i_not_on_the_batch(pipe, tmp_path):
 
 def test_rerun_draws_only_missing_images_and_leaves_the_rest_untouched(pipe, tmp_path):
     calls = []
-    draw = pipeline_drawer(pipe, seed=7, num_inference_steps=STEPS)
+    draw = _drawing(pipe, 7)
 
     def counting(indices):
         calls.append(list(indices))
@@ -91,14 +95,14 @@ def test_rerun_draws_only_missing_images_and_leaves_the_rest_untouched(pipe, tmp
 
 
 def test_other_settings_are_refused_naming_them_unless_overwrite(pipe, tmp_path):
-    draw = pipeline_drawer(pipe, seed=7, num_inference_steps=STEPS)
+    draw = _drawing(pipe, 7)
     folder = tmp_path / "s"
     write_sample_folder(draw, _job(folder, num_images=2))
     other = {**SETTINGS, "seed": 8}
     with pytest.raises(ValueError, match=r"seed 7 \(folder\) vs 8 \(now\).*--overwrite"):
         write_sample_folder(draw, SampleFolderJob(folder, 2, 2, settings=other))
     old = read_samples(folder)
-    draw8 = pipeline_drawer(pipe, seed=8, num_inference_steps=STEPS)
+    draw8 = _drawing(pipe, 8)
     write_sample_folder(draw8, SampleFolderJob(folder, 1, 2, settings=other, overwrite=True))
     assert _pngs(folder) == ["000000.png"]
     assert not np.array_equal(read_samples(folder)[0], old[0])
@@ -107,12 +111,12 @@ def test_other_settings_are_refused_naming_them_unless_overwrite(pipe, tmp_path)
 def test_numbered_pngs_without_a_config_are_refused(tmp_path, pipe):
     (tmp_path / "000000.png").write_bytes(b"x")
     with pytest.raises(ValueError, match="no sample_config.json"):
-        write_sample_folder(pipeline_drawer(pipe, 7, STEPS), _job(tmp_path))
+        write_sample_folder(_drawing(pipe, 7), _job(tmp_path))
 
 
 def test_npz_holds_every_png_in_the_evaluators_format(pipe, tmp_path):
     folder = tmp_path / "s"
-    report = write_sample_folder(pipeline_drawer(pipe, 7, STEPS), _job(folder, npz=True))
+    report = write_sample_folder(_drawing(pipe, 7), _job(folder, npz=True))
     assert report.npz_path == folder / "samples_5x8x8x3.npz"
     with np.load(report.npz_path) as data:
         assert list(data) == ["arr_0"]
@@ -126,7 +130,7 @@ def test_npz_holds_every_png_in_the_evaluators_format(pipe, tmp_path):
 def test_greyscale_models_write_single_channel_pngs_and_an_nhw1_npz(tiny_unet, tmp_path):
     pipe = HFDDPMPipeline(unet=tiny_unet(in_channels=1), scheduler=HFDDPMScheduler(10))
     pipe.set_progress_bar_config(disable=True)
-    report = write_sample_folder(pipeline_drawer(pipe, 0, 2), _job(tmp_path, 3, npz=True))
+    report = write_sample_folder(_drawing(pipe, 0, steps=2), _job(tmp_path, 3, npz=True))
     assert Image.open(tmp_path / "000000.png").mode == "L"
     assert report.npz_path.name == "samples_3x8x8x1.npz"
 
@@ -158,7 +162,7 @@ def test_a_failed_png_write_names_the_file_and_keeps_what_was_written(
         return original(self, fp, *args, **kwargs)
 
     monkeypatch.setattr(Image.Image, "save", failing_save)
-    draw = pipeline_drawer(pipe, 7, STEPS)
+    draw = _drawing(pipe, 7)
     with pytest.raises(SampleWriteError, match=r"could not write .*000002\.png: injected"):
         write_sample_folder(draw, _job(folder))
     assert _pngs(folder) == ["000000.png", "000001.png"]
@@ -175,7 +179,7 @@ def test_a_failed_png_write_names_the_file_and_keeps_what_was_written(
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
 def test_a_failed_npz_write_keeps_the_previous_npz(pipe, tmp_path, monkeypatch, code):
     folder = tmp_path / "s"
-    draw = pipeline_drawer(pipe, 7, STEPS)
+    draw = _drawing(pipe, 7)
     first = write_sample_folder(draw, _job(folder, npz=True)).npz_path
     old = first.read_bytes()
     (folder / "000004.png").unlink()
@@ -214,3 +218,24 @@ def test_image_generator_is_a_cpu_generator_seeded_per_image():
     a = torch.randn(3, generator=image_generator(1, 2))
     b = torch.randn(3, generator=torch.Generator().manual_seed(image_seed(1, 2)))
     assert torch.equal(a, b)
+
+
+def test_a_grown_folder_replaces_its_npz_and_keeps_other_files(pipe, tmp_path):
+    """The .npz of 6 images goes when the folder grows to 8 (it stayed, and passed for the folder); files
+    not named as the evaluators name theirs, and .npz files elsewhere, stay."""
+    folder = tmp_path / "s"
+    write_sample_folder(_drawing(pipe, 7), _job(folder, num_images=6, npz=True))
+    assert (folder / "samples_6x8x8x3.npz").exists()
+    for name in ("mine.npz", "samples_6x8x8.npz", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    (tmp_path / "samples_6x8x8x3.npz").write_bytes(b"y")
+    report = write_sample_folder(_drawing(pipe, 7), _job(folder, num_images=8, npz=True))
+    assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".png")) == [
+        "mine.npz",
+        "notes.txt",
+        "sample_config.json",
+        "samples_6x8x8.npz",
+        "samples_8x8x8x3.npz",
+    ]
+    assert report.npz_path == folder / "samples_8x8x8x3.npz"
+    assert (tmp_path / "samples_6x8x8x3.npz").read_bytes() == b"y"
