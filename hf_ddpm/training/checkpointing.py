@@ -19,8 +19,9 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import safetensors.torch
@@ -49,6 +50,21 @@ class OutputWriteError(RuntimeError):
 
 # Errors that may pass (a busy network file system, an interrupted call): one retry, then a stop.
 TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT})
+
+T = TypeVar("T")
+
+
+def retry_once_if_transient(write: Callable[[], T], what: str) -> T:
+    """``write()``, called once more (with a warning naming ``what``) if it raised an ``OSError`` whose
+    errno is in :data:`TRANSIENT_ERRNOS`. ``write`` must leave nothing behind when it fails, so that the
+    second call starts clean; any other error, or a second failure, propagates."""
+    try:
+        return write()
+    except OSError as error:
+        if error.errno not in TRANSIENT_ERRNOS:
+            raise
+        logger.warning("writing %s failed (%s); retrying once", what, error)
+    return write()
 
 
 def checkpoint_path(output_dir: str | os.PathLike[str], step: int) -> Path:

@@ -181,7 +181,8 @@ def test_a_failed_final_pipeline_stops_with_one_line_and_resume_saves_it(
     lines = _errors(capsys.readouterr().err)
     assert len(lines) == 1 and f"writing the final pipeline into {out} failed" in lines[0], lines
     assert "No space left on device" in lines[0] and "checkpoint-4 holds the trained" in lines[0]
-    assert faults.failed and not (out / "model_index.json").exists()
+    # ENOSPC is not transient: one try, no retry.
+    assert len(faults.failed) == 1 and not (out / "model_index.json").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
     faults.enabled = False
     verify_checkpoint(out / "checkpoint-4")
@@ -189,3 +190,36 @@ def test_a_failed_final_pipeline_stops_with_one_line_and_resume_saves_it(
     resumed = shlex.split(config.command())[1:] + ["--resume-from-checkpoint", "latest"]
     assert main(resumed) == 0
     assert HFDDPMPipeline.from_pretrained(out).unet is not None
+
+
+def test_a_transient_error_in_the_final_pipeline_is_retried_once_and_saves_it(
+    tmp_path, monkeypatch, capsys, caplog
+):
+    """The final pipeline follows the checkpoints' rule: one EIO, one retry, the model is saved, exit 0
+    (before, the first EIO stopped the run with exit 1 and no pipeline)."""
+    import torch
+
+    from hf_ddpm.core.pipeline import HFDDPMPipeline
+    from hf_ddpm.training.checkpointing import load_checkpoint
+
+    config = _tiny(tmp_path, max_steps=4)
+    out = Path(config.output_dir)
+    faults = inject_write_faults(
+        monkeypatch,
+        out,
+        nth=2 * FILES_PER_CHECKPOINT + 1,
+        error=errno.EIO,
+        times=1,
+        kinds=("save_file",),
+    )
+    assert main(shlex.split(config.command())[1:]) == 0
+    assert len(faults.failed) == 1 and faults.failed[0][1].endswith(".safetensors")
+    assert "writing the final pipeline failed ([Errno 5] Input/output error" in caplog.text
+    assert "retrying once" in caplog.text
+    assert "hf-ddpm train: done at step 4" in capsys.readouterr().out
+    faults.enabled = False
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    saved = HFDDPMPipeline.from_pretrained(out).unet.state_dict()
+    tensors, _ = load_checkpoint(out / "checkpoint-4")
+    assert saved.keys() == tensors["ema"].keys()
+    assert all(torch.equal(saved[k], tensors["ema"][k]) for k in saved)
