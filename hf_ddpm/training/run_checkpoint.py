@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .checkpointing import (
     STATE,
     TMP_PREFIX,
+    TRAINING_GROUPS,
     OutputWriteError,
     checkpoint_path,
     flatten_state,
@@ -75,6 +76,7 @@ def save_run_checkpoint(
             "data": setup.data.record(),
             "training_state": skeleton,
         }
+        # TRAINING_GROUPS, each of which a resume requires.
         groups = {
             "model": setup.unwrapped.state_dict(),
             "ema": setup.ema.shadow,
@@ -111,7 +113,7 @@ def _write_with_one_retry(
             lambda: save_checkpoint(output_dir, step, groups, state), f"checkpoint-{step}"
         )
     except OSError as error:
-        last = latest_checkpoint(output_dir)
+        last = latest_checkpoint(output_dir, TRAINING_GROUPS)
         kept = f"the last complete checkpoint, {last}, is intact" if last else "no checkpoint"
         return None, (
             f"writing {checkpoint_path(output_dir, step)} failed: {error}; {kept}. Free space "
@@ -257,7 +259,7 @@ def load_run_checkpoint(setup: TrainingSetup, progress: TrainingStep, path: Path
     Raises:
         ValueError: the checkpoint holds a UNet of another shape.
     """
-    tensors, state = load_checkpoint(path)
+    tensors, state = load_checkpoint(path, TRAINING_GROUPS)
     if state["unet_config"] != _json_round_trip(setup.unet_config):
         raise ValueError(
             f"checkpoint {path} holds a UNet with a different config; resume with the same "
