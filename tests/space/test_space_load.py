@@ -19,7 +19,7 @@ Memory: every model request runs one at a time (``concurrency_limit=1`` on the s
 load adds only what waiting requests hold (their inputs and the frames streamed to their sessions: at
 the caps, 4 images of 8x8 grey over 10 steps, a few kB), never a second model activation. So the peak
 under load must stay within ``PER_WAITING_REQUEST`` per queue place of the peak of the same requests run
-one by one, and under ``PEAK_CAP`` in all. Measured (2026-05-08, 2 shared cores, load average ~2, one
+one by one, and under ``PEAK_CAP`` in all. Measured (2026-12-06, 2 shared cores, load average ~2-3, one
 CPU thread): start-up 616 MiB, peak with one request at a time 670 MiB, peak under this load 676 MiB
 (+6 MiB, against an allowance of 4 x 16 MiB). The test takes ~45 s, 9 of them the server's start-up.
 """
