@@ -61,7 +61,7 @@ if __package__:  # imported as spaces_app.app (the tests)
     from .ddpm_space import editing
     from .ddpm_space.forward import forward_noise, schedule_table
     from .ddpm_space.generate import generate_images, spacings_for
-    from .ddpm_space.inputs import MAX_IMAGES, MAX_SEED, MAX_STEPS, NO_CLASS
+    from .ddpm_space.inputs import MAX_IMAGES, MAX_QUEUE, MAX_SEED, MAX_STEPS, NO_CLASS
     from .ddpm_space.likelihood import likelihood_bound
     from .ddpm_space.loading import DDPM, LoadedModel, ModelState, load_model, sampler_help
     from .ddpm_space.pictures import ImageTransform, readable_upload
@@ -69,7 +69,7 @@ else:  # run as a script (`python app.py`, as a Space runs it), with this folder
     from ddpm_space import editing
     from ddpm_space.forward import forward_noise, schedule_table
     from ddpm_space.generate import generate_images, spacings_for
-    from ddpm_space.inputs import MAX_IMAGES, MAX_SEED, MAX_STEPS, NO_CLASS
+    from ddpm_space.inputs import MAX_IMAGES, MAX_QUEUE, MAX_SEED, MAX_STEPS, NO_CLASS
     from ddpm_space.likelihood import likelihood_bound
     from ddpm_space.loading import DDPM, LoadedModel, ModelState, load_model, sampler_help
     from ddpm_space.pictures import ImageTransform, readable_upload
@@ -585,7 +585,7 @@ def build_demo(state: ModelState) -> gr.Blocks:
             build_likelihood_tab(state)
         with gr.Tab("Edit"):
             build_edit_tab(state)
-    demo.queue(max_size=32)
+    demo.queue(max_size=MAX_QUEUE)
     return demo
 
 

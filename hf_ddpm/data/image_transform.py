@@ -54,8 +54,9 @@ def to_eight_bit(image: Image.Image) -> Image.Image:
       c * a + 255 * (1 - a), as a viewer shows it on a white page;
     - 16-bit grey (I;16 and its byte orders): v * 255 / 65535, rounded; Pillow's own conversion clips
       at 255 instead and makes most 16-bit images white;
-    - 32-bit integers (I, as 16-bit PNGs and TIFFs also open): taken as 16-bit, so values must be in
-      0..65535; 32-bit floats (F): values must be in [0, 1], scaled by 255.
+    - 32-bit integers (I): 8-bit values as they are when all are in 0..255 (as Pillow reads them),
+      else 16-bit values in 0..65535, scaled as I;16; 32-bit floats (F): values must be in [0, 1],
+      scaled by 255.
 
     Raises:
         ValueError: a mode not listed, or I / F values outside the range that says how to scale them;
@@ -84,7 +85,12 @@ def to_eight_bit(image: Image.Image) -> Image.Image:
                 f"image mode 'I' (32-bit integers) with values {low}..{high}: only 0..65535 "
                 "(16-bit) can be scaled to 8 bits; convert it to 8-bit L or RGB first"
             )
-        return _from_array(values, 65535.0)
+        # Mode I carries no bit depth (Pillow makes it of int32 arrays and integer TIFFs), and Pillow's
+        # own convert("L") reads its values as 8-bit: values that all fit 0..255 are kept as they are
+        # (200 stays 200, not 200 * 255 / 65535 = 1); any value above 255 makes it a 16-bit image.
+        # Only a 16-bit image darker than 256 / 65535 everywhere is read wrongly (as 8-bit); I;16
+        # images are always 16-bit.
+        return _from_array(values, 255.0 if high <= 255 else 65535.0)
     if mode == "F":
         if not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > 1:
             raise ValueError(

@@ -269,6 +269,41 @@ def write_eps_second_moment(
     return path
 
 
+def _write_calibrated_copy(
+    source: Path, output: Path, values: np.ndarray, set_default: bool
+) -> Path:
+    """``hf-ddpm calibrate --output``: what an upload of ``source`` holds (``uploaded_files``: no
+    checkpoints, no logs) with the calibration written in, as the new folder ``output``. It is made in a
+    hidden folder beside ``output`` and renamed into place whole, so a failure (a full disk) leaves no
+    half folder there. Returns the written scheduler config's path.
+
+    Raises:
+        OSError: a copy or write failed; the message names ``output``, and nothing is left behind.
+    """
+    from hf_ddpm.core.pushing import uploaded_files
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.parent / f".{output.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        for name in uploaded_files(source):
+            (partial / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, partial / name)
+        write_eps_second_moment(partial, values, set_default=set_default)
+        partial.rename(output)  # onto nothing, or an empty folder
+    except OSError as error:
+        shutil.rmtree(partial, ignore_errors=True)
+        # Named by --output, not by the hidden folder a nested message would name.
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise OSError(
+            error.errno, f"writing the calibrated model to {output} failed: {reason}"
+        ) from error
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return output / SCHEDULER_CONFIG
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``hf-ddpm calibrate`` options."""
     from hf_ddpm.data.held_out import add_data_arguments
@@ -285,7 +320,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output",
         default=None,
-        help="folder to write the calibrated pipeline to (default: MODEL itself, if a local folder)",
+        help="new folder to write the calibrated pipeline to, whole or not at all (default: MODEL "
+        "itself, if a local folder)",
     )
     parser.add_argument(
         "--set-default",
@@ -306,7 +342,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``hf-ddpm calibrate``. Bad input is raised before the long loop, and cli.py reports it as one
     line with exit status 2."""
     from hf_ddpm.core.pipeline import HFDDPMPipeline
-    from hf_ddpm.core.pushing import push_folder_to_hub, uploaded_files
+    from hf_ddpm.core.pushing import push_folder_to_hub
     from hf_ddpm.data.held_out import load_reference
     from hf_ddpm.hub.loading import resolve_pipeline_folder
 
@@ -322,6 +358,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.model} is a Hub repo: pass --output FOLDER to write to")
     source = resolve_pipeline_folder(args.model)
     output = Path(args.output) if args.output else source
+    copying = output.resolve() != source.resolve()
+    if copying and output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ValueError(
+            f"--output {output} already exists; give a new folder, or calibrate that model in place "
+            f"with `hf-ddpm calibrate {output}`"
+        )
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipeline = HFDDPMPipeline.from_pretrained(source).to(device)
     resolve_data_flags(args, "calibrate")
@@ -339,12 +381,10 @@ def run(args: argparse.Namespace) -> int:
     result = calibrate_pipeline(
         pipeline, reference.images, generator=generator, max_batch_size=args.batch_size
     )
-    if output.resolve() != source.resolve():
-        # What an upload of the folder holds (no checkpoints, no logs): the calibrated model.
-        for name in uploaded_files(source):
-            (output / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source / name, output / name)
-    path = write_eps_second_moment(output, result.values, set_default=args.set_default)
+    if copying:
+        path = _write_calibrated_copy(source, output, result.values, args.set_default)
+    else:
+        path = write_eps_second_moment(output, result.values, set_default=args.set_default)
     if result.num_images > 1:
         worst = int(np.nanargmax(result.stderr))
         spread = f"largest standard error {result.stderr[worst]:.2g} at n={worst}"

@@ -19,8 +19,9 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import safetensors.torch
@@ -36,6 +37,9 @@ MANIFEST = "manifest.json"
 STATE = "state.json"
 FORMAT_VERSION = 1
 TMP_PREFIX = ".tmp-checkpoint-"
+# The tensor groups of every `hf-ddpm train` checkpoint (run_checkpoint.save_run_checkpoint): a checkpoint
+# verified for training must have each one's file, whatever its manifest lists.
+TRAINING_GROUPS = ("model", "ema", "training_state")
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -49,6 +53,21 @@ class OutputWriteError(RuntimeError):
 
 # Errors that may pass (a busy network file system, an interrupted call): one retry, then a stop.
 TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT})
+
+T = TypeVar("T")
+
+
+def retry_once_if_transient(write: Callable[[], T], what: str) -> T:
+    """``write()``, called once more (with a warning naming ``what``) if it raised an ``OSError`` whose
+    errno is in :data:`TRANSIENT_ERRNOS`. ``write`` must leave nothing behind when it fails, so that the
+    second call starts clean; any other error, or a second failure, propagates."""
+    try:
+        return write()
+    except OSError as error:
+        if error.errno not in TRANSIENT_ERRNOS:
+            raise
+        logger.warning("writing %s failed (%s); retrying once", what, error)
+    return write()
 
 
 def checkpoint_path(output_dir: str | os.PathLike[str], step: int) -> Path:
@@ -124,24 +143,39 @@ def rename_into_place(tmp: Path, final: Path) -> None:
     _fsync_dir(final.parent)
 
 
+def required_files(groups: Iterable[str] = ()) -> frozenset[str]:
+    """The files a checkpoint holding the tensor ``groups`` must have: ``{group}.safetensors`` for each,
+    and ``state.json``, which every checkpoint has."""
+    return frozenset({STATE, *(f"{group}.safetensors" for group in groups)})
+
+
 def load_checkpoint(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str], groups: Iterable[str] = ()
 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
-    """Verify a checkpoint against its manifest and return ``(tensors, state)``.
+    """Verify a checkpoint against its manifest (and that it holds ``groups``) and return
+    ``(tensors, state)``.
 
     Raises:
         FileNotFoundError: the folder does not exist.
-        CorruptCheckpointError: no manifest, a missing file, or a checksum mismatch.
+        CorruptCheckpointError: see :func:`verify_checkpoint`.
     """
     path = Path(path)
-    verify_checkpoint(path)
+    verify_checkpoint(path, groups)
     tensors = {p.stem: load_file(str(p)) for p in sorted(path.glob("*.safetensors"))}
     state = json.loads((path / STATE).read_text(encoding="utf-8"))
     return tensors, state
 
 
-def verify_checkpoint(path: str | os.PathLike[str]) -> None:
-    """Raise unless ``path`` is a complete checkpoint whose files match their recorded SHA-256."""
+def verify_checkpoint(path: str | os.PathLike[str], groups: Iterable[str] = ()) -> None:
+    """Raise unless ``path`` is a complete checkpoint: a manifest that is a JSON object of this format,
+    every file it lists present with its recorded SHA-256, and every file of :func:`required_files`
+    ``(groups)`` among them (a file deleted together with its manifest entry is caught here, not by a
+    KeyError when resuming).
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        CorruptCheckpointError: the reason, naming the checkpoint and the file.
+    """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
@@ -150,15 +184,33 @@ def verify_checkpoint(path: str | os.PathLike[str]) -> None:
         raise CorruptCheckpointError(f"checkpoint {str(path)!r} has no {MANIFEST}: it is partial")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        digests = manifest["sha256"]
-    except (ValueError, KeyError) as e:
+    except ValueError as e:
         raise CorruptCheckpointError(
             f"checkpoint {str(path)!r} has an unreadable {MANIFEST}"
         ) from e
+    if not isinstance(manifest, dict):
+        raise CorruptCheckpointError(
+            f"checkpoint {str(path)!r} has a {MANIFEST} that is not a JSON object "
+            f"(a {type(manifest).__name__})"
+        )
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CorruptCheckpointError(
             f"checkpoint {str(path)!r} has format version {manifest.get('format_version')!r}; "
             f"this version of hf_ddpm reads version {FORMAT_VERSION}"
+        )
+    digests = manifest.get("sha256")
+    if not isinstance(digests, dict) or not all(
+        isinstance(name, str) and isinstance(digest, str) for name, digest in digests.items()
+    ):
+        raise CorruptCheckpointError(
+            f"checkpoint {str(path)!r} has a {MANIFEST} without its sha256 object of file names to "
+            "digests"
+        )
+    unlisted = sorted(required_files(groups) - set(digests))
+    if unlisted:
+        raise CorruptCheckpointError(
+            f"checkpoint {str(path)!r} is missing {', '.join(unlisted)} (not listed in its "
+            f"{MANIFEST} either), which every checkpoint of its kind has"
         )
     for name, digest in digests.items():
         file = path / name
@@ -181,11 +233,14 @@ def list_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
-    """The newest checkpoint that verifies; newer partial or corrupt ones are skipped with a warning."""
+def latest_checkpoint(
+    output_dir: str | os.PathLike[str], groups: Iterable[str] = ()
+) -> Path | None:
+    """The newest checkpoint that verifies (holding ``groups``); newer partial or corrupt ones are
+    skipped with a warning that names each and why."""
     for path in reversed(list_checkpoints(output_dir)):
         try:
-            verify_checkpoint(path)
+            verify_checkpoint(path, groups)
         except CorruptCheckpointError as e:
             logger.warning("skipping %s; falling back to the previous checkpoint", e)
             continue
@@ -193,8 +248,11 @@ def latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
     return None
 
 
-def resolve_resume(output_dir: str | os.PathLike[str], resume: str | None) -> Path | None:
-    """Turn ``--resume-from-checkpoint`` (``None``, ``"latest"`` or a path) into a verified folder.
+def resolve_resume(
+    output_dir: str | os.PathLike[str], resume: str | None, groups: Iterable[str] = ()
+) -> Path | None:
+    """Turn ``--resume-from-checkpoint`` (``None``, ``"latest"`` or a path) into a verified folder
+    holding ``groups``.
 
     ``"latest"`` with no checkpoint yet means a fresh start (so the same command can start and resume
     a job). An explicit path must exist and verify.
@@ -202,13 +260,13 @@ def resolve_resume(output_dir: str | os.PathLike[str], resume: str | None) -> Pa
     if resume is None:
         return None
     if resume == "latest":
-        return latest_checkpoint(output_dir)
+        return latest_checkpoint(output_dir, groups)
     path = Path(resume)
     if not path.exists():
         raise FileNotFoundError(
             f"--resume-from-checkpoint {resume!r} does not exist; give 'latest', 'hub' (with --hub-model-id) or a checkpoint-N folder"
         )
-    verify_checkpoint(path)
+    verify_checkpoint(path, groups)
     return path
 
 

@@ -2,7 +2,7 @@
 
 :func:`finish_run` (main process, after the last collective) saves the EMA pipeline into ``--output-dir``
 through a hidden temporary folder (:func:`save_final_pipeline`), so a failed write leaves no half
-pipeline and keeps a previous one. Then it runs each of :data:`EXTRAS` that the options ask for, in order.
+pipeline and keeps a previous one; a transient error is retried once, as for checkpoints. Then it runs each of :data:`EXTRAS` that the options ask for, in order.
 An extra that fails (for any reason: the Hub is down, the disk is full, a bug) is one warning that names
 the command which does it again, the next extra still runs, and ``hf-ddpm train`` exits with
 ``EXIT_PARTIAL``: the model is there, something around it is missing. A stop signal between extras skips
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from hf_ddpm.core.model_card import MODEL_CARD, SAMPLE_GRID, card_reference, retarget_card
 from hf_ddpm.core.saving import MODEL_INDEX, write_atomically, write_model_card
 
-from .checkpointing import TMP_PREFIX, OutputWriteError, checkpoint_path
+from .checkpointing import TMP_PREFIX, OutputWriteError, checkpoint_path, retry_once_if_transient
 from .reporting import LossLog, SampleGrids, card_description, grid_sampling
 from .setup import TrainingSetup
 from .train_config import TrainConfig
@@ -355,13 +355,15 @@ def finish_run(
     stop: StopSignals,
     last_evaluation: dict[str, Any] | None = None,
 ) -> tuple[FinalRun, list[str]]:
-    """Save the final pipeline (a failure raises ``OutputWriteError``: there is no model), then run the
-    wanted extras; returns the run and one warning per extra that failed or was skipped by a stop
-    signal."""
+    """Save the final pipeline (retried once after a transient error, as checkpoints are; a failure
+    raises ``OutputWriteError``: there is no model), then run the wanted extras; returns the run and
+    one warning per extra that failed or was skipped by a stop signal."""
     pipeline = final_pipeline(setup)
     card = card_fields(setup, step, losses)
     try:
-        save_final_pipeline(pipeline, setup.output_dir, card)
+        retry_once_if_transient(
+            lambda: save_final_pipeline(pipeline, setup.output_dir, card), "the final pipeline"
+        )
     except OSError as error:
         raise OutputWriteError(
             f"writing the final pipeline into {setup.output_dir} failed: {error}; the previous files "

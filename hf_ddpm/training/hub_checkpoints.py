@@ -23,6 +23,7 @@ from .checkpointing import (
     CHECKPOINT_NAME,
     MANIFEST,
     TMP_PREFIX,
+    TRAINING_GROUPS,
     CorruptCheckpointError,
     checkpoint_path,
     rename_into_place,
@@ -253,7 +254,7 @@ def download_hub_checkpoint(
             ) from error
         downloaded = tmp / folder
         try:
-            verify_checkpoint(downloaded)
+            verify_checkpoint(downloaded, TRAINING_GROUPS)
         except (CorruptCheckpointError, FileNotFoundError) as error:
             raise CorruptCheckpointError(
                 f"the checkpoint {folder}/ in the Hub repo {repo_id} (commit {info.sha}) is unusable: "

@@ -15,7 +15,7 @@ from hf_ddpm.core.scheduling import HFDDPMScheduler
 from hf_ddpm.data.image_grid import image_grid
 from hf_ddpm.sampling.samplers import default_sampling_steps, sampling_variance_type
 
-from .checkpointing import latest_checkpoint
+from .checkpointing import TRAINING_GROUPS, latest_checkpoint
 from .setup import TrainingSetup
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class LossLog:
         return float(np.mean(self.recent or [math.nan]))
 
     def _last_good_message(self) -> str:
-        last = latest_checkpoint(self.setup.output_dir)
+        last = latest_checkpoint(self.setup.output_dir, TRAINING_GROUPS)
         return f"The last good checkpoint is {last}." if last else "No checkpoint was written yet."
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .checkpointing import (
     STATE,
     TMP_PREFIX,
-    TRANSIENT_ERRNOS,
+    TRAINING_GROUPS,
     OutputWriteError,
     checkpoint_path,
     flatten_state,
@@ -25,6 +25,7 @@ from .checkpointing import (
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
+    retry_once_if_transient,
     save_checkpoint,
     unflatten_state,
 )
@@ -75,6 +76,7 @@ def save_run_checkpoint(
             "data": setup.data.record(),
             "training_state": skeleton,
         }
+        # TRAINING_GROUPS, each of which a resume requires.
         groups = {
             "model": setup.unwrapped.state_dict(),
             "ema": setup.ema.shadow,
@@ -104,22 +106,20 @@ def save_run_checkpoint(
 def _write_with_one_retry(
     output_dir: Path, step: int, groups: dict[str, Any], state: dict[str, Any]
 ) -> tuple[Path | None, str | None]:
-    """``save_checkpoint``, retried once after a transient error (``TRANSIENT_ERRNOS``); returns the
-    folder, or ``None`` and the one line that says what failed and what is left."""
-    for attempt in (1, 2):
-        try:
-            return save_checkpoint(output_dir, step, groups, state), None
-        except OSError as error:
-            if attempt == 1 and error.errno in TRANSIENT_ERRNOS:
-                logger.warning("writing checkpoint-%d failed (%s); retrying once", step, error)
-                continue
-            last = latest_checkpoint(output_dir)
-            kept = f"the last complete checkpoint, {last}, is intact" if last else "no checkpoint"
-            return None, (
-                f"writing {checkpoint_path(output_dir, step)} failed: {error}; {kept}. Free space "
-                "or fix the disk, then resume with --resume-from-checkpoint latest"
-            )
-    raise AssertionError("unreachable")
+    """``save_checkpoint``, retried once after a transient error (``retry_once_if_transient``); returns
+    the folder, or ``None`` and the one line that says what failed and what is left."""
+    try:
+        written = retry_once_if_transient(
+            lambda: save_checkpoint(output_dir, step, groups, state), f"checkpoint-{step}"
+        )
+    except OSError as error:
+        last = latest_checkpoint(output_dir, TRAINING_GROUPS)
+        kept = f"the last complete checkpoint, {last}, is intact" if last else "no checkpoint"
+        return None, (
+            f"writing {checkpoint_path(output_dir, step)} failed: {error}; {kept}. Free space "
+            "or fix the disk, then resume with --resume-from-checkpoint latest"
+        )
+    return written, None
 
 
 def read_run_state(path: Path) -> dict[str, Any]:
@@ -259,7 +259,7 @@ def load_run_checkpoint(setup: TrainingSetup, progress: TrainingStep, path: Path
     Raises:
         ValueError: the checkpoint holds a UNet of another shape.
     """
-    tensors, state = load_checkpoint(path)
+    tensors, state = load_checkpoint(path, TRAINING_GROUPS)
     if state["unet_config"] != _json_round_trip(setup.unet_config):
         raise ValueError(
             f"checkpoint {path} holds a UNet with a different config; resume with the same "

@@ -88,14 +88,14 @@ def resolve_resume_source(config: TrainConfig, accelerator: Accelerator) -> Path
 
     ``hub`` downloads the checkpoint pushed to ``--hub-model-id`` into ``--output-dir`` first.
     """
-    from .checkpointing import resolve_resume
+    from .checkpointing import TRAINING_GROUPS, resolve_resume
 
     resume = config.resume_from_checkpoint
     if resume == RESUME_FROM_HUB:
         path = _download_hub_checkpoint(config, accelerator)
         where = f"the Hub repo {config.hub_model_id}"
     else:
-        path = resolve_resume(config.output_dir, resume)
+        path = resolve_resume(config.output_dir, resume, TRAINING_GROUPS)
         where = f"--output-dir {config.output_dir}"
     if resume is not None and path is None:
         logger.info(

@@ -10,6 +10,8 @@ import numpy as np
 # Caps that keep one request from holding a CPU Space's queue for minutes; a GPU Space may raise them.
 MAX_IMAGES = int(os.environ.get("HF_DDPM_MAX_IMAGES", "16"))
 MAX_STEPS = int(os.environ.get("HF_DDPM_MAX_STEPS", "250"))
+# Requests that may wait for the model at once; one more gets Gradio's "Queue is full" message.
+MAX_QUEUE = int(os.environ.get("HF_DDPM_MAX_QUEUE", "32"))
 MAX_SEED = 2**32 - 1
 MAX_GUIDANCE = 20
 # The "no class" choice for a class-conditional model: the null label of classifier-free guidance.

@@ -1,7 +1,8 @@
 """Every image mode Pillow reads is brought to 8 bits correctly or refused by name (issue 21, item 6):
 files of each mode made with Pillow/numpy, read back through the training transform, against 8-bit values
-computed here from the raw numbers (16-bit: v * 255 / 65535; alpha: over white; palette: lookup; CMYK
-without a profile: (255 - C)(255 - K) / 255), plus EXIF-rotated files."""
+computed here from the raw numbers (16-bit: v * 255 / 65535; mode I of values 0..255: as they are;
+alpha: over white; palette: lookup; CMYK without a profile: (255 - C)(255 - K) / 255), plus files with
+every EXIF orientation and a rotated JPEG, turned upright by numpy flips and rotations."""
 
 import numpy as np
 import pytest
@@ -102,17 +103,72 @@ def test_each_mode_reads_back_as_the_independent_8_bit_values(tmp_path, mode):
     )
 
 
-@pytest.mark.parametrize("orientation, turns", [(3, 2), (6, -1), (8, 1)])
-def test_exif_rotated_images_are_turned_upright(tmp_path, orientation, turns):
-    rgb = _u8(H, W, 3)
+# What each EXIF orientation asks a viewer to do to the stored pixels (the TIFF/EXIF specification's
+# wording), written with numpy: np.rot90 turns counter-clockwise for k > 0, so "rotate 90 CW" is k=-1.
+UPRIGHT = {
+    2: ("mirror horizontal", np.fliplr),
+    3: ("rotate 180", lambda a: np.rot90(a, k=2)),
+    4: ("mirror vertical", np.flipud),
+    5: ("mirror horizontal, then rotate 270 CW", lambda a: np.rot90(np.fliplr(a), k=1)),
+    6: ("rotate 90 CW", lambda a: np.rot90(a, k=-1)),
+    7: ("mirror horizontal, then rotate 90 CW", lambda a: np.rot90(np.fliplr(a), k=-1)),
+    8: ("rotate 270 CW", lambda a: np.rot90(a, k=1)),
+}
+
+
+def _with_orientation(orientation: int) -> Image.Exif:
     exif = Image.Exif()
     exif[0x0112] = orientation
+    return exif
+
+
+@pytest.mark.parametrize("orientation", sorted(UPRIGHT))
+def test_exif_oriented_images_are_turned_upright(tmp_path, orientation):
+    rgb = _u8(H, W, 3)
     path = tmp_path / "photo.png"
-    Image.fromarray(rgb, "RGB").save(path, exif=exif)
-    upright = np.rot90(rgb, k=turns)  # np.rot90 turns counter-clockwise for k > 0
+    Image.fromarray(rgb, "RGB").save(path, exif=_with_orientation(orientation))
+    _, upright = UPRIGHT[orientation]
     with Image.open(path) as image:
         assert image.getexif()[0x0112] == orientation
-        np.testing.assert_array_equal(np.asarray(to_eight_bit(image)), upright)
+        eight = np.asarray(to_eight_bit(image))
+    np.testing.assert_array_equal(eight, upright(rgb))
+    # 5 to 8 swap the sides: the 6 x 8 picture is 8 x 6 upright.
+    assert eight.shape[:2] == ((W, H) if orientation >= 5 else (H, W))
+
+
+def test_a_jpeg_with_an_exif_rotation_is_trained_upright(tmp_path):
+    """A camera JPEG stored sideways (orientation 6): the training transform sees the stored pixels,
+    as Pillow decodes them without turning, rotated 90 degrees clockwise by numpy."""
+    path = tmp_path / "camera.jpg"
+    Image.fromarray(_u8(H, W, 3), "RGB").save(path, exif=_with_orientation(6), quality=95)
+    with Image.open(path) as image:
+        assert image.getexif()[0x0112] == 6
+        stored = np.asarray(image.convert("RGB"))
+        assert stored.shape == (H, W, 3)
+        seen = ImageTransform("RGB", resolution=H)(image)
+    upright = np.rot90(stored, k=-1)  # (W, H, 3): the shorter side is already H, so only a crop
+    crop = (W - H) // 2
+    torch.testing.assert_close(seen, _as_model_sees(upright[crop : crop + H]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("high", [0, 1, 200, 255])
+def test_mode_i_holding_8_bit_values_keeps_them(tmp_path, high):
+    """Mode I (32-bit integers) of values 0..255 is 8-bit data, as Pillow's own convert("L") reads it:
+    200 stays 200 (it was scaled as 16-bit, 200 * 255 / 65535 -> 1, a near-black image)."""
+    values = RNG.integers(0, high + 1, size=(H, W)).astype(np.int32)
+    values[0, 0] = high
+    path = tmp_path / "eight_bit_values.tif"
+    Image.fromarray(values, "I").save(path)
+    with Image.open(path) as image:
+        assert image.mode == "I"
+        np.testing.assert_array_equal(np.asarray(to_eight_bit(image)), values.astype(np.uint8))
+
+
+def test_mode_i_with_a_value_above_255_is_16_bit():
+    values = np.array([[0, 200], [256, 65535]], np.int32)
+    expected = np.rint(values / 65535 * 255).astype(np.uint8)  # 0, 1, 1, 255
+    image = Image.fromarray(values, "I")
+    np.testing.assert_array_equal(np.asarray(to_eight_bit(image)), expected)
 
 
 @pytest.mark.parametrize(

@@ -81,3 +81,108 @@ def test_the_retry_hint_excludes_what_the_push_leaves_out(tmp_path, hub_server, 
     on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     kept = [n for n in on_disk if not any(fnmatch(n, pattern) for pattern in excluded)]
     assert kept == uploaded_files(out)
+
+
+def test_train_push_uploads_exactly_the_folders_upload_files(tmp_path, hub_server):
+    """``hf-ddpm train --push-to-hub`` (the end-of-run push) uploads ``uploaded_files(output_dir)``: no
+    file more or less, each byte for byte as it is on disk."""
+    out = tmp_path / "out"
+    config = TrainConfig(
+        dataset="sklearn-digits",
+        model_preset="tiny",
+        resolution=8,
+        batch_size=8,
+        max_steps=2,
+        num_train_timesteps=20,
+        lr_warmup_steps=1,
+        output_dir=str(out),
+        checkpoint_every=1,
+        sample_every=1,
+        num_samples=4,
+        dataloader_num_workers=0,
+        logger="tensorboard",
+        calibrate=False,
+        push_to_hub=True,
+        hub_model_id="tester/trained",
+    )
+    result = train(config)
+    assert result.hub_url and not result.warnings
+    expected = uploaded_files(out)
+    assert "model_index.json" in expected and "checkpoint-2/manifest.json" not in expected
+    on_hub = hub_server.files("tester/trained")
+    # The Hub adds its own .gitattributes to a new repo.
+    assert sorted(set(on_hub) - {".gitattributes"}) == expected
+    for name in expected:
+        assert on_hub[name] == (out / name).read_bytes(), name
+
+
+def _calibrate_argv(source: Path, output: Path) -> list[str]:
+    return ["calibrate", str(source), "--num-images", "2", "--dataset", "sklearn-digits"] + [
+        "--output",
+        str(output),
+    ]
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_calibrate_output_is_written_whole_or_not_at_all(tmp_path, monkeypatch, capsys):
+    """Each copy, write and rename of ``hf-ddpm calibrate --output`` fails in turn on a full disk
+    (tests/fault_injection.py): exit 1, one line naming --output, and nothing at all where the folder
+    was to be (no half folder, no hidden partial one); the source model is untouched, and a rerun once
+    there is space writes what a clean run writes."""
+    import errno
+
+    from analytic_oracle_helpers import _tiny_pipeline
+    from fault_injection import inject_write_faults
+
+    from hf_ddpm.cli import main
+
+    source = tmp_path / "model"
+    _tiny_pipeline().save_pretrained(source)
+    before = _tree(source)
+    clean_parent = tmp_path / "clean"
+    clean_parent.mkdir()
+    counting = inject_write_faults(monkeypatch, clean_parent, nth=None)
+    assert main(_calibrate_argv(source, clean_parent / "calibrated")) == 0
+    counting.enabled = False
+    clean = _tree(clean_parent / "calibrated")
+    kinds = {kind for kind, _ in counting.operations}
+    assert kinds == {"copy", "write", "rename"}, counting.operations
+    assert sorted(clean) == uploaded_files(source)
+    capsys.readouterr()
+
+    parent = tmp_path / "out"
+    parent.mkdir()
+    output = parent / "calibrated"
+    for nth in range(1, len(counting.operations) + 1):
+        faults = inject_write_faults(monkeypatch, parent, nth=nth, error=errno.ENOSPC)
+        assert main(_calibrate_argv(source, output)) == 1, nth
+        faults.enabled = False
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert errors == [
+            f"hf-ddpm calibrate: error: [Errno {errno.ENOSPC}] writing the calibrated model to "
+            f"{output} failed: No space left on device"
+        ], (nth, errors)
+        assert list(parent.iterdir()) == [], (nth, faults.failed)
+    assert _tree(source) == before
+    assert main(_calibrate_argv(source, output)) == 0
+    assert _tree(output) == clean
+
+
+def test_calibrate_refuses_an_output_folder_that_holds_files(tmp_path, capsys):
+    from analytic_oracle_helpers import _tiny_pipeline
+
+    from hf_ddpm.cli import main
+
+    source, output = tmp_path / "model", tmp_path / "taken"
+    _tiny_pipeline().save_pretrained(source)
+    output.mkdir()
+    (output / "notes.txt").write_text("mine")
+    assert main(_calibrate_argv(source, output)) == 2
+    err = capsys.readouterr().err
+    assert f"--output {output} already exists" in err and f"hf-ddpm calibrate {output}" in err
+    assert [p.name for p in output.iterdir()] == ["notes.txt"]

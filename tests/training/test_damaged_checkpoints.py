@@ -1,26 +1,38 @@
 """Resume refuses a damaged checkpoint and falls back (issue 21, item 3): for every file of a real
 training checkpoint, a truncated file, a wrong SHA-256 (one flipped byte) and a missing file are refused
-by name; ``latest`` takes the newest complete checkpoint and says which it skipped and why; an explicit
-path to the damaged one is refused."""
+by name, and so are a file deleted together with its manifest entry and a manifest that is JSON but not
+an object; ``latest`` takes the newest complete checkpoint and says which it skipped and why (through
+``hf-ddpm train --resume-from-checkpoint latest`` too); an explicit path to the damaged one is refused."""
 
 import json
 import logging
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from hf_ddpm.training.checkpointing import (
     MANIFEST,
+    TRAINING_GROUPS,
     CorruptCheckpointError,
+    load_checkpoint,
+    required_files,
     resolve_resume,
+    verify_checkpoint,
 )
 from hf_ddpm.training.train import TrainConfig, train
 
+REPO = Path(__file__).resolve().parents[2]
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("damaged") / "out"
-    config = TrainConfig(
+
+def _config(out: Path) -> TrainConfig:
+    return TrainConfig(
         dataset="sklearn-digits",
         model_preset="tiny",
         resolution=8,
@@ -36,8 +48,23 @@ def run(tmp_path_factory):
         dataloader_num_workers=0,
         logger="none",
     )
-    train(config)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("damaged") / "out"
+    train(_config(out))
     return out
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    shutil.copytree(run, out)
+    return out
+
+
+def _skipped(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
 
 
 FILES = [
@@ -71,10 +98,7 @@ REASONS = {
 def test_every_file_damaged_every_way_is_refused_and_latest_falls_back(
     run, tmp_path, caplog, name, how
 ):
-    import shutil
-
-    out = tmp_path / "out"
-    shutil.copytree(run, out)
+    out = _copy(run, tmp_path)
     damaged = out / "checkpoint-4"
     _damage(damaged / name, how)
     reason = REASONS.get((how, name)) or (
@@ -84,20 +108,111 @@ def test_every_file_damaged_every_way_is_refused_and_latest_falls_back(
         # The manifest's last byte is its closing brace: flipped, the JSON does not parse.
         assert not (damaged / MANIFEST).read_text().rstrip().endswith("}")
     with caplog.at_level(logging.WARNING, logger="hf_ddpm.training.checkpointing"):
-        assert resolve_resume(out, "latest") == out / "checkpoint-2"
-    skipped = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+        assert resolve_resume(out, "latest", TRAINING_GROUPS) == out / "checkpoint-2"
+    skipped = _skipped(caplog)
     assert len(skipped) == 1 and "checkpoint-4" in skipped[0] and reason in skipped[0], skipped
     with pytest.raises(CorruptCheckpointError, match=reason):
-        resolve_resume(out, str(damaged))
+        resolve_resume(out, str(damaged), TRAINING_GROUPS)
 
 
 def test_a_manifest_that_parses_but_lies_is_caught_by_the_checksum(run, tmp_path):
-    import shutil
-
-    out = tmp_path / "out"
-    shutil.copytree(run, out)
+    out = _copy(run, tmp_path)
     manifest_path = out / "checkpoint-4" / MANIFEST
     manifest = json.loads(manifest_path.read_text())
     manifest["sha256"]["model.safetensors"] = "0" * 64
     manifest_path.write_text(json.dumps(manifest))
-    assert resolve_resume(out, "latest") == out / "checkpoint-2"
+    assert resolve_resume(out, "latest", TRAINING_GROUPS) == out / "checkpoint-2"
+
+
+def test_a_training_checkpoint_has_exactly_the_files_a_resume_requires(run):
+    """What run_checkpoint writes and what verification requires of a training checkpoint are the
+    same set, so a new group cannot be saved without being required (or required without being saved)."""
+    for step in (2, 4):
+        files = {p.name for p in (run / f"checkpoint-{step}").iterdir()}
+        assert files == required_files(TRAINING_GROUPS) | {MANIFEST}
+
+
+def _delete_with_its_entry(checkpoint: Path, name: str) -> None:
+    manifest = json.loads((checkpoint / MANIFEST).read_text())
+    del manifest["sha256"][name]
+    (checkpoint / MANIFEST).write_text(json.dumps(manifest))
+    (checkpoint / name).unlink()
+
+
+@pytest.mark.parametrize("name", sorted(required_files(TRAINING_GROUPS)))
+def test_a_file_deleted_with_its_manifest_entry_is_refused_and_latest_falls_back(
+    run, tmp_path, caplog, name
+):
+    """Before, the manifest's own list was all that was checked: the folder verified and the resume
+    failed with a KeyError."""
+    out = _copy(run, tmp_path)
+    damaged = out / "checkpoint-4"
+    _delete_with_its_entry(damaged, name)
+    reason = f"is missing {name} (not listed in its {MANIFEST} either)"
+    with caplog.at_level(logging.WARNING, logger="hf_ddpm.training.checkpointing"):
+        assert resolve_resume(out, "latest", TRAINING_GROUPS) == out / "checkpoint-2"
+    skipped = _skipped(caplog)
+    assert len(skipped) == 1 and "checkpoint-4" in skipped[0] and reason in skipped[0], skipped
+    with pytest.raises(CorruptCheckpointError, match=re.escape(reason)):
+        resolve_resume(out, str(damaged), TRAINING_GROUPS)
+    # A checkpoint of another kind (other groups) asks only for state.json.
+    if name != "state.json":
+        verify_checkpoint(damaged)
+
+
+@pytest.mark.parametrize(
+    "manifest, reason",
+    [
+        ([], "is not a JSON object (a list)"),
+        (None, "is not a JSON object (a NoneType)"),
+        ("sha256", "is not a JSON object (a str)"),
+        ({"format_version": 1, "step": 4, "sha256": []}, "without its sha256 object"),
+        (
+            {"format_version": 1, "step": 4, "sha256": {"state.json": 5}},
+            "without its sha256 object",
+        ),
+        ({"format_version": 1, "step": 4}, "without its sha256 object"),
+    ],
+)
+def test_a_manifest_that_is_json_but_not_a_manifest_is_refused_by_name(
+    run, tmp_path, caplog, manifest, reason
+):
+    """Before, ``[]`` crashed ``latest`` with a TypeError instead of falling back."""
+    out = _copy(run, tmp_path)
+    (out / "checkpoint-4" / MANIFEST).write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING, logger="hf_ddpm.training.checkpointing"):
+        assert resolve_resume(out, "latest", TRAINING_GROUPS) == out / "checkpoint-2"
+    skipped = _skipped(caplog)
+    assert len(skipped) == 1 and "checkpoint-4" in skipped[0] and reason in skipped[0], skipped
+
+
+def test_hf_ddpm_train_resumes_latest_over_a_damaged_newest_checkpoint(run, tmp_path):
+    """The real command: checkpoint-4 lost its EMA weights and their manifest entry; ``hf-ddpm train
+    --resume-from-checkpoint latest`` says it skips checkpoint-4 and why, resumes from checkpoint-2, and
+    (the resume being exact) writes a checkpoint-4 whose weights are the undamaged run's."""
+    out = _copy(run, tmp_path)
+    original, _ = load_checkpoint(run / "checkpoint-4", TRAINING_GROUPS)
+    _delete_with_its_entry(out / "checkpoint-4", "ema.safetensors")
+    argv = shlex.split(_config(out).command())[1:] + ["--resume-from-checkpoint", "latest"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_ddpm.cli", *argv],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    skipping = [line for line in result.stderr.splitlines() if "skipping" in line]
+    assert len(skipping) == 1, result.stderr
+    assert str(out / "checkpoint-4") in skipping[0]
+    assert "is missing ema.safetensors (not listed in its manifest.json either)" in skipping[0]
+    assert f"resumed from {out / 'checkpoint-2'} at step 2" in result.stderr
+    resumed, _ = load_checkpoint(out / "checkpoint-4", TRAINING_GROUPS)
+    for group in ("model", "ema"):
+        assert resumed[group].keys() == original[group].keys()
+        assert all(torch.equal(resumed[group][k], original[group][k]) for k in original[group])

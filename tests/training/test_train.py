@@ -663,7 +663,11 @@ def test_resume_from_the_hub_checks_the_manifest_and_starts_fresh_without_a_chec
 ):
     from huggingface_hub import HfApi
 
-    from hf_ddpm.training.checkpointing import CorruptCheckpointError, save_checkpoint
+    from hf_ddpm.training.checkpointing import (
+        TRAINING_GROUPS,
+        CorruptCheckpointError,
+        save_checkpoint,
+    )
     from hf_ddpm.training.hub_checkpoints import download_hub_checkpoint
 
     assert download_hub_checkpoint(tmp_path / "a", "tester/absent") is None
@@ -671,7 +675,9 @@ def test_resume_from_the_hub_checks_the_manifest_and_starts_fresh_without_a_chec
     api = HfApi()
     api.create_repo(repo)
     assert download_hub_checkpoint(tmp_path / "a", repo) is None  # a repo without checkpoints
-    source = save_checkpoint(tmp_path / "src", 7, {"model": {"w": torch.arange(4.0)}}, {"step": 7})
+    # The groups every training checkpoint has, which the download requires.
+    groups = {group: {"w": torch.arange(4.0)} for group in TRAINING_GROUPS}
+    source = save_checkpoint(tmp_path / "src", 7, groups, {"step": 7})
     api.upload_folder(repo_id=repo, folder_path=source, path_in_repo="last-checkpoint")
     got = download_hub_checkpoint(tmp_path / "a", repo)
     assert got == tmp_path / "a" / "checkpoint-7"
