@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hf_ddpm.core.class_layout import null_label_of
 from hf_ddpm.core.parameterization import resolve_parameterization, x0_from_prediction
 
 from .bound import measure_noised_rows, unconditional_model
@@ -209,13 +210,14 @@ def calibrate_pipeline(
             "the pipeline with hf_ddpm.HFDDPMPipeline.from_pretrained"
         )
     null_label = getattr(pipeline.config, "null_class_label", None)
-    if getattr(pipeline.unet.config, "num_class_embeds", None) and null_label is None:
+    num_class_embeds = getattr(pipeline.unet.config, "num_class_embeds", None)
+    if num_class_embeds and null_label is None:
         raise ValueError(
             "this class-conditional model records no null label (null_class_label in model_index.json), "
             "so it has no model of p(x) to calibrate: the analytic variance needs the unconditional "
             "network of classifier-free guidance. If it was trained with label dropout and its null label "
-            "is the last class embedding (hf-ddpm train's layout), set pipe.register_to_config("
-            "null_class_label=pipe.unet.config.num_class_embeds - 1), save it, and calibrate again"
+            f"is {null_label_of(num_class_embeds)} (hf-ddpm train's layout), set pipe.register_to_config("
+            f"null_class_label={null_label_of(num_class_embeds)}), save it, and calibrate again"
         )
     device = pipeline.unet.device
     result = eps_second_moment(

@@ -24,7 +24,7 @@ import torch
 from .pictures import Transform, upload_transform
 
 try:  # hf_ddpm installed, or copied beside app.py by `hf-ddpm space`
-    from hf_ddpm.core.pipeline_base import num_classes_of
+    from hf_ddpm.core.class_layout import num_classes_of
     from hf_ddpm.data.image_transform import dataset_num_bins
     from hf_ddpm.sampling.samplers import SAMPLERS, default_sampling_steps, sampling_variance_type
 except ImportError:
