@@ -152,6 +152,7 @@ def test_a_new_bundled_dataset_is_known_to_training_evaluation_and_the_space(
 ):
     from hf_ddpm.data.image_datasets import load_image_dataset
     from hf_ddpm.data.image_transform import dataset_num_bins
+    from hf_ddpm.hub.space import digit_examples_fit
     from spaces_app.ddpm_space.loading import data_num_bins
 
     images = np.arange(20 * 4 * 4, dtype=np.uint8).reshape(20, 4, 4)
@@ -167,6 +168,15 @@ def test_a_new_bundled_dataset_is_known_to_training_evaluation_and_the_space(
     (model_dir / "train_config.json").write_text(json.dumps({"dataset": DUMMY}))
     try:
         assert data_num_bins(str(model_dir))[0] == 5
+        # A bundled set is digits: the Space shows its example digits, and `hf-ddpm space` uploads them.
+        assert app.examples_for(app.load_model(str(model_dir)).model)
+        assert digit_examples_fit(str(model_dir)) == (
+            True,
+            f"the model was trained on the bundled {DUMMY}",
+        )
+        monkeypatch.delitem(bundled_datasets.BUNDLED_DATASETS, DUMMY)
+        assert app.examples_for(app.load_model(str(model_dir)).model) == []
+        assert not digit_examples_fit(str(model_dir))[0]
     finally:
         (model_dir / "train_config.json").unlink()
 
