@@ -16,7 +16,9 @@ What every subcommand shares lives here, once:
   user error), ``--seed``, ``--threads N`` (torch's intra-op thread count, set before any work), the
   sampling flags (``--sampler``, ``--variance-type``, ``--timestep-spacing``, with choices from the
   registries), ``--num-inference-steps``, ``--class-label``, ``--guidance-scale``, and the UNet's speed
-  (``--dtype``, ``--compile``, ``--channels-last``, :mod:`hf_ddpm.sampling.unet_speed`). Each subcommand names
+  (``--dtype``, ``--compile``, ``--channels-last``, :mod:`hf_ddpm.sampling.unet_speed`), the folder a
+  command rewrites a model into (``--output``) and the Hub upload (``--push-to-hub``, ``--hub-model-id``,
+  ``--hub-token``). Each subcommand names
   the groups it takes in :data:`SUBCOMMANDS`; a command changes a default with ``parser.set_defaults``.
 - **Help**: every option's default is shown once, after its description, and ``None`` defaults are not.
 - **Logs**: huggingface_hub's HTTP client (httpx or httpx2, and their httpcore) logs at WARNING, not one
@@ -48,7 +50,7 @@ _QUIET_LOGGERS = ("httpx", "httpcore", "httpx2", "httpcore2")
 
 
 # Flag groups a subcommand can take, each declared once below (see :data:`SHARED_FLAGS`).
-MODEL, DEVICE, SEED, THREADS, SAMPLING, STEPS, CLASS, SPEED = (
+MODEL, DEVICE, SEED, THREADS, SAMPLING, STEPS, CLASS, SPEED, HUB, REWRITE = (
     "model",
     "device",
     "seed",
@@ -57,6 +59,8 @@ MODEL, DEVICE, SEED, THREADS, SAMPLING, STEPS, CLASS, SPEED = (
     "steps",
     "class",
     "speed",
+    "hub",
+    "rewrite",
 )
 _SAMPLE = (MODEL, DEVICE, SEED, THREADS, SAMPLING, STEPS, CLASS, SPEED)
 _EDIT = (MODEL, DEVICE, SEED, THREADS, STEPS, CLASS, SPEED)
@@ -77,6 +81,9 @@ class Subcommand:
     steps_default: str | None = (
         None  # in words, where --num-inference-steps' default is not the usual
     )
+    # What the command writes into a model (REWRITE: --output, and --push-to-hub's upload), or, for
+    # one that only reports on it (HUB alone), what --push-to-hub does.
+    writes: str = ""
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
@@ -93,10 +100,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "evaluate": Subcommand(
         "hf_ddpm.evaluation.evaluate",
         "NLL bound in bits/dim, FID and FD-DINOv2 of a pipeline",
-        shared=(MODEL, DEVICE, SEED, THREADS, SAMPLING, STEPS, SPEED),
+        shared=(MODEL, DEVICE, SEED, THREADS, SAMPLING, STEPS, SPEED, HUB),
         model_required=True,
         steps_default="T, all training steps; they are also the K-step chain whose bound the nll "
         "metric reports",
+        writes="add the metrics to the Hub model card",
     ),
     "inpaint": Subcommand(
         "hf_ddpm.sampling.inpaint",
@@ -117,14 +125,16 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "calibrate": Subcommand(
         "hf_ddpm.evaluation.calibrate",
         "Gamma_n for Analytic-DPM's variance, into a model",
-        shared=(MODEL, DEVICE, SEED, THREADS),
+        shared=(MODEL, DEVICE, SEED, THREADS, REWRITE, HUB),
         model_required=True,
+        writes="the calibrated pipeline",
     ),
     "fit-covariance": Subcommand(
         "hf_ddpm.training.fit_covariance",
         "fit SN-DDPM's or NPR-DDPM's per-pixel covariance head on a frozen model",
-        shared=(MODEL, DEVICE, SEED, THREADS),
+        shared=(MODEL, DEVICE, SEED, THREADS, REWRITE, HUB),
         model_required=True,
+        writes="the pipeline with its fitted head",
     ),
 }
 
@@ -297,6 +307,29 @@ def _add_speed(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
     )
 
 
+def _add_rewrite(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
+    parser.add_argument(
+        "--output",
+        default=None,
+        help=f"folder to write {subcommand.writes} to (default: MODEL itself, if a local folder)",
+    )
+
+
+def _add_hub(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
+    rewrites = REWRITE in subcommand.shared
+    parser.add_argument(
+        "--push-to-hub",
+        action="store_true",
+        help=f"upload {subcommand.writes} to the Hub" if rewrites else subcommand.writes,
+    )
+    parser.add_argument(
+        "--hub-model-id",
+        default=None,
+        help=f"repo to {'push to' if rewrites else 'update'} (default: MODEL, if a repo id)",
+    )
+    parser.add_argument("--hub-token", default=None, help="Hub token (default: the logged-in one)")
+
+
 SHARED_FLAGS: dict[str, Callable[[argparse.ArgumentParser, Subcommand], None]] = {
     MODEL: _add_model,
     DEVICE: _add_device,
@@ -306,6 +339,8 @@ SHARED_FLAGS: dict[str, Callable[[argparse.ArgumentParser, Subcommand], None]] =
     STEPS: _add_steps,
     CLASS: _add_class,
     SPEED: _add_speed,
+    REWRITE: _add_rewrite,
+    HUB: _add_hub,
 }
 
 

@@ -285,23 +285,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Bao et al. find 10 nearly enough)",
     )
     parser.add_argument(
-        "--output",
-        default=None,
-        help="folder to write the calibrated pipeline to (default: MODEL itself, if a local folder)",
-    )
-    parser.add_argument(
         "--set-default",
         action="store_true",
         help='also make variance_type "analytic" the saved default',
     )
     parser.add_argument("--batch-size", type=int, default=256, help="network inputs per call")
-    parser.add_argument(
-        "--push-to-hub", action="store_true", help="upload the calibrated folder to the Hub"
-    )
-    parser.add_argument(
-        "--hub-model-id", default=None, help="repo to push to (default: MODEL, if a repo id)"
-    )
-    parser.add_argument("--hub-token", default=None, help="Hub token (default: the logged-in one)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -648,13 +648,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         const=None,
         help="write no sample grid (the last of --grid and --no-grid wins)",
     )
-    parser.add_argument(
-        "--push-to-hub", action="store_true", help="add the metrics to the Hub model card"
-    )
-    parser.add_argument(
-        "--hub-model-id", default=None, help="repo to update (default: MODEL, if a repo id)"
-    )
-    parser.add_argument("--hub-token", default=None, help="Hub token (default: the logged-in one)")
 
 
 def run(args: argparse.Namespace) -> int:
