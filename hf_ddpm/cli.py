@@ -14,8 +14,8 @@ What every subcommand shares lives here, once:
 - **Shared flags** (:data:`SHARED_FLAGS`): the model (``MODEL`` or ``--model MODEL``, either form),
   ``--device`` (checked before any model is loaded: CUDA or MPS asked for on a machine without it is a
   user error), ``--seed``, ``--threads N`` (torch's intra-op thread count, set before any work), the
-  sampling flags (``--sampler``, ``--variance-type``, ``--timestep-spacing``, with choices from the
-  registries), ``--num-inference-steps``, ``--class-label``, ``--guidance-scale``, and the UNet's speed
+  sampling flags (``--sampler``; and ``--variance-type``, ``--timestep-spacing`` of the chain, the edit
+  commands' too, with choices from the registries), ``--num-inference-steps``, ``--class-label``, ``--guidance-scale``, and the UNet's speed
   (``--dtype``, ``--compile``, ``--channels-last``, :mod:`hf_ddpm.sampling.unet_speed`), the folder a
   command rewrites a model into (``--output``) and the Hub upload (``--push-to-hub``, ``--hub-model-id``,
   ``--hub-token``). Each subcommand names
@@ -50,20 +50,22 @@ _QUIET_LOGGERS = ("httpx", "httpcore", "httpx2", "httpcore2")
 
 
 # Flag groups a subcommand can take, each declared once below (see :data:`SHARED_FLAGS`).
-MODEL, DEVICE, SEED, THREADS, SAMPLING, STEPS, CLASS, SPEED, HUB, REWRITE = (
+MODEL, DEVICE, SEED, THREADS, SAMPLING, CHAIN, STEPS, CLASS, SPEED, HUB, REWRITE = (
     "model",
     "device",
     "seed",
     "threads",
     "sampling",
+    "chain",
     "steps",
     "class",
     "speed",
     "hub",
     "rewrite",
 )
-_SAMPLE = (MODEL, DEVICE, SEED, THREADS, SAMPLING, STEPS, CLASS, SPEED)
-_EDIT = (MODEL, DEVICE, SEED, THREADS, STEPS, CLASS, SPEED)
+_SAMPLE = (MODEL, DEVICE, SEED, THREADS, SAMPLING, CHAIN, STEPS, CLASS, SPEED)
+# RePaint and SDEdit run the DDPM chain: its variance and spacing, not another sampler.
+_EDIT = (MODEL, DEVICE, SEED, THREADS, CHAIN, STEPS, CLASS, SPEED)
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "evaluate": Subcommand(
         "hf_ddpm.evaluation.evaluate",
         "NLL bound in bits/dim, FID and FD-DINOv2 of a pipeline",
-        shared=(MODEL, DEVICE, SEED, THREADS, SAMPLING, STEPS, SPEED, HUB),
+        shared=(MODEL, DEVICE, SEED, THREADS, SAMPLING, CHAIN, STEPS, SPEED, HUB),
         model_required=True,
         steps_default="T, all training steps; they are also the K-step chain whose bound the nll "
         "metric reports",
@@ -241,31 +243,50 @@ def _add_steps(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
 
 
 def _add_sampling(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
+    from hf_ddpm.sampling.samplers import DDPM_SAMPLER, SAMPLERS
+
+    parser.add_argument(
+        "--sampler",
+        choices=list(SAMPLERS),
+        default=DDPM_SAMPLER,
+        help="; ".join(f"{name}: {sampler.help}" for name, sampler in SAMPLERS.items()),
+    )
+
+
+def _add_chain(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
+    """The variance and spacing of the chain: of any --sampler where the command takes one, else of the
+    DDPM sampler (the edit commands)."""
     from hf_ddpm.sampling.samplers import (
+        DDPM_SAMPLER,
         SAMPLERS,
         timestep_spacing_choices,
         variance_type_choices,
     )
 
-    parser.add_argument(
-        "--sampler",
-        choices=list(SAMPLERS),
-        default="ddpm",
-        help="; ".join(f"{name}: {sampler.help}" for name, sampler in SAMPLERS.items()),
+    default_variance = (
+        "analytic when the model carries eps_second_moment, from hf-ddpm calibrate or train; else "
+        "the model's own"
     )
-    with_variance = " or ".join(name for name, s in SAMPLERS.items() if s.variance_types)
+    if SAMPLING in subcommand.shared:
+        variance_types, spacings = variance_type_choices(), timestep_spacing_choices()
+        with_variance = " or ".join(name for name, s in SAMPLERS.items() if s.variance_types)
+        of_variance = f" of --sampler {with_variance}"
+        optimal = " or ".join(n for n, s in SAMPLERS.items() if "optimal" in s.timestep_spacings)
+        needs = f"eps_second_moment and --sampler {optimal}"
+    else:
+        chain = SAMPLERS[DDPM_SAMPLER]
+        variance_types, spacings = chain.variance_types, chain.timestep_spacings
+        of_variance, needs = " of the DDPM chain", "eps_second_moment"
+        default_variance += ", as in hf-ddpm sample"
     parser.add_argument(
         "--variance-type",
-        choices=variance_type_choices(),
-        help=f"reverse-process variance of --sampler {with_variance} (default: analytic when the model "
-        "carries eps_second_moment, from hf-ddpm calibrate or train; else the model's own)",
+        choices=variance_types,
+        help=f"reverse-process variance{of_variance} (default: {default_variance})",
     )
-    optimal = " or ".join(n for n, s in SAMPLERS.items() if "optimal" in s.timestep_spacings)
     parser.add_argument(
         "--timestep-spacing",
-        choices=timestep_spacing_choices(),
-        help="how the steps are chosen among the T (default: the model's; optimal needs "
-        f"eps_second_moment and --sampler {optimal})",
+        choices=spacings,
+        help=f"how the steps are chosen among the T (default: the model's; optimal needs {needs})",
     )
 
 
@@ -336,6 +357,7 @@ SHARED_FLAGS: dict[str, Callable[[argparse.ArgumentParser, Subcommand], None]] =
     SEED: _add_seed,
     THREADS: _add_threads,
     SAMPLING: _add_sampling,
+    CHAIN: _add_chain,
     STEPS: _add_steps,
     CLASS: _add_class,
     SPEED: _add_speed,

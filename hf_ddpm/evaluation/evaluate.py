@@ -32,6 +32,7 @@ from hf_ddpm.data.held_out import ReferenceData, add_data_arguments, load_refere
 from hf_ddpm.hub.metrics_card import push_metrics_to_hub
 from hf_ddpm.sampling.sample_folder import read_samples
 from hf_ddpm.sampling.samplers import (
+    DDPM_SAMPLER,
     DEFAULT_SAMPLING_STEPS,
     default_sampling_steps,
     sampling_scheduler,
@@ -138,7 +139,7 @@ class EvaluationOptions:
     stats_cache_dir: str | Path | None = None
     grid_path: str | Path | None = None
     grid_steps: int | None = None
-    sampler: str = "ddpm"
+    sampler: str = DDPM_SAMPLER
     variance_type: str | None = None
     timestep_spacing: str | None = None
     samples: str | Path | None = None
