@@ -9,6 +9,7 @@ epsilon-predictor is E[eps | x_t] = (x_t - a E[x_0 | x_t]) / sigma. An image who
 c_known has exactly one completion under this prior: c_known everywhere.
 """
 
+import logging
 import re
 
 import numpy as np
@@ -178,3 +179,33 @@ def test_edits_sample_the_bundled_model_with_the_variance_and_spacing_of_sample(
             with pytest.raises(_Drawn):
                 main([*argv, "--threads", "1", *flags])
         assert seen == dict.fromkeys(argvs, (expected, config["timestep_spacing"]))
+
+
+@pytest.mark.skipif(
+    __import__("hf_ddpm.hub.bundled", fromlist=["x"]).bundled_model_path() is None,
+    reason="this checkout ships no bundled model",
+)
+@pytest.mark.parametrize("variance_type", [None, "npr"])
+def test_an_edit_of_the_bundled_model_keeps_its_covariance_head_silently(
+    variance_type, tmp_path, capfd
+):
+    """The bundled model ships a covariance head. diffusers' from_pipe dropped it from the edit pipeline
+    ("component covariance_head is not switched over ..." on every edit), so an edit could not use it."""
+    from hf_ddpm.cli import main
+
+    PIL.Image.new("L", (32, 32), 255).save(tmp_path / "digit.png")
+    argv = ["img2img", "--image", str(tmp_path / "digit.png"), "--output", str(tmp_path / "o.png")]
+    argv += ["--strength", "0.5", "--num-inference-steps", "2", "--threads", "1"]
+    argv += ["--variance-type", variance_type] if variance_type else []
+    # diffusers logs to its own handler (its library logger does not propagate): listen there too.
+    said = []
+    listener = logging.Handler(logging.WARNING)
+    listener.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger("diffusers").addHandler(listener)
+    try:
+        assert main(argv) == 0
+    finally:
+        logging.getLogger("diffusers").removeHandler(listener)
+    said.append(capfd.readouterr().err)
+    assert not [line for line in said if "covariance_head" in line], said
+    assert PIL.Image.open(tmp_path / "o.png").size == (32, 32)

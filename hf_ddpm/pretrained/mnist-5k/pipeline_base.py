@@ -511,10 +511,12 @@ class HFDDPMPipelineMixin:
     @classmethod
     def from_pipe(cls, pipeline: Any, **kwargs: Any) -> Any:
         """``DiffusionPipeline.from_pipe``: a pipeline of this class on ``pipeline``'s components (and its
-        ``null_class_label``), without a reload. The UNet is passed on explicitly, since diffusers would
-        otherwise keep only a UNet of exactly the hinted classes and drop any other ``ModelMixin``."""
-        if getattr(pipeline, "unet", None) is not None:
-            kwargs.setdefault("unet", pipeline.unet)
+        ``null_class_label``), without a reload. The models (the UNet, a covariance head) are passed on
+        explicitly: diffusers keeps only a model whose class is exactly one its type hint names, and
+        drops any other ``ModelMixin`` with a warning, as it would the head (a subclass)."""
+        for name in ("unet", "covariance_head"):
+            if getattr(pipeline, name, None) is not None:
+                kwargs.setdefault(name, getattr(pipeline, name))
         # diffusers' from_pipe casts every model with .to(dtype), and ModelMixin.to then warns of its
         # modules "that should be kept in float32" even when that list is empty, as a UNet2DModel's is.
         cast_warnings = logging.getLogger("diffusers.models.modeling_utils")
