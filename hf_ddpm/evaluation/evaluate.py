@@ -33,8 +33,8 @@ from hf_ddpm.hub.metrics_card import push_metrics_to_hub
 from hf_ddpm.sampling.sample_folder import read_samples
 from hf_ddpm.sampling.samplers import (
     DDPM_SAMPLER,
-    DEFAULT_SAMPLING_STEPS,
     default_sampling_steps,
+    default_sampling_steps_in_words,
     sampling_scheduler,
 )
 from hf_ddpm.sampling.sharding import ProcessGroup, image_seed
@@ -639,8 +639,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="PATH",
         help="also write a PNG grid of up to 64 samples (default: no grid). It reuses the Fréchet "
-        f"samples; with only nll it draws its own, in --num-inference-steps or {DEFAULT_SAMPLING_STEPS} "
-        "steps",
+        "samples; with only nll it draws its own in --num-inference-steps steps, else "
+        f"{default_sampling_steps_in_words()}",
     )
     parser.add_argument(
         "--no-grid",

@@ -184,6 +184,8 @@ def test_a_new_bundled_dataset_is_known_to_training_evaluation_and_the_space(
 def test_the_default_steps_are_one_constant(monkeypatch, model_dir, capsys):
     monkeypatch.setattr(samplers, "DEFAULT_SAMPLING_STEPS", 7)
     assert "(default: 7, or T if the model has fewer)" in _help("sample", capsys)
+    # evaluate's own grid, drawn when no Fréchet samples are (--metrics nll).
+    assert "else 7, or T if the model has fewer" in _help("evaluate", capsys)
     assert _page(model_dir)["generate_steps"]["value"] == 7
 
 
