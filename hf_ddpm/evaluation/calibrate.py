@@ -18,7 +18,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from tqdm.auto import tqdm
 
 from hf_ddpm.core.class_layout import null_label_of
 from hf_ddpm.core.parameterization import resolve_parameterization, x0_from_prediction
+from hf_ddpm.core.saving import write_atomically
 
 from .bound import measure_noised_rows, unconditional_model
 
@@ -242,7 +242,7 @@ def write_eps_second_moment(
     folder: str | os.PathLike, values: np.ndarray | list[float], set_default: bool = False
 ) -> Path:
     """Write ``eps_second_moment`` into ``folder``'s scheduler/scheduler_config.json (and
-    ``variance_type="analytic"`` with ``set_default``) through a temporary file and ``os.replace``, so an
+    ``variance_type="analytic"`` with ``set_default``) atomically (:func:`.saving.write_atomically`), so an
     interrupted write leaves the old config whole. Returns the config's path."""
     path = Path(folder) / SCHEDULER_CONFIG
     if not path.is_file():
@@ -256,18 +256,7 @@ def write_eps_second_moment(
     config["eps_second_moment"] = [float(v) for v in values]
     if set_default:
         config["variance_type"] = "analytic"
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".scheduler_config.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            f.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except OSError as error:
-        Path(tmp).unlink(missing_ok=True)
-        # Named by the config it was to replace (which is whole), not by the temporary file.
-        raise OSError(error.errno, f"writing {path} failed: {error.strerror}") from error
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return path
 
 

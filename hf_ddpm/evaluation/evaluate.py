@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hf_ddpm.core.saving import write_atomically
 from hf_ddpm.data.held_out import ReferenceData, add_data_arguments, load_reference
 from hf_ddpm.hub.metrics_card import push_metrics_to_hub
 from hf_ddpm.sampling.sample_folder import read_samples
@@ -717,9 +718,7 @@ def run(args: argparse.Namespace) -> int:
     if not group.is_main:
         return 0
     output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(f".{output.name}.partial")
-    partial.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    partial.replace(output)
+    write_atomically(output, json.dumps(report, indent=2) + "\n")
     print(format_table(report))
     print(
         f"report: {output}"
