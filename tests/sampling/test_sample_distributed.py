@@ -4,28 +4,19 @@
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from conftest import TORCHRUN_TWO, subprocess_env
 from diffusers import UNet2DModel
 
 from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler, cli
 from hf_ddpm.sampling.sample_folder import read_samples
 
 HELPER = Path(__file__).with_name("sample_helper.py")
-REPO = Path(__file__).resolve().parents[2]
 N, STEPS = 7, 3
-
-
-def _env():
-    return {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
 
 
 def _model(tmp_path, tiny_unet):
@@ -75,17 +66,15 @@ def test_two_processes_write_the_images_of_one_and_draw_each_image_once(
     assert seen["images"] == N * STEPS
 
     reports = tmp_path / "reports"
-    launch = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-    ]
     done = subprocess.run(
-        [*launch, str(HELPER), str(reports), "--", *_args(model, tmp_path / "two", batch_size=2)],
-        env=_env(),
+        [
+            *TORCHRUN_TWO,
+            str(HELPER),
+            str(reports),
+            "--",
+            *_args(model, tmp_path / "two", batch_size=2),
+        ],
+        env=subprocess_env(),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -113,7 +102,7 @@ def test_a_run_killed_mid_write_leaves_no_half_png_and_a_rerun_completes_it(tmp_
     args = _args(model, folder, batch_size=2)
     done = subprocess.run(
         [sys.executable, str(HELPER), str(tmp_path / "reports"), "3", "--", *args],
-        env=_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=300,

@@ -8,33 +8,21 @@ import logging
 from pathlib import Path
 
 import pytest
+from conftest import tiny_train_config
 
 from hf_ddpm.training.checkpointing import (
     MANIFEST,
     CorruptCheckpointError,
     resolve_resume,
 )
-from hf_ddpm.training.train import TrainConfig, train
+from hf_ddpm.training.train import train
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("damaged") / "out"
-    config = TrainConfig(
-        dataset="sklearn-digits",
-        model_preset="tiny",
-        resolution=8,
-        batch_size=8,
-        max_steps=4,
-        num_train_timesteps=20,
-        lr_warmup_steps=1,
-        output_dir=str(out),
-        checkpoint_every=2,
-        sample_every=0,
-        calibrate=False,
-        grid=False,
-        dataloader_num_workers=0,
-        logger="none",
+    config = tiny_train_config(
+        out.parent, max_steps=4, lr_warmup_steps=1, checkpoint_every=2, calibrate=False, grid=False
     )
     train(config)
     return out
