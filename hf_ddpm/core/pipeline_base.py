@@ -92,7 +92,8 @@ def check_covariance_head(unet: Any, scheduler: Any, covariance_head: Any) -> No
         if variance_type in HEAD_VARIANCE_TYPES:
             raise ValueError(
                 f"variance_type {variance_type!r} needs a covariance head (pipeline component "
-                "covariance_head), and this model has none: fit one with `hf-ddpm fit-covariance MODEL "
+                "covariance_head), and this model has none: with hf_ddpm installed, fit one with "
+                "`hf-ddpm fit-covariance MODEL "
                 f"--kind {variance_type}`, or sample with another variance_type."
             )
         return
@@ -102,7 +103,8 @@ def check_covariance_head(unet: Any, scheduler: Any, covariance_head: Any) -> No
         raise ValueError(
             f"the covariance head maps {head.feature_channels} feature channels to {head.out_channels}, "
             f"but this UNet has {features} channels in its last feature map and samples of {channels}: "
-            "the head was fitted for another UNet. Fit one for this model with `hf-ddpm fit-covariance`."
+            "the head was fitted for another UNet. With hf_ddpm installed, fit one for this model with "
+            "`hf-ddpm fit-covariance`."
         )
 
 
