@@ -177,6 +177,7 @@ def tiny_dinov2_dir(tmp_path_factory):
 
 
 # --- Training runs and subprocesses ------------------------------------------------------------------
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -210,6 +211,19 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment of a test's subprocess: one thread, and this checkout first on the path."""
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, **extra}
+
+
+def run_subprocess(command, cwd=None, timeout=300, env=None) -> subprocess.CompletedProcess:
+    """``command`` as a test's subprocess (in :func:`subprocess_env` unless ``env`` is given), its output
+    captured as text."""
+    return subprocess.run(
+        list(command),
+        env=env or subprocess_env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def tiny_train_config(folder, **overrides):

@@ -2,12 +2,11 @@
 ``--samples`` scores a sample folder or an evaluators' .npz without drawing."""
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
 import torch
-from conftest import TORCHRUN_TWO, _tiny_unet, subprocess_env
+from conftest import TORCHRUN_TWO, _tiny_unet, run_subprocess
 
 from hf_ddpm.cli import main
 from hf_ddpm.sampling.sample_folder import read_samples
@@ -65,14 +64,7 @@ def test_two_processes_report_what_one_reports(model_and_dinov2, tmp_path):
     with pytest.warns(UserWarning, match="samples of 16-dimensional features"):
         assert main(_argv(model, dinov2, tmp_path, "one", "--samples-dir", str(one_dir))) == 0
     two = _argv(model, dinov2, tmp_path, "two", "--samples-dir", str(two_dir))
-    done = subprocess.run(
-        [*TORCHRUN_TWO, "-m", "hf_ddpm.cli", *two],
-        env=subprocess_env(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    done = run_subprocess([*TORCHRUN_TWO, "-m", "hf_ddpm.cli", *two], cwd=tmp_path, timeout=400)
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.count("report:") == 1  # the main process writes and prints
     one = json.loads((tmp_path / "one.json").read_text())

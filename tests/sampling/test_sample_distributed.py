@@ -4,12 +4,11 @@
 """
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-from conftest import TORCHRUN_TWO, subprocess_env
+from conftest import TORCHRUN_TWO, run_subprocess
 from diffusers import UNet2DModel
 
 from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler, cli
@@ -66,7 +65,7 @@ def test_two_processes_write_the_images_of_one_and_draw_each_image_once(
     assert seen["images"] == N * STEPS
 
     reports = tmp_path / "reports"
-    done = subprocess.run(
+    done = run_subprocess(
         [
             *TORCHRUN_TWO,
             str(HELPER),
@@ -74,11 +73,7 @@ def test_two_processes_write_the_images_of_one_and_draw_each_image_once(
             "--",
             *_args(model, tmp_path / "two", batch_size=2),
         ],
-        env=subprocess_env(),
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     ranks = [json.loads((reports / f"rank-{r}.json").read_text()) for r in (0, 1)]
@@ -100,12 +95,8 @@ def test_a_run_killed_mid_write_leaves_no_half_png_and_a_rerun_completes_it(tmp_
     model = _model(tmp_path, tiny_unet)
     folder = tmp_path / "killed"
     args = _args(model, folder, batch_size=2)
-    done = subprocess.run(
-        [sys.executable, str(HELPER), str(tmp_path / "reports"), "3", "--", *args],
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = run_subprocess(
+        [sys.executable, str(HELPER), str(tmp_path / "reports"), "3", "--", *args]
     )
     assert done.returncode == -9, done.stderr[-3000:]
     # The third image's bytes went to a hidden temporary file only.

@@ -4,14 +4,13 @@ and the end-to-end guarantee: a run killed with SIGKILL and resumed ends where a
 import json
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAINING, subprocess_env
+from conftest import TINY_TRAINING, run_subprocess
 from conftest import checkpoint_weights as _weights
 
 from hf_ddpm.training.checkpointing import (
@@ -149,18 +148,10 @@ def test_no_pickle_anywhere(tmp_path):
 def _run_helper(config: dict, tmp_path: Path, name: str, kill_at: int | None = None):
     config_path = tmp_path / f"{name}.json"
     config_path.write_text(json.dumps(config))
-    env = subprocess_env()
     cmd = [sys.executable, str(HELPER), str(config_path), str(tmp_path / f"{name}-report")]
     if kill_at is not None:
         cmd.append(str(kill_at))
-    return subprocess.run(
-        cmd,
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_subprocess(cmd, tmp_path)
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):

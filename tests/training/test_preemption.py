@@ -8,12 +8,11 @@ checkpoint save), so the step they land in is known."""
 
 import json
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TRAINING, TORCHRUN_TWO, subprocess_env
+from conftest import TINY_TRAINING, TORCHRUN_TWO, run_subprocess, subprocess_env
 from conftest import checkpoint_weights as _weights
 
 from hf_ddpm.training.checkpointing import latest_checkpoint, load_checkpoint, verify_checkpoint
@@ -42,14 +41,7 @@ def _run(config: dict, tmp_path: Path, name: str, signals: str = "", env=None, l
     config_path = tmp_path / f"{name}.json"
     config_path.write_text(json.dumps(config))
     cmd = [*launcher, str(HELPER), str(config_path), str(tmp_path / f"{name}-report"), signals]
-    return subprocess.run(
-        cmd if launcher else [sys.executable, *cmd],
-        env=env or _env(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_subprocess(cmd if launcher else [sys.executable, *cmd], tmp_path, env=env or _env())
 
 
 def _max_difference(a: dict, b: dict) -> float:

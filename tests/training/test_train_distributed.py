@@ -4,10 +4,9 @@
 """
 
 import json
-import subprocess
 from pathlib import Path
 
-from conftest import TINY_TRAINING, TORCHRUN_TWO, subprocess_env
+from conftest import TINY_TRAINING, TORCHRUN_TWO, run_subprocess
 
 HELPER = Path(__file__).with_name("train_helper.py")
 
@@ -28,14 +27,7 @@ def test_two_processes_step_in_sync_and_only_rank_0_writes(tmp_path):
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(config))
     report = tmp_path / "report"
-    done = subprocess.run(
-        [*TORCHRUN_TWO, str(HELPER), str(config_path), str(report)],
-        env=subprocess_env(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_subprocess([*TORCHRUN_TWO, str(HELPER), str(config_path), str(report)], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     ranks = [json.loads((report / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
