@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import gc
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -143,28 +141,6 @@ def _data(sizes: Sizes, batch: int, seed: int) -> torch.Tensor:
         0, 256, (batch, sizes.channels, sizes.resolution, sizes.resolution), generator=generator
     )
     return levels.float() / 127.5 - 1.0
-
-
-def _machine() -> dict[str, Any]:
-    model = platform.processor() or "unknown"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    import diffusers
-
-    return {
-        "cpu_model": model,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
 
 
 # ------------------------------------------------------------------------------------- scheduler step
@@ -789,7 +765,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
         "command": "python benchmarks/cpu.py " + " ".join(sys.argv[1:]),
-        "machine": _machine(),
+        "machine": harness.machine(),
         "load_average_start": list(os.getloadavg()),
         "sizes": dataclasses.asdict(sizes),
         "unet_config": UNET_CONFIG,

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from sklearn.neural_network import MLPClassifier
 
+from hf_ddpm.core.class_layout import null_label_of
 from hf_ddpm.data.image_datasets import load_image_dataset, preprocess
 from hf_ddpm.evaluation.frechet import feature_statistics, frechet_distance
 
@@ -89,8 +90,11 @@ def generate(
     if classes is not None:
         kwargs = {"class_labels": torch.as_tensor(classes), "guidance_scale": guidance_scale}
     elif getattr(pipeline.unet.config, "num_class_embeds", None):
-        # Unconditional samples of a CFG-trained model: its null label (the last class embedding).
-        kwargs = {"class_labels": [pipeline.unet.config.num_class_embeds - 1] * num}
+        # Unconditional samples of a CFG-trained model: its null label.
+        null = null_label_of(
+            pipeline.unet.config.num_class_embeds, pipeline.config.null_class_label
+        )
+        kwargs = {"class_labels": [null] * num}
     generator = torch.Generator().manual_seed(seed)
     out = pipeline(
         batch_size=num, generator=generator, num_inference_steps=steps, output_type="pt", **kwargs

@@ -10,8 +10,9 @@ depend on the weights), on synthetic 32x32 RGB data:
   and fused Adam on CUDA, as ``hf-ddpm train`` runs) in fp32, bf16 (``--mixed-precision bf16``), and bf16 +
   ``torch.compile`` (``--compile``), against a loop written like diffusers' ``train_unconditional.py``
   example (fp32 and bf16 through accelerate), with peak memory and achieved TFLOP/s;
-- sampling 256 images x 1000 steps: ``HFDDPMPipeline`` plain (fp32) and fast (bf16 UNet, channels_last,
-  ``torch.compile(mode="reduce-overhead")``, i.e. CUDA graphs), against ``DDPMPipeline``;
+- sampling 256 images x 1000 steps: ``HFDDPMPipeline`` plain (fp32) and fast (what ``hf-ddpm sample
+  --dtype bfloat16 --compile --channels-last`` runs: ``hf_ddpm.sampling.unet_speed.apply_unet_speed``),
+  against ``DDPMPipeline``;
 - issue 19, per UNet call: images/s of 256 images x 100 steps with ``hf-ddpm sample``'s UNet options (fp32,
   bf16 autocast, bf16 + torch.compile + channels_last; ``hf_ddpm.sampling.unet_speed``) against
   ``DDPMPipeline``, and the wall time of 50,000 samples extrapolated from each; every configuration's images
@@ -30,11 +31,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -241,18 +240,18 @@ def _pipeline(name: str, sizes: Sizes, device: torch.device) -> Any:
 
     from hf_ddpm.core.pipeline import HFDDPMPipeline
     from hf_ddpm.core.scheduling import HFDDPMScheduler
+    from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed
 
     unet = _unet(sizes, device).eval()
     if name == "diffusers":
         pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler())
     else:
-        if name == "hf_ddpm-fast":
-            unet = unet.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
-            if device.type == "cuda":
-                # CUDA graphs replay the whole UNet launch sequence; the pipeline feeds t as a device
-                # tensor, so every step reuses one graph.
-                unet.compile(mode="reduce-overhead")
         pipe = HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler())
+        if name == "hf_ddpm-fast":
+            # What `hf-ddpm sample --dtype bfloat16 --compile --channels-last` runs (Inductor on CPU
+            # needs a C++ toolchain and minutes; the smoke run checks the eager path).
+            speed = UNetSpeed(dtype="bfloat16", compile=device.type == "cuda", channels_last=True)
+            apply_unet_speed(pipe, speed, warmup_batch_size=sizes.sample_batch)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -431,26 +430,6 @@ def _worker(kind: str, name: str, sizes: Sizes, smoke: bool, outdir: str) -> dic
 
 
 # ---------------------------------------------------------------------------------------- orchestration
-
-
-def _environment() -> dict[str, Any]:
-    import diffusers
-
-    info: dict[str, Any] = {
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "cuda": torch.version.cuda,
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_memory_gib"] = torch.cuda.get_device_properties(0).total_memory / 2**30
-        info["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
-        info["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
-    else:
-        info["gpu"] = None
-    return info
 
 
 def _run_worker(
@@ -662,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": "python benchmarks/gpu.py "
             + " ".join(sys.argv[1:] if argv is None else argv),
             "mode": "smoke" if args.smoke else "full",
-            "environment": _environment(),
+            "environment": harness.machine(),
             "sizes": dataclasses.asdict(sizes),
             "notes": [],
             "_outdir": outdir,

@@ -1,6 +1,6 @@
 """What benchmarks/cpu.py and benchmarks/gpu.py share: the sizes every mode has, the UNet, the two training
 contenders (hf_ddpm's own ``TrainingStep``, and a loop written like diffusers' ``train_unconditional.py``
-example) and the table.
+example), the table, and the machine a run was measured on.
 
 The hf_ddpm contender is the package's step itself, built by ``hf_ddpm.training.setup.build_setup`` as
 ``hf-ddpm train`` builds it (channels_last and fused Adam on CUDA, accelerate's autocast for
@@ -11,8 +11,11 @@ hands it its batches, so no dataset is read (the GPU image has no ``datasets``).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
+import platform
+import subprocess
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,6 +31,39 @@ class Sizes:
     train_warmup: int
     train_steps: int
     sample_batch: int
+
+
+def machine() -> dict[str, Any]:
+    """Where the figures were measured: the CPU (model, cores, torch's threads), the GPU where there is
+    one (name, memory, CUDA, the TF32 switches), the versions of torch, diffusers and Python, and the
+    date (UTC)."""
+    import diffusers
+
+    cpu_model = platform.processor() or "unknown"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                cpu_model = line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    info: dict[str, Any] = {
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "cuda": torch.version.cuda,
+        "gpu": None,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_memory_gib"] = torch.cuda.get_device_properties(0).total_memory / 2**30
+        info["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+        info["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    return info
 
 
 def fmt(value: float | None, digits: int = 2, unit: str = "") -> str:

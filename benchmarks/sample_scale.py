@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/cpu.py
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/harness.py
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # hf_ddpm
 
 BATCH = 16
@@ -279,12 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not candidates:
         parser.error(f"--candidates takes {', '.join(CANDIDATES)}; got {args.candidates!r}")
     torch.set_num_threads(1)
-    from cpu import _machine
+    import harness
 
     result: dict[str, Any] = {
         "command": "python benchmarks/sample_scale.py "
         + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": _machine(),
+        "machine": harness.machine(),
         "per_call": [],
         "processes": [],
     }

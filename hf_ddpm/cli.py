@@ -14,9 +14,11 @@ What every subcommand shares lives here, once:
 - **Shared flags** (:data:`SHARED_FLAGS`): the model (``MODEL`` or ``--model MODEL``, either form),
   ``--device`` (checked before any model is loaded: CUDA or MPS asked for on a machine without it is a
   user error), ``--seed``, ``--threads N`` (torch's intra-op thread count, set before any work), the
-  sampling flags (``--sampler``, ``--variance-type``, ``--timestep-spacing``, with choices from the
-  registries), ``--num-inference-steps``, ``--class-label``, ``--guidance-scale``, and the UNet's speed
-  (``--dtype``, ``--compile``, ``--channels-last``, :mod:`hf_ddpm.sampling.unet_speed`). Each subcommand names
+  sampling flags (``--sampler``; and ``--variance-type``, ``--timestep-spacing`` of the chain, the edit
+  commands' too, with choices from the registries), ``--num-inference-steps``, ``--class-label``, ``--guidance-scale``, and the UNet's speed
+  (``--dtype``, ``--compile``, ``--channels-last``, :mod:`hf_ddpm.sampling.unet_speed`), the folder a
+  command rewrites a model into (``--output``) and the Hub upload (``--push-to-hub``, ``--hub-model-id``,
+  ``--hub-token``). Each subcommand names
   the groups it takes in :data:`SUBCOMMANDS`; a command changes a default with ``parser.set_defaults``.
 - **Help**: every option's default is shown once, after its description, and ``None`` defaults are not.
 - **Logs**: huggingface_hub's HTTP client (httpx or httpx2, and their httpcore) logs at WARNING, not one
@@ -48,18 +50,22 @@ _QUIET_LOGGERS = ("httpx", "httpcore", "httpx2", "httpcore2")
 
 
 # Flag groups a subcommand can take, each declared once below (see :data:`SHARED_FLAGS`).
-MODEL, DEVICE, SEED, THREADS, SAMPLING, STEPS, CLASS, SPEED = (
+MODEL, DEVICE, SEED, THREADS, SAMPLING, CHAIN, STEPS, CLASS, SPEED, HUB, REWRITE = (
     "model",
     "device",
     "seed",
     "threads",
     "sampling",
+    "chain",
     "steps",
     "class",
     "speed",
+    "hub",
+    "rewrite",
 )
-_SAMPLE = (MODEL, DEVICE, SEED, THREADS, SAMPLING, STEPS, CLASS, SPEED)
-_EDIT = (MODEL, DEVICE, SEED, THREADS, STEPS, CLASS, SPEED)
+_SAMPLE = (MODEL, DEVICE, SEED, THREADS, SAMPLING, CHAIN, STEPS, CLASS, SPEED)
+# RePaint and SDEdit run the DDPM chain: its variance and spacing, not another sampler.
+_EDIT = (MODEL, DEVICE, SEED, THREADS, CHAIN, STEPS, CLASS, SPEED)
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,9 @@ class Subcommand:
     steps_default: str | None = (
         None  # in words, where --num-inference-steps' default is not the usual
     )
+    # What the command writes into a model (REWRITE: --output, and --push-to-hub's upload), or, for
+    # one that only reports on it (HUB alone), what --push-to-hub does.
+    writes: str = ""
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
@@ -93,10 +102,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "evaluate": Subcommand(
         "hf_ddpm.evaluation.evaluate",
         "NLL bound in bits/dim, FID and FD-DINOv2 of a pipeline",
-        shared=(MODEL, DEVICE, SEED, THREADS, SAMPLING, STEPS, SPEED),
+        shared=(MODEL, DEVICE, SEED, THREADS, SAMPLING, CHAIN, STEPS, SPEED, HUB),
         model_required=True,
         steps_default="T, all training steps; they are also the K-step chain whose bound the nll "
         "metric reports",
+        writes="add the metrics to the Hub model card",
     ),
     "inpaint": Subcommand(
         "hf_ddpm.sampling.inpaint",
@@ -117,14 +127,16 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "calibrate": Subcommand(
         "hf_ddpm.evaluation.calibrate",
         "Gamma_n for Analytic-DPM's variance, into a model",
-        shared=(MODEL, DEVICE, SEED, THREADS),
+        shared=(MODEL, DEVICE, SEED, THREADS, REWRITE, HUB),
         model_required=True,
+        writes="the calibrated pipeline",
     ),
     "fit-covariance": Subcommand(
         "hf_ddpm.training.fit_covariance",
         "fit SN-DDPM's or NPR-DDPM's per-pixel covariance head on a frozen model",
-        shared=(MODEL, DEVICE, SEED, THREADS),
+        shared=(MODEL, DEVICE, SEED, THREADS, REWRITE, HUB),
         model_required=True,
+        writes="the pipeline with its fitted head",
     ),
 }
 
@@ -231,31 +243,50 @@ def _add_steps(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
 
 
 def _add_sampling(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
+    from hf_ddpm.sampling.samplers import DDPM_SAMPLER, SAMPLERS
+
+    parser.add_argument(
+        "--sampler",
+        choices=list(SAMPLERS),
+        default=DDPM_SAMPLER,
+        help="; ".join(f"{name}: {sampler.help}" for name, sampler in SAMPLERS.items()),
+    )
+
+
+def _add_chain(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
+    """The variance and spacing of the chain: of any --sampler where the command takes one, else of the
+    DDPM sampler (the edit commands)."""
     from hf_ddpm.sampling.samplers import (
+        DDPM_SAMPLER,
         SAMPLERS,
         timestep_spacing_choices,
         variance_type_choices,
     )
 
-    parser.add_argument(
-        "--sampler",
-        choices=list(SAMPLERS),
-        default="ddpm",
-        help="; ".join(f"{name}: {sampler.help}" for name, sampler in SAMPLERS.items()),
+    default_variance = (
+        "analytic when the model carries eps_second_moment, from hf-ddpm calibrate or train; else "
+        "the model's own"
     )
-    with_variance = " or ".join(name for name, s in SAMPLERS.items() if s.variance_types)
+    if SAMPLING in subcommand.shared:
+        variance_types, spacings = variance_type_choices(), timestep_spacing_choices()
+        with_variance = " or ".join(name for name, s in SAMPLERS.items() if s.variance_types)
+        of_variance = f" of --sampler {with_variance}"
+        optimal = " or ".join(n for n, s in SAMPLERS.items() if "optimal" in s.timestep_spacings)
+        needs = f"eps_second_moment and --sampler {optimal}"
+    else:
+        chain = SAMPLERS[DDPM_SAMPLER]
+        variance_types, spacings = chain.variance_types, chain.timestep_spacings
+        of_variance, needs = " of the DDPM chain", "eps_second_moment"
+        default_variance += ", as in hf-ddpm sample"
     parser.add_argument(
         "--variance-type",
-        choices=variance_type_choices(),
-        help=f"reverse-process variance of --sampler {with_variance} (default: analytic when the model "
-        "carries eps_second_moment, from hf-ddpm calibrate or train; else the model's own)",
+        choices=variance_types,
+        help=f"reverse-process variance{of_variance} (default: {default_variance})",
     )
-    optimal = " or ".join(n for n, s in SAMPLERS.items() if "optimal" in s.timestep_spacings)
     parser.add_argument(
         "--timestep-spacing",
-        choices=timestep_spacing_choices(),
-        help="how the steps are chosen among the T (default: the model's; optimal needs "
-        f"eps_second_moment and --sampler {optimal})",
+        choices=spacings,
+        help=f"how the steps are chosen among the T (default: the model's; optimal needs {needs})",
     )
 
 
@@ -297,15 +328,41 @@ def _add_speed(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
     )
 
 
+def _add_rewrite(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
+    parser.add_argument(
+        "--output",
+        default=None,
+        help=f"folder to write {subcommand.writes} to (default: MODEL itself, if a local folder)",
+    )
+
+
+def _add_hub(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
+    rewrites = REWRITE in subcommand.shared
+    parser.add_argument(
+        "--push-to-hub",
+        action="store_true",
+        help=f"upload {subcommand.writes} to the Hub" if rewrites else subcommand.writes,
+    )
+    parser.add_argument(
+        "--hub-model-id",
+        default=None,
+        help=f"repo to {'push to' if rewrites else 'update'} (default: MODEL, if a repo id)",
+    )
+    parser.add_argument("--hub-token", default=None, help="Hub token (default: the logged-in one)")
+
+
 SHARED_FLAGS: dict[str, Callable[[argparse.ArgumentParser, Subcommand], None]] = {
     MODEL: _add_model,
     DEVICE: _add_device,
     SEED: _add_seed,
     THREADS: _add_threads,
     SAMPLING: _add_sampling,
+    CHAIN: _add_chain,
     STEPS: _add_steps,
     CLASS: _add_class,
     SPEED: _add_speed,
+    REWRITE: _add_rewrite,
+    HUB: _add_hub,
 }
 
 

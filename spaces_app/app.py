@@ -63,7 +63,14 @@ if __package__:  # imported as spaces_app.app (the tests)
     from .ddpm_space.generate import generate_images, spacings_for
     from .ddpm_space.inputs import MAX_IMAGES, MAX_QUEUE, MAX_SEED, MAX_STEPS, NO_CLASS
     from .ddpm_space.likelihood import likelihood_bound
-    from .ddpm_space.loading import DDPM, LoadedModel, ModelState, load_model, sampler_help
+    from .ddpm_space.loading import (
+        DDPM,
+        LoadedModel,
+        ModelState,
+        load_model,
+        sampler_help,
+        trained_on_bundled_data,
+    )
     from .ddpm_space.pictures import ImageTransform, readable_upload
 else:  # run as a script (`python app.py`, as a Space runs it), with this folder on sys.path
     from ddpm_space import editing
@@ -71,7 +78,14 @@ else:  # run as a script (`python app.py`, as a Space runs it), with this folder
     from ddpm_space.generate import generate_images, spacings_for
     from ddpm_space.inputs import MAX_IMAGES, MAX_QUEUE, MAX_SEED, MAX_STEPS, NO_CLASS
     from ddpm_space.likelihood import likelihood_bound
-    from ddpm_space.loading import DDPM, LoadedModel, ModelState, load_model, sampler_help
+    from ddpm_space.loading import (
+        DDPM,
+        LoadedModel,
+        ModelState,
+        load_model,
+        sampler_help,
+        trained_on_bundled_data,
+    )
     from ddpm_space.pictures import ImageTransform, readable_upload
 
 try:  # ZeroGPU Spaces ship `spaces`; elsewhere the decorator is a no-op.
@@ -104,8 +118,6 @@ _HERE = Path(__file__).resolve().parent
 _BUNDLED_MODEL = Path("pretrained") / "mnist-5k"
 # PIL modes of example images, by the channel count of the models they suit.
 _EXAMPLE_MODES = {1: "L", 3: "RGB"}
-# The data the examples come from (the bundled sets of hf-ddpm train --dataset).
-_DIGIT_DATASETS = ("mnist-5k", "sklearn-digits")
 
 # Launch-time CSS (Gradio 6 takes it in launch()): blow tiny images up as crisp pixels.
 CSS = (
@@ -152,10 +164,11 @@ def resolve_model(cli_model: str | None = None) -> str | None:
 def examples_for(loaded: LoadedModel | None) -> list[str]:
     """The example pictures (examples/*.png: held-out MNIST digits, the bundled model's data) whose
     colour matches the model: grey ones for a 1-channel model, RGB ones for a 3-channel one. None for a
-    model whose train_config.json names other data (a folder of photos, a Hub dataset): digits are no
-    example of what it draws."""
-    if loaded is not None and loaded.trained_on not in (None, *_DIGIT_DATASETS):
-        return []
+    model whose train_config.json names other data than a bundled digit set (a folder of photos, a Hub
+    dataset): digits are no example of what it draws."""
+    if loaded is not None and loaded.trained_on is not None:
+        if not trained_on_bundled_data(loaded.trained_on):
+            return []
     mode = _EXAMPLE_MODES.get(loaded.channels) if loaded else None
     paths = sorted((_HERE / "examples").glob("*.png"))
     return [str(path) for path in paths if mode is not None and Image.open(path).mode == mode]

@@ -174,3 +174,68 @@ def tiny_dinov2_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("dinov2")
     Dinov2Model(config).save_pretrained(path)
     return str(path)
+
+
+# --- Training runs and subprocesses ------------------------------------------------------------------
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# Two CPU processes (gloo): `accelerate launch --cpu --num_processes 2` silently runs one, torchrun two.
+TORCHRUN_TWO = (
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc_per_node",
+    "2",
+)
+# The smallest real training run: the bundled 8x8 digits, the tiny UNet, 2 steps of 20 timesteps, no
+# checkpoints, grids or loggers; each test adds what it is about.
+TINY_TRAINING = {
+    "dataset": "sklearn-digits",
+    "model_preset": "tiny",
+    "resolution": 8,
+    "batch_size": 8,
+    "max_steps": 2,
+    "num_train_timesteps": 20,
+    "checkpoint_every": 0,
+    "sample_every": 0,
+    "dataloader_num_workers": 0,
+    "logger": "none",
+}
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a test's subprocess: one thread, and this checkout first on the path."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, **extra}
+
+
+def run_subprocess(command, cwd=None, timeout=300, env=None) -> subprocess.CompletedProcess:
+    """``command`` as a test's subprocess (in :func:`subprocess_env` unless ``env`` is given), its output
+    captured as text."""
+    return subprocess.run(
+        list(command),
+        env=env or subprocess_env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def tiny_train_config(folder, **overrides):
+    """:data:`TINY_TRAINING` writing to ``folder``/out, with ``overrides``, as a TrainConfig."""
+    from hf_ddpm.training.train_config import TrainConfig
+
+    return TrainConfig(**{**TINY_TRAINING, "output_dir": str(Path(folder) / "out"), **overrides})
+
+
+def checkpoint_weights(path) -> dict[str, torch.Tensor]:
+    """The model and EMA weights of a training checkpoint folder, keyed ``group/name``."""
+    from hf_ddpm.training.checkpointing import load_checkpoint
+
+    tensors, _ = load_checkpoint(path)
+    return {f"{group}/{k}": v for group in ("model", "ema") for k, v in tensors[group].items()}

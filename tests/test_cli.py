@@ -280,6 +280,37 @@ def test_shared_flags_are_declared_once_and_honour_a_commands_default():
         assert ("threads" in dests) == (cli.THREADS in spec.shared)
 
 
+def _options(add_arguments, *extra) -> set[str]:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, *extra)
+    return {s for a in parser._actions for s in a.option_strings} - {"-h", "--help"}
+
+
+# --output names another file where a command declares it itself: sample's grid, evaluate's report, an
+# edit's image. train's options are its TrainConfig fields, recorded in train_config.json.
+OWN_MEANINGS = {"--output"}
+
+
+@pytest.mark.parametrize("command", [c for c in cli.SUBCOMMANDS if c != "train"])
+def test_no_command_declares_a_shared_flag_itself(command):
+    """A shared flag comes from its group in cli.SHARED_FLAGS, never from a command's add_arguments:
+    the Hub upload flags of calibrate, fit-covariance and evaluate, and the folder calibrate and
+    fit-covariance rewrite a model into, as much as --seed or --device."""
+    from importlib import import_module
+
+    spec = cli.SUBCOMMANDS[command]
+    own = _options(import_module(spec.module).add_arguments)
+    for group, add in cli.SHARED_FLAGS.items():
+        restated = own & _options(add, spec)
+        assert not restated - (set() if group in spec.shared else OWN_MEANINGS), (group, restated)
+    if command in ("calibrate", "fit-covariance", "evaluate"):
+        assert cli.HUB in spec.shared
+        hub = {"--push-to-hub", "--hub-model-id", "--hub-token"}
+        assert hub <= _options(cli._add_shared_arguments, spec)
+
+
 def test_http_client_logs_are_quiet(monkeypatch):
     """train logs at INFO; huggingface_hub's HTTP client would then log every request."""
     from hf_ddpm.sampling import sample

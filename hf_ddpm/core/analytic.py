@@ -47,8 +47,8 @@ def last_step_pixels(
 def check_eps_second_moment(eps_second_moment: object, num_train_timesteps: int) -> np.ndarray:
     """Gamma as a float64 array of T finite non-negative numbers, or ValueError saying how to get it."""
     how = (
-        "compute it with `hf-ddpm calibrate MODEL --dataset ...`, which writes eps_second_moment into the "
-        "model's scheduler_config.json"
+        "with hf_ddpm installed, compute it with `hf-ddpm calibrate MODEL --dataset ...`, which writes "
+        "eps_second_moment into the model's scheduler_config.json"
     )
     if eps_second_moment is None:
         raise ValueError(f"variance_type 'analytic' needs eps_second_moment (Gamma_n); {how}")

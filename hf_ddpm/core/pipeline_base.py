@@ -26,6 +26,7 @@ from diffusers import ImagePipelineOutput, ModelMixin, SchedulerMixin, UNet2DMod
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
 # diffusers' remote-code loader copies only the relative imports written in a module, not theirs.
+from .class_layout import null_label_of, num_classes_of
 from .covariance import x0_covariance  # noqa: F401  (imported by variance)
 from .covariance_head import CovarianceHead, eps_and_head
 from .diffusion_tables import (
@@ -91,7 +92,8 @@ def check_covariance_head(unet: Any, scheduler: Any, covariance_head: Any) -> No
         if variance_type in HEAD_VARIANCE_TYPES:
             raise ValueError(
                 f"variance_type {variance_type!r} needs a covariance head (pipeline component "
-                "covariance_head), and this model has none: fit one with `hf-ddpm fit-covariance MODEL "
+                "covariance_head), and this model has none: with hf_ddpm installed, fit one with "
+                "`hf-ddpm fit-covariance MODEL "
                 f"--kind {variance_type}`, or sample with another variance_type."
             )
         return
@@ -101,31 +103,9 @@ def check_covariance_head(unet: Any, scheduler: Any, covariance_head: Any) -> No
         raise ValueError(
             f"the covariance head maps {head.feature_channels} feature channels to {head.out_channels}, "
             f"but this UNet has {features} channels in its last feature map and samples of {channels}: "
-            "the head was fitted for another UNet. Fit one for this model with `hf-ddpm fit-covariance`."
+            "the head was fitted for another UNet. With hf_ddpm installed, fit one for this model with "
+            "`hf-ddpm fit-covariance`."
         )
-
-
-# hf-ddpm train's layout of a class-conditional UNet's embeddings: the data's classes 0..n-1, then one
-# more, n, the null label of classifier-free guidance (Ho & Salimans 2022). Every reader of a model's
-# labels goes through the three functions below.
-
-
-def num_class_embeds_for(num_classes: int) -> int:
-    """``num_class_embeds`` of a UNet for ``num_classes`` classes and the null label after them."""
-    return num_classes + 1
-
-
-def null_label_of(num_class_embeds: int | None, recorded: int | None = None) -> int | None:
-    """The label under which a UNet with ``num_class_embeds`` class embeddings models p(x): the
-    pipeline's ``recorded`` null_class_label, else the last embedding; None for an unconditional UNet."""
-    if not num_class_embeds:
-        return None
-    return num_class_embeds - 1 if recorded is None else int(recorded)
-
-
-def num_classes_of(num_class_embeds: int | None) -> int | None:
-    """The classes 0..n-1 of a UNet laid out as :func:`num_class_embeds_for` makes it (None: unconditional)."""
-    return null_label_of(num_class_embeds)
 
 
 def check_null_class_label(unet: Any, null_class_label: int | None) -> None:
@@ -341,7 +321,7 @@ class HFDDPMPipelineMixin:
             )
         guided = guidance_scale != 1.0
         # With guidance, the null label is what the class is compared against, not a class to ask for.
-        last_is_null = guided and self._guidance_null_label() == num_classes_of(num_class_embeds)
+        last_is_null = guided and self._guidance_null_label() == null_label_of(num_class_embeds)
         num_classes = num_classes_of(num_class_embeds) if last_is_null else num_class_embeds
         if labels.min() < 0 or labels.max() >= num_classes:
             raise ValueError(
@@ -533,10 +513,12 @@ class HFDDPMPipelineMixin:
     @classmethod
     def from_pipe(cls, pipeline: Any, **kwargs: Any) -> Any:
         """``DiffusionPipeline.from_pipe``: a pipeline of this class on ``pipeline``'s components (and its
-        ``null_class_label``), without a reload. The UNet is passed on explicitly, since diffusers would
-        otherwise keep only a UNet of exactly the hinted classes and drop any other ``ModelMixin``."""
-        if getattr(pipeline, "unet", None) is not None:
-            kwargs.setdefault("unet", pipeline.unet)
+        ``null_class_label``), without a reload. The models (the UNet, a covariance head) are passed on
+        explicitly: diffusers keeps only a model whose class is exactly one its type hint names, and
+        drops any other ``ModelMixin`` with a warning, as it would the head (a subclass)."""
+        for name in ("unet", "covariance_head"):
+            if getattr(pipeline, name, None) is not None:
+                kwargs.setdefault(name, getattr(pipeline, name))
         # diffusers' from_pipe casts every model with .to(dtype), and ModelMixin.to then warns of its
         # modules "that should be kept in float32" even when that list is empty, as a UNet2DModel's is.
         cast_warnings = logging.getLogger("diffusers.models.modeling_utils")

@@ -19,6 +19,7 @@ from diffusers.utils.torch_utils import randn_tensor
 # diffusers copies into a remote-code folder only the siblings that the loaded file itself names, so the
 # noqa imports below name what the modules it uses import in turn (shown in brackets).
 from .analytic import check_eps_second_moment  # noqa: F401  (imported by variance)
+from .class_layout import null_label_of  # noqa: F401  (imported by pipeline_base, model_card)
 from .covariance import x0_covariance  # noqa: F401  (imported by variance)
 from .covariance_head import CovarianceHead  # noqa: F401  (imported by pipeline_base)
 from .diffusion_tables import DiffusionTables  # noqa: F401  (imported by variance)

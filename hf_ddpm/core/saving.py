@@ -192,16 +192,28 @@ def _carry_extra_files(source: Path, folder: Path) -> set[str]:
     return carried
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a hidden partial file and ``os.replace``, so that a reader (or
-    a crash) never sees half a file."""
-    partial = path.with_name(f".{path.name}.partial")
+def write_atomically(path: str | os.PathLike, content: str | bytes) -> None:
+    """Write ``content`` (text, as UTF-8, or bytes) to ``path`` through a hidden partial file and
+    ``os.replace``, so that a reader (or a crash) never sees half a file. Each process has its own
+    partial file, so two writing the same file (a shared cache) never mix their bytes.
+
+    Raises:
+        OSError: of the same kind, naming ``path`` (not the partial file), when the write fails; the old
+            file is then whole and no partial one is left beside it.
+    """
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        partial.write_text(text, encoding="utf-8")
+        if isinstance(content, str):
+            partial.write_text(content, encoding="utf-8")
+        else:
+            partial.write_bytes(content)
         partial.replace(path)
-    except BaseException:
-        # A full disk: the old file stays whole, and no partial one is left beside it.
+    except BaseException as error:
         partial.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno is not None:
+            # OSError(errno, ...) is the subclass of that errno (FileNotFoundError, ...), as before.
+            raise OSError(error.errno, f"writing {path} failed: {error.strerror}") from error
         raise
 
 

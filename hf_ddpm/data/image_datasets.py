@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -96,6 +97,31 @@ class ImageDataset:
         if self.fingerprint is not None:
             record["fingerprint"] = self.fingerprint
         return record
+
+
+def model_train_record(model: str, token: str | None = None) -> tuple[dict[str, Any] | None, str]:
+    """The ``train_config.json`` of ``model`` (a folder, or a Hub repo id, read with ``token``) if it has
+    one, and where it was looked for."""
+    folder = Path(model)
+    if folder.is_dir():
+        path, where = folder / TRAIN_RECORD, f"the folder {model}"
+        if not path.is_file():
+            return None, where
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+
+        where = f"the Hub repo {model}"
+        try:
+            path = Path(hf_hub_download(model, TRAIN_RECORD, token=token))
+        # No such file, repo or network: the command then asks for the data.
+        except (EntryNotFoundError, HFValidationError, OSError):
+            return None, where
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None, where
+    return (record if isinstance(record, dict) else None), where
 
 
 def load_image_dataset(

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from hf_ddpm.core.pipeline_base import null_label_of
+from hf_ddpm.core.class_layout import null_label_of
 
 
 @dataclass
@@ -46,7 +46,7 @@ def call_model(model: Callable[..., Any], x_t: torch.Tensor, t: torch.Tensor) ->
 def unconditional_label(unet: Any, null_label: int | None = None) -> int | None:
     """The class label under which ``unet`` models p(x): None for an unconditional UNet; for a
     class-conditional one trained for classifier-free guidance, ``null_label`` (a pipeline's
-    ``null_class_label``), or the one of hf-ddpm train's layout (:func:`.pipeline_base.null_label_of`)."""
+    ``null_class_label``), or the one of hf-ddpm train's layout (:func:`.class_layout.null_label_of`)."""
     return null_label_of(getattr(unet.config, "num_class_embeds", None), null_label)
 
 

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hf_ddpm.core.class_layout import null_label_of
 from hf_ddpm.core.parameterization import resolve_parameterization, x0_from_prediction
+from hf_ddpm.core.saving import write_atomically
 
 from .bound import measure_noised_rows, unconditional_model
 
@@ -209,13 +210,14 @@ def calibrate_pipeline(
             "the pipeline with hf_ddpm.HFDDPMPipeline.from_pretrained"
         )
     null_label = getattr(pipeline.config, "null_class_label", None)
-    if getattr(pipeline.unet.config, "num_class_embeds", None) and null_label is None:
+    num_class_embeds = getattr(pipeline.unet.config, "num_class_embeds", None)
+    if num_class_embeds and null_label is None:
         raise ValueError(
             "this class-conditional model records no null label (null_class_label in model_index.json), "
             "so it has no model of p(x) to calibrate: the analytic variance needs the unconditional "
             "network of classifier-free guidance. If it was trained with label dropout and its null label "
-            "is the last class embedding (hf-ddpm train's layout), set pipe.register_to_config("
-            "null_class_label=pipe.unet.config.num_class_embeds - 1), save it, and calibrate again"
+            f"is {null_label_of(num_class_embeds)} (hf-ddpm train's layout), set pipe.register_to_config("
+            f"null_class_label={null_label_of(num_class_embeds)}), save it, and calibrate again"
         )
     device = pipeline.unet.device
     result = eps_second_moment(
@@ -240,7 +242,7 @@ def write_eps_second_moment(
     folder: str | os.PathLike, values: np.ndarray | list[float], set_default: bool = False
 ) -> Path:
     """Write ``eps_second_moment`` into ``folder``'s scheduler/scheduler_config.json (and
-    ``variance_type="analytic"`` with ``set_default``) through a temporary file and ``os.replace``, so an
+    ``variance_type="analytic"`` with ``set_default``) atomically (:func:`.saving.write_atomically`), so an
     interrupted write leaves the old config whole. Returns the config's path."""
     path = Path(folder) / SCHEDULER_CONFIG
     if not path.is_file():
@@ -254,18 +256,7 @@ def write_eps_second_moment(
     config["eps_second_moment"] = [float(v) for v in values]
     if set_default:
         config["variance_type"] = "analytic"
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".scheduler_config.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            f.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except OSError as error:
-        Path(tmp).unlink(missing_ok=True)
-        # Named by the config it was to replace (which is whole), not by the temporary file.
-        raise OSError(error.errno, f"writing {path} failed: {error.strerror}") from error
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return path
 
 
@@ -318,24 +309,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Bao et al. find 10 nearly enough)",
     )
     parser.add_argument(
-        "--output",
-        default=None,
-        help="new folder to write the calibrated pipeline to, whole or not at all (default: MODEL "
-        "itself, if a local folder)",
-    )
-    parser.add_argument(
         "--set-default",
         action="store_true",
         help='also make variance_type "analytic" the saved default',
     )
     parser.add_argument("--batch-size", type=int, default=256, help="network inputs per call")
-    parser.add_argument(
-        "--push-to-hub", action="store_true", help="upload the calibrated folder to the Hub"
-    )
-    parser.add_argument(
-        "--hub-model-id", default=None, help="repo to push to (default: MODEL, if a repo id)"
-    )
-    parser.add_argument("--hub-token", default=None, help="Hub token (default: the logged-in one)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,36 +9,9 @@ since the bundled grey digits fit only grey 32x32 models.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from typing import Any
 
-from hf_ddpm.data.image_datasets import BUNDLED_DATASETS, TRAIN_RECORD
-
-
-def model_train_record(model: str) -> tuple[dict[str, Any] | None, str]:
-    """The ``train_config.json`` of ``model`` (a folder, or a Hub repo id) if it has one, and where it
-    was looked for."""
-    folder = Path(model)
-    if folder.is_dir():
-        path, where = folder / TRAIN_RECORD, f"the folder {model}"
-        if not path.is_file():
-            return None, where
-    else:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, HFValidationError
-
-        where = f"the Hub repo {model}"
-        try:
-            path = Path(hf_hub_download(model, TRAIN_RECORD))
-        # No such file, repo or network: the command then asks for the data.
-        except (EntryNotFoundError, HFValidationError, OSError):
-            return None, where
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        return None, where
-    return (record if isinstance(record, dict) else None), where
+from hf_ddpm.data.image_datasets import BUNDLED_DATASETS, TRAIN_RECORD, model_train_record
 
 
 def resolve_data_flags(args: argparse.Namespace, command: str) -> None:

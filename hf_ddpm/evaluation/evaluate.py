@@ -33,8 +33,9 @@ from hf_ddpm.data.held_out import ReferenceData, add_data_arguments, load_refere
 from hf_ddpm.hub.metrics_card import push_metrics_to_hub
 from hf_ddpm.sampling.sample_folder import read_samples
 from hf_ddpm.sampling.samplers import (
-    DEFAULT_SAMPLING_STEPS,
+    DDPM_SAMPLER,
     default_sampling_steps,
+    default_sampling_steps_in_words,
     sampling_scheduler,
 )
 from hf_ddpm.sampling.sharding import ProcessGroup, image_seed
@@ -139,7 +140,7 @@ class EvaluationOptions:
     stats_cache_dir: str | Path | None = None
     grid_path: str | Path | None = None
     grid_steps: int | None = None
-    sampler: str = "ddpm"
+    sampler: str = DDPM_SAMPLER
     variance_type: str | None = None
     timestep_spacing: str | None = None
     samples: str | Path | None = None
@@ -637,8 +638,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="PATH",
         help="also write a PNG grid of up to 64 samples (default: no grid). It reuses the Fréchet "
-        f"samples; with only nll it draws its own, in --num-inference-steps or {DEFAULT_SAMPLING_STEPS} "
-        "steps",
+        "samples; with only nll it draws its own in --num-inference-steps steps, else "
+        f"{default_sampling_steps_in_words()}",
     )
     parser.add_argument(
         "--no-grid",
@@ -647,13 +648,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         const=None,
         help="write no sample grid (the last of --grid and --no-grid wins)",
     )
-    parser.add_argument(
-        "--push-to-hub", action="store_true", help="add the metrics to the Hub model card"
-    )
-    parser.add_argument(
-        "--hub-model-id", default=None, help="repo to update (default: MODEL, if a repo id)"
-    )
-    parser.add_argument("--hub-token", default=None, help="Hub token (default: the logged-in one)")
 
 
 def run(args: argparse.Namespace) -> int:

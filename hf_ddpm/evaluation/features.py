@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from hf_ddpm.core.saving import write_atomically
+
 from .frechet import FeatureStatistics, feature_statistics
 
 __all__ = [
@@ -331,9 +333,7 @@ def reference_statistics(
         extract_features(extractor, batches(), desc=f"reference {key.split}")
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    # write then rename, so a concurrent or interrupted run never leaves a truncated cache file behind
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
-    stats.save(tmp)
-    tmp.replace(path)
-    path.with_suffix(".json").write_text(json.dumps(asdict(key), indent=2, sort_keys=True))
+    # Atomic, so a concurrent or interrupted run never leaves a truncated cache file behind.
+    stats.save(path)
+    write_atomically(path.with_suffix(".json"), json.dumps(asdict(key), indent=2, sort_keys=True))
     return stats

@@ -12,12 +12,15 @@ eigen-decompositions in float64 are stable where a general ``sqrtm`` of a near-s
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from hf_ddpm.core.saving import write_atomically
 
 __all__ = [
     "FeatureStatistics",
@@ -52,8 +55,10 @@ class FeatureStatistics:
         return int(self.mu.shape[0])
 
     def save(self, path: str | Path) -> None:
-        """Write the statistics to an ``.npz`` file."""
-        np.savez(Path(path), mu=self.mu, sigma=self.sigma, num_samples=np.int64(self.num_samples))
+        """Write the statistics to ``path`` (an ``.npz`` file) atomically."""
+        buffer = io.BytesIO()
+        np.savez(buffer, mu=self.mu, sigma=self.sigma, num_samples=np.int64(self.num_samples))
+        write_atomically(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureStatistics:

@@ -48,14 +48,13 @@ def write_metrics_to_card(folder: str | Path, report: dict[str, Any], model_name
     from huggingface_hub import ModelCard
 
     from hf_ddpm.core.model_card import MODEL_CARD
+    from hf_ddpm.core.saving import write_atomically
 
     path = Path(folder) / MODEL_CARD
     card = ModelCard.load(path)
     card.data.model_name = model_name
     card.data.eval_results = card_eval_results(report)
-    partial = path.with_name(f".{path.name}.partial")
-    card.save(partial)
-    partial.replace(path)
+    write_atomically(path, str(card))
     return path
 
 

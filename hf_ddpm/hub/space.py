@@ -2,7 +2,8 @@
 
 The Space's folder is assembled in a temporary directory, then uploaded in one commit:
 
-- the files of ``spaces_app/`` (``app.py``, ``requirements.txt``, example images, helpers);
+- the files of ``spaces_app/`` (``app.py``, ``requirements.txt``, helpers), and its example digits
+  (``examples/``) only for a model trained on a bundled digit set (its ``train_config.json`` names one);
 - its ``README.md`` with the model id in the front matter's ``models:`` list, which is where the app
   looks for its model when ``HF_DDPM_MODEL`` is not set;
 - a copy of the hf_ddpm modules the app uses (the pipeline, the scheduler, the variational bound and
@@ -24,11 +25,17 @@ from huggingface_hub import SpaceCard, create_repo, upload_folder
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from hf_ddpm.data.bundled_datasets import BUNDLED_DATASETS
+from hf_ddpm.data.image_datasets import model_train_record
+
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # spaces_app/ sits next to the package in a source checkout (and in an editable install).
 DEFAULT_APP_DIR = _PACKAGE_DIR.parent / "spaces_app"
 _APP_FILES = ("app.py", "requirements.txt", "README.md")
-_SKIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
+# Held-out MNIST digits: examples for a model of the bundled digit sets, none for one of photos.
+_EXAMPLES = "examples"
+_SKIPPED_NAMES = ("__pycache__", "*.pyc", ".*")
+_SKIPPED = shutil.ignore_patterns(*_SKIPPED_NAMES)
 # Modules the app imports beyond hf_ddpm's public names: the transform that makes an upload the model's
 # input exactly as in training, so the likelihood tab's bits/dim match `hf-ddpm evaluate`, and the
 # sampler registry, so the page offers the choices `hf-ddpm sample` has.
@@ -66,20 +73,7 @@ def package_modules() -> list[Path]:
     return sorted(files)
 
 
-def prepare_space_folder(app_dir: str | Path, model_id: str, destination: str | Path) -> Path:
-    """Write the Space's files into ``destination`` (created) and return it.
-
-    Args:
-        app_dir: the Space template folder (``spaces_app/``): must hold app.py, README.md and
-            requirements.txt.
-        model_id: Hub repo id of the pipeline the Space serves, written into README.md ``models:``.
-        destination: an empty or missing folder.
-
-    Raises:
-        FileNotFoundError: ``app_dir`` lacks one of the files above.
-        ValueError: ``model_id`` is not a Hub repo id (a local folder cannot be read by a Space).
-    """
-    app_dir, destination = Path(app_dir), Path(destination)
+def _check_arguments(app_dir: Path, model_id: str) -> None:
     missing = [name for name in _APP_FILES if not (app_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(
@@ -92,7 +86,43 @@ def prepare_space_folder(app_dir: str | Path, model_id: str, destination: str | 
             "first (HFDDPMPipeline.push_to_hub, or `hf-ddpm train --push-to-hub`) and pass its repo id."
         )
     _check_repo_id("--model", model_id)
-    shutil.copytree(app_dir, destination, ignore=_SKIPPED, dirs_exist_ok=True)
+
+
+def digit_examples_fit(model_id: str, token: str | None = None) -> tuple[bool, str]:
+    """Whether the Space's example digits suit ``model_id``: it was trained on a bundled set (all of them
+    digits), as the ``train_config.json`` in its Hub repo says; and why, in words."""
+    record, where = model_train_record(model_id, token=token)
+    if record is None:
+        return False, f"no train_config.json naming the model's data in {where}"
+    folder, dataset = record.get("train_data_dir"), record.get("dataset")
+    if folder:
+        return False, f"the model was trained on the image folder {folder}"
+    if dataset not in BUNDLED_DATASETS:
+        return False, f"the model was trained on {dataset}, not a bundled digit set"
+    return True, f"the model was trained on the bundled {dataset}"
+
+
+def prepare_space_folder(
+    app_dir: str | Path, model_id: str, destination: str | Path, examples: bool = False
+) -> Path:
+    """Write the Space's files into ``destination`` (created) and return it.
+
+    Args:
+        app_dir: the Space template folder (``spaces_app/``): must hold app.py, README.md and
+            requirements.txt.
+        model_id: Hub repo id of the pipeline the Space serves, written into README.md ``models:``.
+        destination: an empty or missing folder.
+        examples: copy the template's example digits (``examples/``) too; only for a model of digits
+            (:func:`digit_examples_fit`).
+
+    Raises:
+        FileNotFoundError: ``app_dir`` lacks one of the files above.
+        ValueError: ``model_id`` is not a Hub repo id (a local folder cannot be read by a Space).
+    """
+    app_dir, destination = Path(app_dir), Path(destination)
+    _check_arguments(app_dir, model_id)
+    skipped = _SKIPPED if examples else shutil.ignore_patterns(*_SKIPPED_NAMES, _EXAMPLES)
+    shutil.copytree(app_dir, destination, ignore=skipped, dirs_exist_ok=True)
     card = SpaceCard.load(app_dir / "README.md")
     card.data.models = [model_id]
     card.save(destination / "README.md")
@@ -117,8 +147,12 @@ def deploy_space(
     network access), and huggingface_hub's errors for Hub failures.
     """
     _check_repo_id("The Space id", space_id)
+    _check_arguments(Path(app_dir), model_id)
+    examples, why = digit_examples_fit(model_id, token)
+    # Printed, not logged: the command configures no logging, and the user must see what was left out.
+    print(f"hf-ddpm space: {'with' if examples else 'without'} the example digits: {why}")
     with tempfile.TemporaryDirectory(prefix="hf_ddpm_space_") as tmp:
-        folder = prepare_space_folder(app_dir, model_id, Path(tmp) / "space")
+        folder = prepare_space_folder(app_dir, model_id, Path(tmp) / "space", examples)
         url = create_repo(
             space_id,
             repo_type="space",

@@ -14,6 +14,7 @@ import PIL.Image
 import torch
 
 from hf_ddpm.data.image_grid import save_png_atomically
+from hf_ddpm.sampling.samplers import DDPM_SAMPLER, sampling_scheduler
 from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed
 
 from .sample import load_for_sampling, resolve_class_label
@@ -27,8 +28,8 @@ def pipeline_default(pipeline_class: type, name: str) -> Any:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, pipeline_class: type) -> None:
-    """The input image and output options of both edit commands (the model, steps, seed, class and
-    device flags are cli.py's shared ones); ``--num-inference-steps`` defaults to the pipeline's own."""
+    """The input image and output options of both edit commands (the model, steps, chain, seed, class
+    and device flags are cli.py's shared ones); ``--num-inference-steps`` defaults to the pipeline's own."""
     parser.add_argument(
         "--image",
         required=True,
@@ -128,11 +129,16 @@ def write_row(images: np.ndarray, output: Path) -> None:
 
 def open_edit(args: argparse.Namespace, pipeline_class: type) -> tuple[Any, np.ndarray, Path]:
     """The model as ``pipeline_class`` on ``--device`` (its UNet as ``--dtype``, ``--compile`` and
-    ``--channels-last`` say), the ``--image`` read for it, and the checked ``--output`` path."""
+    ``--channels-last`` say), its DDPM chain with the variance and spacing ``hf-ddpm sample`` would use
+    (``--variance-type``, ``--timestep-spacing``, else the same defaults), the ``--image`` read for it,
+    and the checked ``--output`` path."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     output = check_output_path(args.output)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = pipeline_class.from_pipe(load_for_sampling(args.model)).to(device)
+    choice = sampling_scheduler(pipe, DDPM_SAMPLER, args.variance_type, args.timestep_spacing)
+    pipe.scheduler = choice.scheduler
+    logger.info("editing with the %s", choice.description)
     apply_unet_speed(pipe, UNetSpeed(args.dtype, args.compile, args.channels_last))
     return pipe, read_image(args.image, "--image", pipe), output
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
+from hf_ddpm.core.class_layout import num_classes_of
 from hf_ddpm.core.diffusion_tables import check_num_inference_steps
-from hf_ddpm.core.pipeline_base import num_classes_of
 from hf_ddpm.hub.bundled import bundled_model_path
 from hf_ddpm.sampling.samplers import (
     SEED_RANGE,
@@ -107,7 +107,7 @@ def load_for_sampling(model: str | None) -> Any:
 
 def num_classes(pipeline: Any) -> int | None:
     """Classes a model trained by ``hf-ddpm train --class-column`` draws (the embeddings before its null
-    label, :func:`.pipeline_base.num_classes_of`), or None if unconditional."""
+    label, :func:`.class_layout.num_classes_of`), or None if unconditional."""
     return num_classes_of(getattr(pipeline.unet.config, "num_class_embeds", None))
 
 

@@ -30,6 +30,9 @@ from hf_ddpm.core.variance import (
 # of `hf-ddpm evaluate`, and the sample grids of `hf-ddpm train`. One place, so a benchmark's choice
 # changes them all.
 DEFAULT_SAMPLING_STEPS = 100
+# The model's own ancestral sampler: the default of --sampler, and the chain the edit commands (RePaint,
+# SDEdit) run.
+DDPM_SAMPLER = "ddpm"
 SEED_RANGE = range(0, 2**64)  # what torch.Generator.manual_seed takes without wrapping around
 # The spacings diffusers' own schedulers accept in set_timesteps ("optimal" is HFDDPMScheduler's).
 DIFFUSERS_SPACINGS: tuple[str, ...] = tuple(s for s in TIMESTEP_SPACINGS if s != "optimal")
@@ -108,7 +111,7 @@ def _diffusers(name: str, **overrides: Any) -> Callable[[Mapping[str, Any], str 
 
 
 SAMPLERS: dict[str, Sampler] = {
-    "ddpm": Sampler(
+    DDPM_SAMPLER: Sampler(
         "ancestral sampling (Ho et al. 2020, Algorithm 2) with the model's HFDDPMScheduler",
         _ddpm,
         variance_types=VARIANCE_TYPE_NAMES,
@@ -169,7 +172,7 @@ def _check_choice(flag: str, value: str | None, allowed: tuple[str, ...] | list[
 
 def sampling_scheduler(
     pipeline: Any,
-    sampler: str = "ddpm",
+    sampler: str = DDPM_SAMPLER,
     variance_type: str | None = None,
     timestep_spacing: str | None = None,
 ) -> SamplingChoice:

@@ -314,16 +314,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="'latest' (in --output; a fresh start if none) or a checkpoint-N folder",
     )
-    parser.add_argument(
-        "--output",
-        default=None,
-        help="folder to write the pipeline with its head to (default: MODEL itself, if a local folder)",
-    )
-    parser.add_argument("--push-to-hub", action="store_true", help="upload the fitted folder")
-    parser.add_argument(
-        "--hub-model-id", default=None, help="repo to push to (default: MODEL, if a repo id)"
-    )
-    parser.add_argument("--hub-token", default=None, help="Hub token (default: the logged-in one)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -197,7 +197,7 @@ def build_setup(config: TrainConfig, accelerator: Accelerator, data: ImageDatase
             "build_setup needs --batch-size and --lr-warmup-steps filled in: pass the config "
             "through TrainConfig.with_scaled_defaults first"
         )
-    from hf_ddpm.core.pipeline_base import null_label_of, num_class_embeds_for
+    from hf_ddpm.core.class_layout import null_label_of, num_class_embeds_for
     from hf_ddpm.core.scheduling import HFDDPMScheduler
 
     from .ema import EMA

@@ -24,11 +24,14 @@ import torch
 from .pictures import Transform, upload_transform
 
 try:  # hf_ddpm installed, or copied beside app.py by `hf-ddpm space`
-    from hf_ddpm.core.pipeline_base import num_classes_of
+    from hf_ddpm.core.class_layout import num_classes_of
+    from hf_ddpm.data.bundled_datasets import BUNDLED_DATASETS
     from hf_ddpm.data.image_transform import dataset_num_bins
     from hf_ddpm.sampling.samplers import SAMPLERS, default_sampling_steps, sampling_variance_type
 except ImportError:
     dataset_num_bins = SAMPLERS = sampling_variance_type = num_classes_of = None
+    # No bundled set is known, so no model's data is taken for the digits of the examples.
+    BUNDLED_DATASETS = {}
     default_sampling_steps = None
 
 # Written beside the pipeline by `hf-ddpm train`: names the data, and so its number of levels.
@@ -116,6 +119,12 @@ def trained_on(model: str) -> str | None:
     if config is None:
         return None
     return "image folder" if config.get("train_data_dir") else config.get("dataset")
+
+
+def trained_on_bundled_data(data: str | None) -> bool:
+    """Whether ``data`` (:func:`trained_on`) is one of hf_ddpm's bundled sets, all of them digits like
+    the Space's examples; never where hf_ddpm is absent, which knows them."""
+    return data in BUNDLED_DATASETS
 
 
 def data_num_bins(model: str) -> tuple[int, str]:

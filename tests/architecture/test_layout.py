@@ -217,3 +217,48 @@ def test_bundled_model_draws_the_images_it_drew_before_the_layout_change():
         output_type="np",
     ).images
     np.testing.assert_array_equal((images * 255).round().astype(np.uint8), reference)
+
+
+def _statement_strings(tree):
+    """The text of the string literals of each statement, docstrings left out, by line."""
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    for statement in ast.walk(tree):
+        if not isinstance(statement, ast.stmt) or isinstance(
+            statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+        ):
+            continue
+        inner = [n for n in ast.iter_child_nodes(statement) if not isinstance(n, ast.stmt)]
+        texts = [
+            node.value
+            for child in inner
+            for node in ast.walk(child)
+            if isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in docstrings
+        ]
+        if texts:
+            yield statement.lineno, " ".join(texts)
+
+
+def test_core_messages_say_that_hf_ddpm_commands_come_with_hf_ddpm():
+    """A saved model's code runs where only diffusers is installed: a message of core/ that tells its
+    user to run an `hf-ddpm` command says that the command comes with hf_ddpm."""
+    import re
+
+    from hf_ddpm.cli import SUBCOMMANDS
+
+    command = re.compile(rf"hf-ddpm ({'|'.join(map(re.escape, SUBCOMMANDS))})\b")
+    bad = []
+    for path in sorted((PACKAGE / "core").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for line, text in _statement_strings(tree):
+            if command.search(text) and "hf_ddpm installed" not in text:
+                bad.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {text[:120]}")
+    assert not bad, "\n".join(bad)

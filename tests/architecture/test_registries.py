@@ -152,6 +152,7 @@ def test_a_new_bundled_dataset_is_known_to_training_evaluation_and_the_space(
 ):
     from hf_ddpm.data.image_datasets import load_image_dataset
     from hf_ddpm.data.image_transform import dataset_num_bins
+    from hf_ddpm.hub.space import digit_examples_fit
     from spaces_app.ddpm_space.loading import data_num_bins
 
     images = np.arange(20 * 4 * 4, dtype=np.uint8).reshape(20, 4, 4)
@@ -167,6 +168,15 @@ def test_a_new_bundled_dataset_is_known_to_training_evaluation_and_the_space(
     (model_dir / "train_config.json").write_text(json.dumps({"dataset": DUMMY}))
     try:
         assert data_num_bins(str(model_dir))[0] == 5
+        # A bundled set is digits: the Space shows its example digits, and `hf-ddpm space` uploads them.
+        assert app.examples_for(app.load_model(str(model_dir)).model)
+        assert digit_examples_fit(str(model_dir)) == (
+            True,
+            f"the model was trained on the bundled {DUMMY}",
+        )
+        monkeypatch.delitem(bundled_datasets.BUNDLED_DATASETS, DUMMY)
+        assert app.examples_for(app.load_model(str(model_dir)).model) == []
+        assert not digit_examples_fit(str(model_dir))[0]
     finally:
         (model_dir / "train_config.json").unlink()
 
@@ -174,22 +184,61 @@ def test_a_new_bundled_dataset_is_known_to_training_evaluation_and_the_space(
 def test_the_default_steps_are_one_constant(monkeypatch, model_dir, capsys):
     monkeypatch.setattr(samplers, "DEFAULT_SAMPLING_STEPS", 7)
     assert "(default: 7, or T if the model has fewer)" in _help("sample", capsys)
+    # evaluate's own grid, drawn when no Fréchet samples are (--metrics nll).
+    assert "else 7, or T if the model has fewer" in _help("evaluate", capsys)
     assert _page(model_dir)["generate_steps"]["value"] == 7
 
 
-def test_the_null_label_layout_is_read_by_every_consumer(tmp_path):
-    """hf-ddpm train's layout: 3 classes, labels 0..2, then the null label 3 in a 4th embedding. The
-    pipeline, hf-ddpm sample, the bound and the Space all read it from core/pipeline_base."""
-    from hf_ddpm.core.pipeline_base import null_label_of, num_class_embeds_for
+def _change_the_class_layout(monkeypatch) -> None:
+    """What an edit of core/class_layout.py would make the layout: the classes 0..n-1, an unused
+    embedding n, then the null label n + 1. Every module bound to the rule's functions gets the new
+    ones, as a re-import after the edit would give it; a module restating the rule keeps the old one."""
+    from hf_ddpm.core import class_layout
+
+    def null_label_of(num_class_embeds, recorded=None):
+        if not num_class_embeds:
+            return None
+        return num_class_embeds - 1 if recorded is None else int(recorded)
+
+    changed = {
+        "num_class_embeds_for": lambda num_classes: num_classes + 2,
+        "null_label_of": null_label_of,
+        "num_classes_of": lambda num_class_embeds: (
+            num_class_embeds - 2 if num_class_embeds else None
+        ),
+    }
+    for name, rule in changed.items():
+        original = getattr(class_layout, name)
+        for module in list(sys.modules.values()):
+            if module is not None and vars(module).get(name) is original:
+                monkeypatch.setattr(module, name, rule)
+
+
+@pytest.mark.parametrize("layout", ["hf-ddpm train's", "changed"])
+def test_the_null_label_layout_is_read_by_every_consumer(layout, monkeypatch, tmp_path):
+    """3 classes, labels 0..2, and the null label in the last embedding: with hf-ddpm train's layout the
+    4th (label 3); with a changed one, whatever core/class_layout.py says (here the 5th, label 4). The
+    pipeline, hf-ddpm sample, the bound, the Space and the model card all read it from class_layout."""
+    from hf_ddpm.core import class_layout
     from hf_ddpm.evaluation.bound import unconditional_label
     from hf_ddpm.sampling.sample import num_classes
 
-    unet = _tiny_unet(in_channels=1, num_class_embeds=num_class_embeds_for(3))
-    pipe = HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler(num_train_timesteps=20))
-    assert unet.config.num_class_embeds == 4 and null_label_of(4) == 3
+    if layout == "changed":
+        _change_the_class_layout(monkeypatch)
+    embeds, null = {"hf-ddpm train's": (4, 3), "changed": (5, 4)}[layout]
+    unet = _tiny_unet(in_channels=1, num_class_embeds=class_layout.num_class_embeds_for(3))
+    pipe = HFDDPMPipeline(
+        unet=unet,
+        scheduler=HFDDPMScheduler(num_train_timesteps=20),
+        null_class_label=class_layout.null_label_of(embeds),
+    )
+    assert unet.config.num_class_embeds == embeds and pipe.config.null_class_label == null
     assert num_classes(pipe) == 3
-    assert unconditional_label(unet) == 3
+    assert unconditional_label(unet) == null
     pipe.save_pretrained(tmp_path / "model")
     assert app.load_model(str(tmp_path / "model")).model.num_classes == 3
+    # The card's example asks for the three classes, with guidance against the null label.
+    card = (tmp_path / "model" / "README.md").read_text(encoding="utf-8")
+    assert "class_labels=[0, 1, 2, 0], guidance_scale=2.0" in card
     with pytest.raises(ValueError, match=r"class_labels must lie in \[0, 2\]"):
         pipe(class_labels=[3], guidance_scale=2.0, num_inference_steps=2, output_type="np")

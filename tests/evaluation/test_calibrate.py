@@ -89,7 +89,7 @@ def test_write_is_atomic_and_keeps_the_variance_type_unless_asked(tmp_path, monk
         write_eps_second_moment(tmp_path, [0.5] * 10)
     monkeypatch.undo()
     assert config_path.read_text() == before
-    assert sorted(p.name for p in config_path.parent.iterdir() if p.suffix == ".tmp") == []
+    assert sorted(p.name for p in config_path.parent.iterdir() if p.name.startswith(".")) == []
     with pytest.raises(ValueError, match="num_train_timesteps=10"):
         write_eps_second_moment(tmp_path, [0.5] * 9)
     write_eps_second_moment(tmp_path, [0.5] * 10)

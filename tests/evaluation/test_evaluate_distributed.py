@@ -2,20 +2,14 @@
 ``--samples`` scores a sample folder or an evaluators' .npz without drawing."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import _tiny_unet
+from conftest import TORCHRUN_TWO, _tiny_unet, run_subprocess
 
 from hf_ddpm.cli import main
 from hf_ddpm.sampling.sample_folder import read_samples
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -69,28 +63,8 @@ def test_two_processes_report_what_one_reports(model_and_dinov2, tmp_path):
     one_dir, two_dir = tmp_path / "samples-1", tmp_path / "samples-2"
     with pytest.warns(UserWarning, match="samples of 16-dimensional features"):
         assert main(_argv(model, dinov2, tmp_path, "one", "--samples-dir", str(one_dir))) == 0
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    launch = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-    ]
     two = _argv(model, dinov2, tmp_path, "two", "--samples-dir", str(two_dir))
-    done = subprocess.run(
-        [*launch, "-m", "hf_ddpm.cli", *two],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    done = run_subprocess([*TORCHRUN_TWO, "-m", "hf_ddpm.cli", *two], cwd=tmp_path, timeout=400)
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.count("report:") == 1  # the main process writes and prints
     one = json.loads((tmp_path / "one.json").read_text())

@@ -1,6 +1,6 @@
 """Every model card's example runs (issue 22): the card's Python snippets, executed as written against tiny
-saved models, unconditional, 2-class (with the names hf-ddpm train records) and 10-class; the 2-class
-one also through remote code without hf_ddpm. And a checkpoint folder given as a model is named as one."""
+saved models, unconditional, 2-class (with the names hf-ddpm train records) and 10-class, installed and
+through remote code without hf_ddpm. And a checkpoint folder given as a model is named as one."""
 
 import re
 
@@ -53,10 +53,9 @@ def test_every_card_example_runs(kind, tmp_path, monkeypatch):
         assert "class_labels=[0, 1, 2, 3]," in installed and "guidance_scale" not in installed
 
 
-def test_the_remote_code_card_example_of_a_named_model_runs_without_hf_ddpm(
-    tmp_path, run_without_hf_ddpm
-):
-    folder = _save(tmp_path / "model", **MODELS["2 classes, named"])
+@pytest.mark.parametrize("kind", ["unconditional", "2 classes, named", "10 classes"])
+def test_the_remote_code_card_example_runs_without_hf_ddpm(kind, tmp_path, run_without_hf_ddpm):
+    folder = _save(tmp_path / "model", **MODELS[kind])
     remote = SNIPPET.findall((folder / "README.md").read_text())[0]
     assert "trust_remote_code=True" in remote
     run_without_hf_ddpm(remote + "\nassert len(images) == 4\n")

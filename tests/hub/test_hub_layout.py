@@ -459,3 +459,29 @@ def test_bad_load_and_save_arguments(tiny_unet, tmp_path):
     pipe.save_pretrained(tmp_path)
     with pytest.raises(TypeError, match=r"unexpected arguments \['text_encoder'\]"):
         HFDDPMPipeline.from_pretrained(tmp_path, text_encoder=None)
+
+
+@pytest.mark.parametrize("code", [28, 5])  # ENOSPC, EIO
+@pytest.mark.parametrize("content", ["text é\n", b"\x00bytes\xff"])
+def test_the_one_atomic_writer_keeps_the_old_file_and_names_it(
+    tmp_path, monkeypatch, code, content
+):
+    """core/saving.write_atomically, the writer of model folders, the calibrated config, evaluate's
+    report, the metrics card and the statistics cache: a failed write (half written, as a full disk
+    does) leaves the old file whole and no hidden partial file, and the error names the file."""
+    from fault_injection import inject_write_faults
+
+    from hf_ddpm.core.saving import write_atomically
+
+    path = tmp_path / "report.json"
+    path.write_text("old", encoding="utf-8")
+    faults = inject_write_faults(monkeypatch, tmp_path, error=code)
+    with pytest.raises(OSError, match=rf"writing {path} failed: {os.strerror(code)}") as raised:
+        write_atomically(path, content)
+    assert raised.value.errno == code and faults.failed
+    assert path.read_text(encoding="utf-8") == "old" and sorted(os.listdir(tmp_path)) == [path.name]
+    faults.enabled = False
+    write_atomically(path, content)
+    written = path.read_bytes()
+    assert written == (content.encode("utf-8") if isinstance(content, str) else content)
+    assert sorted(os.listdir(tmp_path)) == [path.name]

@@ -6,25 +6,20 @@ grids, never checkpoints, logs or hidden partial writes."""
 import shlex
 from pathlib import Path
 
+from conftest import tiny_train_config
+
 from hf_ddpm.core.pushing import HubPushError, push_folder_to_hub, uploaded_files
-from hf_ddpm.training.train import TrainConfig, train
+from hf_ddpm.training.train import train
 
 
 def _trained(tmp_path) -> Path:
     out = tmp_path / "out"
-    config = TrainConfig(
-        dataset="sklearn-digits",
-        model_preset="tiny",
-        resolution=8,
-        batch_size=8,
-        max_steps=2,
-        num_train_timesteps=20,
+    config = tiny_train_config(
+        tmp_path,
         lr_warmup_steps=1,
-        output_dir=str(out),
         checkpoint_every=1,
         sample_every=1,
         num_samples=4,
-        dataloader_num_workers=0,
         logger="tensorboard",
         calibrate=False,
     )

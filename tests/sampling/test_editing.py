@@ -9,6 +9,7 @@ epsilon-predictor is E[eps | x_t] = (x_t - a E[x_0 | x_t]) / sigma. An image who
 c_known has exactly one completion under this prior: c_known everywhere.
 """
 
+import logging
 import re
 
 import numpy as np
@@ -118,3 +119,93 @@ def test_cli_img2img_rejects_a_bad_strength(saved_tiny, capsys):
     ]
     assert main([*argv, "--strength", "1.5", "--num-inference-steps", "2"]) == 2
     assert re.search(r"strength must be a number in \(0, 1\]", capsys.readouterr().err)
+
+
+class _Drawn(Exception):
+    """Raised in place of a pipeline's chain: what it would have run with is enough."""
+
+
+@pytest.mark.skipif(
+    __import__("hf_ddpm.hub.bundled", fromlist=["x"]).bundled_model_path() is None,
+    reason="this checkout ships no bundled model",
+)
+def test_edits_sample_the_bundled_model_with_the_variance_and_spacing_of_sample(
+    tmp_path, monkeypatch
+):
+    """The bundled model carries eps_second_moment (hf-ddpm calibrate) over a fixed_small config, so
+    `hf-ddpm sample` draws it with the analytic variance; inpaint and img2img ran fixed_small. Each
+    command now reaches its chain with the same scheduler, and --variance-type overrides it."""
+    import functools
+    import json
+
+    from hf_ddpm.cli import main
+    from hf_ddpm.core.pipeline_img2img import HFDDPMImg2ImgPipeline
+    from hf_ddpm.core.pipeline_inpaint import HFDDPMInpaintPipeline
+    from hf_ddpm.hub.bundled import bundled_model_path
+
+    config = json.loads(
+        (bundled_model_path() / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8")
+    )
+    assert config["variance_type"] == "fixed_small" and config["eps_second_moment"]
+    seen = {}
+    for name, cls in (
+        ("sample", HFDDPMPipeline),
+        ("inpaint", HFDDPMInpaintPipeline),
+        ("img2img", HFDDPMImg2ImgPipeline),
+    ):
+
+        @functools.wraps(cls.__call__)  # the edit commands read their defaults from its signature
+        def chain(self, *args, _name=name, **kwargs):
+            seen[_name] = (
+                self.scheduler.config.variance_type,
+                self.scheduler.config.timestep_spacing,
+            )
+            raise _Drawn
+
+        monkeypatch.setattr(cls, "__call__", chain)
+    PIL.Image.new("L", (32, 32), 255).save(tmp_path / "digit.png")
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[16:] = 255
+    PIL.Image.fromarray(mask).save(tmp_path / "mask.png")
+    edit = ["--image", str(tmp_path / "digit.png"), "--output", str(tmp_path / "out.png")]
+    argvs = {
+        "sample": ["sample", "--output", str(tmp_path / "grid.png"), "--num-images", "1"],
+        "inpaint": ["inpaint", *edit, "--mask", str(tmp_path / "mask.png")],
+        "img2img": ["img2img", *edit],
+    }
+    for flags, expected in (([], "analytic"), (["--variance-type", "fixed_small"], "fixed_small")):
+        seen.clear()
+        for argv in argvs.values():
+            with pytest.raises(_Drawn):
+                main([*argv, "--threads", "1", *flags])
+        assert seen == dict.fromkeys(argvs, (expected, config["timestep_spacing"]))
+
+
+@pytest.mark.skipif(
+    __import__("hf_ddpm.hub.bundled", fromlist=["x"]).bundled_model_path() is None,
+    reason="this checkout ships no bundled model",
+)
+@pytest.mark.parametrize("variance_type", [None, "npr"])
+def test_an_edit_of_the_bundled_model_keeps_its_covariance_head_silently(
+    variance_type, tmp_path, capfd
+):
+    """The bundled model ships a covariance head. diffusers' from_pipe dropped it from the edit pipeline
+    ("component covariance_head is not switched over ..." on every edit), so an edit could not use it."""
+    from hf_ddpm.cli import main
+
+    PIL.Image.new("L", (32, 32), 255).save(tmp_path / "digit.png")
+    argv = ["img2img", "--image", str(tmp_path / "digit.png"), "--output", str(tmp_path / "o.png")]
+    argv += ["--strength", "0.5", "--num-inference-steps", "2", "--threads", "1"]
+    argv += ["--variance-type", variance_type] if variance_type else []
+    # diffusers logs to its own handler (its library logger does not propagate): listen there too.
+    said = []
+    listener = logging.Handler(logging.WARNING)
+    listener.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger("diffusers").addHandler(listener)
+    try:
+        assert main(argv) == 0
+    finally:
+        logging.getLogger("diffusers").removeHandler(listener)
+    said.append(capfd.readouterr().err)
+    assert not [line for line in said if "covariance_head" in line], said
+    assert PIL.Image.open(tmp_path / "o.png").size == (32, 32)

@@ -4,28 +4,18 @@
 """
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from conftest import TORCHRUN_TWO, run_subprocess
 from diffusers import UNet2DModel
 
 from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler, cli
 from hf_ddpm.sampling.sample_folder import read_samples
 
 HELPER = Path(__file__).with_name("sample_helper.py")
-REPO = Path(__file__).resolve().parents[2]
 N, STEPS = 7, 3
-
-
-def _env():
-    return {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
 
 
 def _model(tmp_path, tiny_unet):
@@ -75,21 +65,15 @@ def test_two_processes_write_the_images_of_one_and_draw_each_image_once(
     assert seen["images"] == N * STEPS
 
     reports = tmp_path / "reports"
-    launch = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-    ]
-    done = subprocess.run(
-        [*launch, str(HELPER), str(reports), "--", *_args(model, tmp_path / "two", batch_size=2)],
-        env=_env(),
+    done = run_subprocess(
+        [
+            *TORCHRUN_TWO,
+            str(HELPER),
+            str(reports),
+            "--",
+            *_args(model, tmp_path / "two", batch_size=2),
+        ],
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     ranks = [json.loads((reports / f"rank-{r}.json").read_text()) for r in (0, 1)]
@@ -111,12 +95,8 @@ def test_a_run_killed_mid_write_leaves_no_half_png_and_a_rerun_completes_it(tmp_
     model = _model(tmp_path, tiny_unet)
     folder = tmp_path / "killed"
     args = _args(model, folder, batch_size=2)
-    done = subprocess.run(
-        [sys.executable, str(HELPER), str(tmp_path / "reports"), "3", "--", *args],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = run_subprocess(
+        [sys.executable, str(HELPER), str(tmp_path / "reports"), "3", "--", *args]
     )
     assert done.returncode == -9, done.stderr[-3000:]
     # The third image's bytes went to a hidden temporary file only.

@@ -800,3 +800,27 @@ def test_without_the_editing_pipelines_the_page_comes_up_and_the_tab_says_why(
                 state, _editor_arrays(*painted_digit), "Inpaint", 0.5, 5, 1, 0, None, 1.0, _silent
             )
         )
+
+
+@pytest.mark.parametrize(
+    "argv", [["out/m"], ["--model", "out/m"], ["out/m", "--model", "out/m"]], ids=str
+)
+def test_the_space_takes_the_model_both_ways(argv, monkeypatch):
+    """`python app.py MODEL` and `python app.py --model MODEL`, as every hf-ddpm command takes it."""
+    from types import SimpleNamespace
+
+    served, launched = [], []
+    monkeypatch.setattr(app, "load_model", lambda model: served.append(model) or "state")
+    monkeypatch.setattr(
+        app, "build_demo", lambda state: SimpleNamespace(launch=lambda **kw: launched.append(kw))
+    )
+    app.main([*argv, "--port", "7999"])
+    assert served == ["out/m"] and launched[0]["server_port"] == 7999
+
+
+def test_the_space_refuses_two_different_models(monkeypatch, capsys):
+    monkeypatch.setattr(app, "load_model", lambda model: pytest.fail("loaded a model"))
+    with pytest.raises(SystemExit) as done:
+        app.main(["out/a", "--model", "out/b"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "'out/a'" in err and "--model 'out/b'" in err

@@ -109,3 +109,43 @@ def test_a_refused_deploy_is_one_line_and_requests_are_not_logged(
     assert any(
         "Retrying" in r.getMessage() for r in caplog.records
     )  # huggingface_hub's own warnings
+
+
+@pytest.mark.parametrize(
+    ("record", "examples"),
+    [
+        ({"dataset": "mnist-5k"}, True),
+        ({"dataset": "sklearn-digits"}, True),
+        ({"dataset": None, "train_data_dir": "photos/"}, False),
+        ({"dataset": "someone/cat-photos"}, False),
+        (None, False),
+    ],
+)
+def test_the_example_digits_are_uploaded_only_for_a_model_of_bundled_digits(
+    record, examples, hub_server, capsys
+):
+    """Issue 22: the Space of a photo model shipped MNIST examples. The model's train_config.json on the
+    Hub decides: a bundled digit set gets them, a folder, a Hub dataset or no record does not."""
+    import json
+
+    from huggingface_hub import create_repo, upload_file
+
+    create_repo(MODEL_ID, exist_ok=True)
+    if record is not None:
+        upload_file(
+            path_or_fileobj=json.dumps(record).encode(),
+            path_in_repo="train_config.json",
+            repo_id=MODEL_ID,
+        )
+    assert cli.main(["space", "tester/demo", "--model", MODEL_ID]) == 0
+    uploaded = {
+        path for path in hub_server.files("spaces/tester/demo") if path.startswith("examples/")
+    }
+    shipped = {
+        path.relative_to(DEFAULT_APP_DIR).as_posix()
+        for path in (DEFAULT_APP_DIR / "examples").rglob("*")
+        if path.is_file()
+    }
+    assert shipped and uploaded == (shipped if examples else set())
+    out = capsys.readouterr().out
+    assert f"hf-ddpm space: {'with' if examples else 'without'} the example digits" in out

@@ -4,13 +4,14 @@ and the end-to-end guarantee: a run killed with SIGKILL and resumed ends where a
 import json
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_TRAINING, run_subprocess
+from conftest import checkpoint_weights as _weights
 
 from hf_ddpm.training.checkpointing import (
     CorruptCheckpointError,
@@ -26,7 +27,6 @@ from hf_ddpm.training.checkpointing import (
 from hf_ddpm.training.train import TrainConfig, train
 
 HELPER = Path(__file__).with_name("train_helper.py")
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _save(tmp_path, step, value=None):
@@ -148,48 +148,22 @@ def test_no_pickle_anywhere(tmp_path):
 def _run_helper(config: dict, tmp_path: Path, name: str, kill_at: int | None = None):
     config_path = tmp_path / f"{name}.json"
     config_path.write_text(json.dumps(config))
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
     cmd = [sys.executable, str(HELPER), str(config_path), str(tmp_path / f"{name}-report")]
     if kill_at is not None:
         cmd.append(str(kill_at))
-    return subprocess.run(
-        cmd,
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def _weights(path: Path) -> dict[str, torch.Tensor]:
-    from hf_ddpm.training.checkpointing import load_checkpoint
-
-    tensors, _ = load_checkpoint(path)
-    return {f"{group}/{k}": v for group in ("model", "ema") for k, v in tensors[group].items()}
+    return run_subprocess(cmd, tmp_path)
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     n, k = 4, 2
     base = {
-        "dataset": "sklearn-digits",
-        "model_preset": "tiny",
-        "resolution": 8,
-        "batch_size": 8,
+        **TINY_TRAINING,
         "max_steps": 2 * n,
-        "num_train_timesteps": 20,
         "lr_warmup_steps": 2,
         "learning_rate": 1e-3,
         "random_flip": True,
         "checkpoint_every": n,
-        "sample_every": 0,
         "num_samples": 2,
-        "dataloader_num_workers": 0,
-        "logger": "none",
     }
     # The uninterrupted run in this process; the interrupted one in a subprocess that SIGKILLs itself.
     straight = train(TrainConfig(**base, output_dir=str(tmp_path / "straight")))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from class_folders import class_folders
+from conftest import checkpoint_weights as _weights
 from PIL import Image
 from test_train import _tiny
 
@@ -125,13 +126,6 @@ def test_a_local_folder_shows_no_download_bar(tmp_path, capfd):
 
 
 # ------------------------------------------------------------------------------------------ resume
-
-
-def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
-    from hf_ddpm.training.checkpointing import load_checkpoint
-
-    tensors, _ = load_checkpoint(checkpoint)
-    return {f"{group}/{k}": v for group in ("model", "ema") for k, v in tensors[group].items()}
 
 
 def _folder_run(tmp_path: Path, data: Path, out: str, **overrides) -> TrainConfig:

@@ -6,16 +6,15 @@ an object; ``latest`` takes the newest complete checkpoint and says which it ski
 
 import json
 import logging
-import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_subprocess, tiny_train_config
 
 from hf_ddpm.training.checkpointing import (
     MANIFEST,
@@ -32,21 +31,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _config(out: Path) -> TrainConfig:
-    return TrainConfig(
-        dataset="sklearn-digits",
-        model_preset="tiny",
-        resolution=8,
-        batch_size=8,
-        max_steps=4,
-        num_train_timesteps=20,
-        lr_warmup_steps=1,
+    return tiny_train_config(
+        out.parent,
         output_dir=str(out),
+        max_steps=4,
+        lr_warmup_steps=1,
         checkpoint_every=2,
-        sample_every=0,
         calibrate=False,
         grid=False,
-        dataloader_num_workers=0,
-        logger="none",
     )
 
 
@@ -194,18 +186,7 @@ def test_hf_ddpm_train_resumes_latest_over_a_damaged_newest_checkpoint(run, tmp_
     original, _ = load_checkpoint(run / "checkpoint-4", TRAINING_GROUPS)
     _delete_with_its_entry(out / "checkpoint-4", "ema.safetensors")
     argv = shlex.split(_config(out).command())[1:] + ["--resume-from-checkpoint", "latest"]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "hf_ddpm.cli", *argv],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_subprocess([sys.executable, "-m", "hf_ddpm.cli", *argv], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     skipping = [line for line in result.stderr.splitlines() if "skipping" in line]
     assert len(skipping) == 1, result.stderr

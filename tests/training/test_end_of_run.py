@@ -7,34 +7,18 @@ the previous file whole (tests/fault_injection.py)."""
 import errno
 import json
 import shlex
+from functools import partial
 from pathlib import Path
 
 import pytest
+from conftest import tiny_train_config
 from fault_injection import inject_write_faults
 
 from hf_ddpm.cli import main
 from hf_ddpm.training.end_of_run import EXIT_PARTIAL, EXTRAS, save_final_pipeline
-from hf_ddpm.training.train import TrainConfig, train
+from hf_ddpm.training.train import train
 
-
-def _tiny(tmp_path, **overrides) -> TrainConfig:
-    values = dict(
-        dataset="sklearn-digits",
-        model_preset="tiny",
-        resolution=8,
-        batch_size=8,
-        max_steps=2,
-        num_train_timesteps=20,
-        lr_warmup_steps=1,
-        output_dir=str(tmp_path / "out"),
-        checkpoint_every=0,
-        sample_every=0,
-        num_samples=4,
-        dataloader_num_workers=0,
-        logger="none",
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
+_tiny = partial(tiny_train_config, lr_warmup_steps=1, num_samples=4)
 
 
 def _hidden(out: Path) -> list[str]:

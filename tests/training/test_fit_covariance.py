@@ -14,6 +14,7 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_train_config
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.unets.unet_2d import UNet2DOutput
@@ -222,24 +223,10 @@ def test_fit_covariance_on_a_learned_variance_model_is_one_line_exit_2(tiny_mode
 
 
 def test_train_with_covariance_head_fits_it_at_the_end(tmp_path):
-    from hf_ddpm.training.train import TrainConfig, train
+    from hf_ddpm.training.train import train
 
-    config = TrainConfig(
-        dataset="sklearn-digits",
-        model_preset="tiny",
-        resolution=8,
-        batch_size=8,
-        max_steps=2,
-        num_train_timesteps=20,
-        output_dir=str(tmp_path / "out"),
-        checkpoint_every=0,
-        sample_every=0,
-        grid=False,
-        calibrate=False,
-        dataloader_num_workers=0,
-        logger="none",
-        covariance_head="sn",
-        covariance_head_steps=3,
+    config = tiny_train_config(
+        tmp_path, grid=False, calibrate=False, covariance_head="sn", covariance_head_steps=3
     )
     train(config)
     pipe = HFDDPMPipeline.from_pretrained(tmp_path / "out")

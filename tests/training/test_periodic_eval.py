@@ -2,35 +2,25 @@
 the model card; a failed evaluation is one warning and training goes on."""
 
 import logging
+from functools import partial
 
 import pytest
 import yaml
+from conftest import tiny_train_config
 
-from hf_ddpm.training.train import TrainConfig, train
+from hf_ddpm.training.train import train
 
-
-def _config(tmp_path, **overrides):
-    values = dict(
-        dataset="sklearn-digits",
-        model_preset="tiny",
-        resolution=8,
-        batch_size=8,
-        max_steps=4,
-        num_train_timesteps=10,
-        lr_warmup_steps=1,
-        output_dir=str(tmp_path / "out"),
-        checkpoint_every=0,
-        sample_every=0,
-        grid=False,
-        calibrate=False,
-        dataloader_num_workers=0,
-        logger="none",
-        eval_every=2,
-        eval_metrics="nll",
-        eval_images=6,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
+_config = partial(
+    tiny_train_config,
+    max_steps=4,
+    num_train_timesteps=10,
+    lr_warmup_steps=1,
+    grid=False,
+    calibrate=False,
+    eval_every=2,
+    eval_metrics="nll",
+    eval_images=6,
+)
 
 
 def _card_metadata(folder):

@@ -7,68 +7,41 @@ The signals come from inside the run (tests/training/train_helper.py sends them 
 checkpoint save), so the step they land in is known."""
 
 import json
-import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import TINY_TRAINING, TORCHRUN_TWO, run_subprocess, subprocess_env
+from conftest import checkpoint_weights as _weights
 
 from hf_ddpm.training.checkpointing import latest_checkpoint, load_checkpoint, verify_checkpoint
 from hf_ddpm.training.preemption import EXIT_STOPPED
 from hf_ddpm.training.train import TrainConfig, train
 
 HELPER = Path(__file__).with_name("train_helper.py")
-REPO = Path(__file__).resolve().parents[2]
 BASE = {
-    "dataset": "sklearn-digits",
-    "model_preset": "tiny",
-    "resolution": 8,
-    "batch_size": 8,
+    **TINY_TRAINING,
     "max_steps": 8,
-    "num_train_timesteps": 20,
     "lr_warmup_steps": 2,
     "learning_rate": 1e-3,
     "random_flip": True,
     "checkpoint_every": 4,
-    "sample_every": 0,
     "num_samples": 2,
     "calibrate": False,
     "grid": False,
-    "dataloader_num_workers": 0,
-    "logger": "none",
 }
 
 
 def _env(**extra):
-    return {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "TRAIN_HELPER_CLI": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        **extra,
-    }
+    return subprocess_env(TRAIN_HELPER_CLI="1", **extra)
 
 
 def _run(config: dict, tmp_path: Path, name: str, signals: str = "", env=None, launcher=()):
     config_path = tmp_path / f"{name}.json"
     config_path.write_text(json.dumps(config))
     cmd = [*launcher, str(HELPER), str(config_path), str(tmp_path / f"{name}-report"), signals]
-    return subprocess.run(
-        [sys.executable, *cmd] if not launcher else [sys.executable, "-m", *cmd],
-        env=env or _env(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def _weights(path: Path) -> dict[str, torch.Tensor]:
-    tensors, _ = load_checkpoint(path)
-    return {f"{group}/{k}": v for group in ("model", "ema") for k, v in tensors[group].items()}
+    return run_subprocess(cmd if launcher else [sys.executable, *cmd], tmp_path, env=env or _env())
 
 
 def _max_difference(a: dict, b: dict) -> float:
@@ -153,7 +126,7 @@ def test_two_processes_stop_after_the_same_step_with_one_checkpoint(tmp_path):
         "log_every": 3,
         "checkpoint_every": 0,
     }
-    torchrun = ("torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+    torchrun = TORCHRUN_TWO
     stopped = _run(config, tmp_path, "stopped", "4:SIGTERM@1", launcher=torchrun)
     # torchrun reports a worker's non-zero status as its own failure.
     assert stopped.returncode != 0, stopped.stderr[-4000:]

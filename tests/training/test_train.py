@@ -7,37 +7,28 @@ import logging
 import math
 import shlex
 import shutil
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import checkpoint_weights as _weights_of
+from conftest import tiny_train_config
 
 from hf_ddpm.training.determinism import EpochBatchSampler
 from hf_ddpm.training.ema import EMA
-from hf_ddpm.training.train import TrainConfig, TrainingDivergedError, train
+from hf_ddpm.training.train import TrainingDivergedError, train
 from hf_ddpm.training.unet_presets import PRESETS, build_unet, unet_config
 
-
-def _tiny(tmp_path, **overrides) -> TrainConfig:
-    values = dict(
-        dataset="sklearn-digits",
-        model_preset="tiny",
-        resolution=8,
-        batch_size=8,
-        max_steps=6,
-        num_train_timesteps=20,
-        lr_warmup_steps=2,
-        learning_rate=1e-3,
-        output_dir=str(tmp_path / "out"),
-        checkpoint_every=3,
-        sample_every=0,
-        num_samples=4,
-        dataloader_num_workers=0,
-        logger="none",
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
+_tiny = partial(
+    tiny_train_config,
+    max_steps=6,
+    lr_warmup_steps=2,
+    learning_rate=1e-3,
+    checkpoint_every=3,
+    num_samples=4,
+)
 
 
 # ---------------------------------------------------------------------------------------- presets
@@ -621,13 +612,6 @@ def test_failed_checkpoint_uploads_warn_and_training_finishes(
     assert "model_index.json" in remote
     assert not [n for n in remote if n.startswith("last-checkpoint/")]
     assert not list(out.glob(".hub-upload-*"))
-
-
-def _weights_of(path: Path) -> dict[str, torch.Tensor]:
-    from hf_ddpm.training.checkpointing import load_checkpoint
-
-    tensors, _ = load_checkpoint(path)
-    return {f"{group}/{k}": v for group in ("model", "ema") for k, v in tensors[group].items()}
 
 
 def test_resume_from_the_hub_copy_matches_an_uninterrupted_run(tmp_path, hub_server):

@@ -4,51 +4,30 @@
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+from conftest import TINY_TRAINING, TORCHRUN_TWO, run_subprocess
+
 HELPER = Path(__file__).with_name("train_helper.py")
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_two_processes_step_in_sync_and_only_rank_0_writes(tmp_path):
     out = tmp_path / "out"
     config = {
-        "dataset": "sklearn-digits",
-        "model_preset": "tiny",
-        "resolution": 8,
+        **TINY_TRAINING,
         "batch_size": 4,
         "max_steps": 4,
-        "num_train_timesteps": 20,
         "lr_warmup_steps": 1,
         "learning_rate": 1e-3,
         "gradient_accumulation_steps": 2,
         "output_dir": str(out),
         "checkpoint_every": 2,
-        "sample_every": 0,
         "num_samples": 2,
-        "dataloader_num_workers": 0,
-        "logger": "none",
     }
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(config))
     report = tmp_path / "report"
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    done = subprocess.run(
-        [*cmd, str(HELPER), str(config_path), str(report)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_subprocess([*TORCHRUN_TWO, str(HELPER), str(config_path), str(report)], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     ranks = [json.loads((report / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]

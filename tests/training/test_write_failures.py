@@ -9,9 +9,11 @@ import errno
 import os
 import shlex
 import signal
+from functools import partial
 from pathlib import Path
 
 import pytest
+from conftest import tiny_train_config
 from fault_injection import inject_write_faults
 
 from hf_ddpm.cli import main
@@ -21,31 +23,20 @@ from hf_ddpm.training.checkpointing import (
     verify_checkpoint,
 )
 from hf_ddpm.training.preemption import EXIT_STOPPED
-from hf_ddpm.training.train import TrainConfig, train
+from hf_ddpm.training.train import train
 
 # model, ema and training_state: the safetensors files of one checkpoint.
 FILES_PER_CHECKPOINT = 3
 
 
-def _tiny(tmp_path, **overrides) -> TrainConfig:
-    values = dict(
-        dataset="sklearn-digits",
-        model_preset="tiny",
-        resolution=8,
-        batch_size=8,
-        max_steps=6,
-        num_train_timesteps=20,
-        lr_warmup_steps=1,
-        output_dir=str(tmp_path / "out"),
-        checkpoint_every=2,
-        sample_every=0,
-        calibrate=False,
-        grid=False,
-        dataloader_num_workers=0,
-        logger="none",
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
+_tiny = partial(
+    tiny_train_config,
+    max_steps=6,
+    lr_warmup_steps=1,
+    checkpoint_every=2,
+    calibrate=False,
+    grid=False,
+)
 
 
 def _errors(err: str) -> list[str]:

@@ -1,7 +1,8 @@
 """The model card (README.md) of a saved pipeline folder, as text: written by ``saving``, pointed at a
 Hub repo by ``pushing``.
 
-Copied into every saved folder, so it imports only the standard library.
+Copied into every saved folder, so it imports only the standard library and ``class_layout`` (which
+imports nothing).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+
+from .class_layout import null_label_of, num_classes_of
 
 MODEL_CARD = "README.md"
 SAMPLE_GRID = "samples.png"
@@ -63,8 +66,9 @@ def _model_classes(folder: Path) -> tuple[list[int | str], bool]:
     null, names = index.get("null_class_label"), index.get("class_names")
     if names:
         return list(names), null is not None
-    # hf-ddpm train keeps the last embedding as the null label, trained or not.
-    classes = embeds - 1 if null in (None, embeds - 1) else embeds
+    # hf-ddpm train's layout reserves the last embedding for the null label, trained or not; a null
+    # label recorded elsewhere leaves every other embedding a class.
+    classes = num_classes_of(embeds) if null in (None, null_label_of(embeds)) else embeds
     return [k for k in range(classes) if k != null], null is not None
 
 

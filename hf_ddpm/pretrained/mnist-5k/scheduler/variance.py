@@ -342,7 +342,8 @@ def resolve_variance_type(
     if variance_type == AnalyticVariance.name:
         if eps_second_moment is None:
             raise ValueError(
-                "variance_type 'analytic' needs eps_second_moment; run hf-ddpm calibrate"
+                "variance_type 'analytic' needs eps_second_moment; with hf_ddpm installed, run "
+                "`hf-ddpm calibrate MODEL`"
             )
         return AnalyticVariance(np.asarray(eps_second_moment, dtype=np.float64), last_step_pixels)
     if variance_type in HEAD_VARIANCES:
