@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -121,7 +122,9 @@ def _write_file(path: Path, write: Callable[[], Any]) -> None:
     try:
         write()
     except OSError as error:
-        failure = SampleWriteError(f"could not write {path}: {error.strerror or error}")
+        # The OS's words for the errno: the error of an atomic writer names its partial file or the path.
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        failure = SampleWriteError(f"could not write {path}: {reason}")
         failure.errno = error.errno
         raise failure from error
 

@@ -82,19 +82,12 @@ def test_train_push_uploads_exactly_the_folders_upload_files(tmp_path, hub_serve
     """``hf-ddpm train --push-to-hub`` (the end-of-run push) uploads ``uploaded_files(output_dir)``: no
     file more or less, each byte for byte as it is on disk."""
     out = tmp_path / "out"
-    config = TrainConfig(
-        dataset="sklearn-digits",
-        model_preset="tiny",
-        resolution=8,
-        batch_size=8,
-        max_steps=2,
-        num_train_timesteps=20,
+    config = tiny_train_config(
+        tmp_path,
         lr_warmup_steps=1,
-        output_dir=str(out),
         checkpoint_every=1,
         sample_every=1,
         num_samples=4,
-        dataloader_num_workers=0,
         logger="tensorboard",
         calibrate=False,
         push_to_hub=True,

@@ -123,23 +123,8 @@ def test_a_resume_splits_only_the_missing_images_over_the_processes(tmp_path, ti
         (folder / f"{i:06d}.png").unlink()
     kept = {p.name: p.read_bytes() for p in folder.glob("*.png")}
     reports = tmp_path / "reports"
-    launch = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-    ]
     args = [*_args(model, folder, batch_size=4), "--num-images", "8"]
-    done = subprocess.run(
-        [*launch, str(HELPER), str(reports), "--", *args],
-        env=_env(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_subprocess([*TORCHRUN_TWO, str(HELPER), str(reports), "--", *args], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     ranks = [json.loads((reports / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert [r["unet_images"] for r in ranks] == [2 * STEPS, 2 * STEPS]

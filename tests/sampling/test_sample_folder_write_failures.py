@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +86,11 @@ def _named(operations: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def _final_name(name: str) -> str:
-    """The file a write operation is for: a hidden ``.NAME.partial`` is written, then renamed to NAME."""
-    return name[1 : -len(".partial")] if name.endswith(".partial") else name
+    """The file a write operation is for: a hidden ``.NAME.partial`` (``.NAME.PID.partial`` from the one
+    atomic text writer) is written, then renamed to NAME."""
+    if not name.endswith(".partial"):
+        return name
+    return re.sub(r"\.\d+$", "", name[1 : -len(".partial")])
 
 
 def _error_lines(err: str) -> list[str]:

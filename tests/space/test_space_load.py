@@ -360,7 +360,8 @@ def test_concurrent_generates_and_edits_complete_or_are_queued_and_never_mix(spa
 
     # All twelve at once, nothing held: each completes as it does alone, or is refused by the queue.
     outcomes = _run_together(server.url, requests, pictures)
-    assert outcomes[0] != "queue full"  # the first to arrive finds the queue empty
+    # Whichever arrives first finds the queue empty (which one that is, the threads decide).
+    assert any(outcome != "queue full" for outcome in outcomes), outcomes
     for request, outcome, expected in zip(requests, outcomes, alone, strict=True):
         assert outcome in ("queue full", expected), f"request {request} differs from it alone"
 
