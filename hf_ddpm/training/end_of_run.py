@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hf_ddpm.core.model_card import MODEL_CARD, SAMPLE_GRID, card_reference, retarget_card
+from hf_ddpm.core.pushing import HEAD_CHECKPOINTS
 from hf_ddpm.core.saving import MODEL_INDEX, write_atomically, write_model_card
 
 from .checkpointing import TMP_PREFIX, OutputWriteError, checkpoint_path
@@ -43,8 +44,6 @@ EXIT_PARTIAL = 3
 # prefix, so that pruning and --overwrite-output-dir clean up after a crash.
 _PIPELINE_TMP = f"{TMP_PREFIX}pipeline-"
 _PIPELINE_OLD = f"{TMP_PREFIX}previous-pipeline-"
-# Where `--covariance-head` keeps the head fit's checkpoints (not uploaded: core.pushing.UPLOAD_EXCLUDED).
-HEAD_CHECKPOINTS = "covariance-head"
 
 
 @dataclass

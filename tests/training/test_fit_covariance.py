@@ -195,13 +195,14 @@ def test_fit_covariance_writes_a_model_that_samples_with_its_head(tiny_model, ca
     assert "npr covariance head fitted for 4 steps on 12 images" in capsys.readouterr().out
     pipe = HFDDPMPipeline.from_pretrained(out)
     assert pipe.scheduler.config.variance_type == "npr" and pipe.covariance_head is not None
-    log = [json.loads(line) for line in (out / "fit_covariance_log.jsonl").read_text().splitlines()]
+    log_file = out / "covariance-head" / "fit_covariance_log.jsonl"
+    log = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert [entry["step"] for entry in log] == [2, 4]
     # The source folder is untouched; the head fitted is the one in the checkpoint.
     assert HFDDPMPipeline.from_pretrained(tiny_model / "model").covariance_head is None
     from hf_ddpm.training.checkpointing import load_checkpoint
 
-    tensors, _ = load_checkpoint(out / "checkpoint-4")
+    tensors, _ = load_checkpoint(out / "covariance-head" / "checkpoint-4")
     for name, value in pipe.covariance_head.state_dict().items():
         assert torch.equal(value, tensors["head"][name])
 
@@ -256,3 +257,69 @@ def test_train_refuses_a_head_beside_a_learned_variance(tmp_path):
     )
     with pytest.raises(ValueError, match="--covariance-head npr .hf-ddpm fit-covariance"):
         config.validate()
+
+
+def _file_hashes(folder) -> dict[str, str]:
+    import hashlib
+
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_fit_covariance_in_a_training_folder_keeps_its_checkpoints_apart(tmp_path, capsys):
+    """Bug A: with the default --output (the model folder itself), the fit's checkpoint-N folders went
+    beside the training run's: its pruning deleted them and its step N overwrote theirs. The fit keeps its
+    own in covariance-head/, the training ones stay byte-identical, and 'latest' resumes the fit's own."""
+    from hf_ddpm import cli
+    from hf_ddpm.core.pushing import HEAD_CHECKPOINTS
+    from hf_ddpm.training.checkpointing import load_checkpoint
+    from hf_ddpm.training.train import TrainConfig, train
+
+    out = tmp_path / "out"
+    common = dict(dataset="sklearn-digits", model_preset="tiny", resolution=8, batch_size=8)
+    train(
+        TrainConfig(
+            **common,
+            max_steps=3,
+            num_train_timesteps=20,
+            output_dir=str(out),
+            checkpoint_every=1,
+            sample_every=0,
+            grid=False,
+            calibrate=False,
+            dataloader_num_workers=0,
+            logger="none",
+        )
+    )
+    training_checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert training_checkpoints == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    before = {name: _file_hashes(out / name) for name in training_checkpoints}
+
+    def fit(folder, max_steps, *extra):
+        argv = ["fit-covariance", str(folder), "--dataset", "sklearn-digits", "--kind", "npr"]
+        argv += ["--max-steps", str(max_steps), "--batch-size", "8", "--checkpoint-every", "1"]
+        assert cli.main([*argv, "--max-train-images", "64", *extra]) == 0, capsys.readouterr()
+
+    fit(out, 4)
+    assert {name: _file_hashes(out / name) for name in training_checkpoints} == before
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == training_checkpoints
+    own = out / HEAD_CHECKPOINTS
+    assert sorted(p.name for p in own.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+
+    # Resumed from its own checkpoint-4 to step 6: the head of an uninterrupted 6-step fit.
+    fit(out, 6, "--resume-from-checkpoint", "latest")
+    assert {name: _file_hashes(out / name) for name in training_checkpoints} == before
+    log = [json.loads(line) for line in (own / "fit_covariance_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [4, 6]
+    whole = tmp_path / "whole"
+    fit(out, 6, "--output", str(whole))
+    resumed_head, _ = load_checkpoint(own / "checkpoint-6")
+    whole_head, _ = load_checkpoint(whole / HEAD_CHECKPOINTS / "checkpoint-6")
+    for name, value in whole_head["head"].items():
+        assert torch.equal(value, resumed_head["head"][name]), name
+    fitted = HFDDPMPipeline.from_pretrained(out).covariance_head.state_dict()
+    for name, value in fitted.items():
+        assert torch.equal(value, resumed_head["head"][name]), name
