@@ -389,7 +389,6 @@ def run(args: argparse.Namespace) -> int:
             repo_id,
             token=args.hub_token,
             commit_message=f"Add an {options.kind} covariance head ({COMMAND})",
-            ignore_patterns=["checkpoint-*", ".tmp-checkpoint-*", LOSS_LOG],
         )
         print(f"pushed: {url}")
     return 0

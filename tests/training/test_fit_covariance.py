@@ -269,6 +269,29 @@ def _file_hashes(folder) -> dict[str, str]:
     }
 
 
+def _trained_folder(tmp_path, logger: str = "none"):
+    """A tiny training run's output folder (T = 20, 8x8 digits) with checkpoint-1..3."""
+    from hf_ddpm.training.train import TrainConfig, train
+
+    config = TrainConfig(
+        dataset="sklearn-digits",
+        model_preset="tiny",
+        resolution=8,
+        batch_size=8,
+        max_steps=3,
+        num_train_timesteps=20,
+        output_dir=str(tmp_path / "out"),
+        checkpoint_every=1,
+        sample_every=0,
+        grid=False,
+        calibrate=False,
+        dataloader_num_workers=0,
+        logger=logger,
+    )
+    train(config)
+    return tmp_path / "out"
+
+
 def test_fit_covariance_in_a_training_folder_keeps_its_checkpoints_apart(tmp_path, capsys):
     """Bug A: with the default --output (the model folder itself), the fit's checkpoint-N folders went
     beside the training run's: its pruning deleted them and its step N overwrote theirs. The fit keeps its
@@ -276,24 +299,8 @@ def test_fit_covariance_in_a_training_folder_keeps_its_checkpoints_apart(tmp_pat
     from hf_ddpm import cli
     from hf_ddpm.core.pushing import HEAD_CHECKPOINTS
     from hf_ddpm.training.checkpointing import load_checkpoint
-    from hf_ddpm.training.train import TrainConfig, train
 
-    out = tmp_path / "out"
-    common = dict(dataset="sklearn-digits", model_preset="tiny", resolution=8, batch_size=8)
-    train(
-        TrainConfig(
-            **common,
-            max_steps=3,
-            num_train_timesteps=20,
-            output_dir=str(out),
-            checkpoint_every=1,
-            sample_every=0,
-            grid=False,
-            calibrate=False,
-            dataloader_num_workers=0,
-            logger="none",
-        )
-    )
+    out = _trained_folder(tmp_path)
     training_checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
     assert training_checkpoints == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
     before = {name: _file_hashes(out / name) for name in training_checkpoints}
@@ -323,3 +330,62 @@ def test_fit_covariance_in_a_training_folder_keeps_its_checkpoints_apart(tmp_pat
     fitted = HFDDPMPipeline.from_pretrained(out).covariance_head.state_dict()
     for name, value in fitted.items():
         assert torch.equal(value, resumed_head["head"][name]), name
+
+
+def test_fit_covariance_pushes_what_a_model_folder_uploads(
+    tmp_path, hub_server, run_without_hf_ddpm, capsys
+):
+    """Bug C: the push replaced core.pushing's one definition of an upload by its own patterns, so from a
+    training folder it uploaded logs/, the fit's checkpoints (optimizer state) and hidden entries. The
+    repo holds uploaded_files(folder), the head with its code among them, and samples without hf_ddpm
+    as the installed package does from the folder."""
+    import textwrap
+
+    import numpy as np
+
+    from hf_ddpm import cli
+    from hf_ddpm.core.pushing import uploaded_files
+
+    out = _trained_folder(tmp_path, logger="tensorboard")
+    (out / ".tmp-checkpoint-4-999").mkdir()  # what a killed run leaves behind
+    (out / ".tmp-checkpoint-4-999" / "model.safetensors").write_bytes(b"half")
+    argv = ["fit-covariance", str(out), "--dataset", "sklearn-digits", "--kind", "npr"]
+    argv += ["--max-steps", "3", "--batch-size", "8", "--max-train-images", "64"]
+    argv += ["--push-to-hub", "--hub-model-id", "tester/with-head"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+
+    pushed = sorted(set(hub_server.files("tester/with-head")) - {".gitattributes"})
+    assert pushed == uploaded_files(out)
+    # Independent of the definition: the head's weights, config and code go; no state, logs or partials.
+    assert {
+        "covariance_head/config.json",
+        "covariance_head/diffusion_pytorch_model.safetensors",
+        "covariance_head/covariance_head.py",
+    } <= set(pushed)
+    assert not [
+        p for p in pushed if p.startswith(("checkpoint-", "covariance-head/", "logs/", "."))
+    ]
+    assert [p for p in out.rglob("*") if p.is_file() and "logs" in p.parts]  # there to leave out
+
+    local = HFDDPMPipeline.from_pretrained(out)
+    local.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+    expected = local(batch_size=2, generator=generator, num_inference_steps=5, output_type="np")
+    run_without_hf_ddpm(
+        textwrap.dedent(f"""
+        import sys
+        import numpy as np, torch
+        from diffusers import DiffusionPipeline
+        torch.set_num_threads(1)
+        pipe = DiffusionPipeline.from_pretrained("tester/with-head", trust_remote_code=True)
+        assert type(pipe.covariance_head).__name__ == "CovarianceHead"
+        assert pipe.scheduler.config.variance_type == "npr"
+        assert not any(m.split(".")[0] == "hf_ddpm" for m in sys.modules)
+        pipe.set_progress_bar_config(disable=True)
+        images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=5,
+                      output_type="np").images
+        np.save({str(tmp_path / "remote.npy")!r}, images)
+        """),
+        env=hub_server.env,
+    )
+    np.testing.assert_array_equal(np.load(tmp_path / "remote.npy"), expected.images)
