@@ -132,23 +132,14 @@ def measure_samples(pipeline, judge, name, contender, k, args) -> dict:
 
 
 def measure_bound(pipeline, contender, k, args, held_out) -> dict:
-    """The K-step variational bound of the contender's chain on the held-out digits."""
+    """The K-step variational bound of the contender's chain on the held-out digits (SN / NPR: eps and
+    the head's second moment from one UNet call, as the pipeline samples)."""
     from hf_ddpm import variational_bound
-    from hf_ddpm.core.covariance_head import eps_and_head
     from hf_ddpm.core.variance import HEAD_VARIANCE_TYPES
-    from hf_ddpm.evaluation.bound import unconditional_label, unconditional_model
+    from hf_ddpm.evaluation.bound import unconditional_model
 
-    model = unconditional_model(pipeline.unet, pipeline.config.null_class_label)
-    if contender.variance_type in HEAD_VARIANCE_TYPES:
-        # SN / NPR: eps and the head's second moment from one UNet call, as the pipeline samples.
-        label = unconditional_label(pipeline.unet, pipeline.config.null_class_label)
-
-        def model(x_t, t):
-            labels = torch.full((len(x_t),), label, dtype=torch.long)
-            return eps_and_head(
-                pipeline.unet, pipeline.covariance_head, x_t, t, class_labels=labels
-            )
-
+    head = pipeline.covariance_head if contender.variance_type in HEAD_VARIANCE_TYPES else None
+    model = unconditional_model(pipeline.unet, pipeline.config.null_class_label, head)
     bound = variational_bound(
         model,
         scheduler_for(contender, dict(pipeline.scheduler.config)),

@@ -105,6 +105,15 @@ def check_covariance_head(unet: Any, scheduler: Any, covariance_head: Any) -> No
         )
 
 
+def covariance_head_in_use(unet: Any, scheduler: Any, covariance_head: Any) -> Any:
+    """The covariance head that a chain or a bound with ``scheduler`` runs: ``covariance_head`` when the
+    variance type is a head's ("sn", "npr"), else None (a head beside another variance type is not run).
+    Raises :func:`check_covariance_head`'s ValueError when it is missing or does not fit the UNet."""
+    check_covariance_head(unet, scheduler, covariance_head)
+    variance_type = getattr(scheduler.config, "variance_type", None)
+    return covariance_head if variance_type in HEAD_VARIANCE_TYPES else None
+
+
 # hf-ddpm train's layout of a class-conditional UNet's embeddings: the data's classes 0..n-1, then one
 # more, n, the null label of classifier-free guidance (Ho & Salimans 2022). Every reader of a model's
 # labels goes through the three functions below.
@@ -361,10 +370,9 @@ class HFDDPMPipelineMixin:
     def _sampling_head(self) -> CovarianceHead | None:
         """The covariance head when the scheduler's variance type uses one ("sn", "npr"), else None:
         resolved once per chain, since ``pipe.scheduler`` may have been swapped since construction."""
-        head = getattr(self, "covariance_head", None)
-        check_covariance_head(self.unet, self.scheduler, head)
-        variance_type = getattr(self.scheduler.config, "variance_type", None)
-        return head if variance_type in HEAD_VARIANCE_TYPES else None
+        return covariance_head_in_use(
+            self.unet, self.scheduler, getattr(self, "covariance_head", None)
+        )
 
     def _unet_output(
         self, x: torch.Tensor, t: torch.Tensor | int, labels: torch.Tensor | None, head: Any

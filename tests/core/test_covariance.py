@@ -170,9 +170,11 @@ def test_head_types_refuse_wrong_channels_and_non_epsilon_predictions(variance_t
     scheduler = HFDDPMScheduler(num_train_timesteps=T, variance_type=variance_type)
     scheduler.set_timesteps(5)
     sample = torch.zeros(SHAPE)
-    with pytest.raises(
-        ValueError, match=f"variance_type '{variance_type}' needs 4 output channels"
-    ):
+    expected = (
+        f"variance_type '{variance_type}' needs 4 output channels "
+        r"\(the UNet's 2 \(eps\), then the covariance head's 2\)$"
+    )
+    with pytest.raises(ValueError, match=expected):
         scheduler.step(torch.zeros(SHAPE), scheduler.timesteps[0], sample)
     with pytest.raises(ValueError, match="needs prediction_type 'epsilon'"):
         HFDDPMScheduler(variance_type=variance_type, prediction_type="v_prediction")

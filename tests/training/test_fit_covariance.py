@@ -1,80 +1,36 @@
 """``hf-ddpm fit-covariance``: the fitted head approaches the exact per-pixel second moment on Gaussian data,
-a resumed fit is the uninterrupted one, and bad input is refused with a message naming the command.
+a resumed fit is the uninterrupted one, its checkpoints stay apart from a training run's, its push uploads
+what any model folder uploads, and bad input is refused with a message naming the command.
 
-The oracle: x_0 ~ N(0, s^2) per pixel, with s = 1 on the left half and s = 0.05 on the right, so the exact
-eps-predictor and both exact heads are closed forms (DESIGN.md, "Per-pixel optimal covariance"):
-eps-hat = sqrt(1 - ab) x_t / (ab s^2 + 1 - ab), Var[eps | x_t] = ab s^2 / (ab s^2 + 1 - ab), and
-E[eps^2 | x_t] = eps-hat^2 + Var[eps | x_t]. Its "last feature map" carries the exact target T of the kind
-being fitted as [T, -T, U, -U] with U = sqrt(M - T^2): one GroupNorm group over them has mean 0 and variance
-M / 2 whatever the input, and SiLU(z) - SiLU(-z) = z, so a head can represent T exactly; what it learns
-depends only on the regression targets it is given, the features of the right call, and the fitting loop.
+The oracle (tests/gaussian_oracle.py, ``FeatureOracleUNet``): x_0 ~ N(0, s^2) per pixel, with s = 1 on the
+left half and s = 0.05 on the right, whose exact eps-predictor and both exact heads are closed forms
+(DESIGN.md, "Per-pixel optimal covariance"), and whose "last feature map" carries the exact target of the
+kind being fitted in a form a head can represent exactly.
 """
 
 import json
 
 import pytest
 import torch
-from diffusers import ConfigMixin, ModelMixin
-from diffusers.configuration_utils import register_to_config
-from diffusers.models.unets.unet_2d import UNet2DOutput
-from torch import nn
+from gaussian_oracle import FeatureOracleUNet
 
 from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler
 from hf_ddpm.training.fit_covariance import FitOptions, check_fittable, fit_covariance_head
 
 SIZE, STEPS = 8, 100
-# T <= sqrt(M): eps-hat^2 + Var exceeds 8 with probability about 0.5%, clipped in the features only.
-FEATURE_BOUND = 64.0
-
-
-def pixel_stds() -> torch.Tensor:
-    s = torch.full((1, 1, SIZE, SIZE), 0.05, dtype=torch.float64)
-    s[..., : SIZE // 2] = 1.0
-    return s
-
-
-def exact_moments(x_t: torch.Tensor, ab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(eps-hat, Var[eps | x_t]) of the Gaussian data, per pixel, at per-sample alpha-bar ``ab``."""
-    ab = ab.double().view(-1, 1, 1, 1)
-    s2 = pixel_stds() ** 2
-    denominator = ab * s2 + 1 - ab
-    return (1 - ab).sqrt() * x_t.double() / denominator, ab * s2 / denominator
-
-
-class FeatureOracle(ModelMixin, ConfigMixin):
-    """The exact eps-predictor of the Gaussian data, with a last feature map that carries ``kind``'s exact
-    target (see the module docstring) through a ``conv_norm_out`` GroupNorm, as a UNet2DModel has one."""
-
-    @register_to_config
-    def __init__(
-        self, kind: str = "sn", in_channels: int = 1, out_channels: int = 1, sample_size: int = SIZE
-    ) -> None:
-        super().__init__()
-        self.conv_norm_out = nn.GroupNorm(1, 4, eps=1e-12)
-        self.register_buffer(
-            "alphas_cumprod", HFDDPMScheduler(num_train_timesteps=STEPS).alphas_cumprod.double()
-        )
-
-    def forward(self, x_t, t, class_labels=None):
-        eps_hat, variance = exact_moments(x_t, self.alphas_cumprod[torch.as_tensor(t).long()])
-        target = eps_hat**2 + variance if self.config.kind == "sn" else variance
-        target = target.clamp(max=FEATURE_BOUND**0.5)
-        other = (FEATURE_BOUND - target**2).clamp(min=0).sqrt()
-        self.conv_norm_out(torch.cat([target, -target, other, -other], 1).float())
-        return UNet2DOutput(sample=eps_hat.float())
 
 
 def gaussian_pipeline(kind: str) -> HFDDPMPipeline:
     return HFDDPMPipeline(
-        unet=FeatureOracle(kind), scheduler=HFDDPMScheduler(num_train_timesteps=STEPS)
+        unet=FeatureOracleUNet(kind, num_train_timesteps=STEPS, sample_size=SIZE),
+        scheduler=HFDDPMScheduler(num_train_timesteps=STEPS),
     )
 
 
 def gaussian_images(count: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return (
-        pixel_stds() * torch.randn(count, 1, SIZE, SIZE, generator=generator, dtype=torch.float64)
-    ).float()
+    _, s = FeatureOracleUNet(sample_size=SIZE).pixel_moments()
+    return (s * torch.randn(count, 1, SIZE, SIZE, generator=generator, dtype=torch.float64)).float()
 
 
 @pytest.mark.parametrize("kind", ["sn", "npr"])
@@ -92,7 +48,7 @@ def test_the_fitted_head_approaches_the_exact_second_moment(kind):
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * torch.randn(
         x0.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64
     )
-    eps_hat, variance = exact_moments(x_t, ab_table[t])
+    eps_hat, variance = pipeline.unet.exact_moments(x_t, t)
     exact = {"sn": eps_hat**2 + variance, "npr": variance}
     from hf_ddpm.core.covariance_head import unet_features
 
