@@ -541,10 +541,12 @@ class HFDDPMPipelineMixin:
     @classmethod
     def from_pipe(cls, pipeline: Any, **kwargs: Any) -> Any:
         """``DiffusionPipeline.from_pipe``: a pipeline of this class on ``pipeline``'s components (and its
-        ``null_class_label``), without a reload. The UNet is passed on explicitly, since diffusers would
-        otherwise keep only a UNet of exactly the hinted classes and drop any other ``ModelMixin``."""
-        if getattr(pipeline, "unet", None) is not None:
-            kwargs.setdefault("unet", pipeline.unet)
+        ``null_class_label``), without a reload. The UNet and the covariance head are passed on
+        explicitly, since diffusers would otherwise keep only models of exactly the hinted classes and
+        drop any other ``ModelMixin`` (a head's hint is ``ModelMixin``)."""
+        for name in ("unet", "covariance_head"):
+            if getattr(pipeline, name, None) is not None:
+                kwargs.setdefault(name, getattr(pipeline, name))
         # diffusers' from_pipe casts every model with .to(dtype), and ModelMixin.to then warns of its
         # modules "that should be kept in float32" even when that list is empty, as a UNet2DModel's is.
         cast_warnings = logging.getLogger("diffusers.models.modeling_utils")

@@ -25,11 +25,12 @@ from .pictures import Transform, upload_transform
 
 try:  # hf_ddpm installed, or copied beside app.py by `hf-ddpm space`
     from hf_ddpm.core.pipeline_base import num_classes_of
+    from hf_ddpm.core.variance import HEAD_VARIANCE_TYPES
     from hf_ddpm.data.image_transform import dataset_num_bins
     from hf_ddpm.sampling.samplers import SAMPLERS, default_sampling_steps, sampling_variance_type
 except ImportError:
     dataset_num_bins = SAMPLERS = sampling_variance_type = num_classes_of = None
-    default_sampling_steps = None
+    default_sampling_steps = HEAD_VARIANCE_TYPES = None
 
 # Written beside the pipeline by `hf-ddpm train`: names the data, and so its number of levels.
 _TRAIN_CONFIG = "train_config.json"
@@ -178,21 +179,27 @@ def _accepted(scheduler: Any, key: str, first: str, candidates: Any) -> dict[str
 def offered_variance_types(pipe: Any) -> tuple[str, ...]:
     """The variance types that fit this model, the one ``hf-ddpm sample`` uses by default first: its own
     if it learned one (the output means something else under another type), else every type of the
-    ddpm sampler (without hf_ddpm: of its scheduler's code) that needs no learned output."""
+    ddpm sampler (without hf_ddpm: of its scheduler's code) that needs no learned output, and the
+    covariance head's types (``HEAD_VARIANCE_TYPES``: the head gives their second C channels) where the
+    pipeline carries a head."""
     scheduler = pipe.scheduler
     if variance_is_learned(pipe):
         return (str(scheduler.config.variance_type),)
     if SAMPLERS is None:
         first = str(scheduler.config.variance_type)
         candidates = _code_constant(scheduler, "VARIANCE_TYPE_NAMES")
+        head_types = _code_constant(scheduler, "HEAD_VARIANCE_TYPES")
     else:
         first = sampling_variance_type(scheduler.config)
         candidates = SAMPLERS[DDPM].variance_types
+        head_types = HEAD_VARIANCE_TYPES
+    with_head = (head_types or ()) if getattr(pipe, "covariance_head", None) is not None else ()
     channels = int(pipe.unet.config.in_channels)
     return tuple(
         name
         for name, made in _accepted(scheduler, "variance_type", first, candidates).items()
-        if not hasattr(made, "model_output_channels")
+        if name in with_head
+        or not hasattr(made, "model_output_channels")
         or made.model_output_channels(channels) == channels
     )
 
