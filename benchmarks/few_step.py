@@ -6,11 +6,19 @@
 
 Samplers, all on the same UNet and its null label (the model of p(x)), one per entry of ``hf-ddpm
 sample``'s registry (``hf_ddpm.sampling.samplers.SAMPLERS``, built as the command line builds it), a
-sampler with variance choices once per variance type a fixed-variance model runs:
-- ``fixed_small`` / ``fixed_large``: HFDDPMScheduler with Ho et al.'s two fixed variances;
+sampler with variance choices once per variance type a fixed-variance model runs (the head's types
+where the model carries a covariance head):
+- ``fixed_small`` / ``fixed_large``: HFDDPMScheduler (``--sampler ddpm``) with Ho et al.'s two fixed
+  variances;
 - ``analytic``: Analytic-DDPM's optimal variance (Bao et al. 2022) on the same even spacing;
-- ``ddim``: diffusers' DDIMScheduler, eta = 0;
-- ``dpm-solver++``: diffusers' DPMSolverMultistepScheduler, DPM-Solver++ 2M;
+- ``sn`` / ``npr``: SN-DDPM's and NPR-DDPM's per-pixel optimal variance from the covariance head
+  (Bao et al., ICML 2022);
+- ``ddim-fixed_small``, ``ddim-analytic``, ``ddim-sn``, ``ddim-npr``: our HFDDIMScheduler
+  (``--sampler ddim``, eta = 0): plain DDIM, Analytic-DDIM, SN-DDIM and NPR-DDIM;
+- ``diffusers-ddim``: diffusers' DDIMScheduler, eta = 0, for comparison;
+- ``dpm-solver++`` / ``dpm-solver++-sde``: diffusers' DPMSolverMultistepScheduler, DPM-Solver++ 2M and
+  its stochastic SDE variant;
+- ``unipc``: diffusers' UniPCMultistepScheduler;
 
 and two on Analytic-DPM's optimal trajectory: ``analytic-optimal`` (``timestep_spacing="optimal"``) and
 ``dpm-solver++-optimal`` (passed as diffusers' ``timesteps=``; DDIMScheduler takes no custom timesteps in
@@ -18,8 +26,8 @@ diffusers 0.42).
 
 Per sampler and K: the digit judge's Fréchet distance and confident share on ``--num-samples``
 unconditional samples (benchmarks/digit_quality.py), the K-step variational bound in bits/dim on
-``--nll-images`` held-out digits (DDPM-family samplers only: DDIM and DPM-Solver are deterministic and
-define no bound), and the sampling wall time per image. Each (sampler, K) cell is stored in ``--cache`` as
+``--nll-images`` held-out digits (the ddpm sampler's rows only, whose scheduler has the bound's terms:
+DDIM, ours included, and diffusers' solvers report none), and the sampling wall time per image. Each (sampler, K) cell is stored in ``--cache`` as
 soon as it is measured, so an interrupted run continues where it stopped, and cells whose sampler is not
 available (an ``analytic`` variance before the model is calibrated) are reported as missing.
 """
@@ -44,8 +52,8 @@ _OPTIMAL = "optimal"
 
 @dataclass(frozen=True)
 class Contender:
-    """One row of the tables: a registry sampler, its variance type (None: it has none to choose, and
-    defines no bound) and whether its timesteps are the optimal trajectory."""
+    """One row of the tables: a registry sampler, its variance type (None: it has none to choose) and
+    whether its timesteps are the optimal trajectory."""
 
     sampler: str
     variance_type: str | None = None
@@ -129,6 +137,13 @@ def measure_samples(pipeline, judge, name, contender, k, args) -> dict:
         **judge.judge(images),
         "seconds_per_image": seconds / len(images),
     }
+
+
+def defines_bound(contender: Contender, config: dict) -> bool:
+    """Whether the contender's chain has a variational bound we evaluate: its scheduler has the bound's
+    terms (``vlb_terms_bpd``: the ddpm sampler's HFDDPMScheduler). DDIM (ours, even with an optimal
+    variance) and diffusers' solvers have none, and report no bound."""
+    return hasattr(scheduler_for(contender, config), "vlb_terms_bpd")
 
 
 def measure_bound(pipeline, contender, k, args, held_out) -> dict:
@@ -257,8 +272,11 @@ def main() -> None:
                     contender = rows[name]
                     if key not in cells:
                         cells[key] = measure_samples(pipeline, judge, name, contender, k, args)
-                    bounded = contender.variance_type is not None
-                    if bounded and args.nll_images and "nll_bpd" not in cells[key]:
+                    if (
+                        args.nll_images
+                        and "nll_bpd" not in cells[key]
+                        and defines_bound(contender, dict(pipeline.scheduler.config))
+                    ):
                         cells[key].update(measure_bound(pipeline, contender, k, args, held_out))
                 except (ValueError, TypeError) as error:  # e.g. an uncalibrated analytic variance
                     print(f"{key}: not measured yet: {error}")

@@ -136,3 +136,38 @@ def test_gpu_smoke_runs_end_to_end_on_cpu(tmp_path):
         assert result["sample"][name]["seconds"] > 0
     assert result["summary"]["sampling_outputs_match"] is True
     assert proc.stdout.strip().splitlines()[0].startswith("configuration")
+
+
+def test_few_step_reports_no_bound_for_ddim_rows(tmp_path, monkeypatch):
+    """Issue 20: every ddim-* row stopped few_step.py with an AttributeError when --nll-images > 0
+    (HFDDIMScheduler has no bound's terms). They report none, as the deterministic solvers do; the ddpm
+    sampler's rows (npr here, with the model's covariance head) still report theirs."""
+    import few_step
+    from conftest import _tiny_unet
+
+    from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler
+    from hf_ddpm.core.covariance_head import CovarianceHead
+
+    unet = _tiny_unet(in_channels=1, sample_size=32)
+    HFDDPMPipeline(
+        unet, HFDDPMScheduler(num_train_timesteps=20), covariance_head=CovarianceHead.for_unet(unet)
+    ).save_pretrained(tmp_path / "model")
+
+    class Judge:  # the digit judge trains a classifier; its figures are not under test here
+        @classmethod
+        def train(cls):
+            return cls()
+
+        def judge(self, images):
+            return {"frechet": float(len(images))}
+
+    monkeypatch.setattr(few_step, "DigitJudge", Judge)
+    cache = tmp_path / "cells.json"
+    argv = ["few_step.py", "--model", str(tmp_path / "model"), "--ks", "2", "--num-samples", "2"]
+    argv += ["--samplers", "npr,ddim-npr,ddim-fixed_small,unipc", "--nll-images", "2"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--cache", str(cache)])
+    few_step.main()
+    cells = json.loads(cache.read_text())
+    assert set(cells) == {"npr@2", "ddim-npr@2", "ddim-fixed_small@2", "unipc@2"}
+    assert math.isfinite(cells["npr@2"]["nll_bpd"])
+    assert [key for key, cell in cells.items() if "nll_bpd" in cell] == ["npr@2"]
