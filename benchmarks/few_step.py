@@ -20,9 +20,10 @@ where the model carries a covariance head):
   its stochastic SDE variant;
 - ``unipc``: diffusers' UniPCMultistepScheduler;
 
-and two on Analytic-DPM's optimal trajectory: ``analytic-optimal`` (``timestep_spacing="optimal"``) and
+two on Analytic-DPM's optimal trajectory: ``analytic-optimal`` (``timestep_spacing="optimal"``) and
 ``dpm-solver++-optimal`` (passed as diffusers' ``timesteps=``; DDIMScheduler takes no custom timesteps in
-diffusers 0.42).
+diffusers 0.42); and ``npr-clip``, NPR-DDPM with the last noise-adding step's variance capped at 2 pixel
+bins (the scheduler's ``analytic_clip_last_step``, the authors' ``--clip_sigma_idx 1 --clip_pixel 2``).
 
 Per sampler and K: the digit judge's Fréchet distance and confident share on ``--num-samples``
 unconditional samples (benchmarks/digit_quality.py), the K-step variational bound in bits/dim on
@@ -48,16 +49,20 @@ from digit_quality import DigitJudge, generate, real_digits
 # The contenders also measured on Analytic-DPM's optimal trajectory, as "<name>-optimal".
 _ON_OPTIMAL_TRAJECTORY = ("analytic", "dpm-solver++")
 _OPTIMAL = "optimal"
+# The contenders also measured with the last noise-adding step's variance capped at 2 pixel bins, as
+# "<name>-clip": the scheduler's analytic_clip_last_step (Bao et al.'s --clip_sigma_idx 1 --clip_pixel 2).
+_WITH_LAST_STEP_CLIP = ("npr",)
 
 
 @dataclass(frozen=True)
 class Contender:
-    """One row of the tables: a registry sampler, its variance type (None: it has none to choose) and
-    whether its timesteps are the optimal trajectory."""
+    """One row of the tables: a registry sampler, its variance type (None: it has none to choose),
+    whether its timesteps are the optimal trajectory, and whether its last noise-adding step is clipped."""
 
     sampler: str
     variance_type: str | None = None
     optimal: bool = False
+    clip_last_step: bool = False
 
 
 def _fixed_variance_types(names: tuple[str, ...]) -> list[str]:
@@ -89,6 +94,11 @@ def contenders() -> dict[str, Contender]:
             rows[f"{name}-{_OPTIMAL}"] = Contender(
                 rows[name].sampler, rows[name].variance_type, True
             )
+    for name in _WITH_LAST_STEP_CLIP:
+        if name in rows:
+            rows[f"{name}-clip"] = Contender(
+                rows[name].sampler, rows[name].variance_type, False, True
+            )
     return rows
 
 
@@ -98,6 +108,12 @@ def scheduler_for(contender: Contender, config: dict):
     from hf_ddpm.sampling.samplers import SAMPLERS
 
     entry = SAMPLERS[contender.sampler]
+    if contender.clip_last_step:
+        # diffusers' from_config gives the keys a saved config lacked (_use_default_values) their default.
+        defaults = [
+            k for k in config.get("_use_default_values", []) if k != "analytic_clip_last_step"
+        ]
+        config = {**config, "analytic_clip_last_step": True, "_use_default_values": defaults}
     own_spacing = contender.optimal and _OPTIMAL in entry.timestep_spacings
     spacing = _OPTIMAL if own_spacing else config["timestep_spacing"]
     scheduler = entry.build(config, contender.variance_type, spacing)

@@ -171,3 +171,21 @@ def test_few_step_reports_no_bound_for_ddim_rows(tmp_path, monkeypatch):
     assert set(cells) == {"npr@2", "ddim-npr@2", "ddim-fixed_small@2", "unipc@2"}
     assert math.isfinite(cells["npr@2"]["nll_bpd"])
     assert [key for key, cell in cells.items() if "nll_bpd" in cell] == ["npr@2"]
+
+
+def test_few_step_clip_rows_clip_the_last_step_of_a_config_saved_without_the_key():
+    """npr-clip is npr with the scheduler's analytic_clip_last_step; the bundled model's config predates
+    that key, which diffusers' from_config would otherwise reset to its default (False)."""
+    import few_step
+
+    from hf_ddpm import HFDDPMScheduler
+    from hf_ddpm.hub.bundled import BUNDLED_MODEL_DIR
+
+    config = dict(HFDDPMScheduler.from_pretrained(BUNDLED_MODEL_DIR, subfolder="scheduler").config)
+    assert "analytic_clip_last_step" in config["_use_default_values"]
+    rows = few_step.contenders()
+    clipped = few_step.scheduler_for(rows["npr-clip"], config).config
+    plain = few_step.scheduler_for(rows["npr"], config).config
+    assert (clipped.variance_type, clipped.analytic_clip_last_step) == ("npr", True)
+    assert (plain.variance_type, plain.analytic_clip_last_step) == ("npr", False)
+    assert clipped.eps_second_moment == plain.eps_second_moment
