@@ -608,8 +608,9 @@ def _expected_npr_bound_bpd(unet, x0: torch.Tensor, chain: list[int]) -> torch.T
     c = sqrt(ab_s) beta_{s|t} / b^2) against the model's N(. + c E[x_0 | x_t], beta-tilde + c^2 V_t) (the
     optimal variance, which the exact NPR head gives) has KL = (log(sigma^2 / beta-tilde) +
     (beta-tilde + c^2 E (x_0 - E[x_0 | x_t])^2) / sigma^2 - 1) / 2. The decoder at the last timestep is
-    the discretised N(E[x_0 | x_t], V_t) (Ho et al. eq. 13), by Gauss-Hermite quadrature over eps; the
-    prior is KL(N(a x_0, b^2) || N(0, 1)) at the first timestep."""
+    the discretised N(E[x_0 | x_t], beta-tilde_1) (Ho et al. eq. 13, with the variance of the authors'
+    bound: beta-tilde_1 = beta_1 (1 - ab_0) / (1 - ab_1) of the full chain), by Gauss-Hermite quadrature
+    over eps; the prior is KL(N(a x_0, b^2) || N(0, 1)) at the first timestep."""
     ab_table = unet.alphas_cumprod
     m, s = unet.pixel_moments()
     x = x0.double()
@@ -630,7 +631,9 @@ def _expected_npr_bound_bpd(unet, x0: torch.Tensor, chain: list[int]) -> torch.T
         error2 = (1 - k * ab.sqrt()) ** 2 * (x - m) ** 2 + k**2 * (1 - ab)
         sigma2 = tilde + c**2 * variance
         nats = nats + 0.5 * (torch.log(sigma2 / tilde) + (tilde + c**2 * error2) / sigma2 - 1)
-    ab, k, variance = moments(chain[-1])
+    ab, k, _ = moments(chain[-1])
+    ab_0, ab_1 = ab_table[0], ab_table[1]
+    variance = (1 - ab_1 / ab_0) * (1 - ab_0) / (1 - ab_1)
     nodes, weights = np.polynomial.hermite_e.hermegauss(60)
     decoder = torch.zeros_like(x)
     half_bin = 1 / 255
