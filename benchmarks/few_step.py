@@ -226,14 +226,22 @@ def plot(cells: dict, samplers, ks, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for name in samplers:
+    rows = contenders()
+    # More rows than a default colour cycle: 20 colours, and DDPM chains solid, the others dashed.
+    colours = plt.get_cmap("tab20").colors
+    for index, name in enumerate(samplers):
         got = [(k, cells[f"{name}@{k}"]) for k in ks if f"{name}@{k}" in cells]
         if not got:
             continue
-        axes[0].plot([k for k, _ in got], [c["frechet"] for _, c in got], "o-", label=name)
+        style = {
+            "color": colours[(2 * index) % 20 + (2 * index) // 20 % 2],
+            "linestyle": "-" if rows[name].sampler == "ddpm" else "--",
+            "marker": "o" if rows[name].sampler == "ddpm" else "s",
+        }
+        axes[0].plot([k for k, _ in got], [c["frechet"] for _, c in got], label=name, **style)
         bounded = [(k, c["nll_bpd"]) for k, c in got if "nll_bpd" in c]
         if bounded:
-            axes[1].plot(*zip(*bounded, strict=True), "o-", label=name)
+            axes[1].plot(*zip(*bounded, strict=True), label=name, **style)
     for ax, ylabel in zip(axes, ["Fréchet distance (judge features)", "NLL bound (bits/dim)"]):
         ax.set_xscale("log")
         ax.set_xlabel("sampling steps K (UNet calls)")
