@@ -142,12 +142,10 @@ def data_num_bins(model: str) -> tuple[int, str]:
 
 
 def variance_is_learned(pipe: Any) -> bool:
-    """Whether the model predicts its own variance: its network outputs more channels than the sample
-    has (asked of the scheduler where it can say, as HFDDPMScheduler does, else of the UNet)."""
-    channels = int(pipe.unet.config.in_channels)
-    if hasattr(pipe.scheduler, "model_output_channels"):
-        return int(pipe.scheduler.model_output_channels(channels)) != channels
-    return int(pipe.unet.config.out_channels) != channels
+    """Whether the model predicts its own variance: its UNet outputs more channels than the sample has.
+    Not the scheduler's ``model_output_channels``, which for a covariance head's variance type ("sn",
+    "npr", as `hf-ddpm fit-covariance` saves it) counts the head's channels too."""
+    return int(pipe.unet.config.out_channels) != int(pipe.unet.config.in_channels)
 
 
 def _code_constant(obj: Any, name: str) -> Any:

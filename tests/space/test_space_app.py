@@ -525,8 +525,9 @@ print("STATUS:", status)
 
 
 def test_the_likelihood_of_a_model_that_samples_with_its_head(tmp_path):
-    """A model whose scheduler samples with its NPR head (what `hf-ddpm fit-covariance` writes): the tab
-    bounded the UNet alone, which the NPR scheduler refuses. The head here predicts 0.5 everywhere
+    """A model whose scheduler samples with its NPR head (what `hf-ddpm fit-covariance` writes): the page
+    took it for a learned variance (npr alone, no diffusers sampler), and the tab bounded the UNet
+    alone, which the NPR scheduler refuses. The head here predicts 0.5 everywhere
     (zero weights, bias 0.5), so the bound's model output is eps and 0.5, built here without the head."""
     from hf_ddpm.core.covariance_head import CovarianceHead
     from spaces_app.ddpm_space.pictures import image_to_tensor
@@ -540,6 +541,10 @@ def test_the_likelihood_of_a_model_that_samples_with_its_head(tmp_path):
     )
     HFDDPMPipeline(unet, scheduler, covariance_head=head).save_pretrained(tmp_path / "npr")
     state = app.load_model(str(tmp_path / "npr"))
+    # Its variance is the head's, not a learned one: every type and every sampler are offered, npr first.
+    assert state.model.variance_types[0] == "npr"
+    assert {"fixed_small", "sn"} <= set(state.model.variance_types)
+    assert {"ddim", "dpm-solver++", "unipc"} <= set(state.model.samplers)
     image = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
     _, summary = app.likelihood_bound(state, image, 4, None)
 
