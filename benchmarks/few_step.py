@@ -6,20 +6,29 @@
 
 Samplers, all on the same UNet and its null label (the model of p(x)), one per entry of ``hf-ddpm
 sample``'s registry (``hf_ddpm.sampling.samplers.SAMPLERS``, built as the command line builds it), a
-sampler with variance choices once per variance type a fixed-variance model runs:
-- ``fixed_small`` / ``fixed_large``: HFDDPMScheduler with Ho et al.'s two fixed variances;
+sampler with variance choices once per variance type a fixed-variance model runs (the head's types
+where the model carries a covariance head):
+- ``fixed_small`` / ``fixed_large``: HFDDPMScheduler (``--sampler ddpm``) with Ho et al.'s two fixed
+  variances;
 - ``analytic``: Analytic-DDPM's optimal variance (Bao et al. 2022) on the same even spacing;
-- ``ddim``: diffusers' DDIMScheduler, eta = 0;
-- ``dpm-solver++``: diffusers' DPMSolverMultistepScheduler, DPM-Solver++ 2M;
+- ``sn`` / ``npr``: SN-DDPM's and NPR-DDPM's per-pixel optimal variance from the covariance head
+  (Bao et al., ICML 2022);
+- ``ddim-fixed_small``, ``ddim-analytic``, ``ddim-sn``, ``ddim-npr``: our HFDDIMScheduler
+  (``--sampler ddim``, eta = 0): plain DDIM, Analytic-DDIM, SN-DDIM and NPR-DDIM;
+- ``diffusers-ddim``: diffusers' DDIMScheduler, eta = 0, for comparison;
+- ``dpm-solver++`` / ``dpm-solver++-sde``: diffusers' DPMSolverMultistepScheduler, DPM-Solver++ 2M and
+  its stochastic SDE variant;
+- ``unipc``: diffusers' UniPCMultistepScheduler;
 
-and two on Analytic-DPM's optimal trajectory: ``analytic-optimal`` (``timestep_spacing="optimal"``) and
+two on Analytic-DPM's optimal trajectory: ``analytic-optimal`` (``timestep_spacing="optimal"``) and
 ``dpm-solver++-optimal`` (passed as diffusers' ``timesteps=``; DDIMScheduler takes no custom timesteps in
-diffusers 0.42).
+diffusers 0.42); and ``npr-clip``, NPR-DDPM with the last noise-adding step's variance capped at 2 pixel
+bins (the scheduler's ``analytic_clip_last_step``, the authors' ``--clip_sigma_idx 1 --clip_pixel 2``).
 
 Per sampler and K: the digit judge's Fréchet distance and confident share on ``--num-samples``
 unconditional samples (benchmarks/digit_quality.py), the K-step variational bound in bits/dim on
-``--nll-images`` held-out digits (DDPM-family samplers only: DDIM and DPM-Solver are deterministic and
-define no bound), and the sampling wall time per image. Each (sampler, K) cell is stored in ``--cache`` as
+``--nll-images`` held-out digits (the ddpm sampler's rows only, whose scheduler has the bound's terms:
+DDIM, ours included, and diffusers' solvers report none), and the sampling wall time per image. Each (sampler, K) cell is stored in ``--cache`` as
 soon as it is measured, so an interrupted run continues where it stopped, and cells whose sampler is not
 available (an ``analytic`` variance before the model is calibrated) are reported as missing.
 """
@@ -40,16 +49,20 @@ from digit_quality import DigitJudge, generate, real_digits
 # The contenders also measured on Analytic-DPM's optimal trajectory, as "<name>-optimal".
 _ON_OPTIMAL_TRAJECTORY = ("analytic", "dpm-solver++")
 _OPTIMAL = "optimal"
+# The contenders also measured with the last noise-adding step's variance capped at 2 pixel bins, as
+# "<name>-clip": the scheduler's analytic_clip_last_step (Bao et al.'s --clip_sigma_idx 1 --clip_pixel 2).
+_WITH_LAST_STEP_CLIP = ("npr",)
 
 
 @dataclass(frozen=True)
 class Contender:
-    """One row of the tables: a registry sampler, its variance type (None: it has none to choose, and
-    defines no bound) and whether its timesteps are the optimal trajectory."""
+    """One row of the tables: a registry sampler, its variance type (None: it has none to choose),
+    whether its timesteps are the optimal trajectory, and whether its last noise-adding step is clipped."""
 
     sampler: str
     variance_type: str | None = None
     optimal: bool = False
+    clip_last_step: bool = False
 
 
 def _fixed_variance_types(names: tuple[str, ...]) -> list[str]:
@@ -81,6 +94,11 @@ def contenders() -> dict[str, Contender]:
             rows[f"{name}-{_OPTIMAL}"] = Contender(
                 rows[name].sampler, rows[name].variance_type, True
             )
+    for name in _WITH_LAST_STEP_CLIP:
+        if name in rows:
+            rows[f"{name}-clip"] = Contender(
+                rows[name].sampler, rows[name].variance_type, False, True
+            )
     return rows
 
 
@@ -90,6 +108,12 @@ def scheduler_for(contender: Contender, config: dict):
     from hf_ddpm.sampling.samplers import SAMPLERS
 
     entry = SAMPLERS[contender.sampler]
+    if contender.clip_last_step:
+        # diffusers' from_config gives the keys a saved config lacked (_use_default_values) their default.
+        defaults = [
+            k for k in config.get("_use_default_values", []) if k != "analytic_clip_last_step"
+        ]
+        config = {**config, "analytic_clip_last_step": True, "_use_default_values": defaults}
     own_spacing = contender.optimal and _OPTIMAL in entry.timestep_spacings
     spacing = _OPTIMAL if own_spacing else config["timestep_spacing"]
     scheduler = entry.build(config, contender.variance_type, spacing)
@@ -131,24 +155,22 @@ def measure_samples(pipeline, judge, name, contender, k, args) -> dict:
     }
 
 
+def defines_bound(contender: Contender, config: dict) -> bool:
+    """Whether the contender's chain has a variational bound we evaluate: its scheduler has the bound's
+    terms (``vlb_terms_bpd``: the ddpm sampler's HFDDPMScheduler). DDIM (ours, even with an optimal
+    variance) and diffusers' solvers have none, and report no bound."""
+    return hasattr(scheduler_for(contender, config), "vlb_terms_bpd")
+
+
 def measure_bound(pipeline, contender, k, args, held_out) -> dict:
-    """The K-step variational bound of the contender's chain on the held-out digits."""
+    """The K-step variational bound of the contender's chain on the held-out digits (SN / NPR: eps and
+    the head's second moment from one UNet call, as the pipeline samples)."""
     from hf_ddpm import variational_bound
-    from hf_ddpm.core.covariance_head import eps_and_head
     from hf_ddpm.core.variance import HEAD_VARIANCE_TYPES
-    from hf_ddpm.evaluation.bound import unconditional_label, unconditional_model
+    from hf_ddpm.evaluation.bound import unconditional_model
 
-    model = unconditional_model(pipeline.unet, pipeline.config.null_class_label)
-    if contender.variance_type in HEAD_VARIANCE_TYPES:
-        # SN / NPR: eps and the head's second moment from one UNet call, as the pipeline samples.
-        label = unconditional_label(pipeline.unet, pipeline.config.null_class_label)
-
-        def model(x_t, t):
-            labels = torch.full((len(x_t),), label, dtype=torch.long)
-            return eps_and_head(
-                pipeline.unet, pipeline.covariance_head, x_t, t, class_labels=labels
-            )
-
+    head = pipeline.covariance_head if contender.variance_type in HEAD_VARIANCE_TYPES else None
+    model = unconditional_model(pipeline.unet, pipeline.config.null_class_label, head)
     bound = variational_bound(
         model,
         scheduler_for(contender, dict(pipeline.scheduler.config)),
@@ -204,14 +226,22 @@ def plot(cells: dict, samplers, ks, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for name in samplers:
+    rows = contenders()
+    # More rows than a default colour cycle: 20 colours, and DDPM chains solid, the others dashed.
+    colours = plt.get_cmap("tab20").colors
+    for index, name in enumerate(samplers):
         got = [(k, cells[f"{name}@{k}"]) for k in ks if f"{name}@{k}" in cells]
         if not got:
             continue
-        axes[0].plot([k for k, _ in got], [c["frechet"] for _, c in got], "o-", label=name)
+        style = {
+            "color": colours[(2 * index) % 20 + (2 * index) // 20 % 2],
+            "linestyle": "-" if rows[name].sampler == "ddpm" else "--",
+            "marker": "o" if rows[name].sampler == "ddpm" else "s",
+        }
+        axes[0].plot([k for k, _ in got], [c["frechet"] for _, c in got], label=name, **style)
         bounded = [(k, c["nll_bpd"]) for k, c in got if "nll_bpd" in c]
         if bounded:
-            axes[1].plot(*zip(*bounded, strict=True), "o-", label=name)
+            axes[1].plot(*zip(*bounded, strict=True), label=name, **style)
     for ax, ylabel in zip(axes, ["Fréchet distance (judge features)", "NLL bound (bits/dim)"]):
         ax.set_xscale("log")
         ax.set_xlabel("sampling steps K (UNet calls)")
@@ -266,8 +296,11 @@ def main() -> None:
                     contender = rows[name]
                     if key not in cells:
                         cells[key] = measure_samples(pipeline, judge, name, contender, k, args)
-                    bounded = contender.variance_type is not None
-                    if bounded and args.nll_images and "nll_bpd" not in cells[key]:
+                    if (
+                        args.nll_images
+                        and "nll_bpd" not in cells[key]
+                        and defines_bound(contender, dict(pipeline.scheduler.config))
+                    ):
                         cells[key].update(measure_bound(pipeline, contender, k, args, held_out))
                 except (ValueError, TypeError) as error:  # e.g. an uncalibrated analytic variance
                     print(f"{key}: not measured yet: {error}")

@@ -6,6 +6,10 @@ E[eps | x_t] = sigma (x_t - a m) / (a^2 s^2 + sigma^2) and E[x_0 | x_t] = m + a 
 
 import numpy as np
 import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.unets.unet_2d import UNet2DOutput
+from torch import nn
 
 
 class GaussianOracle:
@@ -116,3 +120,75 @@ class CovarianceHeadOracle(GaussianOracle):
         variance = self.eps_variance(t, x_t)
         head = eps_hat**2 + variance if self.kind == "sn" else variance + self.eps_bias**2
         return torch.cat([eps, head], 1).to(x_t.dtype)
+
+
+# T <= sqrt(FEATURE_BOUND) in FeatureOracleUNet's features: SN's eps-hat^2 + Var exceeds 8 with
+# probability ~0.5% for s = 1, clipped in the features only.
+FEATURE_BOUND = 64.0
+
+
+class FeatureOracleUNet(ModelMixin, ConfigMixin):
+    """A UNet stand-in for Gaussian images x_0 ~ N(m, s^2) per pixel, (m, s) = (``means[0]``, ``stds[0]``)
+    on the left half and (``means[1]``, ``stds[1]``) on the right, on Ho et al.'s linear schedule of
+    ``num_train_timesteps`` steps: it returns the exact eps-hat, and its last feature map (the input of its
+    ``conv_norm_out`` GroupNorm, where a covariance head reads) carries ``kind``'s exact head target T
+    (SN: E[eps^2 | x_t] = eps-hat^2 + Var[eps | x_t]; NPR: Var[eps | x_t]) as [T, -T, U, -U] with
+    U = sqrt(FEATURE_BOUND - T^2). One GroupNorm group over those has mean 0 and variance
+    FEATURE_BOUND / 2 whatever the input, and SiLU(z) - SiLU(-z) = z, so a head can represent T exactly
+    (:meth:`exact_head`): what a fitted head learns depends only on its regression targets, the features
+    of the right call and the fit. ``rows`` counts the images of its forward passes."""
+
+    @register_to_config
+    def __init__(
+        self,
+        kind: str = "sn",
+        means: tuple = (0.0, 0.0),
+        stds: tuple = (1.0, 0.05),
+        num_train_timesteps: int = 100,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        sample_size: int = 8,
+    ) -> None:
+        from hf_ddpm import HFDDPMScheduler
+
+        super().__init__()
+        self.conv_norm_out = nn.GroupNorm(1, 4, eps=1e-12)
+        ab = HFDDPMScheduler(num_train_timesteps=num_train_timesteps).alphas_cumprod
+        self.register_buffer("alphas_cumprod", ab.double())
+        self.rows = 0
+
+    def pixel_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(m, s), each (1, 1, size, size) in float64."""
+        size = self.config.sample_size
+        m = torch.full((1, 1, size, size), float(self.config.means[1]), dtype=torch.float64)
+        s = torch.full((1, 1, size, size), float(self.config.stds[1]), dtype=torch.float64)
+        m[..., : size // 2] = float(self.config.means[0])
+        s[..., : size // 2] = float(self.config.stds[0])
+        return m, s
+
+    def exact_moments(self, x_t: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps-hat, Var[eps | x_t]) per pixel in float64, at the timesteps ``t`` (one per sample)."""
+        t = torch.as_tensor(t).long().reshape(-1)
+        ab = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        m, s = self.pixel_moments()
+        denominator = ab * s**2 + 1 - ab
+        eps_hat = (1 - ab).sqrt() * (x_t.double() - ab.sqrt() * m) / denominator
+        return eps_hat, (ab * s**2 / denominator).expand_as(eps_hat)
+
+    def forward(self, x_t, t, class_labels=None):
+        self.rows += x_t.shape[0]
+        eps_hat, variance = self.exact_moments(x_t, t)
+        target = eps_hat**2 + variance if self.config.kind == "sn" else variance
+        target = target.clamp(max=FEATURE_BOUND**0.5)
+        other = (FEATURE_BOUND - target**2).clamp(min=0).sqrt()
+        self.conv_norm_out(torch.cat([target, -target, other, -other], 1).float())
+        return UNet2DOutput(sample=eps_hat.to(x_t.dtype))
+
+    def exact_head(self):
+        """The covariance head whose output is the target the features carry (up to float32)."""
+        from hf_ddpm.core.covariance_head import CovarianceHead
+
+        head = CovarianceHead(feature_channels=4, out_channels=1, norm_num_groups=1, norm_eps=1e-12)
+        with torch.no_grad():
+            head.conv.weight[0, :2, 1, 1] = torch.tensor([1.0, -1.0]) * (FEATURE_BOUND / 2) ** 0.5
+        return head

@@ -172,6 +172,8 @@ class HFDDPMScheduler(StepIndexMixin, SchedulerMixin, ConfigMixin):
             variance_type,
             self._eps_second_moment,
             last_step_pixels(analytic_clip_last_step, beta_schedule, trained_betas),
+            # beta-tilde_1: the head types' decoder (Ho et al.'s clipped fixed_small one)
+            float(self._tables.posterior_variance[1]) if num_train_timesteps > 1 else None,
         )
         check_head_prediction_type(self._variance, prediction_type)
         self._splits_output = self._variance.learned or self._variance.head

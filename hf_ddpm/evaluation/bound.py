@@ -14,6 +14,8 @@ from typing import Any
 import torch
 
 from hf_ddpm.core.class_layout import null_label_of
+from hf_ddpm.core.covariance_head import CovarianceHead, eps_and_head
+from hf_ddpm.core.pipeline_base import covariance_head_in_use
 
 
 @dataclass
@@ -50,18 +52,47 @@ def unconditional_label(unet: Any, null_label: int | None = None) -> int | None:
     return null_label_of(getattr(unet.config, "num_class_embeds", None), null_label)
 
 
-def unconditional_model(unet: Any, null_label: int | None = None) -> Callable[..., Any]:
-    """The network of p(x): the UNet itself, or a class-conditional UNet given its
-    :func:`unconditional_label`."""
-    label = unconditional_label(unet, null_label)
-    if label is None:
+def network_of(
+    unet: Any, class_label: int | None = None, head: CovarianceHead | None = None
+) -> Callable[..., Any]:
+    """``model(x_t, t)`` as the bound calls it: ``unet`` given ``class_label`` (None: no labels), and
+    with a covariance ``head``, eps followed by the head's second moment on the same call's last feature
+    map (:func:`~hf_ddpm.core.covariance_head.eps_and_head`, as the pipelines sample): the 2C channels
+    an SN / NPR scheduler reads."""
+    if class_label is None and head is None:
         return unet
 
     def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        null = torch.full((x_t.shape[0],), label, device=x_t.device, dtype=torch.long)
-        return unet(x_t, t, class_labels=null).sample
+        kwargs = {}
+        if class_label is not None:
+            kwargs["class_labels"] = torch.full(
+                (x_t.shape[0],), class_label, device=x_t.device, dtype=torch.long
+            )
+        if head is None:
+            return unet(x_t, t, **kwargs).sample
+        return eps_and_head(unet, head, x_t, t, **kwargs)
 
     return model
+
+
+def unconditional_model(
+    unet: Any, null_label: int | None = None, head: CovarianceHead | None = None
+) -> Callable[..., Any]:
+    """The network of p(x): :func:`network_of` the UNet itself, or of a class-conditional UNet given its
+    :func:`unconditional_label`."""
+    return network_of(unet, unconditional_label(unet, null_label), head)
+
+
+def pipeline_model(pipe: Any) -> Callable[..., Any]:
+    """The network that the bound of ``pipe``'s own scheduler reads: :func:`unconditional_model` of its
+    UNet, with its covariance head when the scheduler's variance type is a head's (SN, NPR).
+
+    Raises:
+        ValueError: that variance type without a head, or a head fitted for another UNet (the message
+            names ``hf-ddpm fit-covariance``).
+    """
+    head = covariance_head_in_use(pipe.unet, pipe.scheduler, getattr(pipe, "covariance_head", None))
+    return unconditional_model(pipe.unet, getattr(pipe.config, "null_class_label", None), head)
 
 
 # (model output, x_0 rows, x_t rows, t rows, noise rows) -> one value (or a row of values) per row

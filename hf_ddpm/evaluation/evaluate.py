@@ -40,7 +40,7 @@ from hf_ddpm.sampling.samplers import (
 )
 from hf_ddpm.sampling.sharding import ProcessGroup, image_seed
 
-from .bound import unconditional_label, unconditional_model
+from .bound import pipeline_model, unconditional_label
 from .features import (
     DEFAULT_DINOV2_MODEL,
     DinoV2Features,
@@ -509,7 +509,7 @@ def _nll(
     ``(seed, b)`` alone: the processes take every world-th batch and the result is the same for any
     number of them."""
     device = pipe.unet.device
-    model = unconditional_model(pipe.unet, getattr(pipe.config, "null_class_label", None))
+    model = pipeline_model(pipe)
     proposal = options.nll_proposal
     if options.nll_timesteps is not None and proposal is None and options.nll_proposal_images > 0:
         # a generator of its own, so that building the proposal does not shift the estimate's draws

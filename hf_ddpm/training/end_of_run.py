@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hf_ddpm.core.model_card import MODEL_CARD, SAMPLE_GRID, card_reference, retarget_card
+from hf_ddpm.core.pushing import HEAD_CHECKPOINTS
 from hf_ddpm.core.saving import MODEL_INDEX, write_atomically, write_model_card
 
 from .checkpointing import TMP_PREFIX, OutputWriteError, checkpoint_path, retry_once_if_transient
@@ -31,6 +32,7 @@ from .train_config import TrainConfig
 if TYPE_CHECKING:
     from hf_ddpm.core.pipeline import HFDDPMPipeline
 
+    from .fit_covariance import FitOptions
     from .hub_checkpoints import HubCheckpointUploader
     from .preemption import StopSignals
 
@@ -43,8 +45,6 @@ EXIT_PARTIAL = 3
 # prefix, so that pruning and --overwrite-output-dir clean up after a crash.
 _PIPELINE_TMP = f"{TMP_PREFIX}pipeline-"
 _PIPELINE_OLD = f"{TMP_PREFIX}previous-pipeline-"
-# Where `--covariance-head` keeps the head fit's checkpoints (not uploaded: core.pushing.UPLOAD_EXCLUDED).
-HEAD_CHECKPOINTS = "covariance-head"
 
 
 @dataclass
@@ -142,22 +142,32 @@ def _calibrate_command(run: FinalRun) -> str:
     )
 
 
-def _fit_head(run: FinalRun) -> None:
-    """Fit an SN / NPR covariance head on the EMA UNet (``hf-ddpm fit-covariance``,
-    ``--covariance-head-steps`` steps, the run's batch size and seed, all training images) and save the
-    pipeline again with it and its scheduler's variance type set to that kind. Its checkpoints go to
-    ``covariance-head/`` in the output folder, so an interrupted fit resumes with the redo command."""
-    from hf_ddpm.data.image_datasets import collate
+def _head_fit_options(run: FinalRun) -> FitOptions:
+    """The head fit of ``--covariance-head``: ``--covariance-head-steps`` steps, the run's batch size
+    (at most its image count) and seed; the fit and its redo command both read these."""
+    from .fit_covariance import FitOptions
 
-    from .fit_covariance import FitOptions, fit_covariance_head, with_head
-
-    setup, config = run.setup, run.config
-    options = FitOptions(
+    config = run.config
+    return FitOptions(
         kind=config.covariance_head,
         max_steps=config.covariance_head_steps,
-        batch_size=min(config.batch_size, len(setup.train_data)),
+        batch_size=min(config.batch_size, len(run.setup.train_data)),
         seed=config.seed,
     )
+
+
+def _fit_head(run: FinalRun) -> None:
+    """Fit an SN / NPR covariance head on the EMA UNet (``hf-ddpm fit-covariance`` with
+    :func:`_head_fit_options`, all training images) and save the pipeline again with it and its
+    scheduler's variance type set to that kind. Its checkpoints go to ``HEAD_CHECKPOINTS`` in the output
+    folder, where ``hf-ddpm fit-covariance`` looks for them, so the redo command resumes an interrupted
+    fit."""
+    from hf_ddpm.data.image_datasets import collate
+
+    from .fit_covariance import fit_covariance_head, with_head
+
+    setup = run.setup
+    options = _head_fit_options(run)
     logger.info("fitting the %s covariance head: %d steps", options.kind, options.max_steps)
     images = collate([setup.train_data[i] for i in range(len(setup.train_data))])
     result = fit_covariance_head(
@@ -172,12 +182,15 @@ def _fit_head(run: FinalRun) -> None:
 
 
 def _fit_head_command(run: FinalRun) -> str:
-    config = run.config
+    """``hf-ddpm fit-covariance`` on the saved folder with the options a resumed fit must share (its
+    ``--output`` is the folder, so it resumes from the fit's own checkpoints)."""
+    options = _head_fit_options(run)
     return shlex.join(
-        ["hf-ddpm", "fit-covariance", str(run.output_dir), "--kind", str(config.covariance_head)]
-        + ["--max-steps", str(config.covariance_head_steps)]
-        + _data_flags(config)
-        + ["--seed", str(config.seed), "--output", str(run.output_dir)]
+        ["hf-ddpm", "fit-covariance", str(run.output_dir), "--kind", options.kind]
+        + ["--max-steps", str(options.max_steps), "--batch-size", str(options.batch_size)]
+        + ["--learning-rate", repr(options.learning_rate)]
+        + _data_flags(run.config)
+        + ["--seed", str(options.seed), "--output", str(run.output_dir)]
         + ["--resume-from-checkpoint", "latest"]
     )
 

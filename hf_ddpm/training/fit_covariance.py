@@ -11,8 +11,10 @@ component and the scheduler's ``variance_type`` set to the kind, so it samples w
   is fitted under its null label (its model of p(x)), as ``hf-ddpm calibrate`` is.
 - Exact resume: the data order of epoch e comes from ``(seed, e)`` and each step's timesteps and noise
   from ``(seed, step)`` (``training/determinism.py``), so a checkpoint (head, optimizer, step, losses;
-  ``training/checkpointing.py``'s atomic, manifest-checked folders in ``--output``) is all a resumed run
-  needs to continue bit for bit.
+  ``training/checkpointing.py``'s atomic, manifest-checked folders) is all a resumed run needs to
+  continue bit for bit. The checkpoints and the loss log go to ``--output``'s ``covariance-head/``
+  (``HEAD_CHECKPOINTS``), never beside a training run's own ``checkpoint-N`` folders, whose numbers they
+  share and which the fit's pruning would delete.
 - The fitted pipeline replaces ``--output``'s pipeline component by component, each renamed into place,
   in an order that keeps the folder loadable at every moment; a failed push leaves it whole.
 """
@@ -33,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_ddpm.core.covariance_head import HEAD_TARGETS, CovarianceHead, head_loss, unet_features
+from hf_ddpm.core.pushing import HEAD_CHECKPOINTS, push_folder_to_hub
 from hf_ddpm.core.saving import MODEL_INDEX, pipeline_options
 from hf_ddpm.core.variance import HEAD_VARIANCE_TYPES, LEARNED_VARIANCE_TYPES
 from hf_ddpm.evaluation.bound import unconditional_label
@@ -131,8 +134,9 @@ def fit_covariance_head(
     with training ``images`` (N, C, H, W) in [-1, 1].
 
     Args:
-        checkpoint_dir: where ``checkpoint-N`` folders go every ``options.checkpoint_every`` steps (and
-            at the end); None keeps none.
+        checkpoint_dir: where ``checkpoint-N`` folders and the loss log go every
+            ``options.checkpoint_every`` steps (and at the end), a folder of their own (a model folder's
+            ``HEAD_CHECKPOINTS``): older checkpoints in it are pruned. None keeps none.
         resume_from: ``"latest"`` (a fresh start when there is none yet) or a checkpoint folder.
     """
     check_fittable(pipeline)
@@ -301,7 +305,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint-every",
         type=int,
         default=defaults.checkpoint_every,
-        help="steps between checkpoints in --output",
+        help=f"steps between checkpoints (in --output's {HEAD_CHECKPOINTS}/)",
     )
     parser.add_argument(
         "--max-train-images",
@@ -312,14 +316,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume-from-checkpoint",
         default=None,
-        help="'latest' (in --output; a fresh start if none) or a checkpoint-N folder",
+        help=f"'latest' (in --output's {HEAD_CHECKPOINTS}/; a fresh start if none) or a checkpoint-N "
+        "folder",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``hf-ddpm fit-covariance``; bad input is raised before the first step (cli.py: one line, exit 2)."""
     from hf_ddpm.core.pipeline import HFDDPMPipeline
-    from hf_ddpm.core.pushing import push_folder_to_hub
     from hf_ddpm.data.held_out import load_reference
     from hf_ddpm.evaluation.data_options import resolve_data_flags
     from hf_ddpm.hub.loading import resolve_pipeline_folder
@@ -359,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
         pipeline,
         reference.images,
         options,
-        checkpoint_dir=output,
+        checkpoint_dir=output / HEAD_CHECKPOINTS,
         resume_from=args.resume_from_checkpoint,
     )
     write_pipeline(with_head(pipeline, result.head, options.kind), output)
@@ -367,7 +371,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{options.kind} covariance head fitted for {result.step} steps on {len(reference.images)} images "
         f"of {reference.name!r} ({reference.split}){final}; written to {output} (variance_type "
-        f"{options.kind!r}, loss log in {output / LOSS_LOG})"
+        f"{options.kind!r}, loss log in {output / HEAD_CHECKPOINTS / LOSS_LOG})"
     )
     if args.push_to_hub:
         url = push_folder_to_hub(
@@ -375,7 +379,6 @@ def run(args: argparse.Namespace) -> int:
             repo_id,
             token=args.hub_token,
             commit_message=f"Add an {options.kind} covariance head ({COMMAND})",
-            ignore_patterns=["checkpoint-*", ".tmp-checkpoint-*", LOSS_LOG],
         )
         print(f"pushed: {url}")
     return 0

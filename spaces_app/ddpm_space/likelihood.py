@@ -7,8 +7,6 @@ an image is the number the evaluation gives for it.
 
 from __future__ import annotations
 
-from typing import Any
-
 import gradio as gr
 import numpy as np
 import pandas as pd
@@ -26,25 +24,23 @@ def likelihood_bound(
     loaded = state.require()
     image = require_image(image)
     seed = int_in("Seed", seed, 0, MAX_SEED)
-    model = loaded.pipe.unet
-    if loaded.num_classes is not None:
-        # No class (the null label) bounds -log p(x), which is what `hf-ddpm evaluate` reports for a
-        # class-conditional model; a class gives -log p(x | y).
-        label = class_or_null(class_label, loaded.num_classes)
-
-        def model(x_t: torch.Tensor, t: torch.Tensor) -> Any:
-            labels = torch.full((x_t.shape[0],), label, dtype=torch.long, device=x_t.device)
-            return loaded.pipe.unet(x_t, t, class_labels=labels)
-
     try:
         from hf_ddpm import HFDDPMScheduler, variational_bound
+        from hf_ddpm.core.pipeline_base import covariance_head_in_use
+        from hf_ddpm.evaluation.bound import network_of
     except ImportError as err:
         raise gr.Error(
             "The likelihood tab needs the hf_ddpm package, which this Space does not have "
             "(deploy it with `hf-ddpm space`, which includes it)."
         ) from err
     pipe = loaded.pipe
+    # No class (the null label) bounds -log p(x), which is what `hf-ddpm evaluate` reports for a
+    # class-conditional model; a class gives -log p(x | y).
+    label = None if loaded.num_classes is None else class_or_null(class_label, loaded.num_classes)
     scheduler = HFDDPMScheduler.from_config(pipe.scheduler.config)
+    # The bound of the model's own scheduler: with its covariance head where its variance type is one.
+    head = covariance_head_in_use(pipe.unet, scheduler, getattr(pipe, "covariance_head", None))
+    model = network_of(pipe.unet, label, head)
     x0 = image_to_tensor(image, loaded.transform).to(pipe.device)
     with torch.no_grad():
         bound = variational_bound(

@@ -25,6 +25,7 @@ from .pictures import Transform, upload_transform
 
 try:  # hf_ddpm installed, or copied beside app.py by `hf-ddpm space`
     from hf_ddpm.core.class_layout import num_classes_of
+    from hf_ddpm.core.variance import HEAD_VARIANCE_TYPES
     from hf_ddpm.data.bundled_datasets import BUNDLED_DATASETS
     from hf_ddpm.data.image_transform import dataset_num_bins
     from hf_ddpm.sampling.samplers import SAMPLERS, default_sampling_steps, sampling_variance_type
@@ -32,7 +33,7 @@ except ImportError:
     dataset_num_bins = SAMPLERS = sampling_variance_type = num_classes_of = None
     # No bundled set is known, so no model's data is taken for the digits of the examples.
     BUNDLED_DATASETS = {}
-    default_sampling_steps = None
+    default_sampling_steps = HEAD_VARIANCE_TYPES = None
 
 # Written beside the pipeline by `hf-ddpm train`: names the data, and so its number of levels.
 _TRAIN_CONFIG = "train_config.json"
@@ -150,12 +151,10 @@ def data_num_bins(model: str) -> tuple[int, str]:
 
 
 def variance_is_learned(pipe: Any) -> bool:
-    """Whether the model predicts its own variance: its network outputs more channels than the sample
-    has (asked of the scheduler where it can say, as HFDDPMScheduler does, else of the UNet)."""
-    channels = int(pipe.unet.config.in_channels)
-    if hasattr(pipe.scheduler, "model_output_channels"):
-        return int(pipe.scheduler.model_output_channels(channels)) != channels
-    return int(pipe.unet.config.out_channels) != channels
+    """Whether the model predicts its own variance: its UNet outputs more channels than the sample has.
+    Not the scheduler's ``model_output_channels``, which for a covariance head's variance type ("sn",
+    "npr", as `hf-ddpm fit-covariance` saves it) counts the head's channels too."""
+    return int(pipe.unet.config.out_channels) != int(pipe.unet.config.in_channels)
 
 
 def _code_constant(obj: Any, name: str) -> Any:
@@ -187,21 +186,27 @@ def _accepted(scheduler: Any, key: str, first: str, candidates: Any) -> dict[str
 def offered_variance_types(pipe: Any) -> tuple[str, ...]:
     """The variance types that fit this model, the one ``hf-ddpm sample`` uses by default first: its own
     if it learned one (the output means something else under another type), else every type of the
-    ddpm sampler (without hf_ddpm: of its scheduler's code) that needs no learned output."""
+    ddpm sampler (without hf_ddpm: of its scheduler's code) that needs no learned output, and the
+    covariance head's types (``HEAD_VARIANCE_TYPES``: the head gives their second C channels) where the
+    pipeline carries a head."""
     scheduler = pipe.scheduler
     if variance_is_learned(pipe):
         return (str(scheduler.config.variance_type),)
     if SAMPLERS is None:
         first = str(scheduler.config.variance_type)
         candidates = _code_constant(scheduler, "VARIANCE_TYPE_NAMES")
+        head_types = _code_constant(scheduler, "HEAD_VARIANCE_TYPES")
     else:
         first = sampling_variance_type(scheduler.config)
         candidates = SAMPLERS[DDPM].variance_types
+        head_types = HEAD_VARIANCE_TYPES
+    with_head = (head_types or ()) if getattr(pipe, "covariance_head", None) is not None else ()
     channels = int(pipe.unet.config.in_channels)
     return tuple(
         name
         for name, made in _accepted(scheduler, "variance_type", first, candidates).items()
-        if not hasattr(made, "model_output_channels")
+        if name in with_head
+        or not hasattr(made, "model_output_channels")
         or made.model_output_channels(channels) == channels
     )
 

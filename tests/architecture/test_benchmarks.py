@@ -201,3 +201,56 @@ def test_sample_scale_at_tiny_sizes_writes_every_figure_the_docs_cite(tmp_path):
     assert processes["unet_images_counted"] == {"1": [4], "2": [4]}
     assert processes["max_grey_level_diff_2_vs_1"] <= 2
     assert set(processes["images_per_s"]) == {"1", "2"} and processes["speedup_2_vs_1"] > 0
+
+
+def test_few_step_reports_no_bound_for_ddim_rows(tmp_path, monkeypatch):
+    """Issue 20: every ddim-* row stopped few_step.py with an AttributeError when --nll-images > 0
+    (HFDDIMScheduler has no bound's terms). They report none, as the deterministic solvers do; the ddpm
+    sampler's rows (npr here, with the model's covariance head) still report theirs."""
+    import few_step
+    from conftest import _tiny_unet
+
+    from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler
+    from hf_ddpm.core.covariance_head import CovarianceHead
+
+    unet = _tiny_unet(in_channels=1, sample_size=32)
+    HFDDPMPipeline(
+        unet, HFDDPMScheduler(num_train_timesteps=20), covariance_head=CovarianceHead.for_unet(unet)
+    ).save_pretrained(tmp_path / "model")
+
+    class Judge:  # the digit judge trains a classifier; its figures are not under test here
+        @classmethod
+        def train(cls):
+            return cls()
+
+        def judge(self, images):
+            return {"frechet": float(len(images))}
+
+    monkeypatch.setattr(few_step, "DigitJudge", Judge)
+    cache = tmp_path / "cells.json"
+    argv = ["few_step.py", "--model", str(tmp_path / "model"), "--ks", "2", "--num-samples", "2"]
+    argv += ["--samplers", "npr,ddim-npr,ddim-fixed_small,unipc", "--nll-images", "2"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--cache", str(cache)])
+    few_step.main()
+    cells = json.loads(cache.read_text())
+    assert set(cells) == {"npr@2", "ddim-npr@2", "ddim-fixed_small@2", "unipc@2"}
+    assert math.isfinite(cells["npr@2"]["nll_bpd"])
+    assert [key for key, cell in cells.items() if "nll_bpd" in cell] == ["npr@2"]
+
+
+def test_few_step_clip_rows_clip_the_last_step_of_a_config_saved_without_the_key():
+    """npr-clip is npr with the scheduler's analytic_clip_last_step; the bundled model's config predates
+    that key, which diffusers' from_config would otherwise reset to its default (False)."""
+    import few_step
+
+    from hf_ddpm import HFDDPMScheduler
+    from hf_ddpm.hub.bundled import BUNDLED_MODEL_DIR
+
+    config = dict(HFDDPMScheduler.from_pretrained(BUNDLED_MODEL_DIR, subfolder="scheduler").config)
+    assert "analytic_clip_last_step" in config["_use_default_values"]
+    rows = few_step.contenders()
+    clipped = few_step.scheduler_for(rows["npr-clip"], config).config
+    plain = few_step.scheduler_for(rows["npr"], config).config
+    assert (clipped.variance_type, clipped.analytic_clip_last_step) == ("npr", True)
+    assert (plain.variance_type, plain.analytic_clip_last_step) == ("npr", False)
+    assert clipped.eps_second_moment == plain.eps_second_moment

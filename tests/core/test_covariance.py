@@ -170,9 +170,11 @@ def test_head_types_refuse_wrong_channels_and_non_epsilon_predictions(variance_t
     scheduler = HFDDPMScheduler(num_train_timesteps=T, variance_type=variance_type)
     scheduler.set_timesteps(5)
     sample = torch.zeros(SHAPE)
-    with pytest.raises(
-        ValueError, match=f"variance_type '{variance_type}' needs 4 output channels"
-    ):
+    expected = (
+        f"variance_type '{variance_type}' needs 4 output channels "
+        r"\(the UNet's 2 \(eps\), then the covariance head's 2\)$"
+    )
+    with pytest.raises(ValueError, match=expected):
         scheduler.step(torch.zeros(SHAPE), scheduler.timesteps[0], sample)
     with pytest.raises(ValueError, match="needs prediction_type 'epsilon'"):
         HFDDPMScheduler(variance_type=variance_type, prediction_type="v_prediction")
@@ -197,3 +199,41 @@ def test_last_noise_step_is_capped_as_the_authors_clip_sigma():
     sigma2 = (((steps[0] - steps[1]) / (z[0] - z[1])) ** 2).flatten()
     cap = (2 * 2 / 255 * math.sqrt(math.pi / 2)) ** 2
     np.testing.assert_allclose(sigma2.numpy(), cap, rtol=1e-9)
+
+
+def test_a_head_that_predicts_no_error_bounds_as_fixed_small_does():
+    """NPR with g = 0 everywhere is fixed_small: Cov[x_0 | x_t] = 0, so every step's variance is
+    beta-tilde. Its bound is fixed_small's term by term, the decoder included: the head types' decoder
+    has the variance of fixed_small's, beta-tilde_1 of the full chain, as the authors' bound
+    (nelbo_dtdpm) has it. With the step's own Cov (clipped to 0) the decoder's variance was 0 and L_0
+    was astronomical (4.5e11 bits/dim on the bundled model with its NPR head). On a 10-step chain
+    the KL terms agree with fixed_small's likewise (its decoder is the respaced chain's own)."""
+    from hf_ddpm import variational_bound
+
+    def eps_model(x_t, t):  # any fixed network: here a shrinkage of x_t
+        return 0.3 * x_t
+
+    def npr_model(x_t, t):
+        return torch.cat([eps_model(x_t, t), torch.zeros_like(x_t)], 1)
+
+    x0 = (
+        torch.round(
+            (torch.rand((6, 1, 4, 4), generator=torch.Generator().manual_seed(0)) * 2 - 1) * 127.5
+        )
+        / 127.5
+    )
+    for steps in (None, 10):
+        bounds = {}
+        for variance_type, model in (("fixed_small", eps_model), ("npr", npr_model)):
+            scheduler = HFDDPMScheduler(
+                num_train_timesteps=T, variance_type=variance_type, clip_sample=False
+            )
+            generator = torch.Generator().manual_seed(1)
+            bounds[variance_type] = variational_bound(
+                model, scheduler, x0.double(), generator=generator, num_inference_steps=steps
+            ).terms_bpd
+        first = 0 if steps is None else 1
+        torch.testing.assert_close(
+            bounds["npr"][:, first:], bounds["fixed_small"][:, first:], rtol=1e-9, atol=0
+        )
+        assert bounds["npr"][:, 0].max() < 10, bounds["npr"][:, 0]

@@ -213,3 +213,35 @@ def test_sample_with_a_head_variance_on_a_model_without_one_is_one_line_exit_2(t
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "hf-ddpm fit-covariance" in err, err
+
+
+@pytest.mark.parametrize("sampler", ["dpm-solver++", "dpm-solver++-sde"])
+def test_a_diffusers_sampler_on_a_model_that_samples_with_its_head(tmp_path, sampler):
+    """A model saved with variance_type "npr" (as `hf-ddpm fit-covariance` saves it) and `hf-ddpm sample
+    --sampler dpm-solver++`: DPMSolverMultistepScheduler keeps the config's variance_type, the pipeline
+    then ran the head and handed it 2C channels ("expected input[2, 2, 8, 8] to have 1 channels"). A
+    diffusers scheduler reads eps alone: the images are those of the same UNet without a head."""
+    from hf_ddpm.sampling.samplers import SAMPLERS
+
+    with_head = pipeline("npr")
+    plain = HFDDPMPipeline(unet=with_head.unet, scheduler=HFDDPMScheduler(num_train_timesteps=T))
+    plain.set_progress_bar_config(disable=True)
+    with_head.save_pretrained(tmp_path / "npr")
+    argv = ["sample", str(tmp_path / "npr"), "--sampler", sampler, "--num-images", "2"]
+    argv += ["--num-inference-steps", "4", "--output", str(tmp_path / "o.png")]
+    assert cli.main(argv) == 0
+    images = {}
+    for name, pipe in (("npr", with_head), ("plain", plain)):
+        config = dict(pipe.scheduler.config)
+        pipe.scheduler = SAMPLERS[sampler].build(config, None, config["timestep_spacing"])
+        assert pipe._sampling_head() is None
+        calls = count_calls(pipe.unet)
+        images[name] = pipe(
+            batch_size=2,
+            num_inference_steps=4,
+            generator=torch.Generator().manual_seed(0),
+            output_type="pt",
+        ).images
+        assert len(calls) == 4
+    assert with_head.scheduler.config.variance_type == "npr"
+    torch.testing.assert_close(images["npr"], images["plain"], rtol=0, atol=0)

@@ -608,3 +608,144 @@ def test_a_failed_report_write_keeps_the_old_report_and_leaves_no_partial_file(
     assert capsys.readouterr().err.splitlines()[-1].endswith("No space left on device")
     assert report.read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+# ------------------------------------------------------------------------------------ a covariance head
+# Gaussian images whose halves differ, (m, s) = (0.1, 0.25) and (-0.2, 0.05) (narrow enough that the 8-bit
+# grid's clipping at -1 and 1 leaves no mass to speak of), under the exact eps-predictor with the exact
+# NPR head (tests/gaussian_oracle.py, FeatureOracleUNet).
+HEAD_DATA = {"means": (0.1, -0.2), "stds": (0.25, 0.05), "num_train_timesteps": 100}
+
+
+def _npr_oracle_pipeline():
+    from gaussian_oracle import FeatureOracleUNet
+
+    from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler
+
+    unet = FeatureOracleUNet("npr", **HEAD_DATA)
+    scheduler = HFDDPMScheduler(num_train_timesteps=100, variance_type="npr", clip_sample=False)
+    return HFDDPMPipeline(unet=unet, scheduler=scheduler, covariance_head=unet.exact_head())
+
+
+def _expected_npr_bound_bpd(unet, x0: torch.Tensor, chain: list[int]) -> torch.Tensor:
+    """The bound per image (bits/dim) of the chain ``chain`` (timesteps, descending) for these images,
+    in expectation over the x_t draws, from the closed forms of Gaussian data alone (float64).
+
+    For N(m, s^2) data, x_t = a x_0 + b eps (a^2 = ab_t, b^2 = 1 - ab_t) gives E[x_0 | x_t] =
+    m + k (x_t - a m), k = a s^2 / (ab_t s^2 + b^2), and V_t = Var[x_0 | x_t] = s^2 b^2 / (ab_t s^2 + b^2),
+    so for a given x_0, E (x_0 - E[x_0 | x_t])^2 = (1 - k a)^2 (x_0 - m)^2 + k^2 b^2. A step t -> s of the
+    posterior q(x_s | x_t, x_0) = N(. + c x_0, beta-tilde) (Ho et al. eq. 7, beta_{s|t} = 1 - ab_t / ab_s,
+    c = sqrt(ab_s) beta_{s|t} / b^2) against the model's N(. + c E[x_0 | x_t], beta-tilde + c^2 V_t) (the
+    optimal variance, which the exact NPR head gives) has KL = (log(sigma^2 / beta-tilde) +
+    (beta-tilde + c^2 E (x_0 - E[x_0 | x_t])^2) / sigma^2 - 1) / 2. The decoder at the last timestep is
+    the discretised N(E[x_0 | x_t], beta-tilde_1) (Ho et al. eq. 13, with the variance of the authors'
+    bound: beta-tilde_1 = beta_1 (1 - ab_0) / (1 - ab_1) of the full chain), by Gauss-Hermite quadrature
+    over eps; the prior is KL(N(a x_0, b^2) || N(0, 1)) at the first timestep."""
+    ab_table = unet.alphas_cumprod
+    m, s = unet.pixel_moments()
+    x = x0.double()
+
+    def moments(t):
+        ab = ab_table[t]
+        k = ab.sqrt() * s**2 / (ab * s**2 + 1 - ab)
+        return ab, k, s**2 * (1 - ab) / (ab * s**2 + 1 - ab)
+
+    ab = ab_table[chain[0]]
+    nats = 0.5 * ((1 - ab) + ab * x**2 - 1 - torch.log(1 - ab))
+    for t, t_next in zip(chain, chain[1:]):
+        ab, k, variance = moments(t)
+        ab_s = ab_table[t_next]
+        beta = 1 - ab / ab_s
+        c = ab_s.sqrt() * beta / (1 - ab)
+        tilde = beta * (1 - ab_s) / (1 - ab)
+        error2 = (1 - k * ab.sqrt()) ** 2 * (x - m) ** 2 + k**2 * (1 - ab)
+        sigma2 = tilde + c**2 * variance
+        nats = nats + 0.5 * (torch.log(sigma2 / tilde) + (tilde + c**2 * error2) / sigma2 - 1)
+    ab, k, _ = moments(chain[-1])
+    ab_0, ab_1 = ab_table[0], ab_table[1]
+    variance = (1 - ab_1 / ab_0) * (1 - ab_0) / (1 - ab_1)
+    nodes, weights = np.polynomial.hermite_e.hermegauss(60)
+    decoder = torch.zeros_like(x)
+    half_bin = 1 / 255
+    for z, w in zip(nodes, weights / weights.sum(), strict=True):
+        mean = m + k * (ab.sqrt() * x + (1 - ab).sqrt() * z - ab.sqrt() * m)
+        upper = torch.where(
+            x > 0.999, 1.0, torch.special.ndtr((x + half_bin - mean) / variance.sqrt())
+        )
+        lower = torch.where(
+            x < -0.999, 0.0, torch.special.ndtr((x - half_bin - mean) / variance.sqrt())
+        )
+        # clamped as Ho et al.'s decoder is, so that far-off quadrature nodes cost no infinities
+        decoder = decoder - w * torch.log((upper - lower).clamp(min=1e-12))
+    return (nats + decoder).flatten(1).mean(1) / np.log(2)
+
+
+def _head_data(count: int) -> torch.Tensor:
+    from gaussian_oracle import FeatureOracleUNet
+
+    m, s = FeatureOracleUNet(**HEAD_DATA).pixel_moments()
+    noise = torch.randn(
+        (count, 1, 8, 8), generator=torch.Generator().manual_seed(4), dtype=torch.float64
+    )
+    return (torch.round(((m + s * noise).clamp(-1, 1) + 1) / 2 * 255) / 255 * 2 - 1).float()
+
+
+@pytest.mark.parametrize(
+    "chain, options",
+    [
+        ("10 steps", {"num_inference_steps": 10}),
+        ("all 100 terms", {}),
+        ("importance-sampled", {"nll_timesteps": 30}),
+    ],
+)
+def test_the_nll_of_a_model_with_a_covariance_head_reads_eps_and_the_head(chain, options):
+    """Issue 20: evaluate's bound ran the UNet alone on a model whose variance type is NPR, and the
+    scheduler refused its C channels. It is the bound of eps and the head from one UNet call per term,
+    and it equals the closed-form bound of the exact NPR model of Gaussian data (about 2.9 bits/dim at 10
+    steps; fixed_small's is tens of bits/dim)."""
+    from hf_ddpm.evaluation.evaluate import ReferenceData, evaluate_pipeline
+
+    pipe = _npr_oracle_pipeline()
+    images = _head_data(192)
+    report = evaluate_pipeline(
+        pipe, ReferenceData(images, 256, "gaussian", "test"), metrics="nll", seed=3, **options
+    )
+    nll = report["metrics"]["nll"]
+    steps = options.get("num_inference_steps")
+    if steps is not None:
+        pipe.scheduler.set_timesteps(steps)
+        timesteps = [int(t) for t in pipe.scheduler.timesteps]
+    else:
+        timesteps = list(range(99, -1, -1))
+    expected = _expected_npr_bound_bpd(pipe.unet, images, timesteps)
+    # One UNet call per term: the head reads that call's features, it does not call the UNet again.
+    # (the importance-sampled estimate adds each image's decoder term to its K draws)
+    terms = nll["timesteps_per_image"] + ("nll_timesteps" in options)
+    assert pipe.unet.rows == len(images) * terms
+    difference = nll["bpd"] - expected.mean().item()
+    assert abs(difference) < 4 * nll["bpd_stderr"], (chain, nll["bpd"], expected.mean().item())
+
+
+@pytest.mark.parametrize(
+    "extra", [[], ["--nll-timesteps", "3"], ["--num-inference-steps", "4"]], ids=str
+)
+def test_cli_nll_of_a_model_sampling_with_its_head(tmp_path, capsys, extra):
+    """Issue 20: `hf-ddpm evaluate --metrics nll` (exact, importance-sampled, K-step) on a model whose
+    scheduler samples with its NPR head exited 2 ("needs 2 output channels")."""
+    import json
+
+    from conftest import _tiny_unet
+
+    from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler
+    from hf_ddpm.cli import main
+    from hf_ddpm.core.covariance_head import CovarianceHead
+
+    unet = _tiny_unet(in_channels=1)
+    head = CovarianceHead.for_unet(unet)
+    with torch.no_grad():
+        head.conv.bias.fill_(0.5)  # a second moment of 0.5 everywhere: not the zero start
+    scheduler = HFDDPMScheduler(num_train_timesteps=20, variance_type="npr")
+    HFDDPMPipeline(unet, scheduler, covariance_head=head).save_pretrained(tmp_path / "model")
+    assert main(_nll_argv(tmp_path / "model", tmp_path, *extra)) == 0, capsys.readouterr().err
+    nll = json.loads((tmp_path / "r.json").read_text())["metrics"]["nll"]
+    assert np.isfinite(nll["bpd"]) and nll["bpd"] > 0

@@ -478,6 +478,91 @@ def test_the_bundled_model_offers_and_defaults_to_the_variance_hf_ddpm_sample_us
     assert ["analytic", "analytic"] in [list(choice) for choice in dropdown["choices"]]
 
 
+def test_a_model_with_a_covariance_head_offers_its_types_and_samples_with_it(
+    model_dir, run_without_hf_ddpm
+):
+    """The bundled model ships an NPR head: `hf-ddpm sample --variance-type npr` draws with it, and the
+    Space offered neither "sn" nor "npr" (their scheduler takes 2C channels, the UNet outputs C). It
+    offers both where the pipeline carries a head, with hf_ddpm and without (the head types of the
+    model's own code), and draws what the pipeline draws with that variance; a model without a head is
+    not offered them."""
+    from hf_ddpm.core.variance import HEAD_VARIANCE_TYPES
+
+    assert not set(HEAD_VARIANCE_TYPES) & set(app.load_model(str(model_dir)).model.variance_types)
+    state = app.load_model(str(bundled_model_path()))
+    assert set(HEAD_VARIANCE_TYPES) <= set(state.model.variance_types)
+    assert state.model.variance_types[0] == "analytic"  # the default stays hf-ddpm sample's
+    *_, (_, _, images, status) = app.generate_images(
+        state, 3, 1, 4, "npr", 7, 1.0, lambda *a, **k: None
+    )
+    assert "npr variance" in status
+    pipe = state.model.pipe
+    scheduler = HFDDPMScheduler.from_config(pipe.scheduler.config, variance_type="npr")
+    direct = type(pipe).from_pipe(pipe, unet=pipe.unet, scheduler=scheduler)
+    direct.set_progress_bar_config(disable=True)
+    expected = direct(
+        batch_size=1,
+        generator=torch.Generator().manual_seed(3),
+        num_inference_steps=4,
+        class_labels=[7],
+        guidance_scale=1.0,
+        output_type="np",
+    ).images
+    grey = (expected[0, ..., 0] * 255).round().clip(0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(images[0][..., 0], grey)
+
+    result = run_without_hf_ddpm(f"""
+import sys
+sys.path.insert(0, {str(app._HERE)!r})
+import app
+state = app.load_model({str(bundled_model_path())!r})
+assert state.model is not None, state.message
+assert {{"sn", "npr"}} <= set(state.model.variance_types), state.model.variance_types
+*_, (_, _, images, status) = app.generate_images(state, 3, 1, 4, "npr", 7, 1.0, lambda *a, **k: None)
+print("STATUS:", status)
+""")
+    assert "npr variance" in result.stdout
+
+
+def test_the_likelihood_of_a_model_that_samples_with_its_head(tmp_path):
+    """A model whose scheduler samples with its NPR head (what `hf-ddpm fit-covariance` writes): the page
+    took it for a learned variance (npr alone, no diffusers sampler), and the tab bounded the UNet
+    alone, which the NPR scheduler refuses. The head here predicts 0.5 everywhere
+    (zero weights, bias 0.5), so the bound's model output is eps and 0.5, built here without the head."""
+    from hf_ddpm.core.covariance_head import CovarianceHead
+    from spaces_app.ddpm_space.pictures import image_to_tensor
+
+    unet = _tiny_unet(in_channels=1, sample_size=SIZE)
+    head = CovarianceHead.for_unet(unet)
+    with torch.no_grad():
+        head.conv.bias.fill_(0.5)
+    scheduler = HFDDPMScheduler(
+        num_train_timesteps=T, beta_start=BETA_START, beta_end=BETA_END, variance_type="npr"
+    )
+    HFDDPMPipeline(unet, scheduler, covariance_head=head).save_pretrained(tmp_path / "npr")
+    state = app.load_model(str(tmp_path / "npr"))
+    # Its variance is the head's, not a learned one: every type and every sampler are offered, npr first.
+    assert state.model.variance_types[0] == "npr"
+    assert {"fixed_small", "sn"} <= set(state.model.variance_types)
+    assert {"ddim", "dpm-solver++", "unipc"} <= set(state.model.samplers)
+    image = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    _, summary = app.likelihood_bound(state, image, 4, None)
+
+    def eps_then_half(x_t, t):
+        eps = unet(x_t, t).sample
+        return torch.cat([eps, torch.full_like(eps, 0.5)], 1)
+
+    x0 = image_to_tensor(image, state.model.transform)
+    expected = variational_bound(
+        eps_then_half,
+        HFDDPMScheduler.from_config(scheduler.config),
+        x0,
+        generator=torch.Generator().manual_seed(4),
+        num_bins=state.model.num_bins,
+    )
+    assert summary["total_bpd"] == pytest.approx(float(expected.total_bpd[0]), rel=1e-6)
+
+
 @pytest.fixture(scope="module")
 def served_bundled():
     state = app.load_model(str(bundled_model_path()))

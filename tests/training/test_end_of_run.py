@@ -104,6 +104,56 @@ def test_a_failing_extra_is_one_warning_with_its_redo_command_and_the_rest_still
     assert len(saved["eps_second_moment"]) == 20
 
 
+@pytest.mark.parametrize("failure", ["mid-fit", "after the fit"])
+def test_a_failed_head_fit_is_redone_by_its_printed_command(tmp_path, monkeypatch, capsys, failure):
+    """Bug B: the redo command resumed from the training run's checkpoint-N ("not a fit-covariance
+    checkpoint", exit 2) and left out --batch-size (the fit's checkpoint then refused a resume at 128).
+    Run as printed, it finishes the head fit: afresh after a mid-fit failure, from the fit's own last
+    checkpoint after one that struck once the head was fitted."""
+    import torch
+
+    from hf_ddpm.core.pipeline import HFDDPMPipeline
+    from hf_ddpm.core.pushing import HEAD_CHECKPOINTS
+    from hf_ddpm.training import fit_covariance
+    from hf_ddpm.training.checkpointing import load_checkpoint
+
+    def broken(*args, **kwargs):
+        raise RuntimeError(f"simulated failure {failure}")
+
+    name = "head_loss" if failure == "mid-fit" else "with_head"
+    monkeypatch.setattr(fit_covariance, name, broken)
+    config = _tiny(
+        tmp_path,
+        max_steps=3,
+        checkpoint_every=1,
+        calibrate=False,
+        grid=False,
+        covariance_head="npr",
+        covariance_head_steps=3,
+        seed=5,
+    )
+    assert main(shlex.split(config.command())[1:]) == EXIT_PARTIAL
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and "the covariance head fit failed" in warnings[0], warnings
+    out = Path(config.output_dir)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [
+        f"checkpoint-{n}" for n in (1, 2, 3)
+    ]
+    head_checkpoints = sorted(p.name for p in (out / HEAD_CHECKPOINTS).glob("checkpoint-*"))
+    assert head_checkpoints == ([] if failure == "mid-fit" else ["checkpoint-3"])
+
+    redo = warnings[0].split("redo it with: ")[1]
+    monkeypatch.undo()
+    assert main(shlex.split(redo)[1:]) == 0, capsys.readouterr().err
+    pipe = HFDDPMPipeline.from_pretrained(out)
+    assert pipe.scheduler.config.variance_type == "npr"
+    head, state = load_checkpoint(out / HEAD_CHECKPOINTS / "checkpoint-3")
+    assert state["options"]["batch_size"] == config.batch_size
+    for key, value in pipe.covariance_head.state_dict().items():
+        assert torch.equal(value, head["head"][key]), key
+    assert pipe.covariance_head.conv.weight.abs().sum() > 0
+
+
 def test_a_full_disk_while_writing_the_calibration_keeps_the_saved_scheduler_config(
     tmp_path, monkeypatch, capsys
 ):

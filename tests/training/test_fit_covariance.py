@@ -1,13 +1,11 @@
 """``hf-ddpm fit-covariance``: the fitted head approaches the exact per-pixel second moment on Gaussian data,
-a resumed fit is the uninterrupted one, and bad input is refused with a message naming the command.
+a resumed fit is the uninterrupted one, its checkpoints stay apart from a training run's, its push uploads
+what any model folder uploads, and bad input is refused with a message naming the command.
 
-The oracle: x_0 ~ N(0, s^2) per pixel, with s = 1 on the left half and s = 0.05 on the right, so the exact
-eps-predictor and both exact heads are closed forms (DESIGN.md, "Per-pixel optimal covariance"):
-eps-hat = sqrt(1 - ab) x_t / (ab s^2 + 1 - ab), Var[eps | x_t] = ab s^2 / (ab s^2 + 1 - ab), and
-E[eps^2 | x_t] = eps-hat^2 + Var[eps | x_t]. Its "last feature map" carries the exact target T of the kind
-being fitted as [T, -T, U, -U] with U = sqrt(M - T^2): one GroupNorm group over them has mean 0 and variance
-M / 2 whatever the input, and SiLU(z) - SiLU(-z) = z, so a head can represent T exactly; what it learns
-depends only on the regression targets it is given, the features of the right call, and the fitting loop.
+The oracle (tests/gaussian_oracle.py, ``FeatureOracleUNet``): x_0 ~ N(0, s^2) per pixel, with s = 1 on the
+left half and s = 0.05 on the right, whose exact eps-predictor and both exact heads are closed forms
+(DESIGN.md, "Per-pixel optimal covariance"), and whose "last feature map" carries the exact target of the
+kind being fitted in a form a head can represent exactly.
 """
 
 import json
@@ -15,67 +13,25 @@ import json
 import pytest
 import torch
 from conftest import tiny_train_config
-from diffusers import ConfigMixin, ModelMixin
-from diffusers.configuration_utils import register_to_config
-from diffusers.models.unets.unet_2d import UNet2DOutput
-from torch import nn
+from gaussian_oracle import FeatureOracleUNet
 
 from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler
 from hf_ddpm.training.fit_covariance import FitOptions, check_fittable, fit_covariance_head
 
 SIZE, STEPS = 8, 100
-# T <= sqrt(M): eps-hat^2 + Var exceeds 8 with probability about 0.5%, clipped in the features only.
-FEATURE_BOUND = 64.0
-
-
-def pixel_stds() -> torch.Tensor:
-    s = torch.full((1, 1, SIZE, SIZE), 0.05, dtype=torch.float64)
-    s[..., : SIZE // 2] = 1.0
-    return s
-
-
-def exact_moments(x_t: torch.Tensor, ab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(eps-hat, Var[eps | x_t]) of the Gaussian data, per pixel, at per-sample alpha-bar ``ab``."""
-    ab = ab.double().view(-1, 1, 1, 1)
-    s2 = pixel_stds() ** 2
-    denominator = ab * s2 + 1 - ab
-    return (1 - ab).sqrt() * x_t.double() / denominator, ab * s2 / denominator
-
-
-class FeatureOracle(ModelMixin, ConfigMixin):
-    """The exact eps-predictor of the Gaussian data, with a last feature map that carries ``kind``'s exact
-    target (see the module docstring) through a ``conv_norm_out`` GroupNorm, as a UNet2DModel has one."""
-
-    @register_to_config
-    def __init__(
-        self, kind: str = "sn", in_channels: int = 1, out_channels: int = 1, sample_size: int = SIZE
-    ) -> None:
-        super().__init__()
-        self.conv_norm_out = nn.GroupNorm(1, 4, eps=1e-12)
-        self.register_buffer(
-            "alphas_cumprod", HFDDPMScheduler(num_train_timesteps=STEPS).alphas_cumprod.double()
-        )
-
-    def forward(self, x_t, t, class_labels=None):
-        eps_hat, variance = exact_moments(x_t, self.alphas_cumprod[torch.as_tensor(t).long()])
-        target = eps_hat**2 + variance if self.config.kind == "sn" else variance
-        target = target.clamp(max=FEATURE_BOUND**0.5)
-        other = (FEATURE_BOUND - target**2).clamp(min=0).sqrt()
-        self.conv_norm_out(torch.cat([target, -target, other, -other], 1).float())
-        return UNet2DOutput(sample=eps_hat.float())
 
 
 def gaussian_pipeline(kind: str) -> HFDDPMPipeline:
     return HFDDPMPipeline(
-        unet=FeatureOracle(kind), scheduler=HFDDPMScheduler(num_train_timesteps=STEPS)
+        unet=FeatureOracleUNet(kind, num_train_timesteps=STEPS, sample_size=SIZE),
+        scheduler=HFDDPMScheduler(num_train_timesteps=STEPS),
     )
 
 
 def gaussian_images(count: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return (
-        pixel_stds() * torch.randn(count, 1, SIZE, SIZE, generator=generator, dtype=torch.float64)
-    ).float()
+    _, s = FeatureOracleUNet(sample_size=SIZE).pixel_moments()
+    return (s * torch.randn(count, 1, SIZE, SIZE, generator=generator, dtype=torch.float64)).float()
 
 
 @pytest.mark.parametrize("kind", ["sn", "npr"])
@@ -93,7 +49,7 @@ def test_the_fitted_head_approaches_the_exact_second_moment(kind):
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * torch.randn(
         x0.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64
     )
-    eps_hat, variance = exact_moments(x_t, ab_table[t])
+    eps_hat, variance = pipeline.unet.exact_moments(x_t, t)
     exact = {"sn": eps_hat**2 + variance, "npr": variance}
     from hf_ddpm.core.covariance_head import unet_features
 
@@ -196,13 +152,14 @@ def test_fit_covariance_writes_a_model_that_samples_with_its_head(tiny_model, ca
     assert "npr covariance head fitted for 4 steps on 12 images" in capsys.readouterr().out
     pipe = HFDDPMPipeline.from_pretrained(out)
     assert pipe.scheduler.config.variance_type == "npr" and pipe.covariance_head is not None
-    log = [json.loads(line) for line in (out / "fit_covariance_log.jsonl").read_text().splitlines()]
+    log_file = out / "covariance-head" / "fit_covariance_log.jsonl"
+    log = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert [entry["step"] for entry in log] == [2, 4]
     # The source folder is untouched; the head fitted is the one in the checkpoint.
     assert HFDDPMPipeline.from_pretrained(tiny_model / "model").covariance_head is None
     from hf_ddpm.training.checkpointing import load_checkpoint
 
-    tensors, _ = load_checkpoint(out / "checkpoint-4")
+    tensors, _ = load_checkpoint(out / "covariance-head" / "checkpoint-4")
     for name, value in pipe.covariance_head.state_dict().items():
         assert torch.equal(value, tensors["head"][name])
 
@@ -243,3 +200,135 @@ def test_train_refuses_a_head_beside_a_learned_variance(tmp_path):
     )
     with pytest.raises(ValueError, match="--covariance-head npr .hf-ddpm fit-covariance"):
         config.validate()
+
+
+def _file_hashes(folder) -> dict[str, str]:
+    import hashlib
+
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _trained_folder(tmp_path, logger: str = "none"):
+    """A tiny training run's output folder (T = 20, 8x8 digits) with checkpoint-1..3."""
+    from hf_ddpm.training.train import TrainConfig, train
+
+    config = TrainConfig(
+        dataset="sklearn-digits",
+        model_preset="tiny",
+        resolution=8,
+        batch_size=8,
+        max_steps=3,
+        num_train_timesteps=20,
+        output_dir=str(tmp_path / "out"),
+        checkpoint_every=1,
+        sample_every=0,
+        grid=False,
+        calibrate=False,
+        dataloader_num_workers=0,
+        logger=logger,
+    )
+    train(config)
+    return tmp_path / "out"
+
+
+def test_fit_covariance_in_a_training_folder_keeps_its_checkpoints_apart(tmp_path, capsys):
+    """Bug A: with the default --output (the model folder itself), the fit's checkpoint-N folders went
+    beside the training run's: its pruning deleted them and its step N overwrote theirs. The fit keeps its
+    own in covariance-head/, the training ones stay byte-identical, and 'latest' resumes the fit's own."""
+    from hf_ddpm import cli
+    from hf_ddpm.core.pushing import HEAD_CHECKPOINTS
+    from hf_ddpm.training.checkpointing import load_checkpoint
+
+    out = _trained_folder(tmp_path)
+    training_checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert training_checkpoints == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    before = {name: _file_hashes(out / name) for name in training_checkpoints}
+
+    def fit(folder, max_steps, *extra):
+        argv = ["fit-covariance", str(folder), "--dataset", "sklearn-digits", "--kind", "npr"]
+        argv += ["--max-steps", str(max_steps), "--batch-size", "8", "--checkpoint-every", "1"]
+        assert cli.main([*argv, "--max-train-images", "64", *extra]) == 0, capsys.readouterr()
+
+    fit(out, 4)
+    assert {name: _file_hashes(out / name) for name in training_checkpoints} == before
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == training_checkpoints
+    own = out / HEAD_CHECKPOINTS
+    assert sorted(p.name for p in own.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+
+    # Resumed from its own checkpoint-4 to step 6: the head of an uninterrupted 6-step fit.
+    fit(out, 6, "--resume-from-checkpoint", "latest")
+    assert {name: _file_hashes(out / name) for name in training_checkpoints} == before
+    log = [json.loads(line) for line in (own / "fit_covariance_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [4, 6]
+    whole = tmp_path / "whole"
+    fit(out, 6, "--output", str(whole))
+    resumed_head, _ = load_checkpoint(own / "checkpoint-6")
+    whole_head, _ = load_checkpoint(whole / HEAD_CHECKPOINTS / "checkpoint-6")
+    for name, value in whole_head["head"].items():
+        assert torch.equal(value, resumed_head["head"][name]), name
+    fitted = HFDDPMPipeline.from_pretrained(out).covariance_head.state_dict()
+    for name, value in fitted.items():
+        assert torch.equal(value, resumed_head["head"][name]), name
+
+
+def test_fit_covariance_pushes_what_a_model_folder_uploads(
+    tmp_path, hub_server, run_without_hf_ddpm, capsys
+):
+    """Bug C: the push replaced core.pushing's one definition of an upload by its own patterns, so from a
+    training folder it uploaded logs/, the fit's checkpoints (optimizer state) and hidden entries. The
+    repo holds uploaded_files(folder), the head with its code among them, and samples without hf_ddpm
+    as the installed package does from the folder."""
+    import textwrap
+
+    import numpy as np
+
+    from hf_ddpm import cli
+    from hf_ddpm.core.pushing import uploaded_files
+
+    out = _trained_folder(tmp_path, logger="tensorboard")
+    (out / ".tmp-checkpoint-4-999").mkdir()  # what a killed run leaves behind
+    (out / ".tmp-checkpoint-4-999" / "model.safetensors").write_bytes(b"half")
+    argv = ["fit-covariance", str(out), "--dataset", "sklearn-digits", "--kind", "npr"]
+    argv += ["--max-steps", "3", "--batch-size", "8", "--max-train-images", "64"]
+    argv += ["--push-to-hub", "--hub-model-id", "tester/with-head"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+
+    pushed = sorted(set(hub_server.files("tester/with-head")) - {".gitattributes"})
+    assert pushed == uploaded_files(out)
+    # Independent of the definition: the head's weights, config and code go; no state, logs or partials.
+    assert {
+        "covariance_head/config.json",
+        "covariance_head/diffusion_pytorch_model.safetensors",
+        "covariance_head/covariance_head.py",
+    } <= set(pushed)
+    assert not [
+        p for p in pushed if p.startswith(("checkpoint-", "covariance-head/", "logs/", "."))
+    ]
+    assert [p for p in out.rglob("*") if p.is_file() and "logs" in p.parts]  # there to leave out
+
+    local = HFDDPMPipeline.from_pretrained(out)
+    local.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+    expected = local(batch_size=2, generator=generator, num_inference_steps=5, output_type="np")
+    run_without_hf_ddpm(
+        textwrap.dedent(f"""
+        import sys
+        import numpy as np, torch
+        from diffusers import DiffusionPipeline
+        torch.set_num_threads(1)
+        pipe = DiffusionPipeline.from_pretrained("tester/with-head", trust_remote_code=True)
+        assert type(pipe.covariance_head).__name__ == "CovarianceHead"
+        assert pipe.scheduler.config.variance_type == "npr"
+        assert not any(m.split(".")[0] == "hf_ddpm" for m in sys.modules)
+        pipe.set_progress_bar_config(disable=True)
+        images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=5,
+                      output_type="np").images
+        np.save({str(tmp_path / "remote.npy")!r}, images)
+        """),
+        env=hub_server.env,
+    )
+    np.testing.assert_array_equal(np.load(tmp_path / "remote.npy"), expected.images)

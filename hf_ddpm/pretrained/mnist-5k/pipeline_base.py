@@ -82,6 +82,15 @@ def check_unet_matches_scheduler(unet: Any, scheduler: Any) -> None:
         )
 
 
+def reads_covariance_head(scheduler: Any) -> bool:
+    """Whether ``scheduler``'s step takes a covariance head's channels after eps: its variance type is a
+    head's ("sn", "npr") and it is one of ours, which split the model output (``model_output_channels``).
+    A diffusers scheduler made from such a model's config (DPM-Solver++ keeps its ``variance_type``) takes
+    eps alone."""
+    variance_type = getattr(scheduler.config, "variance_type", None)
+    return variance_type in HEAD_VARIANCE_TYPES and hasattr(scheduler, "model_output_channels")
+
+
 def check_covariance_head(unet: Any, scheduler: Any, covariance_head: Any) -> None:
     """Raise a ValueError when the scheduler's variance needs a covariance head the pipeline lacks, or the
     head does not fit the UNet (its sample channels, or the channels of its last feature map)."""
@@ -89,7 +98,7 @@ def check_covariance_head(unet: Any, scheduler: Any, covariance_head: Any) -> No
         return
     variance_type = getattr(scheduler.config, "variance_type", None)
     if covariance_head is None:
-        if variance_type in HEAD_VARIANCE_TYPES:
+        if reads_covariance_head(scheduler):
             raise ValueError(
                 f"variance_type {variance_type!r} needs a covariance head (pipeline component "
                 "covariance_head), and this model has none: with hf_ddpm installed, fit one with "
@@ -106,6 +115,15 @@ def check_covariance_head(unet: Any, scheduler: Any, covariance_head: Any) -> No
             "the head was fitted for another UNet. With hf_ddpm installed, fit one for this model with "
             "`hf-ddpm fit-covariance`."
         )
+
+
+def covariance_head_in_use(unet: Any, scheduler: Any, covariance_head: Any) -> Any:
+    """The covariance head that a chain or a bound with ``scheduler`` runs: ``covariance_head`` when the
+    scheduler reads one (:func:`reads_covariance_head`), else None (a head beside another variance type,
+    or beside a diffusers scheduler, is not run).
+    Raises :func:`check_covariance_head`'s ValueError when it is missing or does not fit the UNet."""
+    check_covariance_head(unet, scheduler, covariance_head)
+    return covariance_head if reads_covariance_head(scheduler) else None
 
 
 def check_null_class_label(unet: Any, null_class_label: int | None) -> None:
@@ -341,10 +359,9 @@ class HFDDPMPipelineMixin:
     def _sampling_head(self) -> CovarianceHead | None:
         """The covariance head when the scheduler's variance type uses one ("sn", "npr"), else None:
         resolved once per chain, since ``pipe.scheduler`` may have been swapped since construction."""
-        head = getattr(self, "covariance_head", None)
-        check_covariance_head(self.unet, self.scheduler, head)
-        variance_type = getattr(self.scheduler.config, "variance_type", None)
-        return head if variance_type in HEAD_VARIANCE_TYPES else None
+        return covariance_head_in_use(
+            self.unet, self.scheduler, getattr(self, "covariance_head", None)
+        )
 
     def _unet_output(
         self, x: torch.Tensor, t: torch.Tensor | int, labels: torch.Tensor | None, head: Any

@@ -19,12 +19,16 @@ from typing import Any
 from .model_card import MODEL_CARD, retarget_card
 from .saving import MODEL_INDEX, save_pipeline_folder, write_atomically
 
+# The sub-folder of a model folder where `hf-ddpm fit-covariance` and `hf-ddpm train --covariance-head`
+# keep the head fit's checkpoints and loss log: apart from the training run's checkpoint-N folders, which
+# the fit's pruning must never see.
+HEAD_CHECKPOINTS = "covariance-head"
 # What a model folder's upload leaves out, as upload_folder's glob patterns (matched against the path
-# relative to the folder, where * also matches /): training and covariance-head checkpoints (optimizer state, hundreds of MB
-# for ddpm-cifar10), logs (they grow), and hidden entries (partial writes, checkpoint upload staging).
-# The one definition: push_folder_to_hub's default, its retry command, and what `hf-ddpm calibrate
-# --output` copies (uploaded_files).
-UPLOAD_EXCLUDED = ("checkpoint-*", "covariance-head/*", "logs/*", ".*")
+# relative to the folder, where * also matches /): training and covariance-head checkpoints (optimizer
+# state, hundreds of MB for ddpm-cifar10), logs (they grow), and hidden entries (partial writes,
+# checkpoint upload staging). The one definition: push_folder_to_hub's default, its retry command, and
+# what `hf-ddpm calibrate --output` copies (uploaded_files).
+UPLOAD_EXCLUDED = ("checkpoint-*", f"{HEAD_CHECKPOINTS}/*", "logs/*", ".*")
 
 
 def uploaded_files(folder: str | os.PathLike) -> list[str]:

@@ -32,11 +32,13 @@ def split_model_output(
         or model_output.shape[2:] != sample.shape[2:]
         or (model_output.shape[1] != expected)
     ):
-        whose = "eps then the covariance head's" if variance.head else "twice"
+        if variance.head:
+            how = f"the UNet's {channels} (eps), then the covariance head's {channels}"
+        else:
+            how = f"{'twice' if doubled else 'the same as'} the sample's {channels}"
         raise ValueError(
             f"model_output has shape {tuple(model_output.shape)} but sample has shape {tuple(sample.shape)}; "
-            f"variance_type {variance.name!r} needs {expected} output channels "
-            f"({whose if doubled else 'the same as'} the sample's {channels})"
+            f"variance_type {variance.name!r} needs {expected} output channels ({how})"
         )
     if not doubled:
         return model_output, None

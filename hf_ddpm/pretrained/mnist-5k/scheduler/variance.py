@@ -238,16 +238,28 @@ class AnalyticVariance:
 class HeadVariance:
     """A per-pixel optimal variance from a covariance head (Bao et al. ICML 2022): the model output is
     eps_theta then the head's channels, which ``eps_error_moment(eps, head)`` turns into an estimate of
-    E[(eps - eps_theta)^2 | x_t]; ``last_step_pixels`` as :class:`AnalyticVariance`'s."""
+    E[(eps - eps_theta)^2 | x_t]; ``last_step_pixels`` as :class:`AnalyticVariance`'s.
+
+    ``decoder_variance`` (None: the step's own, Cov[x_0 | x_{t_1}]) is the fixed variance of the DDPM
+    chain's decoder p(x_0 | x_{t_1}), as the authors' bound has it (``nelbo_dtdpm``: beta-tilde_1 of the
+    full chain): near the data Cov[x_0 | x_t] is a small multiple of the head's output, which a head that
+    predicts no error for a pixel clips to 0, and a decoder of variance 0 makes L_0 unbounded. It is
+    the decoder of the bound alone: the last DDPM step returns its mean."""
 
     name: str
     eps_error_moment: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     last_step_pixels: float | None = None
+    decoder_variance: float | None = None
     learned: ClassVar[bool] = False
     head: ClassVar[bool] = True
 
     def on_chain(self, chain: DiffusionTables, timesteps: torch.Tensor) -> PixelChainVariance:
-        return self.on_steps(chain.alphas_cumprod, timesteps)
+        steps = self.on_steps(chain.alphas_cumprod, timesteps)
+        if self.decoder_variance is None:
+            return steps
+        floor, gain = steps.floor.clone(), steps.gain.clone()
+        floor[0], gain[0] = self.decoder_variance, 0.0
+        return dataclasses.replace(steps, floor=floor, gain=gain)
 
     def on_steps(
         self,
@@ -335,10 +347,12 @@ def resolve_variance_type(
     variance_type: str,
     eps_second_moment: np.ndarray | None = None,
     last_step_pixels: float | None = None,
+    decoder_variance: float | None = None,
 ) -> VarianceType:
     """The object of a ``variance_type`` name; a ValueError lists the allowed names. "analytic" is built
     from the model's ``eps_second_moment`` (checked by :func:`.analytic.check_eps_second_moment`);
-    ``last_step_pixels`` caps the last noise-adding step of the optimal ones (analytic, sn, npr)."""
+    ``last_step_pixels`` caps the last noise-adding step of the optimal ones (analytic, sn, npr), and
+    ``decoder_variance`` is the head types' decoder variance (:class:`HeadVariance`)."""
     if variance_type == AnalyticVariance.name:
         if eps_second_moment is None:
             raise ValueError(
@@ -347,7 +361,11 @@ def resolve_variance_type(
             )
         return AnalyticVariance(np.asarray(eps_second_moment, dtype=np.float64), last_step_pixels)
     if variance_type in HEAD_VARIANCES:
-        return dataclasses.replace(HEAD_VARIANCES[variance_type], last_step_pixels=last_step_pixels)
+        return dataclasses.replace(
+            HEAD_VARIANCES[variance_type],
+            last_step_pixels=last_step_pixels,
+            decoder_variance=decoder_variance,
+        )
     try:
         return VARIANCE_TYPES[variance_type]
     except KeyError:
