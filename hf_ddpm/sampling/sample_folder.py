@@ -7,7 +7,8 @@ A folder holds
   (:func:`~hf_ddpm.sampling.sharding.image_generator`), so it depends only on the seed and ``i``; each file
   is written to a hidden temporary name and renamed, so a killed run leaves no half-written PNG;
 - ``sample_config.json``: the settings the images depend on besides their index
-  (:meth:`PipelineSampling.settings`; the model by a hash of its weights). A rerun with the same settings
+  (:meth:`PipelineSampling.settings`; the model by a hash of its weights, its scheduler by a hash of its
+  config). A rerun with the same settings
   draws only the missing indices; other settings are refused, naming the differences, unless
   ``overwrite``;
 - with ``npz``: ``samples_{N}x{H}x{W}x{C}.npz``, a uint8 array ``arr_0`` of shape (N, H, W, C), the format
@@ -137,7 +138,13 @@ def _differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> list
         was, now = recorded.get(key), wanted.get(key)
         if was == now:
             continue
-        if key == "unet_sha256":
+        if key == "scheduler_config_sha256":
+            lines.append(
+                f"the scheduler config differs (sha256 {str(was)[:12]} in the folder, {str(now)[:12]} "
+                "now: another eps_second_moment from hf-ddpm calibrate, or other betas, clipping, "
+                "prediction or variance type)"
+            )
+        elif key == "unet_sha256":
             lines.append(
                 f"the model's weights: {recorded.get('model')} (folder, unet_sha256 {str(was)[:12]}) vs "
                 f"{wanted.get('model')} (now, unet_sha256 {str(now)[:12]})"
@@ -378,14 +385,20 @@ class PipelineSampling:
     def settings(self) -> dict[str, Any]:
         """Everything the images depend on besides their index, for :class:`SampleFolderJob`: the model by
         the content of its weights (``unet_sha256``, and ``covariance_head_sha256`` for a pipeline with a
-        covariance head), the sampler, steps, seed, class label, guidance, image shape and the dtype the
-        UNet runs in; and, for information only (:data:`INFORMATION_ONLY`), where the model was loaded
-        from."""
+        covariance head), the sampler and its scheduler's config (``scheduler_config_sha256``: the
+        model's eps_second_moment, betas, clipping, prediction and variance type), steps, seed, class
+        label, guidance, image shape and the dtype the UNet runs in; and, for information only
+        (:data:`INFORMATION_ONLY`), where the model was loaded from."""
         pipeline = self.pipeline
+        # The dtype is compared because it changes the precision of the UNet's arithmetic, and so what
+        # the images are. channels_last and torch.compile are not: they run the same float32 (or
+        # autocast) arithmetic in another order, which changes float rounding only, as the batch size,
+        # the number of processes and the device do, none of which a resume must match.
         settings: dict[str, Any] = {
             "model": _model_source(pipeline),
             "unet_sha256": _weights_sha256(pipeline.unet),
             "sampler": self.sampler,
+            "scheduler_config_sha256": _config_sha256(pipeline.scheduler),
             "num_inference_steps": self.num_inference_steps,
             "seed": self.seed,
             "class_label": self.class_label,
@@ -422,6 +435,16 @@ def _folder_images(folder: Path) -> list[Path]:
         (int(m.group(1)), p) for p in _listing(folder) if (m := _IMAGE_FILE.match(p.name))
     )
     return [path for _, path in numbered]
+
+
+def _config_sha256(scheduler: Any) -> str:
+    """A hash of ``scheduler``'s config (diffusers' JSON of it, keys sorted): recalibrating a model in place
+    (a new eps_second_moment), or editing its betas, clipping, prediction or variance type, changes it.
+    diffusers' bookkeeping keys (``_class_name``, ``_diffusers_version``, ...) are left out: the sampler
+    is recorded by name, and they change no image."""
+    config = json.loads(scheduler.to_json_string())
+    public = {key: value for key, value in config.items() if not key.startswith("_")}
+    return hashlib.sha256(json.dumps(public, sort_keys=True).encode()).hexdigest()
 
 
 def _weights_sha256(module: Any) -> str:

@@ -564,3 +564,42 @@ def test_folder_flags_in_grid_mode_are_refused_naming_output_dir(
         "one grid, in one pipeline call)"
     )
     assert not out.exists()
+
+
+def test_a_model_recalibrated_in_place_is_refused_naming_its_scheduler_config(
+    tmp_path, tiny_unet, capsys
+):
+    """Gamma 0.9, 2 images drawn, recalibrated in place to Gamma 0.1 (hf-ddpm calibrate rewrites
+    scheduler_config.json): the analytic variance differs, so asking for 4 images is refused, naming the
+    scheduler config. (It said "2 kept" and drew 2 more with the other variance: the folder recorded the
+    UNet's hash and the sampler's name only.) The unchanged config resumes."""
+    import json
+
+    import numpy as np
+
+    from hf_ddpm.sampling.sample_folder import read_samples
+
+    scheduler = HFDDPMScheduler(num_train_timesteps=10, eps_second_moment=[0.9] * 10)
+    HFDDPMPipeline(unet=tiny_unet(), scheduler=scheduler).save_pretrained(tmp_path / "model")
+    config_file = tmp_path / "model" / "scheduler" / "scheduler_config.json"
+    calibrated = json.loads(config_file.read_text())
+    argv = ["sample", str(tmp_path / "model"), "--num-inference-steps", "3", "--seed", "2"]
+    folder = tmp_path / "s"
+    assert cli.main([*argv, "--output-dir", str(folder), "--num-images", "2"]) == 0
+    config_file.write_text(json.dumps({**calibrated, "eps_second_moment": [0.1] * 10}))
+    capsys.readouterr()
+    assert cli.main([*argv, "--output-dir", str(folder), "--num-images", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        "\n" not in err
+        and "holds images made with other settings: the scheduler config differs (" in err
+    )
+    assert sorted(p.name for p in folder.glob("*.png")) == ["000000.png", "000001.png"]
+    # The refusal matters: the recalibrated model draws other images from the same seeds.
+    assert cli.main([*argv, "--output-dir", str(tmp_path / "gamma01"), "--num-images", "2"]) == 0
+    assert not np.array_equal(read_samples(folder), read_samples(tmp_path / "gamma01"))
+
+    config_file.write_text(json.dumps(calibrated))
+    capsys.readouterr()
+    assert cli.main([*argv, "--output-dir", str(folder), "--num-images", "3"]) == 0
+    assert "(1 drawn now, 2 kept from an earlier run)" in capsys.readouterr().out
