@@ -13,11 +13,7 @@ import torch
 from hf_ddpm.core.class_layout import num_classes_of
 from hf_ddpm.core.diffusion_tables import check_num_inference_steps
 from hf_ddpm.hub.bundled import bundled_model_path
-from hf_ddpm.sampling.samplers import (
-    SEED_RANGE,
-    default_sampling_steps,
-    sampling_scheduler,
-)
+from hf_ddpm.sampling.samplers import SEED_RANGE, sampling_scheduler, steps_or_default
 from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed, compile_warm_up
 
 logger = logging.getLogger(__name__)
@@ -176,19 +172,15 @@ def sample_grid(
     description: str | None = None,
 ) -> Any:
     """``num_images`` samples as one near-square PIL grid, with the pipeline's scheduler;
-    ``num_inference_steps`` defaults to :func:`default_sampling_steps`. A ``description`` of the
-    sampler is logged with the steps once the options are checked.
+    ``num_inference_steps`` defaults to :func:`~hf_ddpm.sampling.samplers.steps_or_default`'s. A
+    ``description`` of the sampler is logged with the steps once the options are checked.
 
     Raises:
         ValueError: an option out of its range (see :func:`check_sample_options`).
     """
     from hf_ddpm.data.image_grid import image_grid
 
-    steps = (
-        default_sampling_steps(pipeline.scheduler.config.num_train_timesteps)
-        if num_inference_steps is None
-        else num_inference_steps
-    )
+    steps = steps_or_default(num_inference_steps, pipeline.scheduler.config.num_train_timesteps)
     check_sample_options(pipeline, num_images, steps, seed, class_label, guidance_scale)
     if description is not None:
         logger.info("sampling %d images: %s, %d steps", num_images, description, steps)
@@ -222,8 +214,8 @@ def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
     pipeline = load_for_sampling(args.model).to(group.device)
     choice = sampling_scheduler(pipeline, args.sampler, args.variance_type, args.timestep_spacing)
     pipeline.scheduler = choice.scheduler
-    steps = args.num_inference_steps or default_sampling_steps(
-        pipeline.scheduler.config.num_train_timesteps
+    steps = steps_or_default(
+        args.num_inference_steps, pipeline.scheduler.config.num_train_timesteps
     )
     class_label = resolve_class_label(pipeline, args.class_label)
     check_sample_options(

@@ -43,6 +43,14 @@ def default_sampling_steps(num_train_timesteps: int) -> int:
     return min(DEFAULT_SAMPLING_STEPS, int(num_train_timesteps))
 
 
+def steps_or_default(num_inference_steps: int | None, num_train_timesteps: int) -> int:
+    """``num_inference_steps`` as given, or :func:`default_sampling_steps` where it is None. A given 0 stays
+    0, for the caller's range check to refuse, rather than standing for the default."""
+    if num_inference_steps is None:
+        return default_sampling_steps(num_train_timesteps)
+    return num_inference_steps
+
+
 def default_sampling_steps_in_words() -> str:
     """:func:`default_sampling_steps` as the help of a steps option states its default."""
     return f"{DEFAULT_SAMPLING_STEPS}, or T if the model has fewer"

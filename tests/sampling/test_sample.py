@@ -603,3 +603,18 @@ def test_a_model_recalibrated_in_place_is_refused_naming_its_scheduler_config(
     capsys.readouterr()
     assert cli.main([*argv, "--output-dir", str(folder), "--num-images", "3"]) == 0
     assert "(1 drawn now, 2 kept from an earlier run)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mode", ["--output", "--output-dir"])
+def test_zero_steps_are_refused_alike_in_grid_and_folder_mode(tmp_path, tiny_unet, capsys, mode):
+    """--num-inference-steps 0 is out of 1..T in both modes, in the same words. (The folder mode drew the
+    default steps: it read the flag with ``or``.)"""
+    model = _save(tmp_path, tiny_unet)
+    target = tmp_path / ("g.png" if mode == "--output" else "s")
+    argv = ["sample", str(model), mode, str(target), "--num-images", "2"]
+    assert cli.main([*argv, "--num-inference-steps", "0"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "hf-ddpm sample: error: --num-inference-steps must be in 1..10 (the model's "
+        "num_train_timesteps), got 0"
+    ]
+    assert not target.exists()
