@@ -154,6 +154,37 @@ def _differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> list
     return lines
 
 
+def _json_kind(value: Any) -> str:
+    """A parsed JSON value's type as JSON names it."""
+    kinds = {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+    }
+    return kinds.get(type(value), "a number")
+
+
+def _recorded_settings(config: Path, compared: set[str]) -> dict[str, Any]:
+    """The ``settings`` object of a folder's ``sample_config.json``, holding every ``compared`` key; an
+    OSError, or a ValueError saying what the file holds instead."""
+    record = json.loads(config.read_text(encoding="utf-8"))
+    if not isinstance(record, dict):
+        raise ValueError(f"it holds {_json_kind(record)}, not an object")
+    if "settings" not in record:
+        raise ValueError('it has no "settings"')
+    settings = record["settings"]
+    if not isinstance(settings, dict):
+        raise ValueError(f'its "settings" is {_json_kind(settings)}, not an object')
+    missing = sorted(compared - set(settings))
+    if missing:
+        raise ValueError(
+            f"its settings lack {', '.join(missing)}: written by an older hf-ddpm, or edited"
+        )
+    return settings
+
+
 def _check_folder(job: SampleFolderJob) -> None:
     """Refuse a folder that is not one, or that holds images made with other settings."""
     folder, flag = job.output_dir, job.flag
@@ -172,13 +203,14 @@ def _check_folder(job: SampleFolderJob) -> None:
                 f"unknown: {remedy}"
             )
         return
+    wanted = json.loads(json.dumps(dict(job.settings)))
     try:
-        recorded = json.loads(config.read_text(encoding="utf-8"))["settings"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        recorded = _recorded_settings(config, set(wanted) - INFORMATION_ONLY)
+    except (OSError, ValueError) as error:
         raise ValueError(
             f"{flag} {folder}: {CONFIG_NAME} cannot be read ({error}): {remedy}"
         ) from error
-    differences = _differences(recorded, json.loads(json.dumps(dict(job.settings))))
+    differences = _differences(recorded, wanted)
     if differences:
         raise ValueError(
             f"{flag} {folder} holds images made with other settings: {'; '.join(differences)}. "
@@ -384,7 +416,7 @@ class PipelineSampling:
 
     def settings(self) -> dict[str, Any]:
         """Everything the images depend on besides their index, for :class:`SampleFolderJob`: the model by
-        the content of its weights (``unet_sha256``, and ``covariance_head_sha256`` for a pipeline with a
+        the content of its weights (``unet_sha256``, and ``covariance_head_sha256``, None without a
         covariance head), the sampler and its scheduler's config (``scheduler_config_sha256``: the
         model's eps_second_moment, betas, clipping, prediction and variance type), steps, seed, class
         label, guidance, image shape and the dtype the UNet runs in; and, for information only
@@ -406,9 +438,10 @@ class PipelineSampling:
             "image_shape": list(unet_image_shape(pipeline.unet)),
             "dtype": unet_dtype(pipeline.unet),
         }
+        # Recorded as None without a head, so that every folder records the same keys and one that
+        # lacks any is known to be incomplete.
         head = getattr(pipeline, "covariance_head", None)
-        if head is not None:
-            settings["covariance_head_sha256"] = _weights_sha256(head)
+        settings["covariance_head_sha256"] = None if head is None else _weights_sha256(head)
         return settings
 
 

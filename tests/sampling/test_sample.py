@@ -618,3 +618,41 @@ def test_zero_steps_are_refused_alike_in_grid_and_folder_mode(tmp_path, tiny_une
         "num_train_timesteps), got 0"
     ]
     assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ('{"settings": 5}', 'its "settings" is a number, not an object'),
+        ('{"settings": [1, 2]}', 'its "settings" is an array, not an object'),
+        ('{"settings": null}', 'its "settings" is null, not an object'),
+        ("[1, 2]", "it holds an array, not an object"),
+        ('"settings"', "it holds a string, not an object"),
+        ('{"num_images": 2}', 'it has no "settings"'),
+        (
+            '{"settings": {"seed": 0, "dtype": "float32"}}',
+            "its settings lack class_label, covariance_head_sha256, guidance_scale, image_shape, "
+            "num_inference_steps, sampler, scheduler_config_sha256, unet_sha256: written by an older "
+            "hf-ddpm, or edited",
+        ),
+        ('{"settings": ', "Expecting value: line 1 column 14 (char 13)"),
+    ],
+    ids=["number", "array", "null", "top-array", "top-string", "no-settings", "lacks-keys", "cut"],
+)
+def test_a_malformed_sample_config_is_refused_in_one_line(
+    tmp_path, tiny_unet, capsys, content, reason
+):
+    """Every shape of a broken sample_config.json gets the one line of an unreadable one, exit 2. (A
+    "settings" that was not an object escaped as a TypeError or AttributeError traceback.) --overwrite
+    replaces it."""
+    model = _save(tmp_path, tiny_unet)
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "sample_config.json").write_text(content)
+    argv = ["sample", str(model), "--output-dir", str(folder), "--num-inference-steps", "2"]
+    assert cli.main([*argv, "--num-images", "1"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"hf-ddpm sample: error: --output-dir {folder}: sample_config.json cannot be read "
+        f"({reason}): pass --overwrite to replace them, or choose another --output-dir"
+    ]
+    assert cli.main([*argv, "--num-images", "1", "--overwrite"]) == 0
