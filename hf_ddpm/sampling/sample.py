@@ -201,6 +201,28 @@ def sample_grid(
     return image_grid(images)
 
 
+def _checked_options(pipeline: Any, args: argparse.Namespace) -> tuple[int, int | None]:
+    """The steps and class label ``args`` ask of ``pipeline``, with every option checked
+    (:func:`check_sample_options`): before any work on the UNet, so a bad flag costs no compilation."""
+    steps = steps_or_default(
+        args.num_inference_steps, pipeline.scheduler.config.num_train_timesteps
+    )
+    class_label = resolve_class_label(pipeline, args.class_label)
+    check_sample_options(
+        pipeline, args.num_images, steps, args.seed, class_label, args.guidance_scale
+    )
+    return steps, class_label
+
+
+def _warm_up(pipeline: Any, speed: UNetSpeed, images_per_call: int, guidance_scale: float) -> None:
+    """With ``--compile``, :func:`compile_warm_up` at the batch the UNet will see: ``images_per_call``, or
+    twice that with guidance, whose two halves go through one UNet call."""
+    if not speed.compile:
+        return
+    guided = num_classes(pipeline) is not None and guidance_scale != 1.0
+    compile_warm_up(pipeline, images_per_call * (2 if guided else 1))
+
+
 def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
     from hf_ddpm.sampling.sample_folder import (
         PipelineSampling,
@@ -214,13 +236,7 @@ def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
     pipeline = load_for_sampling(args.model).to(group.device)
     choice = sampling_scheduler(pipeline, args.sampler, args.variance_type, args.timestep_spacing)
     pipeline.scheduler = choice.scheduler
-    steps = steps_or_default(
-        args.num_inference_steps, pipeline.scheduler.config.num_train_timesteps
-    )
-    class_label = resolve_class_label(pipeline, args.class_label)
-    check_sample_options(
-        pipeline, args.num_images, steps, args.seed, class_label, args.guidance_scale
-    )
+    steps, class_label = _checked_options(pipeline, args)
     apply_unet_speed(pipeline, speed)  # warmed up once the folder is accepted
     pipeline.set_progress_bar_config(disable=True)  # the folder's one bar counts the images
     drawing = PipelineSampling(
@@ -248,10 +264,9 @@ def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
                 steps,
                 speed.describe(),
             )
-        if speed.compile and plan.drawn:
-            guided = num_classes(pipeline) is not None and args.guidance_scale != 1.0
+        if plan.drawn:
             batch = min(job.batch_size, -(-plan.drawn // group.world))
-            compile_warm_up(pipeline, batch * (2 if guided else 1))
+            _warm_up(pipeline, speed, batch, args.guidance_scale)
 
     report = write_sample_folder(drawing, job, group, before_drawing=announce)
     if group.is_main:
@@ -296,14 +311,16 @@ def run(args: argparse.Namespace) -> int:
     pipeline = load_for_sampling(args.model).to(device)
     choice = sampling_scheduler(pipeline, args.sampler, args.variance_type, args.timestep_spacing)
     pipeline.scheduler = choice.scheduler
-    apply_unet_speed(pipeline, speed, warmup_batch_size=args.num_images)
+    steps, class_label = _checked_options(pipeline, args)
+    apply_unet_speed(pipeline, speed)
+    _warm_up(pipeline, speed, args.num_images, args.guidance_scale)  # a grid is one pipeline call
     grid = sample_grid(
         pipeline,
         description=choice.description,
         num_images=args.num_images,
-        num_inference_steps=args.num_inference_steps,
+        num_inference_steps=steps,
         seed=args.seed,
-        class_label=resolve_class_label(pipeline, args.class_label),
+        class_label=class_label,
         guidance_scale=args.guidance_scale,
     )
     save_png_atomically(grid, output)

@@ -656,3 +656,35 @@ def test_a_malformed_sample_config_is_refused_in_one_line(
         f"({reason}): pass --overwrite to replace them, or choose another --output-dir"
     ]
     assert cli.main([*argv, "--num-images", "1", "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "extra", "warmups"),
+    [
+        ("grid", ["--class-label", "emu"], []),
+        ("folder", ["--class-label", "emu"], []),
+        ("grid", ["--guidance-scale", "1"], [3]),
+        ("grid", ["--guidance-scale", "2"], [6]),
+        ("folder", ["--guidance-scale", "2"], [4]),
+    ],
+)
+def test_compile_warms_up_after_the_checks_at_the_batch_the_unet_sees(
+    tmp_path, tiny_unet, monkeypatch, mode, extra, warmups
+):
+    """A bad --class-label is refused before --compile's warm-up (minutes for a large UNet), in both modes;
+    the warm-up's batch is the UNet's: 3 images, or 6 with guidance, whose two halves share one call; a
+    folder's batch of 2, doubled. (Grid mode compiled before resolving the class label, and warmed a
+    guided model up at N for a run at 2N.) torch.compile itself is stubbed: only order and sizes are
+    tested."""
+    from hf_ddpm.sampling import unet_speed
+
+    seen = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: None)
+    for module in (sample, unet_speed):  # apply_unet_speed warmed up through its own module's name
+        monkeypatch.setattr(module, "compile_warm_up", lambda pipe, batch: seen.append(batch))
+    model = _save_conditional(tmp_path, tiny_unet)
+    folder = ["--output-dir", str(tmp_path / "s"), "--batch-size", "2"]
+    target = ["--output", str(tmp_path / "g.png")] if mode == "grid" else folder
+    argv = ["sample", str(model), *target, "--compile", "--num-images", "3"]
+    assert cli.main([*argv, "--num-inference-steps", "2", *extra]) == (0 if warmups else 2)
+    assert seen == warmups
