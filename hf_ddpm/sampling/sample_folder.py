@@ -13,7 +13,7 @@ A folder holds
   ``overwrite``;
 - with ``npz``: ``samples_{N}x{H}x{W}x{C}.npz``, a uint8 array ``arr_0`` of shape (N, H, W, C), the format
   that openai/improved-diffusion's and guided-diffusion's evaluators read (shared/DESIGN.md). Once it is
-  written, the folder's ``.npz`` of another N goes.
+  written, the folder's ``.npz`` of a smaller N, which it supersedes, goes; one of a larger N stays.
 
 A failed write (a full disk, an I/O error) raises :class:`SampleWriteError` naming the file; the files
 already written stay, and a rerun fills in the rest.
@@ -59,7 +59,7 @@ CONFIG_NAME = "sample_config.json"
 # path (a symlink, a copy, the Hub cache) are the same model, which unet_sha256 recognises.
 INFORMATION_ONLY = frozenset({"model"})
 _IMAGE_FILE = re.compile(r"^(\d{6,})\.png$")
-_NPZ_FILE = re.compile(r"^samples_\d+x\d+x\d+x\d+\.npz$")
+_NPZ_FILE = re.compile(r"^samples_(\d+)x\d+x\d+x\d+\.npz$")
 
 
 class SampleWriteError(OSError):
@@ -270,10 +270,12 @@ def _write_npz(folder: Path, num_images: int) -> Path:
     images = _read_pngs([folder / image_name(i) for i in range(num_images)])
     path = folder / npz_name(*images.shape)
     _write_file(path, lambda: save_npz_atomically(images, path))
-    # An .npz of an earlier, smaller N would pass for the folder's images; only evaluator-named files
-    # of this folder go.
+    # An .npz of an earlier, smaller N would pass for the folder's images, and the new one holds all of
+    # it; one of a larger N holds images this one lacks (a 10,000-image .npz of a 50,000-image folder),
+    # so it stays. Only evaluator-named files of this folder go.
     for stale in _listing(folder):
-        if stale != path and _NPZ_FILE.match(stale.name):
+        match = _NPZ_FILE.match(stale.name)
+        if match and int(match.group(1)) < num_images:
             stale.unlink()
     return path
 
