@@ -13,7 +13,12 @@ import torch
 from hf_ddpm.core.class_layout import num_classes_of
 from hf_ddpm.core.diffusion_tables import check_num_inference_steps
 from hf_ddpm.hub.bundled import bundled_model_path
-from hf_ddpm.sampling.samplers import SEED_RANGE, sampling_scheduler, steps_or_default
+from hf_ddpm.sampling.samplers import (
+    SEED_RANGE,
+    image_class_labels,
+    sampling_scheduler,
+    steps_or_default,
+)
 from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed, compile_warm_up
 
 logger = logging.getLogger(__name__)
@@ -186,10 +191,8 @@ def sample_grid(
         logger.info("sampling %d images: %s, %d steps", num_images, description, steps)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     kwargs: dict[str, Any] = {}
-    classes = num_classes(pipeline)
-    if classes is not None:
-        labels = [class_label] * num_images if class_label is not None else None
-        labels = labels or [i % classes for i in range(num_images)]
+    labels = image_class_labels(range(num_images), num_classes(pipeline), class_label)
+    if labels is not None:
         kwargs = {"class_labels": labels, "guidance_scale": guidance_scale}
     images = pipeline(
         batch_size=num_images,

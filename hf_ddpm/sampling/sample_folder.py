@@ -35,10 +35,11 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from hf_ddpm.core.pipeline_base import num_classes_of
+from hf_ddpm.core.class_layout import num_classes_of
 from hf_ddpm.core.saving import write_atomically
 from hf_ddpm.data.image_grid import save_npz_atomically, save_png_atomically, to_uint8
 
+from .samplers import image_class_labels
 from .sharding import ProcessGroup, image_generator
 from .unet_speed import unet_dtype, unet_image_shape
 
@@ -376,8 +377,8 @@ class PipelineSampling:
     ``hf-ddpm sample --output-dir`` and ``hf-ddpm evaluate --samples-dir`` describe the same images alike.
 
     Image ``i`` comes from :func:`~hf_ddpm.sampling.sharding.image_generator` ``(seed, i)``. A
-    class-conditional model draws ``class_label``, or every class in turn (``i % classes``) when it is
-    None; an unconditional one draws without labels.
+    class-conditional model draws ``class_label``, or every class in turn when it is None
+    (:func:`~hf_ddpm.sampling.samplers.image_class_labels`); an unconditional one draws without labels.
 
     Attributes:
         pipeline: the pipeline, with the scheduler to sample with and its UNet as it will run
@@ -393,17 +394,10 @@ class PipelineSampling:
     class_label: int | None = None
     guidance_scale: float = 1.0
 
-    def _labels(self, indices: Sequence[int]) -> list[int] | None:
-        classes = num_classes_of(getattr(self.pipeline.unet.config, "num_class_embeds", None))
-        if classes is None:
-            return None
-        if self.class_label is not None:
-            return [self.class_label] * len(indices)
-        return [i % classes for i in indices]
-
     def __call__(self, indices: Sequence[int]) -> np.ndarray:
         """The images of ``indices`` as uint8 (B, H, W, C), from one pipeline call."""
-        labels = self._labels(indices)
+        classes = num_classes_of(getattr(self.pipeline.unet.config, "num_class_embeds", None))
+        labels = image_class_labels(indices, classes, self.class_label)
         kwargs: dict[str, Any] = {}
         if labels is not None:
             kwargs = {"class_labels": labels, "guidance_scale": self.guidance_scale}

@@ -11,7 +11,7 @@ Space's dropdown and ``benchmarks/few_step.py`` without further edits.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,19 @@ def steps_or_default(num_inference_steps: int | None, num_train_timesteps: int) 
     if num_inference_steps is None:
         return default_sampling_steps(num_train_timesteps)
     return num_inference_steps
+
+
+def image_class_labels(
+    indices: Sequence[int], num_classes: int | None, class_label: int | None = None
+) -> list[int] | None:
+    """The class label of each image index a command draws (``hf-ddpm sample``'s grid and folders): the
+    ``class_label`` asked for, else every class in turn (image ``i`` draws class ``i % num_classes``);
+    None for an unconditional model (``num_classes`` None)."""
+    if num_classes is None:
+        return None
+    if class_label is not None:
+        return [class_label] * len(indices)
+    return [i % num_classes for i in indices]
 
 
 def default_sampling_steps_in_words() -> str:
