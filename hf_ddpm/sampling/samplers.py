@@ -224,11 +224,16 @@ def sampling_scheduler(
             f"{', '.join(entry.timestep_spacings)}"
         )
     variance = (variance_type or sampling_variance_type(config)) if entry.variance_types else None
+    # A refusal names the flags the user gave, not the defaults they left alone.
     flags = " ".join(
         f"{flag} {value}"
-        for flag, value in (("--variance-type", variance), ("--timestep-spacing", spacing))
+        for flag, value in (
+            ("--variance-type", variance_type),
+            ("--timestep-spacing", timestep_spacing),
+        )
         if value is not None
     )
+    flags = flags or f"--sampler {sampler}"
     try:
         scheduler = entry.build(config, variance, spacing)
         channels = getattr(scheduler, "model_output_channels", None)

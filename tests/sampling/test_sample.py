@@ -688,3 +688,29 @@ def test_compile_warms_up_after_the_checks_at_the_batch_the_unet_sees(
     argv = ["sample", str(model), *target, "--compile", "--num-images", "3"]
     assert cli.main([*argv, "--num-inference-steps", "2", *extra]) == (0 if warmups else 2)
     assert seen == warmups
+
+
+@pytest.mark.parametrize("command", ["sample", "img2img"])
+def test_the_optimal_spacing_on_an_uncalibrated_model_names_itself(
+    tmp_path, tiny_unet, capsys, command
+):
+    """--timestep-spacing optimal without the model's eps_second_moment is refused naming that flag and
+    hf-ddpm calibrate. (It said "--variance-type fixed_small --timestep-spacing optimal: variance_type
+    'analytic' needs eps_second_moment": a flag not given, and a variance not asked for.)"""
+    model = _save(tmp_path, tiny_unet)
+    Image.new("RGB", (8, 8)).save(tmp_path / "in.png")
+    argv = [
+        command,
+        str(model),
+        "--output",
+        str(tmp_path / "out.png"),
+        "--timestep-spacing",
+        "optimal",
+    ]
+    extra = ["--image", str(tmp_path / "in.png")] if command == "img2img" else []
+    assert cli.main([*argv, *extra]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"hf-ddpm {command}: error: --timestep-spacing optimal: timestep_spacing 'optimal' needs "
+        "eps_second_moment (Gamma_n); with hf_ddpm installed, compute it with `hf-ddpm calibrate "
+        "MODEL --dataset ...`, which writes eps_second_moment into the model's scheduler_config.json"
+    ]
