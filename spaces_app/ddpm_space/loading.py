@@ -76,6 +76,15 @@ class LoadedModel:
     # The Generate tab's steps unless changed: hf-ddpm sample's (without hf_ddpm, the pipeline's own).
     sampling_steps: int | None = None
 
+    @property
+    def default_variance_type(self) -> str:
+        """The variance the Generate tab starts with and the Edit tab runs: ``hf-ddpm sample``'s default
+        (analytic for a calibrated model), which ``variance_types`` lists first; without hf_ddpm, the
+        model's own."""
+        if self.variance_types:
+            return self.variance_types[0]
+        return str(self.pipe.scheduler.config.variance_type)
+
 
 @dataclass(frozen=True)
 class ModelState:
