@@ -4,6 +4,7 @@ import logging
 
 import pytest
 import torch
+from conftest import run_subprocess
 from PIL import Image
 
 from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler, cli
@@ -479,23 +480,13 @@ def test_a_folder_is_resumed_with_the_same_weights_from_another_path_and_refused
 def _installed_hf_ddpm(*argv):
     """The installed ``hf-ddpm`` entry point in a subprocess, running this tree: its real stderr, which
     pytest's log capture cannot swallow."""
-    import os
-    import subprocess
     import sys
     from pathlib import Path
 
     command = Path(sys.executable).with_name("hf-ddpm")
     if not command.exists():
         pytest.skip(f"no hf-ddpm entry point beside {sys.executable}")
-    repo = str(Path(__file__).resolve().parents[2])
-    path = os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
-    return subprocess.run(
-        [str(command), *argv],
-        env={**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_subprocess([str(command), *argv])
 
 
 def test_a_refused_folder_prints_one_line_and_nothing_before_it(tmp_path, tiny_unet):
