@@ -299,7 +299,7 @@ def build_generate_tab(state: ModelState) -> None:
             )
             variance = gr.Dropdown(
                 list(variance_types),
-                value=variance_types[0] if variance_types else None,
+                value=loaded.default_variance_type if variance_types else None,
                 label="Variance type (ddpm sampler)",
                 elem_id="variance_type",
                 # Without a model there is nothing to choose; the request then says why.

@@ -8,8 +8,9 @@ so the Space can carry it beside the image transform.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -46,3 +47,21 @@ BUNDLED_DATASETS: dict[str, BundledDataset] = {
     "mnist-5k": BundledDataset(256, _mnist_5k),
     "sklearn-digits": BundledDataset(17, _sklearn_digits),
 }
+
+# What trained_on says of a model trained on a folder of images (hf-ddpm train --train-data-dir).
+IMAGE_FOLDER = "image folder"
+
+
+def trained_on(record: Mapping[str, Any] | None) -> str | None:
+    """What a model was trained on, by its train record (the ``train_config.json`` that ``hf-ddpm train``
+    writes beside it): :data:`IMAGE_FOLDER` for a folder of images (its ``train_data_dir``), else its
+    ``dataset``; None without a record, or where it names neither."""
+    if record is None:
+        return None
+    return IMAGE_FOLDER if record.get("train_data_dir") else record.get("dataset") or None
+
+
+def trained_on_bundled_data(data: str | None) -> bool:
+    """Whether ``data`` (:func:`trained_on`) is one of the bundled sets, all of them digits: what decides
+    whether the Space's example digits suit a model."""
+    return data in BUNDLED_DATASETS

@@ -25,7 +25,7 @@ from huggingface_hub import SpaceCard, create_repo, upload_folder
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from hf_ddpm.data.bundled_datasets import BUNDLED_DATASETS
+from hf_ddpm.data.bundled_datasets import IMAGE_FOLDER, trained_on, trained_on_bundled_data
 from hf_ddpm.data.image_datasets import model_train_record
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -90,16 +90,22 @@ def _check_arguments(app_dir: Path, model_id: str) -> None:
 
 def digit_examples_fit(model_id: str, token: str | None = None) -> tuple[bool, str]:
     """Whether the Space's example digits suit ``model_id``: it was trained on a bundled set (all of them
-    digits), as the ``train_config.json`` in its Hub repo says; and why, in words."""
+    digits), as the ``train_config.json`` in its Hub repo says (:func:`.bundled_datasets.trained_on`, which
+    the Space reads too); and why, in words."""
     record, where = model_train_record(model_id, token=token)
+    data = trained_on(record)
     if record is None:
-        return False, f"no train_config.json naming the model's data in {where}"
-    folder, dataset = record.get("train_data_dir"), record.get("dataset")
-    if folder:
-        return False, f"the model was trained on the image folder {folder}"
-    if dataset not in BUNDLED_DATASETS:
-        return False, f"the model was trained on {dataset}, not a bundled digit set"
-    return True, f"the model was trained on the bundled {dataset}"
+        return False, f"no train_config.json in {where}"
+    if data is None:
+        return (
+            False,
+            f"the train_config.json in {where} names neither a dataset nor an image folder",
+        )
+    if data == IMAGE_FOLDER:
+        return False, f"the model was trained on the image folder {record['train_data_dir']}"
+    if not trained_on_bundled_data(data):
+        return False, f"the model was trained on {data}, not a bundled digit set"
+    return True, f"the model was trained on the bundled {data}"
 
 
 def prepare_space_folder(

@@ -15,8 +15,9 @@ from hf_ddpm.core.diffusion_tables import check_num_inference_steps
 from hf_ddpm.hub.bundled import bundled_model_path
 from hf_ddpm.sampling.samplers import (
     SEED_RANGE,
-    default_sampling_steps,
+    image_class_labels,
     sampling_scheduler,
+    steps_or_default,
 )
 from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed, compile_warm_up
 
@@ -176,28 +177,22 @@ def sample_grid(
     description: str | None = None,
 ) -> Any:
     """``num_images`` samples as one near-square PIL grid, with the pipeline's scheduler;
-    ``num_inference_steps`` defaults to :func:`default_sampling_steps`. A ``description`` of the
-    sampler is logged with the steps once the options are checked.
+    ``num_inference_steps`` defaults to :func:`~hf_ddpm.sampling.samplers.steps_or_default`'s. A
+    ``description`` of the sampler is logged with the steps once the options are checked.
 
     Raises:
         ValueError: an option out of its range (see :func:`check_sample_options`).
     """
     from hf_ddpm.data.image_grid import image_grid
 
-    steps = (
-        default_sampling_steps(pipeline.scheduler.config.num_train_timesteps)
-        if num_inference_steps is None
-        else num_inference_steps
-    )
+    steps = steps_or_default(num_inference_steps, pipeline.scheduler.config.num_train_timesteps)
     check_sample_options(pipeline, num_images, steps, seed, class_label, guidance_scale)
     if description is not None:
         logger.info("sampling %d images: %s, %d steps", num_images, description, steps)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     kwargs: dict[str, Any] = {}
-    classes = num_classes(pipeline)
-    if classes is not None:
-        labels = [class_label] * num_images if class_label is not None else None
-        labels = labels or [i % classes for i in range(num_images)]
+    labels = image_class_labels(range(num_images), num_classes(pipeline), class_label)
+    if labels is not None:
         kwargs = {"class_labels": labels, "guidance_scale": guidance_scale}
     images = pipeline(
         batch_size=num_images,
@@ -207,6 +202,28 @@ def sample_grid(
         **kwargs,
     ).images
     return image_grid(images)
+
+
+def _checked_options(pipeline: Any, args: argparse.Namespace) -> tuple[int, int | None]:
+    """The steps and class label ``args`` ask of ``pipeline``, with every option checked
+    (:func:`check_sample_options`): before any work on the UNet, so a bad flag costs no compilation."""
+    steps = steps_or_default(
+        args.num_inference_steps, pipeline.scheduler.config.num_train_timesteps
+    )
+    class_label = resolve_class_label(pipeline, args.class_label)
+    check_sample_options(
+        pipeline, args.num_images, steps, args.seed, class_label, args.guidance_scale
+    )
+    return steps, class_label
+
+
+def _warm_up(pipeline: Any, speed: UNetSpeed, images_per_call: int, guidance_scale: float) -> None:
+    """With ``--compile``, :func:`compile_warm_up` at the batch the UNet will see: ``images_per_call``, or
+    twice that with guidance, whose two halves go through one UNet call."""
+    if not speed.compile:
+        return
+    guided = num_classes(pipeline) is not None and guidance_scale != 1.0
+    compile_warm_up(pipeline, images_per_call * (2 if guided else 1))
 
 
 def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
@@ -222,13 +239,7 @@ def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
     pipeline = load_for_sampling(args.model).to(group.device)
     choice = sampling_scheduler(pipeline, args.sampler, args.variance_type, args.timestep_spacing)
     pipeline.scheduler = choice.scheduler
-    steps = args.num_inference_steps or default_sampling_steps(
-        pipeline.scheduler.config.num_train_timesteps
-    )
-    class_label = resolve_class_label(pipeline, args.class_label)
-    check_sample_options(
-        pipeline, args.num_images, steps, args.seed, class_label, args.guidance_scale
-    )
+    steps, class_label = _checked_options(pipeline, args)
     apply_unet_speed(pipeline, speed)  # warmed up once the folder is accepted
     pipeline.set_progress_bar_config(disable=True)  # the folder's one bar counts the images
     drawing = PipelineSampling(
@@ -256,10 +267,9 @@ def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
                 steps,
                 speed.describe(),
             )
-        if speed.compile and plan.drawn:
-            guided = num_classes(pipeline) is not None and args.guidance_scale != 1.0
+        if plan.drawn:
             batch = min(job.batch_size, -(-plan.drawn // group.world))
-            compile_warm_up(pipeline, batch * (2 if guided else 1))
+            _warm_up(pipeline, speed, batch, args.guidance_scale)
 
     report = write_sample_folder(drawing, job, group, before_drawing=announce)
     if group.is_main:
@@ -304,14 +314,16 @@ def run(args: argparse.Namespace) -> int:
     pipeline = load_for_sampling(args.model).to(device)
     choice = sampling_scheduler(pipeline, args.sampler, args.variance_type, args.timestep_spacing)
     pipeline.scheduler = choice.scheduler
-    apply_unet_speed(pipeline, speed, warmup_batch_size=args.num_images)
+    steps, class_label = _checked_options(pipeline, args)
+    apply_unet_speed(pipeline, speed)
+    _warm_up(pipeline, speed, args.num_images, args.guidance_scale)  # a grid is one pipeline call
     grid = sample_grid(
         pipeline,
         description=choice.description,
         num_images=args.num_images,
-        num_inference_steps=args.num_inference_steps,
+        num_inference_steps=steps,
         seed=args.seed,
-        class_label=resolve_class_label(pipeline, args.class_label),
+        class_label=class_label,
         guidance_scale=args.guidance_scale,
     )
     save_png_atomically(grid, output)

@@ -7,12 +7,13 @@ A folder holds
   (:func:`~hf_ddpm.sampling.sharding.image_generator`), so it depends only on the seed and ``i``; each file
   is written to a hidden temporary name and renamed, so a killed run leaves no half-written PNG;
 - ``sample_config.json``: the settings the images depend on besides their index
-  (:meth:`PipelineSampling.settings`; the model by a hash of its weights). A rerun with the same settings
+  (:meth:`PipelineSampling.settings`; the model by a hash of its weights, its scheduler by a hash of its
+  config). A rerun with the same settings
   draws only the missing indices; other settings are refused, naming the differences, unless
   ``overwrite``;
 - with ``npz``: ``samples_{N}x{H}x{W}x{C}.npz``, a uint8 array ``arr_0`` of shape (N, H, W, C), the format
   that openai/improved-diffusion's and guided-diffusion's evaluators read (shared/DESIGN.md). Once it is
-  written, the folder's ``.npz`` of another N goes.
+  written, the folder's ``.npz`` of a smaller N, which it supersedes, goes; one of a larger N stays.
 
 A failed write (a full disk, an I/O error) raises :class:`SampleWriteError` naming the file; the files
 already written stay, and a rerun fills in the rest.
@@ -34,10 +35,11 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from hf_ddpm.core.pipeline_base import num_classes_of
+from hf_ddpm.core.class_layout import num_classes_of
 from hf_ddpm.core.saving import write_atomically
 from hf_ddpm.data.image_grid import save_npz_atomically, save_png_atomically, to_uint8
 
+from .samplers import image_class_labels
 from .sharding import ProcessGroup, image_generator
 from .unet_speed import unet_dtype, unet_image_shape
 
@@ -58,7 +60,7 @@ CONFIG_NAME = "sample_config.json"
 # path (a symlink, a copy, the Hub cache) are the same model, which unet_sha256 recognises.
 INFORMATION_ONLY = frozenset({"model"})
 _IMAGE_FILE = re.compile(r"^(\d{6,})\.png$")
-_NPZ_FILE = re.compile(r"^samples_\d+x\d+x\d+x\d+\.npz$")
+_NPZ_FILE = re.compile(r"^samples_(\d+)x\d+x\d+x\d+\.npz$")
 
 
 class SampleWriteError(OSError):
@@ -137,7 +139,13 @@ def _differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> list
         was, now = recorded.get(key), wanted.get(key)
         if was == now:
             continue
-        if key == "unet_sha256":
+        if key == "scheduler_config_sha256":
+            lines.append(
+                f"the scheduler config differs (sha256 {str(was)[:12]} in the folder, {str(now)[:12]} "
+                "now: another eps_second_moment from hf-ddpm calibrate, or other betas, clipping, "
+                "prediction or variance type)"
+            )
+        elif key == "unet_sha256":
             lines.append(
                 f"the model's weights: {recorded.get('model')} (folder, unet_sha256 {str(was)[:12]}) vs "
                 f"{wanted.get('model')} (now, unet_sha256 {str(now)[:12]})"
@@ -145,6 +153,37 @@ def _differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> list
         else:
             lines.append(f"{key} {was!r} (folder) vs {now!r} (now)")
     return lines
+
+
+def _json_kind(value: Any) -> str:
+    """A parsed JSON value's type as JSON names it."""
+    kinds = {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+    }
+    return kinds.get(type(value), "a number")
+
+
+def _recorded_settings(config: Path, compared: set[str]) -> dict[str, Any]:
+    """The ``settings`` object of a folder's ``sample_config.json``, holding every ``compared`` key; an
+    OSError, or a ValueError saying what the file holds instead."""
+    record = json.loads(config.read_text(encoding="utf-8"))
+    if not isinstance(record, dict):
+        raise ValueError(f"it holds {_json_kind(record)}, not an object")
+    if "settings" not in record:
+        raise ValueError('it has no "settings"')
+    settings = record["settings"]
+    if not isinstance(settings, dict):
+        raise ValueError(f'its "settings" is {_json_kind(settings)}, not an object')
+    missing = sorted(compared - set(settings))
+    if missing:
+        raise ValueError(
+            f"its settings lack {', '.join(missing)}: written by an older hf-ddpm, or edited"
+        )
+    return settings
 
 
 def _check_folder(job: SampleFolderJob) -> None:
@@ -165,13 +204,14 @@ def _check_folder(job: SampleFolderJob) -> None:
                 f"unknown: {remedy}"
             )
         return
+    wanted = json.loads(json.dumps(dict(job.settings)))
     try:
-        recorded = json.loads(config.read_text(encoding="utf-8"))["settings"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        recorded = _recorded_settings(config, set(wanted) - INFORMATION_ONLY)
+    except (OSError, ValueError) as error:
         raise ValueError(
             f"{flag} {folder}: {CONFIG_NAME} cannot be read ({error}): {remedy}"
         ) from error
-    differences = _differences(recorded, json.loads(json.dumps(dict(job.settings))))
+    differences = _differences(recorded, wanted)
     if differences:
         raise ValueError(
             f"{flag} {folder} holds images made with other settings: {'; '.join(differences)}. "
@@ -231,10 +271,12 @@ def _write_npz(folder: Path, num_images: int) -> Path:
     images = _read_pngs([folder / image_name(i) for i in range(num_images)])
     path = folder / npz_name(*images.shape)
     _write_file(path, lambda: save_npz_atomically(images, path))
-    # An .npz of an earlier, smaller N would pass for the folder's images; only evaluator-named files
-    # of this folder go.
+    # An .npz of an earlier, smaller N would pass for the folder's images, and the new one holds all of
+    # it; one of a larger N holds images this one lacks (a 10,000-image .npz of a 50,000-image folder),
+    # so it stays. Only evaluator-named files of this folder go.
     for stale in _listing(folder):
-        if stale != path and _NPZ_FILE.match(stale.name):
+        match = _NPZ_FILE.match(stale.name)
+        if match and int(match.group(1)) < num_images:
             stale.unlink()
     return path
 
@@ -335,8 +377,8 @@ class PipelineSampling:
     ``hf-ddpm sample --output-dir`` and ``hf-ddpm evaluate --samples-dir`` describe the same images alike.
 
     Image ``i`` comes from :func:`~hf_ddpm.sampling.sharding.image_generator` ``(seed, i)``. A
-    class-conditional model draws ``class_label``, or every class in turn (``i % classes``) when it is
-    None; an unconditional one draws without labels.
+    class-conditional model draws ``class_label``, or every class in turn when it is None
+    (:func:`~hf_ddpm.sampling.samplers.image_class_labels`); an unconditional one draws without labels.
 
     Attributes:
         pipeline: the pipeline, with the scheduler to sample with and its UNet as it will run
@@ -352,17 +394,10 @@ class PipelineSampling:
     class_label: int | None = None
     guidance_scale: float = 1.0
 
-    def _labels(self, indices: Sequence[int]) -> list[int] | None:
-        classes = num_classes_of(getattr(self.pipeline.unet.config, "num_class_embeds", None))
-        if classes is None:
-            return None
-        if self.class_label is not None:
-            return [self.class_label] * len(indices)
-        return [i % classes for i in indices]
-
     def __call__(self, indices: Sequence[int]) -> np.ndarray:
         """The images of ``indices`` as uint8 (B, H, W, C), from one pipeline call."""
-        labels = self._labels(indices)
+        classes = num_classes_of(getattr(self.pipeline.unet.config, "num_class_embeds", None))
+        labels = image_class_labels(indices, classes, self.class_label)
         kwargs: dict[str, Any] = {}
         if labels is not None:
             kwargs = {"class_labels": labels, "guidance_scale": self.guidance_scale}
@@ -377,15 +412,21 @@ class PipelineSampling:
 
     def settings(self) -> dict[str, Any]:
         """Everything the images depend on besides their index, for :class:`SampleFolderJob`: the model by
-        the content of its weights (``unet_sha256``, and ``covariance_head_sha256`` for a pipeline with a
-        covariance head), the sampler, steps, seed, class label, guidance, image shape and the dtype the
-        UNet runs in; and, for information only (:data:`INFORMATION_ONLY`), where the model was loaded
-        from."""
+        the content of its weights (``unet_sha256``, and ``covariance_head_sha256``, None without a
+        covariance head), the sampler and its scheduler's config (``scheduler_config_sha256``: the
+        model's eps_second_moment, betas, clipping, prediction and variance type), steps, seed, class
+        label, guidance, image shape and the dtype the UNet runs in; and, for information only
+        (:data:`INFORMATION_ONLY`), where the model was loaded from."""
         pipeline = self.pipeline
+        # The dtype is compared because it changes the precision of the UNet's arithmetic, and so what
+        # the images are. channels_last and torch.compile are not: they run the same float32 (or
+        # autocast) arithmetic in another order, which changes float rounding only, as the batch size,
+        # the number of processes and the device do, none of which a resume must match.
         settings: dict[str, Any] = {
             "model": _model_source(pipeline),
             "unet_sha256": _weights_sha256(pipeline.unet),
             "sampler": self.sampler,
+            "scheduler_config_sha256": _config_sha256(pipeline.scheduler),
             "num_inference_steps": self.num_inference_steps,
             "seed": self.seed,
             "class_label": self.class_label,
@@ -393,9 +434,10 @@ class PipelineSampling:
             "image_shape": list(unet_image_shape(pipeline.unet)),
             "dtype": unet_dtype(pipeline.unet),
         }
+        # Recorded as None without a head, so that every folder records the same keys and one that
+        # lacks any is known to be incomplete.
         head = getattr(pipeline, "covariance_head", None)
-        if head is not None:
-            settings["covariance_head_sha256"] = _weights_sha256(head)
+        settings["covariance_head_sha256"] = None if head is None else _weights_sha256(head)
         return settings
 
 
@@ -422,6 +464,16 @@ def _folder_images(folder: Path) -> list[Path]:
         (int(m.group(1)), p) for p in _listing(folder) if (m := _IMAGE_FILE.match(p.name))
     )
     return [path for _, path in numbered]
+
+
+def _config_sha256(scheduler: Any) -> str:
+    """A hash of ``scheduler``'s config (diffusers' JSON of it, keys sorted): recalibrating a model in place
+    (a new eps_second_moment), or editing its betas, clipping, prediction or variance type, changes it.
+    diffusers' bookkeeping keys (``_class_name``, ``_diffusers_version``, ...) are left out: the sampler
+    is recorded by name, and they change no image."""
+    config = json.loads(scheduler.to_json_string())
+    public = {key: value for key, value in config.items() if not key.startswith("_")}
+    return hashlib.sha256(json.dumps(public, sort_keys=True).encode()).hexdigest()
 
 
 def _weights_sha256(module: Any) -> str:

@@ -11,7 +11,7 @@ Space's dropdown and ``benchmarks/few_step.py`` without further edits.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,27 @@ DIFFUSERS_SPACINGS: tuple[str, ...] = tuple(s for s in TIMESTEP_SPACINGS if s !=
 def default_sampling_steps(num_train_timesteps: int) -> int:
     """:data:`DEFAULT_SAMPLING_STEPS`, or T for a model with fewer training timesteps."""
     return min(DEFAULT_SAMPLING_STEPS, int(num_train_timesteps))
+
+
+def steps_or_default(num_inference_steps: int | None, num_train_timesteps: int) -> int:
+    """``num_inference_steps`` as given, or :func:`default_sampling_steps` where it is None. A given 0 stays
+    0, for the caller's range check to refuse, rather than standing for the default."""
+    if num_inference_steps is None:
+        return default_sampling_steps(num_train_timesteps)
+    return num_inference_steps
+
+
+def image_class_labels(
+    indices: Sequence[int], num_classes: int | None, class_label: int | None = None
+) -> list[int] | None:
+    """The class label of each image index a command draws (``hf-ddpm sample``'s grid and folders): the
+    ``class_label`` asked for, else every class in turn (image ``i`` draws class ``i % num_classes``);
+    None for an unconditional model (``num_classes`` None)."""
+    if num_classes is None:
+        return None
+    if class_label is not None:
+        return [class_label] * len(indices)
+    return [i % num_classes for i in indices]
 
 
 def default_sampling_steps_in_words() -> str:
@@ -203,11 +224,16 @@ def sampling_scheduler(
             f"{', '.join(entry.timestep_spacings)}"
         )
     variance = (variance_type or sampling_variance_type(config)) if entry.variance_types else None
+    # A refusal names the flags the user gave, not the defaults they left alone.
     flags = " ".join(
         f"{flag} {value}"
-        for flag, value in (("--variance-type", variance), ("--timestep-spacing", spacing))
+        for flag, value in (
+            ("--variance-type", variance_type),
+            ("--timestep-spacing", timestep_spacing),
+        )
         if value is not None
     )
+    flags = flags or f"--sampler {sampler}"
     try:
         scheduler = entry.build(config, variance, spacing)
         channels = getattr(scheduler, "model_output_channels", None)

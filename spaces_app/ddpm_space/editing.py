@@ -4,7 +4,8 @@
 The picture and the mask come from one ``gr.ImageEditor``: the uploaded (or drawn) background is the
 picture, and whatever is painted on its layers is the mask (white = fill), for inpainting; the
 composite, strokes and all, is the rough picture that image-to-image cleans up. Both go through the
-upload transform of training, so the mask has the picture's geometry.
+upload transform of training, so the mask has the picture's geometry. Both run the chain of
+``hf-ddpm inpaint`` and ``hf-ddpm img2img``: the model's DDPM scheduler with ``hf-ddpm sample``'s variance.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .generate import make_scheduler
 from .inputs import MAX_SEED, MAX_STEPS, class_or_null, guidance, int_in, steps_note
-from .loading import LoadedModel, ModelState
+from .loading import DDPM, LoadedModel, ModelState
 from .pictures import image_to_tensor, pipeline_images_to_uint8, tile, to_uint8
 from .streaming import Finished, every_nth_step, stream_pipeline
 
@@ -117,7 +119,11 @@ def edit_image(
         "output_type": "np",
         **_condition(loaded, class_label, guidance_scale),
     }
-    scheduler = type(loaded.pipe.scheduler).from_config(loaded.pipe.scheduler.config)
+    # The chain of `hf-ddpm inpaint` / `img2img`: the ddpm sampler with hf-ddpm sample's variance, so the
+    # same seed gives the same edit here and there (the model's own, fixed_small, differed for a
+    # calibrated model).
+    variance = loaded.default_variance_type
+    scheduler = make_scheduler(loaded, DDPM, variance, None)
     inpaint_cls, img2img_cls = classes
     if mode == INPAINT:
         jumps = int_in("Resamplings", jump_n_sample, 1, 10)
@@ -131,14 +137,17 @@ def edit_image(
         pipe = inpaint_cls.from_pipe(loaded.pipe, unet=loaded.pipe.unet, scheduler=scheduler)
         call_kwargs |= {"mask_image": mask, "jump_length": JUMP_LENGTH, "jump_n_sample": jumps}
         total = steps * jumps
-        what = f"inpainted with {steps} steps x {jumps} resamplings (jump length {JUMP_LENGTH})"
+        what = (
+            f"inpainted with {steps} steps x {jumps} resamplings (jump length {JUMP_LENGTH}), "
+            f"{variance} variance"
+        )
     else:
         if strength is None or not 0 < strength <= 1:
             raise gr.Error(f"Strength must be in (0, 1]; got {strength!r}.")
         pipe = img2img_cls.from_pipe(loaded.pipe, unet=loaded.pipe.unet, scheduler=scheduler)
         call_kwargs["strength"] = float(strength)
         total = max(1, round(strength * steps))
-        what = f"image-to-image at strength {strength:g} ({steps}-step chain)"
+        what = f"image-to-image at strength {strength:g} ({steps}-step chain, {variance} variance)"
     pipe.set_progress_bar_config(disable=True)
 
     streamed = every_nth_step(total)

@@ -26,14 +26,22 @@ from .pictures import Transform, upload_transform
 try:  # hf_ddpm installed, or copied beside app.py by `hf-ddpm space`
     from hf_ddpm.core.class_layout import num_classes_of
     from hf_ddpm.core.variance import HEAD_VARIANCE_TYPES
-    from hf_ddpm.data.bundled_datasets import BUNDLED_DATASETS
+    from hf_ddpm.data.bundled_datasets import trained_on as record_trained_on
+    from hf_ddpm.data.bundled_datasets import trained_on_bundled_data
     from hf_ddpm.data.image_transform import dataset_num_bins
     from hf_ddpm.sampling.samplers import SAMPLERS, default_sampling_steps, sampling_variance_type
 except ImportError:
     dataset_num_bins = SAMPLERS = sampling_variance_type = num_classes_of = None
-    # No bundled set is known, so no model's data is taken for the digits of the examples.
-    BUNDLED_DATASETS = {}
     default_sampling_steps = HEAD_VARIANCE_TYPES = None
+
+    # No bundled set is known, so no model's data is taken for the digits of the examples: a record
+    # only tells that the model has other data than them.
+    def record_trained_on(record: dict[str, Any] | None) -> str | None:
+        return None if record is None else "data that hf_ddpm, not installed here, would name"
+
+    def trained_on_bundled_data(data: str | None) -> bool:
+        return False
+
 
 # Written beside the pipeline by `hf-ddpm train`: names the data, and so its number of levels.
 _TRAIN_CONFIG = "train_config.json"
@@ -63,11 +71,20 @@ class LoadedModel:
     # The name of each class 0..num_classes-1: the model's class_names (hf-ddpm train records its class
     # folders), else "class k".
     class_names: tuple[str, ...] = ()
-    # What the model's train_config.json says it was trained on: a dataset name, "image folder", or None
-    # where it has no such file.
+    # What the model's train_config.json says it was trained on (:func:`trained_on`): a dataset name,
+    # "image folder", or None where it has no such file or it names neither.
     trained_on: str | None = None
     # The Generate tab's steps unless changed: hf-ddpm sample's (without hf_ddpm, the pipeline's own).
     sampling_steps: int | None = None
+
+    @property
+    def default_variance_type(self) -> str:
+        """The variance the Generate tab starts with and the Edit tab runs: ``hf-ddpm sample``'s default
+        (analytic for a calibrated model), which ``variance_types`` lists first; without hf_ddpm, the
+        model's own."""
+        if self.variance_types:
+            return self.variance_types[0]
+        return str(self.pipe.scheduler.config.variance_type)
 
 
 @dataclass(frozen=True)
@@ -115,17 +132,11 @@ def _train_config(model: str) -> dict[str, Any] | None:
 
 
 def trained_on(model: str) -> str | None:
-    """The dataset the model's train_config.json names, ``"image folder"`` for a folder, else None."""
-    config = _train_config(model)
-    if config is None:
-        return None
-    return "image folder" if config.get("train_data_dir") else config.get("dataset")
-
-
-def trained_on_bundled_data(data: str | None) -> bool:
-    """Whether ``data`` (:func:`trained_on`) is one of hf_ddpm's bundled sets, all of them digits like
-    the Space's examples; never where hf_ddpm is absent, which knows them."""
-    return data in BUNDLED_DATASETS
+    """What the model's train_config.json says it was trained on, by hf_ddpm's reading of it
+    (``hf_ddpm.data.bundled_datasets.trained_on``: a dataset, ``"image folder"``, or None where it has
+    none), which ``hf-ddpm space`` applies too; whether the examples suit it is
+    ``trained_on_bundled_data``'s call."""
+    return record_trained_on(_train_config(model))
 
 
 def data_num_bins(model: str) -> tuple[int, str]:

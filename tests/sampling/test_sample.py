@@ -4,6 +4,7 @@ import logging
 
 import pytest
 import torch
+from conftest import run_subprocess
 from PIL import Image
 
 from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler, cli
@@ -479,23 +480,13 @@ def test_a_folder_is_resumed_with_the_same_weights_from_another_path_and_refused
 def _installed_hf_ddpm(*argv):
     """The installed ``hf-ddpm`` entry point in a subprocess, running this tree: its real stderr, which
     pytest's log capture cannot swallow."""
-    import os
-    import subprocess
     import sys
     from pathlib import Path
 
     command = Path(sys.executable).with_name("hf-ddpm")
     if not command.exists():
         pytest.skip(f"no hf-ddpm entry point beside {sys.executable}")
-    repo = str(Path(__file__).resolve().parents[2])
-    path = os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
-    return subprocess.run(
-        [str(command), *argv],
-        env={**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_subprocess([str(command), *argv])
 
 
 def test_a_refused_folder_prints_one_line_and_nothing_before_it(tmp_path, tiny_unet):
@@ -564,3 +555,153 @@ def test_folder_flags_in_grid_mode_are_refused_naming_output_dir(
         "one grid, in one pipeline call)"
     )
     assert not out.exists()
+
+
+def test_a_model_recalibrated_in_place_is_refused_naming_its_scheduler_config(
+    tmp_path, tiny_unet, capsys
+):
+    """Gamma 0.9, 2 images drawn, recalibrated in place to Gamma 0.1 (hf-ddpm calibrate rewrites
+    scheduler_config.json): the analytic variance differs, so asking for 4 images is refused, naming the
+    scheduler config. (It said "2 kept" and drew 2 more with the other variance: the folder recorded the
+    UNet's hash and the sampler's name only.) The unchanged config resumes."""
+    import json
+
+    import numpy as np
+
+    from hf_ddpm.sampling.sample_folder import read_samples
+
+    scheduler = HFDDPMScheduler(num_train_timesteps=10, eps_second_moment=[0.9] * 10)
+    HFDDPMPipeline(unet=tiny_unet(), scheduler=scheduler).save_pretrained(tmp_path / "model")
+    config_file = tmp_path / "model" / "scheduler" / "scheduler_config.json"
+    calibrated = json.loads(config_file.read_text())
+    argv = ["sample", str(tmp_path / "model"), "--num-inference-steps", "3", "--seed", "2"]
+    folder = tmp_path / "s"
+    assert cli.main([*argv, "--output-dir", str(folder), "--num-images", "2"]) == 0
+    config_file.write_text(json.dumps({**calibrated, "eps_second_moment": [0.1] * 10}))
+    capsys.readouterr()
+    assert cli.main([*argv, "--output-dir", str(folder), "--num-images", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        "\n" not in err
+        and "holds images made with other settings: the scheduler config differs (" in err
+    )
+    assert sorted(p.name for p in folder.glob("*.png")) == ["000000.png", "000001.png"]
+    # The refusal matters: the recalibrated model draws other images from the same seeds.
+    assert cli.main([*argv, "--output-dir", str(tmp_path / "gamma01"), "--num-images", "2"]) == 0
+    assert not np.array_equal(read_samples(folder), read_samples(tmp_path / "gamma01"))
+
+    config_file.write_text(json.dumps(calibrated))
+    capsys.readouterr()
+    assert cli.main([*argv, "--output-dir", str(folder), "--num-images", "3"]) == 0
+    assert "(1 drawn now, 2 kept from an earlier run)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mode", ["--output", "--output-dir"])
+def test_zero_steps_are_refused_alike_in_grid_and_folder_mode(tmp_path, tiny_unet, capsys, mode):
+    """--num-inference-steps 0 is out of 1..T in both modes, in the same words. (The folder mode drew the
+    default steps: it read the flag with ``or``.)"""
+    model = _save(tmp_path, tiny_unet)
+    target = tmp_path / ("g.png" if mode == "--output" else "s")
+    argv = ["sample", str(model), mode, str(target), "--num-images", "2"]
+    assert cli.main([*argv, "--num-inference-steps", "0"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "hf-ddpm sample: error: --num-inference-steps must be in 1..10 (the model's "
+        "num_train_timesteps), got 0"
+    ]
+    assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ('{"settings": 5}', 'its "settings" is a number, not an object'),
+        ('{"settings": [1, 2]}', 'its "settings" is an array, not an object'),
+        ('{"settings": null}', 'its "settings" is null, not an object'),
+        ("[1, 2]", "it holds an array, not an object"),
+        ('"settings"', "it holds a string, not an object"),
+        ('{"num_images": 2}', 'it has no "settings"'),
+        (
+            '{"settings": {"seed": 0, "dtype": "float32"}}',
+            "its settings lack class_label, covariance_head_sha256, guidance_scale, image_shape, "
+            "num_inference_steps, sampler, scheduler_config_sha256, unet_sha256: written by an older "
+            "hf-ddpm, or edited",
+        ),
+        ('{"settings": ', "Expecting value: line 1 column 14 (char 13)"),
+    ],
+    ids=["number", "array", "null", "top-array", "top-string", "no-settings", "lacks-keys", "cut"],
+)
+def test_a_malformed_sample_config_is_refused_in_one_line(
+    tmp_path, tiny_unet, capsys, content, reason
+):
+    """Every shape of a broken sample_config.json gets the one line of an unreadable one, exit 2. (A
+    "settings" that was not an object escaped as a TypeError or AttributeError traceback.) --overwrite
+    replaces it."""
+    model = _save(tmp_path, tiny_unet)
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "sample_config.json").write_text(content)
+    argv = ["sample", str(model), "--output-dir", str(folder), "--num-inference-steps", "2"]
+    assert cli.main([*argv, "--num-images", "1"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"hf-ddpm sample: error: --output-dir {folder}: sample_config.json cannot be read "
+        f"({reason}): pass --overwrite to replace them, or choose another --output-dir"
+    ]
+    assert cli.main([*argv, "--num-images", "1", "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "extra", "warmups"),
+    [
+        ("grid", ["--class-label", "emu"], []),
+        ("folder", ["--class-label", "emu"], []),
+        ("grid", ["--guidance-scale", "1"], [3]),
+        ("grid", ["--guidance-scale", "2"], [6]),
+        ("folder", ["--guidance-scale", "2"], [4]),
+    ],
+)
+def test_compile_warms_up_after_the_checks_at_the_batch_the_unet_sees(
+    tmp_path, tiny_unet, monkeypatch, mode, extra, warmups
+):
+    """A bad --class-label is refused before --compile's warm-up (minutes for a large UNet), in both modes;
+    the warm-up's batch is the UNet's: 3 images, or 6 with guidance, whose two halves share one call; a
+    folder's batch of 2, doubled. (Grid mode compiled before resolving the class label, and warmed a
+    guided model up at N for a run at 2N.) torch.compile itself is stubbed: only order and sizes are
+    tested."""
+    from hf_ddpm.sampling import unet_speed
+
+    seen = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: None)
+    for module in (sample, unet_speed):  # apply_unet_speed warmed up through its own module's name
+        monkeypatch.setattr(module, "compile_warm_up", lambda pipe, batch: seen.append(batch))
+    model = _save_conditional(tmp_path, tiny_unet)
+    folder = ["--output-dir", str(tmp_path / "s"), "--batch-size", "2"]
+    target = ["--output", str(tmp_path / "g.png")] if mode == "grid" else folder
+    argv = ["sample", str(model), *target, "--compile", "--num-images", "3"]
+    assert cli.main([*argv, "--num-inference-steps", "2", *extra]) == (0 if warmups else 2)
+    assert seen == warmups
+
+
+@pytest.mark.parametrize("command", ["sample", "img2img"])
+def test_the_optimal_spacing_on_an_uncalibrated_model_names_itself(
+    tmp_path, tiny_unet, capsys, command
+):
+    """--timestep-spacing optimal without the model's eps_second_moment is refused naming that flag and
+    hf-ddpm calibrate. (It said "--variance-type fixed_small --timestep-spacing optimal: variance_type
+    'analytic' needs eps_second_moment": a flag not given, and a variance not asked for.)"""
+    model = _save(tmp_path, tiny_unet)
+    Image.new("RGB", (8, 8)).save(tmp_path / "in.png")
+    argv = [
+        command,
+        str(model),
+        "--output",
+        str(tmp_path / "out.png"),
+        "--timestep-spacing",
+        "optimal",
+    ]
+    extra = ["--image", str(tmp_path / "in.png")] if command == "img2img" else []
+    assert cli.main([*argv, *extra]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"hf-ddpm {command}: error: --timestep-spacing optimal: timestep_spacing 'optimal' needs "
+        "eps_second_moment (Gamma_n); with hf_ddpm installed, compute it with `hf-ddpm calibrate "
+        "MODEL --dataset ...`, which writes eps_second_moment into the model's scheduler_config.json"
+    ]

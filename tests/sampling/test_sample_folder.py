@@ -242,3 +242,20 @@ def test_a_grown_folder_replaces_its_npz_and_keeps_other_files(pipe, tmp_path):
     ]
     assert report.npz_path == folder / "samples_8x8x8x3.npz"
     assert (tmp_path / "samples_6x8x8x3.npz").read_bytes() == b"y"
+
+
+def test_an_npz_of_fewer_images_keeps_the_npz_of_more(pipe, tmp_path):
+    """An .npz of the first 4 images of a 6-image folder leaves the 6-image .npz as it was (it deleted it:
+    a 10,000-image --npz run in a 50k folder deleted the 50k .npz); growing the folder to 7 then
+    supersedes both."""
+    folder = tmp_path / "s"
+    draw = _drawing(pipe, 7)
+    six = write_sample_folder(draw, _job(folder, num_images=6, npz=True)).npz_path
+    six_bytes = six.read_bytes()
+    four = write_sample_folder(draw, _job(folder, num_images=4, npz=True)).npz_path
+    assert sorted(p.name for p in folder.glob("*.npz")) == [four.name, six.name]
+    assert six.read_bytes() == six_bytes
+    with np.load(four) as small, np.load(six) as large:
+        assert np.array_equal(small["arr_0"], large["arr_0"][:4])
+    seven = write_sample_folder(draw, _job(folder, num_images=7, npz=True)).npz_path
+    assert [p.name for p in folder.glob("*.npz")] == [seven.name]

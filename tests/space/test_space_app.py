@@ -909,3 +909,50 @@ def test_the_space_refuses_two_different_models(monkeypatch, capsys):
         app.main(["out/a", "--model", "out/b"])
     err = capsys.readouterr().err
     assert done.value.code == 2 and "'out/a'" in err and "--model 'out/b'" in err
+
+
+@requires_editing
+@pytest.mark.parametrize("mode", ["Inpaint", "Image-to-image"])
+def test_the_edit_tab_edits_as_hf_ddpm_inpaint_and_img2img_do(tmp_path, mode):
+    """The bundled model is calibrated: `hf-ddpm inpaint` / `img2img` run its chain with the analytic
+    variance, as `hf-ddpm sample` does, and the Edit tab gives the same edit for the same picture, mask,
+    class and seed. (The tab rebuilt the model's own scheduler, fixed_small, and so edited otherwise.)"""
+    from hf_ddpm import cli
+
+    model = bundled_model_path()
+    size = 32
+    digit = Image.fromarray(_held_out_digit()).resize((size, size), Image.Resampling.BILINEAR)
+    digit.save(tmp_path / "digit.png")
+    layer = np.zeros((size, size, 4), np.uint8)
+    layer[size // 2 :] = (255, 255, 255, 255)
+    Image.fromarray(layer, "RGBA").save(tmp_path / "layer.png")
+    Image.fromarray(layer[..., 3], "L").save(tmp_path / "mask.png")
+    composite = np.asarray(digit.convert("RGBA")).copy()
+    composite[size // 2 :] = layer[size // 2 :]
+    Image.fromarray(composite, "RGBA").save(tmp_path / "composite.png")
+
+    out = tmp_path / "cli.png"
+    argv = ["--model", str(model), "--output", str(out), "--num-inference-steps", "5"]
+    argv += ["--seed", "5", "--class-label", "3"]
+    if mode == "Inpaint":
+        argv = ["inpaint", *argv, "--image", str(tmp_path / "digit.png")]
+        argv += [
+            "--mask",
+            str(tmp_path / "mask.png"),
+            "--jump-length",
+            "10",
+            "--jump-n-sample",
+            "2",
+        ]
+    else:
+        argv = ["img2img", *argv, "--image", str(tmp_path / "composite.png"), "--strength", "0.6"]
+    assert cli.main(argv) == 0
+
+    state = app.load_model(str(model))
+    editor = _editor_arrays(
+        tmp_path / "digit.png", tmp_path / "layer.png", tmp_path / "composite.png"
+    )
+    *_, (result, _, status) = app.edit_image(state, editor, mode, 0.6, 5, 2, 5, 3, 1.0, _silent)
+    assert "analytic variance" in status, status
+    got = np.asarray(Image.fromarray(np.asarray(result)).convert("L"), dtype=np.int16)
+    np.testing.assert_allclose(got, _png(str(out)), atol=1)

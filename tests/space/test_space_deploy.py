@@ -149,3 +149,56 @@ def test_the_example_digits_are_uploaded_only_for_a_model_of_bundled_digits(
     assert shipped and uploaded == (shipped if examples else set())
     out = capsys.readouterr().out
     assert f"hf-ddpm space: {'with' if examples else 'without'} the example digits" in out
+
+
+@pytest.mark.parametrize(
+    ("record", "uploaded", "why", "on_page"),
+    [
+        ({"dataset": "mnist-5k"}, True, "the model was trained on the bundled mnist-5k", True),
+        (
+            {"dataset": "mnist-5k", "train_data_dir": "photos/"},
+            False,
+            "the model was trained on the image folder photos/",
+            False,
+        ),
+        (
+            {"dataset": "someone/cat-photos"},
+            False,
+            "the model was trained on someone/cat-photos, not a bundled digit set",
+            False,
+        ),
+        (
+            {"seed": 0},
+            False,
+            "the train_config.json in the folder {model} names neither a dataset nor an image folder",
+            True,
+        ),
+        (
+            {"dataset": None, "train_data_dir": None},
+            False,
+            "the train_config.json in the folder {model} names neither a dataset nor an image folder",
+            True,
+        ),
+        (None, False, "no train_config.json in the folder {model}", True),
+    ],
+    ids=["bundled", "folder", "hub", "no-data", "nulls", "no-record"],
+)
+def test_hf_ddpm_space_and_the_page_read_a_models_train_record_alike(
+    tmp_path, tiny_unet, record, uploaded, why, on_page
+):
+    """``hf-ddpm space`` uploads the example digits for a model of a bundled set only (a model of unknown
+    data gets none); the page shows them to a grey model unless its record names other data. A record
+    naming no data was reported as "trained on None, not a bundled digit set"."""
+    import json
+
+    from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler
+    from hf_ddpm.hub.space import digit_examples_fit
+    from spaces_app import app
+
+    model = tmp_path / "model"
+    pipe = HFDDPMPipeline(unet=tiny_unet(in_channels=1), scheduler=HFDDPMScheduler(10))
+    pipe.save_pretrained(model)
+    if record is not None:
+        (model / "train_config.json").write_text(json.dumps(record))
+    assert digit_examples_fit(str(model)) == (uploaded, why.format(model=model))
+    assert bool(app.examples_for(app.load_model(str(model)).model)) is on_page

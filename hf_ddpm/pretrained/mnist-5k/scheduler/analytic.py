@@ -44,14 +44,20 @@ def last_step_pixels(
     return OTHER_SCHEDULE_LAST_STEP_PIXELS
 
 
-def check_eps_second_moment(eps_second_moment: object, num_train_timesteps: int) -> np.ndarray:
-    """Gamma as a float64 array of T finite non-negative numbers, or ValueError saying how to get it."""
+def check_eps_second_moment(
+    eps_second_moment: object,
+    num_train_timesteps: int,
+    needed_by: tuple[str, ...] = ("variance_type 'analytic'",),
+) -> np.ndarray:
+    """Gamma as a float64 array of T finite non-negative numbers, or ValueError saying what needs it (the
+    config values ``needed_by``) and how to get it."""
     how = (
         "with hf_ddpm installed, compute it with `hf-ddpm calibrate MODEL --dataset ...`, which writes "
         "eps_second_moment into the model's scheduler_config.json"
     )
     if eps_second_moment is None:
-        raise ValueError(f"variance_type 'analytic' needs eps_second_moment (Gamma_n); {how}")
+        need = "need" if len(needed_by) > 1 else "needs"
+        raise ValueError(f"{' and '.join(needed_by)} {need} eps_second_moment (Gamma_n); {how}")
     try:
         gamma = np.asarray(eps_second_moment, dtype=np.float64)
     except (TypeError, ValueError):

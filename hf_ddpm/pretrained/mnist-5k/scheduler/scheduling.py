@@ -154,10 +154,17 @@ class HFDDPMScheduler(StepIndexMixin, SchedulerMixin, ConfigMixin):
         self._tables = DiffusionTables.from_betas(betas)
         # Checked only where used: a config derived from a calibrated one with another T (a test's short
         # chain, say) keeps working with the other variance types.
-        needs_moments = variance_type == "analytic" or timestep_spacing == "optimal"
-        self._eps_second_moment = (
-            check_eps_second_moment(eps_second_moment, num_train_timesteps)
+        needed_by = tuple(
+            f"{key} {value!r}"
+            for key, value, needs_moments in (
+                ("variance_type", variance_type, variance_type == "analytic"),
+                ("timestep_spacing", timestep_spacing, timestep_spacing == "optimal"),
+            )
             if needs_moments
+        )
+        self._eps_second_moment = (
+            check_eps_second_moment(eps_second_moment, num_train_timesteps, needed_by)
+            if needed_by
             else None
         )
         self._optimal_timesteps: dict[int, np.ndarray] = {}
