@@ -122,10 +122,15 @@ def process_group(device: str | torch.device | None = None) -> ProcessGroup:
         return ProcessGroup(
             device=torch.device(device) if device is not None else _default_device()
         )
+    import atexit
+
     from accelerate import PartialState
 
     wants_cpu = device is not None and torch.device(device).type == "cpu"
     state = PartialState(cpu=wants_cpu or multi_process_without_accelerator())
+    # Leave the process group before the interpreter tears down: a gloo group still alive then can abort
+    # the process ("terminate called without an active exception") after its work is done.
+    atexit.register(state.destroy_process_group)
     return ProcessGroup(state.process_index, state.num_processes, state.device)
 
 
