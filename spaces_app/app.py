@@ -61,7 +61,14 @@ if __package__:  # imported as spaces_app.app (the tests)
     from .ddpm_space import editing
     from .ddpm_space.forward import forward_noise, schedule_table
     from .ddpm_space.generate import generate_images, spacings_for
-    from .ddpm_space.inputs import MAX_IMAGES, MAX_QUEUE, MAX_SEED, MAX_STEPS, NO_CLASS
+    from .ddpm_space.inputs import (
+        MAX_IMAGES,
+        MAX_QUEUE,
+        MAX_SEED,
+        MAX_STEPS,
+        NO_CLASS,
+        requested_class,
+    )
     from .ddpm_space.likelihood import likelihood_bound
     from .ddpm_space.loading import (
         DDPM,
@@ -76,7 +83,14 @@ else:  # run as a script (`python app.py`, as a Space runs it), with this folder
     from ddpm_space import editing
     from ddpm_space.forward import forward_noise, schedule_table
     from ddpm_space.generate import generate_images, spacings_for
-    from ddpm_space.inputs import MAX_IMAGES, MAX_QUEUE, MAX_SEED, MAX_STEPS, NO_CLASS
+    from ddpm_space.inputs import (
+        MAX_IMAGES,
+        MAX_QUEUE,
+        MAX_SEED,
+        MAX_STEPS,
+        NO_CLASS,
+        requested_class,
+    )
     from ddpm_space.likelihood import likelihood_bound
     from ddpm_space.loading import (
         DDPM,
@@ -331,7 +345,7 @@ def build_generate_tab(state: ModelState) -> None:
         num_images: float,
         steps: float,
         variance_type: str,
-        class_label: float | None,
+        class_label: str | float | None,
         guidance_scale: float | None,
         sampler: str,
         timestep_spacing: str | None = None,
@@ -344,7 +358,7 @@ def build_generate_tab(state: ModelState) -> None:
             num_images,
             steps,
             variance_type,
-            class_label,
+            requested_class(state, class_label, none_allowed=False),
             guidance_scale,
             progress,
             sampler=sampler,
@@ -465,10 +479,12 @@ def build_likelihood_tab(state: ModelState) -> None:
 
     @_gpu
     def likelihood(
-        image: np.ndarray | None, seed: float, class_label: float | None
+        image: np.ndarray | None, seed: float, class_label: str | float | None
     ) -> tuple[pd.DataFrame, dict[str, float]]:
         """Per-timestep terms and the total variational bound, in bits/dim."""
-        return likelihood_bound(state, image, seed, class_label)
+        return likelihood_bound(
+            state, image, seed, requested_class(state, class_label, none_allowed=True)
+        )
 
     lik_button.click(
         likelihood,
@@ -550,7 +566,7 @@ def build_edit_tab(state: ModelState) -> None:
         steps: float,
         jump_n_sample: float,
         seed: float,
-        class_label: float | None,
+        class_label: str | float | None,
         guidance_scale: float | None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio's injection idiom)
     ) -> Iterator[tuple[Any, Any, str]]:
@@ -563,7 +579,7 @@ def build_edit_tab(state: ModelState) -> None:
             steps,
             jump_n_sample,
             seed,
-            class_label,
+            requested_class(state, class_label, none_allowed=True),
             guidance_scale,
             progress,
         )

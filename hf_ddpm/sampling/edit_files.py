@@ -14,10 +14,10 @@ import PIL.Image
 import torch
 
 from hf_ddpm.data.image_grid import save_png_atomically
-from hf_ddpm.sampling.samplers import DDPM_SAMPLER, sampling_scheduler
+from hf_ddpm.sampling.samplers import DDPM_SAMPLER, resolve_class_label, sampling_scheduler
 from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed
 
-from .sample import load_for_sampling, resolve_class_label
+from .sample import load_for_sampling
 
 logger = logging.getLogger(__name__)
 

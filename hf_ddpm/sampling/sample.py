@@ -16,6 +16,7 @@ from hf_ddpm.hub.bundled import bundled_model_path
 from hf_ddpm.sampling.samplers import (
     SEED_RANGE,
     default_sampling_steps,
+    resolve_class_label,
     sampling_scheduler,
 )
 from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed, compile_warm_up
@@ -109,28 +110,6 @@ def num_classes(pipeline: Any) -> int | None:
     """Classes a model trained by ``hf-ddpm train --class-column`` draws (the embeddings before its null
     label, :func:`.class_layout.num_classes_of`), or None if unconditional."""
     return num_classes_of(getattr(pipeline.unet.config, "num_class_embeds", None))
-
-
-def resolve_class_label(pipeline: Any, label: str | int | None) -> int | None:
-    """``--class-label`` as the integer label of ``pipeline``: a class name the model records (its
-    ``class_names``: ``hf-ddpm train --class-from-folders`` keeps the folder names), else an integer;
-    a ``ValueError`` naming the flag and the model's classes otherwise."""
-    if label is None or isinstance(label, int):
-        return label
-    names = list(getattr(pipeline.config, "class_names", None) or [])
-    if label in names:
-        return names.index(label)
-    try:
-        return int(label)
-    except ValueError:
-        pass
-    if names:
-        listed = ", ".join(f"{name} ({i})" for i, name in enumerate(names))
-        raise ValueError(f"--class-label {label!r} is not a class of this model: {listed}")
-    raise ValueError(
-        f"--class-label {label!r}: this model records no class names, so give the class as a number "
-        "(models trained with hf-ddpm train --class-from-folders record their folder names)"
-    )
 
 
 def check_sample_options(
