@@ -43,6 +43,7 @@ from hf_ddpm.sampling.sharding import ProcessGroup, image_seed
 from .bound import pipeline_model, unconditional_label
 from .features import (
     DEFAULT_DINOV2_MODEL,
+    FID_INSTALL,
     DinoV2Features,
     FeatureExtractor,
     InceptionFeatures,
@@ -584,8 +585,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics",
         default="nll,fd-dinov2",
-        help=f"comma-separated, from {', '.join(METRICS)} (default: nll,fd-dinov2; fid needs "
-        "torch-fidelity and its Inception weights)",
+        help=f"comma-separated, from {', '.join(METRICS)} (default: nll,fd-dinov2; fid needs the "
+        f"eval extra, torch-fidelity and its Inception weights: {FID_INSTALL})",
     )
     parser.add_argument(
         "--num-samples", type=int, default=1000, help="generated images for FID/FD (default: 1000)"

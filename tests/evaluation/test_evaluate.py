@@ -1,11 +1,14 @@
 """NLL estimators (exact loop, importance sampling) and the `hf-ddpm evaluate` command."""
 
+import tomllib
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from hf_ddpm.evaluation.features import FID_INSTALL
 from hf_ddpm.evaluation.nll import (
     exact_nll,
     importance_sampled_bound,
@@ -35,6 +38,9 @@ class _KnownTermsScheduler:
 
     def oracle(self, x0):
         return self.c.sum() * (1 + x0.double().flatten(1).pow(2).mean(1)) + 0.01
+
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _identity_model(x_t, t):
@@ -405,10 +411,36 @@ def test_cli_fid_without_its_network_fails_early_and_clearly(
         argv += ["--inception-weights", str(tmp_path / "missing.pth")]
         expected = "missing.pth"
     else:
-        expected = "pip install torch-fidelity"
+        expected = "torch-fidelity is not installed: " + FID_INSTALL
     assert main(argv) == 2
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_cli_fid_without_torchmetrics_names_what_to_install(
+    saved_pipeline, tmp_path, monkeypatch, capsys
+):
+    """Without torchmetrics (the eval extra) --metrics fid said only "No module named 'torchmetrics'":
+    one line now names the extra, torch-fidelity and the Inception weights, and the exit status is 2."""
+    import sys
+
+    from hf_ddpm.cli import main
+
+    # None in sys.modules makes every import of torchmetrics fail, as where it is not installed.
+    for name in [n for n in sys.modules if n.split(".")[0] == "torchmetrics"] + ["torchmetrics"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    argv = ["evaluate", str(saved_pipeline), "--metrics", "fid", "--output", str(tmp_path / "r")]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hf-ddpm evaluate: error: "), lines
+    for words in ("torchmetrics is not installed", "pip install -e '.[eval]' torch-fidelity"):
+        assert words in lines[0]
+    assert "Inception weights" in lines[0] and "--inception-weights" in lines[0]
+    # The extra it names is the one of pyproject.toml that holds torchmetrics.
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert any(requirement.startswith("torchmetrics") for requirement in extras["eval"])
 
 
 def test_nll_of_a_class_conditional_model_is_that_of_its_null_label(tmp_path):
