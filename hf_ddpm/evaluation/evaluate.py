@@ -122,9 +122,11 @@ class EvaluationOptions:
         sampler, variance_type, timestep_spacing: how the Fréchet samples and the grid are drawn
             (``--sampler`` etc., :func:`hf_ddpm.sampling.samplers.sampling_scheduler`); the nll metric is
             always the bound of the model's own scheduler.
-        samples: score this sample folder or evaluators' ``.npz`` (``--samples``) instead of drawing.
+        samples: score this sample folder or evaluators' ``.npz`` (``--samples``) instead of drawing;
+            only with a Fréchet metric, the one use of samples.
         samples_dir: draw the Fréchet samples into this sample folder (``--samples-dir``), which keeps
-            them and resumes them (:mod:`hf_ddpm.sampling.sample_folder`); in memory when None.
+            them and resumes them (:mod:`hf_ddpm.sampling.sample_folder`); in memory when None. Only with
+            a Fréchet metric too.
 
     Raises:
         ValueError: a bad metric name or a value out of range; the message names the option and its flag.
@@ -169,6 +171,17 @@ class EvaluationOptions:
             if value is not None and value < low:
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{name} ({flag}) must be >= {low}; got {value}")
+        kept = [
+            flag
+            for flag, value in (("--samples", self.samples), ("--samples-dir", self.samples_dir))
+            if value is not None
+        ]
+        if kept and not self.frechet_metrics:
+            raise ValueError(
+                f"{' and '.join(kept)} hold the samples of the Fréchet metrics "
+                f"({', '.join(_FRECHET_METRICS)}), and --metrics {','.join(self.metrics)} has none: add "
+                f"one to --metrics or drop {' and '.join(kept)}"
+            )
         if "nll" in self.metrics and None not in (self.nll_timesteps, self.num_inference_steps):
             raise ValueError(
                 "the importance-sampled NLL (--nll-timesteps) samples the terms of the full T-step chain; "

@@ -585,6 +585,28 @@ def test_evaluation_options_are_checked_once_and_can_be_overridden(saved_pipelin
         evaluate_pipeline(pipe, reference, options, no_such_option=1)
 
 
+@pytest.mark.parametrize("flag", ["--samples", "--samples-dir"])
+def test_samples_flags_without_a_frechet_metric_are_refused(saved_pipeline, tmp_path, capsys, flag):
+    """--samples (and --samples-dir) hold the Fréchet metrics' samples: with --metrics nll alone they were
+    silently ignored (and the report recorded --samples); now one line names the flags, exit 2."""
+    from hf_ddpm.cli import main
+    from hf_ddpm.evaluation.evaluate import EvaluationOptions
+
+    output = tmp_path / "r.json"
+    argv = ["evaluate", str(saved_pipeline), "--dataset", "mnist-5k", "--max-reference-images", "2"]
+    argv += ["--metrics", "nll", flag, str(tmp_path / "s"), "--output", str(output)]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hf-ddpm evaluate: error: {flag} "), lines
+    assert "--metrics nll has none" in lines[0] and "fid, fd-dinov2" in lines[0]
+    assert not output.exists()
+    field = flag.removeprefix("--").replace("-", "_")
+    with pytest.raises(ValueError, match=f"{flag} hold the samples of the Fréchet metrics"):
+        EvaluationOptions(metrics="nll", **{field: tmp_path / "s"})
+    # With a Fréchet metric the flag is taken.
+    assert getattr(EvaluationOptions(metrics="nll,fid", **{field: tmp_path / "s"}), field)
+
+
 def test_a_folder_with_an_unreadable_image_is_refused_unless_skip_bad_images(
     saved_pipeline, tmp_path, capsys
 ):
