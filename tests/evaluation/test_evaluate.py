@@ -525,8 +525,69 @@ def test_nll_alone_draws_no_samples_and_its_bar_has_a_total(
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["sample_grid"] is None and report["settings"]["grid_inference_steps"] is None
     assert not list(tmp_path.glob("*.png"))
-    err = capsys.readouterr().err
-    assert "NLL (exact)" in err and "/2 [" in err  # "1/2 [00:01<00:01, ...]", not "1it [00:01]"
+    assert "NLL (exact)" in capsys.readouterr().err
+
+
+def _record_bars(monkeypatch):
+    """The progress bars the NLL opens, kept for their desc, total and final count."""
+    from tqdm.auto import tqdm
+
+    import hf_ddpm.evaluation.nll as nll
+
+    bars = []
+
+    class Recording(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(nll, "tqdm", Recording)
+    return bars
+
+
+def test_the_exact_nll_bar_counts_its_terms_and_the_report_names_the_bounds_variance(
+    tmp_path, monkeypatch
+):
+    """The exact NLL showed one bar over batches ("1/1 [00:55]", nothing until the end) and the report
+    said variance_type: null. Now one bar counts the terms (an image at a timestep) to its total, and
+    the nll metric records the variance its bound used: the model's scheduler's, not the samples'."""
+    import json
+
+    from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler
+    from hf_ddpm.cli import main
+
+    model = tmp_path / "model"
+    scheduler = HFDDPMScheduler(num_train_timesteps=30, variance_type="fixed_large")
+    HFDDPMPipeline(_tiny_unet(), scheduler).save_pretrained(model)
+    bars = _record_bars(monkeypatch)
+    argv = [*_nll_argv(model, tmp_path), "--max-reference-images", "3", "--batch-size", "2"]
+    assert main(argv) == 0
+    # 3 images in batches of 2 and 1, 30 terms each: one bar to 90, not one per batch.
+    assert [(bar.desc, bar.total, bar.n) for bar in bars] == [("NLL (exact)", 90, 90)]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["metrics"]["nll"]["variance_type"] == "fixed_large"
+    assert report["settings"]["variance_type"] is None  # nothing was drawn
+    # Samples drawn with another variance leave the bound's as it was.
+    grid = ["--grid", str(tmp_path / "g.png"), "--num-samples", "1", "--num-inference-steps", "3"]
+    assert main([*argv, *grid, "--variance-type", "fixed_small"]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["metrics"]["nll"]["variance_type"] == "fixed_large"
+    assert report["settings"]["variance_type"] == "fixed_small"
+
+
+def test_the_bound_reports_each_network_call_to_the_bar(monkeypatch):
+    """Within one batch the bar moves with every network call: 4 images x 12 timesteps, 2 timesteps (8
+    inputs) per call, is 6 updates of 8 terms."""
+    bars = _record_bars(monkeypatch)
+    updates = []
+    scheduler = _known()
+    x0 = torch.zeros(4, 1, 2, 2)
+    exact_nll(_identity_model, scheduler, [x0], max_batch_size=8, progress=updates.append)
+    assert updates == [8] * 6 and bars == []  # the caller's bar, not one of its own
+    exact_nll(_identity_model, scheduler, [x0, x0[:1]], max_batch_size=8)
+    assert [(bar.total, bar.n) for bar in bars] == [(5 * 12, 5 * 12)]
+    importance_sampled_nll(_identity_model, scheduler, [x0], num_timesteps=3, max_batch_size=8)
+    assert (bars[-1].desc, bars[-1].total, bars[-1].n) == ("NLL (K=3)", 4 * 4, 4 * 4)
 
 
 def test_grid_when_asked_is_a_preview_in_few_steps(
