@@ -53,14 +53,9 @@ def check_output_path(output: str) -> Path:
     return path
 
 
-def read_image(path: str, flag: str, pipeline: Any, mask: bool = False) -> np.ndarray:
-    """The image at ``path`` as the model sees it, an (H, W, C) float array in [0, 1]: converted to the
-    model's channels (a mask: one grey channel), resized so its shorter side is the model's size and
-    centre-cropped, by the transform training applies to every image
-    (:class:`hf_ddpm.data.image_transform.ImageTransform`); each change is logged. A ValueError or
-    FileNotFoundError naming ``flag`` and the file otherwise."""
-    from hf_ddpm.data.image_transform import GREY_MODES, ImageTransform
-
+def open_image(path: str, flag: str) -> PIL.Image.Image:
+    """The image file at ``path``, decoded; a FileNotFoundError or ValueError naming ``flag`` and the file
+    otherwise. Read before the model loads, so that a bad file fails at once."""
     file = Path(path)
     if not file.is_file():
         what = "a folder, not an image file" if file.is_dir() else "no such file"
@@ -68,9 +63,20 @@ def read_image(path: str, flag: str, pipeline: Any, mask: bool = False) -> np.nd
     try:
         with PIL.Image.open(file) as opened:
             opened.load()
-            image = opened.copy()
+            return opened.copy()
     except (PIL.UnidentifiedImageError, OSError) as error:
         raise ValueError(f"{flag} {path} is not an image PIL can read ({error}).") from error
+
+
+def model_input(
+    image: PIL.Image.Image, path: str, flag: str, pipeline: Any, mask: bool = False
+) -> np.ndarray:
+    """``image`` (:func:`open_image` of ``path``) as the model sees it, an (H, W, C) float array in
+    [0, 1]: converted to the model's channels (a mask: one grey channel), resized so its shorter side is
+    the model's size and centre-cropped, by the transform training applies to every image
+    (:class:`hf_ddpm.data.image_transform.ImageTransform`); each change is logged, naming ``flag``."""
+    from hf_ddpm.data.image_transform import GREY_MODES, ImageTransform
+
     config = pipeline.unet.config
     size = config.sample_size
     height, width = (size, size) if isinstance(size, int) else size
@@ -127,11 +133,11 @@ def write_row(images: np.ndarray, output: Path) -> None:
     save_png_atomically(picture, output)
 
 
-def open_edit(args: argparse.Namespace, pipeline_class: type) -> tuple[Any, np.ndarray, Path]:
+def open_edit(args: argparse.Namespace, pipeline_class: type) -> tuple[Any, Path]:
     """The model as ``pipeline_class`` on ``--device`` (its UNet as ``--dtype``, ``--compile`` and
     ``--channels-last`` say), its DDPM chain with the variance and spacing ``hf-ddpm sample`` would use
-    (``--variance-type``, ``--timestep-spacing``, else the same defaults), the ``--image`` read for it,
-    and the checked ``--output`` path."""
+    (``--variance-type``, ``--timestep-spacing``, else the same defaults), and the checked ``--output``
+    path."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     output = check_output_path(args.output)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -140,7 +146,7 @@ def open_edit(args: argparse.Namespace, pipeline_class: type) -> tuple[Any, np.n
     pipe.scheduler = choice.scheduler
     logger.info("editing with the %s", choice.description)
     apply_unet_speed(pipe, UNetSpeed(args.dtype, args.compile, args.channels_last))
-    return pipe, read_image(args.image, "--image", pipe), output
+    return pipe, output
 
 
 def draw_edits(pipe: Any, args: argparse.Namespace, output: Path, done: str, **inputs: Any) -> int:

@@ -80,6 +80,21 @@ def test_cli_inpaint_and_img2img_write_one_image_per_seed(saved_tiny):
         ({"--image": "fake.png"}, ValueError, r"--image .*fake.png is not an image"),
         ({"--mask": "missing.png"}, FileNotFoundError, r"--mask .*missing.png: no such file"),
         ({"--mask": "black.png"}, ValueError, "all black: nothing to fill"),
+        # The command line's words for a mask that keeps nothing: its flag and command, not the
+        # pipeline's argument and class.
+        (
+            {"--mask": "white.png"},
+            ValueError,
+            r"--mask \S*white.png is all white: nothing of the image is kept. Leave black \(0\) the "
+            r"pixels to keep, or draw new images with `hf-ddpm sample`\.$",
+        ),
+        # A mask of another shape, resized and cropped by itself, would no longer line up.
+        (
+            {"--mask": "tall.png"},
+            ValueError,
+            r"--mask \S*tall.png is 8x12 pixels, but --image \S*digit.png is 8x8: give a mask of the "
+            "image's size$",
+        ),
         ({"--output": "out.jpg"}, ValueError, r"--output must be a \.png file"),
     ],
 )
@@ -91,6 +106,10 @@ def test_cli_inpaint_errors_name_the_flag_and_file(
     d = saved_tiny
     (d / "fake.png").write_text("not a png")
     PIL.Image.new("L", (SIZE, SIZE)).save(d / "black.png")
+    PIL.Image.new("L", (SIZE, SIZE), 255).save(d / "white.png")
+    tall = np.zeros((12, SIZE), np.uint8)
+    tall[6:] = 255  # the lower half: cropped to the model's 8x8 alone, its rows 2..9, not the image's
+    PIL.Image.fromarray(tall).save(d / "tall.png")
     flags = {"--image": "digit.png", "--mask": "mask.png", "--output": "out.png"}
     flags.update(change)
     argv = ["inpaint", str(d / "model"), "--num-inference-steps", "2"]
@@ -98,7 +117,8 @@ def test_cli_inpaint_errors_name_the_flag_and_file(
         argv += [flag, str(d / name)]
     # one line and exit 2 (cli.py); HF_DDPM_DEBUG=1 re-raises the error itself
     assert main(argv) == 2
-    assert re.search(message, capsys.readouterr().err)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and re.search(message, lines[0]), lines
     monkeypatch.setenv("HF_DDPM_DEBUG", "1")
     with pytest.raises(error, match=message):
         main(argv)
