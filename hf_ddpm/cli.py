@@ -19,7 +19,9 @@ What every subcommand shares lives here, once:
   (``--dtype``, ``--compile``, ``--channels-last``, :mod:`hf_ddpm.sampling.unet_speed`), the folder a
   command rewrites a model into (``--output``) and the Hub upload (``--push-to-hub``, ``--hub-model-id``,
   ``--hub-token``). Each subcommand names
-  the groups it takes in :data:`SUBCOMMANDS`; a command changes a default with ``parser.set_defaults``.
+  the groups it takes in :data:`SUBCOMMANDS`; ``--num-inference-steps`` defaults to
+  :func:`hf_ddpm.sampling.samplers.default_sampling_steps` of the model unless its ``steps_default`` says
+  otherwise.
 - **Help**: every option's default is shown once, after its description, and ``None`` defaults are not.
 - **Logs**: huggingface_hub's HTTP client (httpx or httpx2, and their httpcore) logs at WARNING, not one
   line per request.
@@ -232,13 +234,12 @@ def _add_steps(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
     from hf_ddpm.sampling.samplers import default_sampling_steps_in_words
 
     default = subcommand.steps_default or default_sampling_steps_in_words()
-    given = parser.get_default("num_inference_steps")  # a command's own, from set_defaults
     parser.add_argument(
         "--num-inference-steps",
         type=int,  # checked against the model's T once it is loaded
         metavar="K",
-        help="sampling steps, 1..T, respaced as in Nichol & Dhariwal 2021; fewer are faster"
-        + ("" if given is not None else f" (default: {default})"),
+        help="sampling steps, 1..T, respaced as in Nichol & Dhariwal 2021; fewer are faster "
+        f"(default: {default})",
     )
 
 

@@ -13,8 +13,14 @@ import numpy as np
 import PIL.Image
 import torch
 
+from hf_ddpm.core.diffusion_tables import check_num_inference_steps
 from hf_ddpm.data.image_grid import save_png_atomically
-from hf_ddpm.sampling.samplers import DDPM_SAMPLER, resolve_class_label, sampling_scheduler
+from hf_ddpm.sampling.samplers import (
+    DDPM_SAMPLER,
+    default_sampling_steps,
+    resolve_class_label,
+    sampling_scheduler,
+)
 from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed
 
 from .sample import load_for_sampling
@@ -27,9 +33,11 @@ def pipeline_default(pipeline_class: type, name: str) -> Any:
     return inspect.signature(pipeline_class.__call__).parameters[name].default
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, pipeline_class: type) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The input image and output options of both edit commands (the model, steps, chain, seed, class
-    and device flags are cli.py's shared ones); ``--num-inference-steps`` defaults to the pipeline's own."""
+    and device flags are cli.py's shared ones). ``--num-inference-steps`` defaults to ``hf-ddpm
+    sample``'s steps (:func:`~hf_ddpm.sampling.samplers.default_sampling_steps` of the model), not to
+    the edit pipelines' own Python defaults, which are the papers' (RePaint 250, SDEdit 1000)."""
     parser.add_argument(
         "--image",
         required=True,
@@ -37,7 +45,6 @@ def add_common_arguments(parser: argparse.ArgumentParser, pipeline_class: type) 
         "training does",
     )
     parser.add_argument("--output", required=True, help="where to write the result (.png)")
-    parser.set_defaults(num_inference_steps=pipeline_default(pipeline_class, "num_inference_steps"))
     parser.add_argument(
         "--num-images",
         type=int,
@@ -152,9 +159,12 @@ def open_edit(args: argparse.Namespace, pipeline_class: type) -> tuple[Any, Path
 def draw_edits(pipe: Any, args: argparse.Namespace, output: Path, done: str, **inputs: Any) -> int:
     """Run ``pipe`` on ``inputs`` with the options both commands share (steps, one seed per image, class),
     write the results side by side to ``output`` and say so (``done``: what happened to the images)."""
+    num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
+    steps = args.num_inference_steps or default_sampling_steps(num_train_timesteps)
+    check_num_inference_steps(steps, num_train_timesteps, "--num-inference-steps")
     images = pipe(
         **inputs,
-        num_inference_steps=args.num_inference_steps,
+        num_inference_steps=steps,
         generator=generators(args.seed, args.num_images),
         output_type="np",
         **class_kwargs(resolve_class_label(pipe, args.class_label), args.guidance_scale),

@@ -17,7 +17,7 @@ from .edit_files import (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, HFDDPMImg2ImgPipeline)
+    add_common_arguments(parser)
     default = pipeline_default(HFDDPMImg2ImgPipeline, "strength")
     parser.add_argument(
         "--strength",

@@ -20,7 +20,7 @@ from .edit_files import (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, HFDDPMInpaintPipeline)
+    add_common_arguments(parser)
     parser.add_argument(
         "--mask",
         required=True,

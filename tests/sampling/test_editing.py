@@ -108,7 +108,7 @@ def test_cli_inpaint_errors_name_the_flag_and_file(
     PIL.Image.new("L", (SIZE, SIZE)).save(d / "black.png")
     PIL.Image.new("L", (SIZE, SIZE), 255).save(d / "white.png")
     tall = np.zeros((12, SIZE), np.uint8)
-    tall[6:] = 255  # the lower half: cropped to the model's 8x8 alone, its rows 2..9, not the image's
+    tall[6:] = 255  # its lower half; cropped alone to 8x8 it would be rows 2..9
     PIL.Image.fromarray(tall).save(d / "tall.png")
     flags = {"--image": "digit.png", "--mask": "mask.png", "--output": "out.png"}
     flags.update(change)
@@ -123,6 +123,57 @@ def test_cli_inpaint_errors_name_the_flag_and_file(
     with pytest.raises(error, match=message):
         main(argv)
     assert not (d / "out.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "pipeline", "flags"),
+    [
+        ("inpaint", "HFDDPMInpaintPipeline", ["--mask", "mask.png"]),
+        ("img2img", "HFDDPMImg2ImgPipeline", ["--strength", "0.5"]),
+    ],
+)
+@pytest.mark.parametrize(("train_steps", "steps"), [(200, 100), (50, 50)])
+def test_edit_commands_default_to_the_steps_of_hf_ddpm_sample(
+    tiny_unet, tmp_path, monkeypatch, capsys, command, pipeline, flags, train_steps, steps
+):
+    """inpaint drew 250 steps and img2img 1000 by default (their pipelines' Python defaults, the
+    papers'), sample 100: the commands now take sample's DEFAULT_SAMPLING_STEPS, or T where the model
+    has fewer, and say so in --help; the pipelines called from Python keep theirs."""
+    import functools
+
+    import hf_ddpm
+    from hf_ddpm.cli import main
+    from hf_ddpm.sampling.edit_files import pipeline_default
+    from hf_ddpm.sampling.samplers import DEFAULT_SAMPLING_STEPS, default_sampling_steps_in_words
+
+    assert DEFAULT_SAMPLING_STEPS == 100
+    scheduler = HFDDPMScheduler(num_train_timesteps=train_steps)
+    HFDDPMPipeline(tiny_unet(in_channels=1), scheduler).save_pretrained(tmp_path / "model")
+    PIL.Image.new("L", (SIZE, SIZE), 128).save(tmp_path / "digit.png")
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[SIZE // 2 :] = 255
+    PIL.Image.fromarray(mask).save(tmp_path / "mask.png")
+    cls = getattr(hf_ddpm, pipeline)
+    assert (
+        pipeline_default(cls, "num_inference_steps") == {"inpaint": 250, "img2img": 1000}[command]
+    )
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"fewer are faster (default: {default_sampling_steps_in_words()})" in help_text
+    seen = {}
+
+    @functools.wraps(cls.__call__)  # the command reads the pipeline's other defaults from it
+    def spy(self, **kwargs):
+        seen.update(kwargs)
+        raise _Drawn
+
+    monkeypatch.setattr(cls, "__call__", spy)
+    argv = [command, str(tmp_path / "model"), "--image", str(tmp_path / "digit.png")]
+    argv += [*(str(tmp_path / f) if f.endswith(".png") else f for f in flags)]
+    with pytest.raises(_Drawn):
+        main([*argv, "--output", str(tmp_path / "out.png")])
+    assert seen["num_inference_steps"] == steps
 
 
 def test_cli_img2img_rejects_a_bad_strength(saved_tiny, capsys):
