@@ -23,7 +23,10 @@ from hf_ddpm.sampling.samplers import (
 )
 from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed
 
-from .sample import load_for_sampling
+from .sample import class_in_words, load_for_sampling
+
+# What a class-conditional model draws without --class-label: the pipelines' default.
+NO_CLASS = "no class (the null label)"
 
 logger = logging.getLogger(__name__)
 
@@ -140,34 +143,51 @@ def write_row(images: np.ndarray, output: Path) -> None:
     save_png_atomically(picture, output)
 
 
-def open_edit(args: argparse.Namespace, pipeline_class: type) -> tuple[Any, Path]:
+def open_edit(args: argparse.Namespace, pipeline_class: type) -> tuple[Any, str, Path]:
     """The model as ``pipeline_class`` on ``--device`` (its UNet as ``--dtype``, ``--compile`` and
     ``--channels-last`` say), its DDPM chain with the variance and spacing ``hf-ddpm sample`` would use
-    (``--variance-type``, ``--timestep-spacing``, else the same defaults), and the checked ``--output``
-    path."""
+    (``--variance-type``, ``--timestep-spacing``, else the same defaults) and that chain in words, and
+    the checked ``--output`` path."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     output = check_output_path(args.output)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = pipeline_class.from_pipe(load_for_sampling(args.model)).to(device)
     choice = sampling_scheduler(pipe, DDPM_SAMPLER, args.variance_type, args.timestep_spacing)
     pipe.scheduler = choice.scheduler
-    logger.info("editing with the %s", choice.description)
     apply_unet_speed(pipe, UNetSpeed(args.dtype, args.compile, args.channels_last))
-    return pipe, output
+    return pipe, choice.description, output
 
 
-def draw_edits(pipe: Any, args: argparse.Namespace, output: Path, done: str, **inputs: Any) -> int:
+def draw_edits(
+    pipe: Any,
+    chain: str,
+    args: argparse.Namespace,
+    output: Path,
+    done: str,
+    **inputs: Any,
+) -> int:
     """Run ``pipe`` on ``inputs`` with the options both commands share (steps, one seed per image, class),
-    write the results side by side to ``output`` and say so (``done``: what happened to the images)."""
+    write the results side by side to ``output`` and say so (``done``: what happened to the images);
+    first log the ``chain`` (:func:`open_edit`), the steps, the class and the guidance in one line."""
     num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
     steps = args.num_inference_steps or default_sampling_steps(num_train_timesteps)
     check_num_inference_steps(steps, num_train_timesteps, "--num-inference-steps")
+    generator = generators(args.seed, args.num_images)
+    class_label = resolve_class_label(pipe, args.class_label)
+    logger.info(
+        "drawing %d %s image(s): %s, %d steps%s",
+        args.num_images,
+        done,
+        chain,
+        steps,
+        class_in_words(pipe, class_label, args.guidance_scale, NO_CLASS),
+    )
     images = pipe(
         **inputs,
         num_inference_steps=steps,
-        generator=generators(args.seed, args.num_images),
+        generator=generator,
         output_type="np",
-        **class_kwargs(resolve_class_label(pipe, args.class_label), args.guidance_scale),
+        **class_kwargs(class_label, args.guidance_scale),
     ).images
     write_row(images, output)
     print(f"wrote {len(images)} {done} image(s) to {output}")

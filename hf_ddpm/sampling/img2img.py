@@ -30,6 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     picture = open_image(args.image, "--image")
-    pipe, output = open_edit(args, HFDDPMImg2ImgPipeline)
+    pipe, chain, output = open_edit(args, HFDDPMImg2ImgPipeline)
     image = model_input(picture, args.image, "--image", pipe)
-    return draw_edits(pipe, args, output, "edited", image=image, strength=args.strength)
+    return draw_edits(pipe, chain, args, output, "edited", image=image, strength=args.strength)

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
             f"--mask {args.mask} is {painted.width}x{painted.height} pixels, but --image {args.image} "
             f"is {picture.width}x{picture.height}: give a mask of the image's size"
         )
-    pipe, output = open_edit(args, HFDDPMInpaintPipeline)
+    pipe, chain, output = open_edit(args, HFDDPMInpaintPipeline)
     image = model_input(picture, args.image, "--image", pipe)
     mask = model_input(painted, args.mask, "--mask", pipe, mask=True)
     # The pipeline's own check of the mask, worded for the command line.
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     prepare_masks(mask, height, width, torch.device("cpu"), f"--mask {args.mask}", instead)
     return draw_edits(
         pipe,
+        chain,
         args,
         output,
         "inpainted",
