@@ -220,7 +220,9 @@ def _add_seed(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
     )
 
 
-def _add_threads(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
+def add_threads_flag(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch's intra-op thread count, which :func:`set_threads` sets before any work.
+    Every command's (the ``threads`` group), and the Space's (spaces_app/app.py)."""
     parser.add_argument(
         "--threads",
         type=_positive_int,
@@ -228,6 +230,18 @@ def _add_threads(parser: argparse.ArgumentParser, subcommand: Subcommand) -> Non
         help="torch intra-op threads (default: torch's own choice, one per core). On a busy or "
         "shared machine fewer threads can be much faster; see the README's speed section",
     )
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply ``--threads`` (None: leave torch's own choice)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _add_threads(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
+    add_threads_flag(parser)
 
 
 def _add_steps(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
@@ -423,11 +437,7 @@ def _prepare(args: argparse.Namespace) -> None:
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     check_device(getattr(args, "device", None))
-    threads = getattr(args, "threads", None)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+    set_threads(getattr(args, "threads", None))
 
 
 def _external_errors() -> tuple[type[BaseException], ...]:

@@ -1004,3 +1004,62 @@ def test_edit_takes_a_class_by_name_or_number(served_pets, painted_digit):
     assert not np.array_equal(by_name, result(app.NO_CLASS))
     with pytest.raises(AppError, match=r"cats \(0\), dogs \(1\); got 'flower'"):
         result("flower")
+
+
+def test_the_space_takes_threads_as_every_command_does(monkeypatch, capsys):
+    """`python app.py --threads N` sets torch's intra-op threads before the model loads, with the flag
+    of hf-ddpm's commands (its help and its check of N); app.py had no --threads."""
+    import argparse
+    from types import SimpleNamespace
+
+    from hf_ddpm.cli import add_threads_flag
+
+    threads_when_loaded = []
+    monkeypatch.setattr(
+        app, "load_model", lambda model: threads_when_loaded.append(torch.get_num_threads())
+    )
+    monkeypatch.setattr(app, "build_demo", lambda state: SimpleNamespace(launch=lambda **kw: None))
+    before = torch.get_num_threads()
+    try:
+        app.main(["out/m", "--threads", "1"])
+    finally:
+        torch.set_num_threads(before)
+    assert threads_when_loaded == [1]
+    assert (
+        app.add_threads_flag is add_threads_flag
+    )  # the one definition, where hf_ddpm is installed
+    with pytest.raises(SystemExit) as done:
+        app.main(["out/m", "--threads", "0"])
+    assert done.value.code == 2 and "--threads: invalid positive integer value: '0'" in (
+        capsys.readouterr().err
+    )
+    reference = argparse.ArgumentParser()
+    add_threads_flag(reference)
+    with pytest.raises(SystemExit):
+        app.main(["--help"])
+    assert " ".join(reference.format_help().split()).split("--threads N ")[1] in " ".join(
+        capsys.readouterr().out.split()
+    )
+
+
+def test_without_hf_ddpm_the_space_takes_threads_all_the_same(run_without_hf_ddpm):
+    code = f"""
+import sys
+sys.path.insert(0, {str(app._HERE)!r})
+import torch
+import app
+
+assert app.add_threads_flag.__module__ == "app"  # the fallback
+seen = []
+app.load_model = lambda model: seen.append(torch.get_num_threads())
+app.build_demo = lambda state: type("Demo", (), {{"launch": lambda self, **kw: None}})()
+app.main(["out/m", "--threads", "1"])
+assert seen == [1], seen
+try:
+    app.main(["out/m", "--threads", "0"])
+except SystemExit as exit:
+    print("EXIT", exit.code)
+"""
+    result = run_without_hf_ddpm(code)
+    assert "EXIT 2" in result.stdout
+    assert "--threads: invalid positive integer value: '0'" in result.stderr
