@@ -610,18 +610,32 @@ def _rss_mib() -> float:
     return psutil.Process().memory_info().rss / MIB
 
 
+def _memory_status() -> dict[str, float]:
+    """The kernel's memory counters of this process in MiB, from one read of /proc/self/status (one
+    snapshot): ``VmHWM`` (the peak-RSS mark), ``VmRSS`` and its anonymous part ``RssAnon`` (the file pages
+    in the rest come and go as the kernel reclaims and reads them back); empty where there is no such
+    file."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {}
+    status = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name in ("VmHWM", "VmRSS", "RssAnon"):
+            status[name] = int(value.split()[0]) / 1024  # kB
+    return status
+
+
 def _peak_rss_mib() -> float:
     """The kernel's peak-RSS mark of this process's memory (VmHWM).
 
     Not ``ru_maxrss``: after fork and exec it also holds the parent's peak, so a probe started by a large
     benchmark process would report the parent's size."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
+    peak = _memory_status().get("VmHWM")
+    if peak is not None:
+        return peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 

@@ -19,7 +19,9 @@ What every subcommand shares lives here, once:
   (``--dtype``, ``--compile``, ``--channels-last``, :mod:`hf_ddpm.sampling.unet_speed`), the folder a
   command rewrites a model into (``--output``) and the Hub upload (``--push-to-hub``, ``--hub-model-id``,
   ``--hub-token``). Each subcommand names
-  the groups it takes in :data:`SUBCOMMANDS`; a command changes a default with ``parser.set_defaults``.
+  the groups it takes in :data:`SUBCOMMANDS`; ``--num-inference-steps`` defaults to
+  :func:`hf_ddpm.sampling.samplers.default_sampling_steps` of the model unless its ``steps_default`` says
+  otherwise.
 - **Help**: every option's default is shown once, after its description, and ``None`` defaults are not.
 - **Logs**: huggingface_hub's HTTP client (httpx or httpx2, and their httpcore) logs at WARNING, not one
   line per request.
@@ -218,7 +220,9 @@ def _add_seed(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
     )
 
 
-def _add_threads(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
+def add_threads_flag(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch's intra-op thread count, which :func:`set_threads` sets before any work.
+    Every command's (the ``threads`` group), and the Space's (spaces_app/app.py)."""
     parser.add_argument(
         "--threads",
         type=_positive_int,
@@ -228,17 +232,28 @@ def _add_threads(parser: argparse.ArgumentParser, subcommand: Subcommand) -> Non
     )
 
 
+def set_threads(threads: int | None) -> None:
+    """Apply ``--threads`` (None: leave torch's own choice)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _add_threads(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
+    add_threads_flag(parser)
+
+
 def _add_steps(parser: argparse.ArgumentParser, subcommand: Subcommand) -> None:
     from hf_ddpm.sampling.samplers import default_sampling_steps_in_words
 
     default = subcommand.steps_default or default_sampling_steps_in_words()
-    given = parser.get_default("num_inference_steps")  # a command's own, from set_defaults
     parser.add_argument(
         "--num-inference-steps",
         type=int,  # checked against the model's T once it is loaded
         metavar="K",
-        help="sampling steps, 1..T, respaced as in Nichol & Dhariwal 2021; fewer are faster"
-        + ("" if given is not None else f" (default: {default})"),
+        help="sampling steps, 1..T, respaced as in Nichol & Dhariwal 2021; fewer are faster "
+        f"(default: {default})",
     )
 
 
@@ -422,11 +437,7 @@ def _prepare(args: argparse.Namespace) -> None:
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     check_device(getattr(args, "device", None))
-    threads = getattr(args, "threads", None)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+    set_threads(getattr(args, "threads", None))
 
 
 def _external_errors() -> tuple[type[BaseException], ...]:

@@ -30,7 +30,7 @@ it is.
 This file is the wiring: one builder per tab lays out its widgets and connects them to the work, which
 lives in plain functions in ``ddpm_space/`` that the tests call directly.
 
-Run locally: ``python spaces_app/app.py [--model PATH_OR_REPO] [--port 7860]``.
+Run locally: ``python spaces_app/app.py [--model PATH_OR_REPO] [--port 7860] [--threads N]``.
 """
 
 from __future__ import annotations
@@ -61,7 +61,14 @@ if __package__:  # imported as spaces_app.app (the tests)
     from .ddpm_space import editing
     from .ddpm_space.forward import forward_noise, schedule_table
     from .ddpm_space.generate import generate_images, spacings_for
-    from .ddpm_space.inputs import MAX_IMAGES, MAX_QUEUE, MAX_SEED, MAX_STEPS, NO_CLASS
+    from .ddpm_space.inputs import (
+        MAX_IMAGES,
+        MAX_QUEUE,
+        MAX_SEED,
+        MAX_STEPS,
+        NO_CLASS,
+        requested_class,
+    )
     from .ddpm_space.likelihood import likelihood_bound
     from .ddpm_space.loading import (
         DDPM,
@@ -76,7 +83,14 @@ else:  # run as a script (`python app.py`, as a Space runs it), with this folder
     from ddpm_space import editing
     from ddpm_space.forward import forward_noise, schedule_table
     from ddpm_space.generate import generate_images, spacings_for
-    from ddpm_space.inputs import MAX_IMAGES, MAX_QUEUE, MAX_SEED, MAX_STEPS, NO_CLASS
+    from ddpm_space.inputs import (
+        MAX_IMAGES,
+        MAX_QUEUE,
+        MAX_SEED,
+        MAX_STEPS,
+        NO_CLASS,
+        requested_class,
+    )
     from ddpm_space.likelihood import likelihood_bound
     from ddpm_space.loading import (
         DDPM,
@@ -87,6 +101,34 @@ else:  # run as a script (`python app.py`, as a Space runs it), with this folder
         trained_on_bundled_data,
     )
     from ddpm_space.pictures import ImageTransform, readable_upload
+
+try:  # every hf-ddpm command's --threads, where hf_ddpm is installed (a Space's copy has no cli.py)
+    from hf_ddpm.cli import add_threads_flag, set_threads
+except ImportError:
+
+    def add_threads_flag(parser: argparse.ArgumentParser) -> None:
+        """``--threads N``, as hf-ddpm's commands take it."""
+
+        def positive(text: str) -> int:
+            if int(text) < 1:
+                raise ValueError(text)
+            return int(text)
+
+        positive.__name__ = "positive integer"  # argparse names the type in its message
+        parser.add_argument(
+            "--threads",
+            type=positive,
+            metavar="N",
+            help="torch intra-op threads (default: torch's own choice, one per core)",
+        )
+
+    def set_threads(threads: int | None) -> None:
+        """Apply ``--threads`` (None: leave torch's own choice)."""
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+
 
 try:  # ZeroGPU Spaces ship `spaces`; elsewhere the decorator is a no-op.
     import spaces
@@ -331,7 +373,7 @@ def build_generate_tab(state: ModelState) -> None:
         num_images: float,
         steps: float,
         variance_type: str,
-        class_label: float | None,
+        class_label: str | float | None,
         guidance_scale: float | None,
         sampler: str,
         timestep_spacing: str | None = None,
@@ -344,7 +386,7 @@ def build_generate_tab(state: ModelState) -> None:
             num_images,
             steps,
             variance_type,
-            class_label,
+            requested_class(state, class_label, none_allowed=False),
             guidance_scale,
             progress,
             sampler=sampler,
@@ -465,10 +507,12 @@ def build_likelihood_tab(state: ModelState) -> None:
 
     @_gpu
     def likelihood(
-        image: np.ndarray | None, seed: float, class_label: float | None
+        image: np.ndarray | None, seed: float, class_label: str | float | None
     ) -> tuple[pd.DataFrame, dict[str, float]]:
         """Per-timestep terms and the total variational bound, in bits/dim."""
-        return likelihood_bound(state, image, seed, class_label)
+        return likelihood_bound(
+            state, image, seed, requested_class(state, class_label, none_allowed=True)
+        )
 
     lik_button.click(
         likelihood,
@@ -550,7 +594,7 @@ def build_edit_tab(state: ModelState) -> None:
         steps: float,
         jump_n_sample: float,
         seed: float,
-        class_label: float | None,
+        class_label: str | float | None,
         guidance_scale: float | None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio's injection idiom)
     ) -> Iterator[tuple[Any, Any, str]]:
@@ -563,7 +607,7 @@ def build_edit_tab(state: ModelState) -> None:
             steps,
             jump_n_sample,
             seed,
-            class_label,
+            requested_class(state, class_label, none_allowed=True),
             guidance_scale,
             progress,
         )
@@ -612,11 +656,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--port", type=int, default=None, help="port (else GRADIO_SERVER_PORT, 7860)"
     )
+    add_threads_flag(parser)
     args = parser.parse_args(argv)
     if args.model and args.model_option and args.model != args.model_option:
         parser.error(
             f"the model is given twice, as {args.model!r} and --model {args.model_option!r}"
         )
+    set_threads(args.threads)  # before the model loads, as every hf-ddpm command does
     demo = build_demo(load_model(resolve_model(args.model_option or args.model)))
     demo.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),

@@ -13,7 +13,8 @@ snapshot_download and diffusers' remote-code download without a network:
 Commits get git-style ids: blob ids are git's ``sha1("blob <size>\\0" + content)``, and a commit's id
 hashes its tree, parent and message, so a commit id changes exactly when the content or history does.
 ``HubServer.fail_next_commits(n, mode)`` makes the next ``n`` commits fail with a 500 or a dropped
-connection, for testing what a push does on a network error.
+connection, for testing what a push does on a network error; ``HubServer.refuse_files(name, status)``
+answers every download of a file of that name with that status (a 401, a 500).
 
 Repo ids must have the form ``namespace/name``.
 """
@@ -77,6 +78,8 @@ class HubServer:
     def __init__(self) -> None:
         self.repos: dict[str, _Repo] = {}
         self.commit_failure = _Failure()
+        # file name -> the status every request for it gets (refuse_files)
+        self.refused_files: dict[str, int] = {}
         self.requests: list[tuple[str, str]] = []
         # Environment for a subprocess that should talk to this server (the pytest fixture fills it in).
         self.env: dict[str, str] = {}
@@ -104,6 +107,11 @@ class HubServer:
         if mode not in ("500", "drop"):
             raise ValueError(f"mode must be '500' or 'drop', got {mode!r}")
         self.commit_failure = _Failure(count, mode)
+
+    def refuse_files(self, name: str, status: int) -> None:
+        """Answer every request for a file called ``name`` (its ``resolve`` URL, HEAD or GET) with
+        ``status``: 401 as the Hub refuses a token, 500 as it fails."""
+        self.refused_files[name] = status
 
     def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
         """The files of ``repo_id`` at ``revision``, for assertions."""
@@ -185,6 +193,9 @@ class _HubHandler(BaseHTTPRequestHandler):
                 return self._api(api.group(2), query, _storage_prefix(api.group(1)[:-1]))
             segments = path.strip("/").split("/")
             if len(segments) >= 5 and segments[2] == "resolve" and self.command in ("GET", "HEAD"):
+                refused = self.hub.refused_files.get(segments[-1])
+                if refused is not None:
+                    return self._error(refused, None, f"refused by the test: {segments[-1]}")
                 repo_id = "/".join(segments[:2])
                 return self._resolve(repo_id, segments[3], "/".join(segments[4:]))
             self._error(404, None, f"no route for {self.command} {path}")

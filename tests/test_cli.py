@@ -263,15 +263,10 @@ def test_a_required_model_that_is_missing_names_both_forms(command, capsys):
 
 def test_shared_flags_are_declared_once_and_honour_a_commands_default():
     """Each shared flag comes from cli.SHARED_FLAGS: the same option strings in every command that takes
-    its group; a command's own set_defaults (the edit pipelines' step counts) wins."""
-    inpaint = _parsed(["inpaint", *COMMAND_TAILS["inpaint"]])
-    from hf_ddpm.core.pipeline_inpaint import HFDDPMInpaintPipeline
-    from hf_ddpm.sampling.edit_files import pipeline_default
-
-    assert inpaint.num_inference_steps == pipeline_default(
-        HFDDPMInpaintPipeline, "num_inference_steps"
-    )
-    assert _parsed(["sample"]).num_inference_steps is None
+    its group; --num-inference-steps is left unset, for the model's default_sampling_steps, in sample and
+    the edit commands alike."""
+    for command in ("sample", "inpaint", "img2img"):
+        assert _parsed([command, *COMMAND_TAILS.get(command, [])]).num_inference_steps is None
     for name, spec in cli.SUBCOMMANDS.items():
         if name not in COMMAND_TAILS and name != "train":
             continue

@@ -123,30 +123,39 @@ def prepare_images(
 
 
 def prepare_masks(
-    mask_image: ImageArg, height: int, width: int, device: torch.device
+    mask_image: ImageArg,
+    height: int,
+    width: int,
+    device: torch.device,
+    name: str = "mask_image",
+    instead: str = "sample from scratch with HFDDPMPipeline",
 ) -> torch.Tensor:
     """``mask_image`` as a (B, 1, height, width) float32 tensor of 0s and 1s, 1 where new content goes
-    (white), thresholded at 0.5. A mask with several channels must have them equal (a grey image)."""
-    tensor = _as_nchw_unit(mask_image, "mask_image", None)
-    _check_size(tensor, "mask_image", height, width, f"({height}, {width})")
+    (white), thresholded at 0.5. A mask with several channels must have them equal (a grey image).
+
+    The errors call the mask ``name`` and say to ``instead`` for a mask that keeps nothing: the
+    pipeline's argument and class by default, a command line's flag and command where it checks first."""
+    tensor = _as_nchw_unit(mask_image, name, None)
+    _check_size(tensor, name, height, width, f"({height}, {width})")
     if tensor.shape[1] != 1:
         if not bool((tensor == tensor[:, :1]).all()):
             raise ValueError(
-                f"mask_image has {tensor.shape[1]} different channels; pass one channel, shape "
+                f"{name} has {tensor.shape[1]} different channels; pass one channel, shape "
                 f"({height}, {width}), white (1) where new content goes."
             )
         tensor = tensor[:, :1]
     masks = (tensor >= 0.5).float()
     filled = masks.flatten(1).mean(1)
     for i, fraction in enumerate(filled.tolist()):
+        which = f"{name} {i}" if len(filled) > 1 else name
         if fraction == 0.0:
             raise ValueError(
-                f"mask_image {i} is all black: nothing to fill. Paint white (1) where new content goes."
+                f"{which} is all black: nothing to fill. Paint white (1) where new content goes."
             )
         if fraction == 1.0:
             raise ValueError(
-                f"mask_image {i} is all white: nothing of the image is kept. Leave black (0) the pixels to "
-                "keep, or sample from scratch with HFDDPMPipeline."
+                f"{which} is all white: nothing of the image is kept. Leave black (0) the pixels to "
+                f"keep, or {instead}."
             )
     return masks.to(device)
 

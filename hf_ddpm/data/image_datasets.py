@@ -101,7 +101,13 @@ class ImageDataset:
 
 def model_train_record(model: str, token: str | None = None) -> tuple[dict[str, Any] | None, str]:
     """The ``train_config.json`` of ``model`` (a folder, or a Hub repo id, read with ``token``) if it has
-    one, and where it was looked for."""
+    one, and where it was looked for.
+
+    Raises:
+        OSError: the Hub could not say whether the repo has the file (a 401, a server error, no network,
+            or HF_HUB_OFFLINE without a cached copy); one line with the Hub's own first line, the
+            error chained.
+    """
     folder = Path(model)
     if folder.is_dir():
         path, where = folder / TRAIN_RECORD, f"the folder {model}"
@@ -109,14 +115,32 @@ def model_train_record(model: str, token: str | None = None) -> tuple[dict[str, 
             return None, where
     else:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            HfHubHTTPError,
+            HFValidationError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+        )
 
         where = f"the Hub repo {model}"
         try:
             path = Path(hf_hub_download(model, TRAIN_RECORD, token=token))
-        # No such file, repo or network: the command then asks for the data.
-        except (EntryNotFoundError, HFValidationError, OSError):
-            return None, where
+        except (EntryNotFoundError, HFValidationError, HfHubHTTPError) as error:
+            # The Hub says the repo has no such file, or there is no such repo (404; a 401 may be a
+            # private repo), or the name is no repo id: there is no record, and the command asks for
+            # the data.
+            status = getattr(getattr(error, "response", None), "status_code", None)
+            answered = isinstance(error, EntryNotFoundError | HFValidationError) or (
+                isinstance(error, RepositoryNotFoundError) and status == 404
+            )
+            if answered and not isinstance(error, LocalEntryNotFoundError):
+                return None, where
+            # A refusal (401), a failure (5xx) or no network says nothing of the file: the error
+            # itself, in one line (not found in the cache, it is the cause of the lookup's error).
+            cause = error.__cause__ if isinstance(error, LocalEntryNotFoundError) else error
+            reason = (str(cause or error).strip().splitlines() or [type(error).__name__])[0]
+            raise OSError(f"could not read {TRAIN_RECORD} from {where}: {reason}") from error
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:

@@ -95,6 +95,8 @@ def pipeline_model(pipe: Any) -> Callable[..., Any]:
     return unconditional_model(pipe.unet, getattr(pipe.config, "null_class_label", None), head)
 
 
+# Told how many more (image, timestep) pairs the network has been run on: a progress bar's update.
+Progress = Callable[[int], Any]
 # (model output, x_0 rows, x_t rows, t rows, noise rows) -> one value (or a row of values) per row
 RowMeasure = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
@@ -111,9 +113,11 @@ def measure_noised_rows(
     rows_per_call: int,
     measure: RowMeasure,
     generator: torch.Generator | None = None,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """``measure`` (float64) of the network at x_t ~ q(x_t | x_0) for image ``x0[image_index[n]]`` and
-    t = ``timesteps[n]``, each pair with its own draw, ``rows_per_call`` pairs per network call.
+    t = ``timesteps[n]``, each pair with its own draw, ``rows_per_call`` pairs per network call;
+    ``progress(n)`` after each call, with its n pairs.
 
     The bound's terms and the calibration of Gamma are this loop with different measures. The noise of
     each call is one ``randn`` of its rows' shape on the generator's device, in row order."""
@@ -131,6 +135,8 @@ def measure_noised_rows(
         if values is None:
             values = measured.new_empty((len(timesteps), *measured.shape[1:]))
         values[rows] = measured
+        if progress is not None:
+            progress(rows.stop - rows.start)
     return values
 
 
@@ -163,6 +169,7 @@ def variational_bound(
     num_bins: int = 256,
     max_batch_size: int = 256,
     num_inference_steps: int | None = None,
+    progress: Progress | None = None,
 ) -> VariationalBound:
     """The full T-term bound of Ho et al. eq. 5 for each image of ``x0`` (B, C, H, W) in [-1, 1]; with
     ``num_inference_steps=K``, the bound of the K-step chain that ``scheduler.set_timesteps(K)`` makes
@@ -174,7 +181,9 @@ def variational_bound(
     Each L_t uses its own draw x_t ~ q(x_t | x_0), as improved-diffusion's ``calc_bpd_loop`` does. The T
     terms are evaluated in chunks: one network call covers several timesteps for all B images, up to
     ``max_batch_size`` inputs, rather than T calls of batch B. ``model(x_t, t)`` gets t as a LongTensor (N,)
-    and may return a tensor or an object with ``.sample`` (a diffusers UNet2DModel).
+    and may return a tensor or an object with ``.sample`` (a diffusers UNet2DModel). ``progress(n)`` is
+    called after each network call with the n terms (an image at a timestep) it evaluated: B x T (or
+    B x K) in all.
     """
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -195,6 +204,7 @@ def variational_bound(
         rows_per_call=max(1, max_batch_size // batch) * batch,
         measure=vlb_terms_measure(scheduler, num_bins, on_schedule),
         generator=generator,
+        progress=progress,
     )
     terms = values.view(len(steps), batch).T
     prior = scheduler.prior_bpd(x0, on_schedule=True) if on_schedule else scheduler.prior_bpd(x0)

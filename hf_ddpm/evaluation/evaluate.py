@@ -34,6 +34,7 @@ from hf_ddpm.hub.metrics_card import push_metrics_to_hub
 from hf_ddpm.sampling.sample_folder import read_samples
 from hf_ddpm.sampling.samplers import (
     DDPM_SAMPLER,
+    SamplingChoice,
     default_sampling_steps,
     default_sampling_steps_in_words,
     sampling_scheduler,
@@ -43,6 +44,7 @@ from hf_ddpm.sampling.sharding import ProcessGroup, image_seed
 from .bound import pipeline_model, unconditional_label
 from .features import (
     DEFAULT_DINOV2_MODEL,
+    FID_INSTALL,
     DinoV2Features,
     FeatureExtractor,
     InceptionFeatures,
@@ -57,6 +59,7 @@ from .nll import (
     exact_nll,
     importance_sampled_nll,
     term_means_proposal,
+    terms_progress,
 )
 
 __all__ = [
@@ -121,9 +124,11 @@ class EvaluationOptions:
         sampler, variance_type, timestep_spacing: how the Fréchet samples and the grid are drawn
             (``--sampler`` etc., :func:`hf_ddpm.sampling.samplers.sampling_scheduler`); the nll metric is
             always the bound of the model's own scheduler.
-        samples: score this sample folder or evaluators' ``.npz`` (``--samples``) instead of drawing.
+        samples: score this sample folder or evaluators' ``.npz`` (``--samples``) instead of drawing;
+            only with a Fréchet metric, the one use of samples.
         samples_dir: draw the Fréchet samples into this sample folder (``--samples-dir``), which keeps
-            them and resumes them (:mod:`hf_ddpm.sampling.sample_folder`); in memory when None.
+            them and resumes them (:mod:`hf_ddpm.sampling.sample_folder`); in memory when None. Only with
+            a Fréchet metric too.
 
     Raises:
         ValueError: a bad metric name or a value out of range; the message names the option and its flag.
@@ -168,6 +173,17 @@ class EvaluationOptions:
             if value is not None and value < low:
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{name} ({flag}) must be >= {low}; got {value}")
+        kept = [
+            flag
+            for flag, value in (("--samples", self.samples), ("--samples-dir", self.samples_dir))
+            if value is not None
+        ]
+        if kept and not self.frechet_metrics:
+            raise ValueError(
+                f"{' and '.join(kept)} hold the samples of the Fréchet metrics "
+                f"({', '.join(_FRECHET_METRICS)}), and --metrics {','.join(self.metrics)} has none: add "
+                f"one to --metrics or drop {' and '.join(kept)}"
+            )
         if "nll" in self.metrics and None not in (self.nll_timesteps, self.num_inference_steps):
             raise ValueError(
                 "the importance-sampled NLL (--nll-timesteps) samples the terms of the full T-step chain; "
@@ -210,6 +226,7 @@ def _to_float(images: np.ndarray) -> torch.Tensor:
 @torch.no_grad()
 def _generate(
     pipe: Any,
+    choice: SamplingChoice,
     options: EvaluationOptions,
     num_samples: int,
     num_inference_steps: int,
@@ -217,18 +234,15 @@ def _generate(
     samples_dir: str | Path | None = None,
 ) -> torch.Tensor:
     """This process's share (indices ``rank, rank + world, ...``) of ``num_samples`` images in [0, 1],
-    (n, C, H, W), drawn with the options' sampler. Image ``i`` has its own generator, so the images are
-    the same on any device, batch size and number of processes; with ``samples_dir`` they are kept in a
-    resumable sample folder."""
+    (n, C, H, W), drawn with the options' sampler (``choice``). Image ``i`` has its own generator, so the
+    images are the same on any device, batch size and number of processes; with ``samples_dir`` they
+    are kept in a resumable sample folder."""
     from hf_ddpm.sampling.sample_folder import (
         PipelineSampling,
         SampleFolderJob,
         write_sample_folder,
     )
 
-    choice = sampling_scheduler(
-        pipe, options.sampler, options.variance_type, options.timestep_spacing
-    )
     # A class-conditional CFG model is judged as the model of p(x): its null label, like the NLL.
     null = unconditional_label(pipe.unet, getattr(pipe.config, "null_class_label", None))
     own_scheduler, pipe.scheduler = pipe.scheduler, choice.scheduler
@@ -356,11 +370,21 @@ def evaluate_pipeline(
     if "nll" in names:
         start = time.perf_counter()
         results["nll"] = _nll(pipe, reference, options, group).to_dict()
+        # The bound is always the model's own scheduler's, whatever the samples are drawn with.
+        results["nll"]["variance_type"] = pipe.scheduler.config.get("variance_type")
         timings["nll_s"] = time.perf_counter() - start
 
+    drawn = samples is None and (bool(frechet) or options.grid_path is not None)
+    choice = (
+        sampling_scheduler(pipe, options.sampler, options.variance_type, options.timestep_spacing)
+        if drawn
+        else None
+    )
     if samples is None and frechet:
         start = time.perf_counter()
-        samples = _generate(pipe, options, options.num_samples, steps, group, options.samples_dir)
+        samples = _generate(
+            pipe, choice, options, options.num_samples, steps, group, options.samples_dir
+        )
         timings["sampling_s"] = time.perf_counter() - start
     for name in frechet:
         results[name] = _frechet(extractors[name], samples, reference, resolution, options, group)
@@ -370,7 +394,7 @@ def evaluate_pipeline(
         if samples is None:
             start = time.perf_counter()
             count = min(options.num_samples, _GRID_MAX_IMAGES)
-            samples = _generate(pipe, options, count, grid_steps, group)
+            samples = _generate(pipe, choice, options, count, grid_steps, group)
             timings["grid_s"] = time.perf_counter() - start
         else:
             grid_steps = steps
@@ -390,9 +414,15 @@ def evaluate_pipeline(
             "batch_size": options.batch_size,
             "nll_estimator": _describe_estimator(options),
             "scheduler": type(pipe.scheduler).__name__,
+            # What the samples were drawn with (None where none were): the nll metric records the
+            # variance of its bound itself.
             "sampler": options.sampler,
-            "variance_type": options.variance_type,
-            "timestep_spacing": options.timestep_spacing,
+            "variance_type": None
+            if choice is None
+            else choice.scheduler.config.get("variance_type"),
+            "timestep_spacing": None
+            if choice is None
+            else choice.scheduler.config.get("timestep_spacing"),
         },
         "seed": options.seed,
         "num_samples": group.sum(len(samples)) if frechet and samples is not None else 0,
@@ -519,26 +549,37 @@ def _nll(
             model, pipe.scheduler, x, proposal_generator, reference.num_bins
         )
     batches = reference.images.split(options.batch_size)
+    mine = group.shard(range(len(batches)))
+    exact = options.nll_timesteps is None
+    if exact:
+        per_image = options.num_inference_steps or int(pipe.scheduler.config.num_train_timesteps)
+        desc = "NLL (exact)"
+    else:  # K sampled terms and the decoder's
+        per_image, desc = options.nll_timesteps + 1, f"NLL (K={options.nll_timesteps})"
     own = []
-    for b in group.shard(range(len(batches))):
-        common = {
-            "num_bins": reference.num_bins,
-            "generator": torch.Generator(device).manual_seed(image_seed(options.seed, b)),
-        }
-        x0 = [batches[b].to(device)]
-        if options.nll_timesteps is None:
-            result = exact_nll(
-                model,
-                pipe.scheduler,
-                x0,
-                num_inference_steps=options.num_inference_steps,
-                **common,
-            )
-        else:
-            result = importance_sampled_nll(
-                model, pipe.scheduler, x0, options.nll_timesteps, proposal, **common
-            )
-        own.append((b, result))
+    # One bar over this process's share, counting terms (an image at one timestep) as the network
+    # evaluates them: a bar over batches stays at 0/1 for the whole run when one batch holds the set.
+    with terms_progress([batches[b] for b in mine], per_image, desc) as done:
+        for b in mine:
+            common = {
+                "num_bins": reference.num_bins,
+                "generator": torch.Generator(device).manual_seed(image_seed(options.seed, b)),
+                "progress": done,
+            }
+            x0 = [batches[b].to(device)]
+            if exact:
+                result = exact_nll(
+                    model,
+                    pipe.scheduler,
+                    x0,
+                    num_inference_steps=options.num_inference_steps,
+                    **common,
+                )
+            else:
+                result = importance_sampled_nll(
+                    model, pipe.scheduler, x0, options.nll_timesteps, proposal, **common
+                )
+            own.append((b, result))
     results = [r for _, r in sorted(pair for share in group.gather(own) for pair in share)]
     return combine_nll_results(results)
 
@@ -584,8 +625,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics",
         default="nll,fd-dinov2",
-        help=f"comma-separated, from {', '.join(METRICS)} (default: nll,fd-dinov2; fid needs "
-        "torch-fidelity and its Inception weights)",
+        help=f"comma-separated, from {', '.join(METRICS)} (default: nll,fd-dinov2; fid needs the "
+        f"eval extra, torch-fidelity and its Inception weights: {FID_INSTALL})",
     )
     parser.add_argument(
         "--num-samples", type=int, default=1000, help="generated images for FID/FD (default: 1000)"

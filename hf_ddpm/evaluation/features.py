@@ -34,6 +34,7 @@ from .frechet import FeatureStatistics, feature_statistics
 
 __all__ = [
     "DEFAULT_DINOV2_MODEL",
+    "FID_INSTALL",
     "INCEPTION_WEIGHTS_ENV",
     "INCEPTION_WEIGHTS_FILENAME",
     "DinoV2Features",
@@ -52,6 +53,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # The file name torch-fidelity gives its FID Inception weights in the torch hub cache.
 INCEPTION_WEIGHTS_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_ENV = "HF_DDPM_INCEPTION_WEIGHTS"
+# The install line for FID, from a checkout of hf_ddpm (it is not on PyPI): the eval extra, and
+# torch-fidelity, which torchmetrics' Inception network needs.
+FID_INSTALL = "pip install -e '.[eval]' torch-fidelity"
 CACHE_DIR_ENV = "HF_DDPM_STATS_CACHE"
 
 
@@ -240,13 +244,24 @@ class InceptionFeatures:
         return self.module(x.to(self.device)).double().cpu()
 
 
-def _load_inception(weights: Path | None) -> torch.nn.Module:
-    from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+def _fid_packages_missing(missing: str) -> str:
+    """What to install for the fid metric, in one line, when ``missing`` (a package) is not there: the
+    Inception network is torchmetrics' (pyproject.toml's ``eval`` extra), which runs it through
+    torch-fidelity (in no extra) and its weights."""
+    return (
+        f"the fid metric needs torchmetrics and torch-fidelity, and {missing} is not installed: "
+        f"{FID_INSTALL} (torch-fidelity then downloads its Inception weights, or pass "
+        f"--inception-weights FILE or {INCEPTION_WEIGHTS_ENV})"
+    )
 
+
+def _load_inception(weights: Path | None) -> torch.nn.Module:
+    try:
+        from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+    except ImportError as error:
+        raise ImportError(_fid_packages_missing("torchmetrics")) from error
     if not _TORCH_FIDELITY_AVAILABLE:
-        raise ImportError(
-            "the fid metric needs torch-fidelity for the Inception network: pip install torch-fidelity"
-        )
+        raise ImportError(_fid_packages_missing("torch-fidelity"))
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     try:

@@ -18,7 +18,8 @@ where every L_t is itself a one-sample Monte Carlo estimate over x_t ~ q(x_t | x
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .bound import measure_noised_rows, variational_bound, vlb_terms_measure
+from .bound import Progress, measure_noised_rows, variational_bound, vlb_terms_measure
 
 __all__ = [
     "NLLResult",
@@ -36,6 +37,7 @@ __all__ = [
     "importance_sampled_nll",
     "proposal_probabilities",
     "term_means_proposal",
+    "terms_progress",
 ]
 
 
@@ -128,6 +130,25 @@ def combine_nll_results(results: Sequence[NLLResult]) -> NLLResult:
     )
 
 
+@contextmanager
+def terms_progress(
+    batches: Iterable[torch.Tensor],
+    terms_per_image: int,
+    desc: str,
+    progress: Progress | None = None,
+) -> Iterator[Progress]:
+    """``progress`` where the caller has a bar of its own, else a bar over the terms the network evaluates
+    for ``batches`` (one term: an image at one timestep), with its total where they are a sequence: the
+    real work, which a bar over batches shows as "0/1" until the end."""
+    if progress is not None:
+        yield progress
+        return
+    sized = isinstance(batches, Sequence)
+    total = sum(len(x0) for x0 in batches) * terms_per_image if sized else None
+    with tqdm(total=total, desc=desc, unit="term", leave=False) as bar:
+        yield bar.update
+
+
 def exact_nll(
     model: Callable[..., Any],
     scheduler: Any,
@@ -136,6 +157,7 @@ def exact_nll(
     generator: torch.Generator | None = None,
     max_batch_size: int = 256,
     num_inference_steps: int | None = None,
+    progress: Progress | None = None,
 ) -> NLLResult:
     """The full T-term bound of every image, averaged (improved-diffusion's ``calc_bpd_loop``); with
     ``num_inference_steps=K`` the bound of the K-step chain (see :func:`hf_ddpm.variational_bound`).
@@ -147,27 +169,31 @@ def exact_nll(
         num_bins: intensity levels of the data (256 for 8-bit images).
         generator: draws the x_t of each term.
         max_batch_size: network inputs per call.
+        progress: told the terms done after each network call (:func:`terms_progress`); a bar of
+            its own over all of them when None.
     """
     parts: dict[str, list[torch.Tensor]] = {"total": [], "prior": [], "rate": [], "distortion": []}
-    for x0 in tqdm(batches, desc="NLL (exact)", leave=False):
-        bound = variational_bound(
-            model,
-            scheduler,
-            x0,
-            generator=generator,
-            num_bins=num_bins,
-            max_batch_size=max_batch_size,
-            num_inference_steps=num_inference_steps,
-        )
-        parts["total"].append(bound.total_bpd.cpu())
-        parts["prior"].append(bound.prior_bpd.cpu())
-        parts["rate"].append(bound.rate_bpd.cpu())
-        parts["distortion"].append(bound.distortion_bpd.cpu())
+    num_timesteps = int(scheduler.config.num_train_timesteps)
+    steps = num_timesteps if num_inference_steps is None else int(num_inference_steps)
+    with terms_progress(batches, steps, "NLL (exact)", progress) as done:
+        for x0 in batches:
+            bound = variational_bound(
+                model,
+                scheduler,
+                x0,
+                generator=generator,
+                num_bins=num_bins,
+                max_batch_size=max_batch_size,
+                num_inference_steps=num_inference_steps,
+                progress=done,
+            )
+            parts["total"].append(bound.total_bpd.cpu())
+            parts["prior"].append(bound.prior_bpd.cpu())
+            parts["rate"].append(bound.rate_bpd.cpu())
+            parts["distortion"].append(bound.distortion_bpd.cpu())
     if not parts["total"]:
         raise ValueError("no images to evaluate the NLL on")
     cat = {name: torch.cat(values) for name, values in parts.items()}
-    num_timesteps = int(scheduler.config.num_train_timesteps)
-    steps = num_timesteps if num_inference_steps is None else int(num_inference_steps)
     return _summarise(
         **cat,
         num_train_timesteps=num_timesteps,
@@ -244,13 +270,15 @@ def importance_sampled_bound(
     generator: torch.Generator | None = None,
     num_bins: int = 256,
     max_batch_size: int = 256,
+    progress: Progress | None = None,
 ) -> dict[str, torch.Tensor]:
     """Unbiased per-image estimates of the bound: L_T + L_0 + (1/K) sum_k L_{t_k} / q(t_k), t_k ~ q on 1..T-1.
 
     The decoder term L_0 is evaluated for every image (one extra network call each) rather than sampled: it
     is a single timestep carrying a large share of the bound (Ho et al. Table 4: 1.97 of 3.75 bits/dim), so
     drawing it with probability q(0) would make the estimate heavy-tailed. Returns float64 tensors (B,)
-    under ``total``, ``prior``, ``rate`` (the sampled part) and ``distortion`` (L_0).
+    under ``total``, ``prior``, ``rate`` (the sampled part) and ``distortion`` (L_0). ``progress(n)``
+    after each network call, with its n terms: B x (K + 1) in all.
     """
     if num_timesteps < 1:
         raise ValueError(f"num_timesteps (K) must be >= 1; got {num_timesteps}")
@@ -275,6 +303,7 @@ def importance_sampled_bound(
         rows_per_call=max_batch_size,
         measure=vlb_terms_measure(scheduler, num_bins),
         generator=generator,
+        progress=progress,
     )
     values = terms * weight
     rate = values[:draws].view(batch, num_timesteps).sum(1)
@@ -297,15 +326,27 @@ def importance_sampled_nll(
     num_bins: int = 256,
     generator: torch.Generator | None = None,
     max_batch_size: int = 256,
+    progress: Progress | None = None,
 ) -> NLLResult:
-    """:func:`importance_sampled_bound` over all batches, summarised like :func:`exact_nll`."""
+    """:func:`importance_sampled_bound` over all batches, summarised like :func:`exact_nll`; ``progress``
+    as there (K + 1 terms per image)."""
     parts: dict[str, list[torch.Tensor]] = {"total": [], "prior": [], "rate": [], "distortion": []}
-    for x0 in tqdm(batches, desc=f"NLL (K={num_timesteps})", leave=False):
-        est = importance_sampled_bound(
-            model, scheduler, x0, num_timesteps, proposal, generator, num_bins, max_batch_size
-        )
-        for name, values in est.items():
-            parts[name].append(values.cpu())
+    bar = terms_progress(batches, num_timesteps + 1, f"NLL (K={num_timesteps})", progress)
+    with bar as done:
+        for x0 in batches:
+            est = importance_sampled_bound(
+                model,
+                scheduler,
+                x0,
+                num_timesteps,
+                proposal,
+                generator,
+                num_bins,
+                max_batch_size,
+                progress=done,
+            )
+            for name, values in est.items():
+                parts[name].append(values.cpu())
     if not parts["total"]:
         raise ValueError("no images to evaluate the NLL on")
     cat = {name: torch.cat(values) for name, values in parts.items()}

@@ -13,11 +13,20 @@ import numpy as np
 import PIL.Image
 import torch
 
+from hf_ddpm.core.diffusion_tables import check_num_inference_steps
 from hf_ddpm.data.image_grid import save_png_atomically
-from hf_ddpm.sampling.samplers import DDPM_SAMPLER, sampling_scheduler
+from hf_ddpm.sampling.samplers import (
+    DDPM_SAMPLER,
+    default_sampling_steps,
+    resolve_class_label,
+    sampling_scheduler,
+)
 from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed
 
-from .sample import load_for_sampling, resolve_class_label
+from .sample import class_in_words, load_for_sampling
+
+# What a class-conditional model draws without --class-label: the pipelines' default.
+NO_CLASS = "no class (the null label)"
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +36,11 @@ def pipeline_default(pipeline_class: type, name: str) -> Any:
     return inspect.signature(pipeline_class.__call__).parameters[name].default
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, pipeline_class: type) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The input image and output options of both edit commands (the model, steps, chain, seed, class
-    and device flags are cli.py's shared ones); ``--num-inference-steps`` defaults to the pipeline's own."""
+    and device flags are cli.py's shared ones). ``--num-inference-steps`` defaults to ``hf-ddpm
+    sample``'s steps (:func:`~hf_ddpm.sampling.samplers.default_sampling_steps` of the model), not to
+    the edit pipelines' own Python defaults, which are the papers' (RePaint 250, SDEdit 1000)."""
     parser.add_argument(
         "--image",
         required=True,
@@ -37,7 +48,6 @@ def add_common_arguments(parser: argparse.ArgumentParser, pipeline_class: type) 
         "training does",
     )
     parser.add_argument("--output", required=True, help="where to write the result (.png)")
-    parser.set_defaults(num_inference_steps=pipeline_default(pipeline_class, "num_inference_steps"))
     parser.add_argument(
         "--num-images",
         type=int,
@@ -53,14 +63,9 @@ def check_output_path(output: str) -> Path:
     return path
 
 
-def read_image(path: str, flag: str, pipeline: Any, mask: bool = False) -> np.ndarray:
-    """The image at ``path`` as the model sees it, an (H, W, C) float array in [0, 1]: converted to the
-    model's channels (a mask: one grey channel), resized so its shorter side is the model's size and
-    centre-cropped, by the transform training applies to every image
-    (:class:`hf_ddpm.data.image_transform.ImageTransform`); each change is logged. A ValueError or
-    FileNotFoundError naming ``flag`` and the file otherwise."""
-    from hf_ddpm.data.image_transform import GREY_MODES, ImageTransform
-
+def open_image(path: str, flag: str) -> PIL.Image.Image:
+    """The image file at ``path``, decoded; a FileNotFoundError or ValueError naming ``flag`` and the file
+    otherwise. Read before the model loads, so that a bad file fails at once."""
     file = Path(path)
     if not file.is_file():
         what = "a folder, not an image file" if file.is_dir() else "no such file"
@@ -68,9 +73,20 @@ def read_image(path: str, flag: str, pipeline: Any, mask: bool = False) -> np.nd
     try:
         with PIL.Image.open(file) as opened:
             opened.load()
-            image = opened.copy()
+            return opened.copy()
     except (PIL.UnidentifiedImageError, OSError) as error:
         raise ValueError(f"{flag} {path} is not an image PIL can read ({error}).") from error
+
+
+def model_input(
+    image: PIL.Image.Image, path: str, flag: str, pipeline: Any, mask: bool = False
+) -> np.ndarray:
+    """``image`` (:func:`open_image` of ``path``) as the model sees it, an (H, W, C) float array in
+    [0, 1]: converted to the model's channels (a mask: one grey channel), resized so its shorter side is
+    the model's size and centre-cropped, by the transform training applies to every image
+    (:class:`hf_ddpm.data.image_transform.ImageTransform`); each change is logged, naming ``flag``."""
+    from hf_ddpm.data.image_transform import GREY_MODES, ImageTransform
+
     config = pipeline.unet.config
     size = config.sample_size
     height, width = (size, size) if isinstance(size, int) else size
@@ -127,31 +143,51 @@ def write_row(images: np.ndarray, output: Path) -> None:
     save_png_atomically(picture, output)
 
 
-def open_edit(args: argparse.Namespace, pipeline_class: type) -> tuple[Any, np.ndarray, Path]:
+def open_edit(args: argparse.Namespace, pipeline_class: type) -> tuple[Any, str, Path]:
     """The model as ``pipeline_class`` on ``--device`` (its UNet as ``--dtype``, ``--compile`` and
     ``--channels-last`` say), its DDPM chain with the variance and spacing ``hf-ddpm sample`` would use
-    (``--variance-type``, ``--timestep-spacing``, else the same defaults), the ``--image`` read for it,
-    and the checked ``--output`` path."""
+    (``--variance-type``, ``--timestep-spacing``, else the same defaults) and that chain in words, and
+    the checked ``--output`` path."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     output = check_output_path(args.output)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = pipeline_class.from_pipe(load_for_sampling(args.model)).to(device)
     choice = sampling_scheduler(pipe, DDPM_SAMPLER, args.variance_type, args.timestep_spacing)
     pipe.scheduler = choice.scheduler
-    logger.info("editing with the %s", choice.description)
     apply_unet_speed(pipe, UNetSpeed(args.dtype, args.compile, args.channels_last))
-    return pipe, read_image(args.image, "--image", pipe), output
+    return pipe, choice.description, output
 
 
-def draw_edits(pipe: Any, args: argparse.Namespace, output: Path, done: str, **inputs: Any) -> int:
+def draw_edits(
+    pipe: Any,
+    chain: str,
+    args: argparse.Namespace,
+    output: Path,
+    done: str,
+    **inputs: Any,
+) -> int:
     """Run ``pipe`` on ``inputs`` with the options both commands share (steps, one seed per image, class),
-    write the results side by side to ``output`` and say so (``done``: what happened to the images)."""
+    write the results side by side to ``output`` and say so (``done``: what happened to the images);
+    first log the ``chain`` (:func:`open_edit`), the steps, the class and the guidance in one line."""
+    num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
+    steps = args.num_inference_steps or default_sampling_steps(num_train_timesteps)
+    check_num_inference_steps(steps, num_train_timesteps, "--num-inference-steps")
+    generator = generators(args.seed, args.num_images)
+    class_label = resolve_class_label(pipe, args.class_label)
+    logger.info(
+        "drawing %d %s image(s): %s, %d steps%s",
+        args.num_images,
+        done,
+        chain,
+        steps,
+        class_in_words(pipe, class_label, args.guidance_scale, NO_CLASS),
+    )
     images = pipe(
         **inputs,
-        num_inference_steps=args.num_inference_steps,
-        generator=generators(args.seed, args.num_images),
+        num_inference_steps=steps,
+        generator=generator,
         output_type="np",
-        **class_kwargs(resolve_class_label(pipe, args.class_label), args.guidance_scale),
+        **class_kwargs(class_label, args.guidance_scale),
     ).images
     write_row(images, output)
     print(f"wrote {len(images)} {done} image(s) to {output}")

@@ -6,11 +6,18 @@ import argparse
 
 from hf_ddpm.core.pipeline_img2img import HFDDPMImg2ImgPipeline
 
-from .edit_files import add_common_arguments, draw_edits, open_edit, pipeline_default
+from .edit_files import (
+    add_common_arguments,
+    draw_edits,
+    model_input,
+    open_edit,
+    open_image,
+    pipeline_default,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, HFDDPMImg2ImgPipeline)
+    add_common_arguments(parser)
     default = pipeline_default(HFDDPMImg2ImgPipeline, "strength")
     parser.add_argument(
         "--strength",
@@ -22,5 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    pipe, image, output = open_edit(args, HFDDPMImg2ImgPipeline)
-    return draw_edits(pipe, args, output, "edited", image=image, strength=args.strength)
+    picture = open_image(args.image, "--image")
+    pipe, chain, output = open_edit(args, HFDDPMImg2ImgPipeline)
+    image = model_input(picture, args.image, "--image", pipe)
+    return draw_edits(pipe, chain, args, output, "edited", image=image, strength=args.strength)

@@ -16,6 +16,7 @@ from hf_ddpm.hub.bundled import bundled_model_path
 from hf_ddpm.sampling.samplers import (
     SEED_RANGE,
     image_class_labels,
+    resolve_class_label,
     sampling_scheduler,
     steps_or_default,
 )
@@ -24,6 +25,8 @@ from hf_ddpm.sampling.unet_speed import UNetSpeed, apply_unet_speed, compile_war
 logger = logging.getLogger(__name__)
 
 FOLDER_BATCH_SIZE = 64  # --batch-size of a sample folder; a grid is drawn in one call
+# What a class-conditional model draws without --class-label.
+EVERY_CLASS = "every class in turn"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,26 +115,23 @@ def num_classes(pipeline: Any) -> int | None:
     return num_classes_of(getattr(pipeline.unet.config, "num_class_embeds", None))
 
 
-def resolve_class_label(pipeline: Any, label: str | int | None) -> int | None:
-    """``--class-label`` as the integer label of ``pipeline``: a class name the model records (its
-    ``class_names``: ``hf-ddpm train --class-from-folders`` keeps the folder names), else an integer;
-    a ``ValueError`` naming the flag and the model's classes otherwise."""
-    if label is None or isinstance(label, int):
-        return label
+def class_in_words(
+    pipeline: Any, class_label: int | None, guidance_scale: float, unset: str
+) -> str:
+    """What a draw conditions on, as its log line says it: ``, class dogs (1), guidance 3`` (a class by the
+    name the model records, where it has one), ``unset`` without a class; nothing for an unconditional
+    model."""
+    if num_classes(pipeline) is None:
+        return ""
     names = list(getattr(pipeline.config, "class_names", None) or [])
-    if label in names:
-        return names.index(label)
-    try:
-        return int(label)
-    except ValueError:
-        pass
-    if names:
-        listed = ", ".join(f"{name} ({i})" for i, name in enumerate(names))
-        raise ValueError(f"--class-label {label!r} is not a class of this model: {listed}")
-    raise ValueError(
-        f"--class-label {label!r}: this model records no class names, so give the class as a number "
-        "(models trained with hf-ddpm train --class-from-folders record their folder names)"
-    )
+    if class_label is None:
+        which = unset
+    elif 0 <= class_label < len(names):
+        which = f"class {names[class_label]} ({class_label})"
+    else:
+        which = f"class {class_label}"
+    guidance = "no guidance (1)" if guidance_scale == 1 else f"guidance {guidance_scale:g}"
+    return f", {which}, {guidance}"
 
 
 def check_sample_options(
@@ -188,7 +188,13 @@ def sample_grid(
     steps = steps_or_default(num_inference_steps, pipeline.scheduler.config.num_train_timesteps)
     check_sample_options(pipeline, num_images, steps, seed, class_label, guidance_scale)
     if description is not None:
-        logger.info("sampling %d images: %s, %d steps", num_images, description, steps)
+        logger.info(
+            "sampling %d images: %s, %d steps%s",
+            num_images,
+            description,
+            steps,
+            class_in_words(pipeline, class_label, guidance_scale, EVERY_CLASS),
+        )
     generator = torch.Generator(device="cpu").manual_seed(seed)
     kwargs: dict[str, Any] = {}
     labels = image_class_labels(range(num_images), num_classes(pipeline), class_label)
@@ -258,13 +264,14 @@ def _run_folder(args: argparse.Namespace, speed: UNetSpeed) -> int:
         if group.is_main:
             kept = f" ({plan.kept} kept from an earlier run)" if plan.kept else ""
             logger.info(
-                "sampling %d images into %s%s on %d process(es): %s, %d steps, UNet in %s",
+                "sampling %d images into %s%s on %d process(es): %s, %d steps%s, UNet in %s",
                 plan.drawn,
                 job.output_dir,
                 kept,
                 group.world,
                 choice.description,
                 steps,
+                class_in_words(pipeline, class_label, args.guidance_scale, EVERY_CLASS),
                 speed.describe(),
             )
         if plan.drawn:

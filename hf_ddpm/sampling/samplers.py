@@ -6,6 +6,10 @@ to swap in, and with how many steps, is the command line's choice.
 
 A new sampler is one entry of :data:`SAMPLERS`: it then appears in ``--sampler``'s choices and help, the
 Space's dropdown and ``benchmarks/few_step.py`` without further edits.
+
+A class is named the same way everywhere too: :func:`resolve_class_label` reads a name the model records or
+a number, for ``hf-ddpm sample``, the edit commands and the Space (which gets this module with its copy
+of hf_ddpm).
 """
 
 from __future__ import annotations
@@ -67,6 +71,29 @@ def image_class_labels(
 def default_sampling_steps_in_words() -> str:
     """:func:`default_sampling_steps` as the help of a steps option states its default."""
     return f"{DEFAULT_SAMPLING_STEPS}, or T if the model has fewer"
+
+
+def resolve_class_label(pipeline: Any, label: str | int | None) -> int | None:
+    """``--class-label`` (and the Space's class fields) as the integer label of ``pipeline``: a class name
+    the model records (its ``class_names``: ``hf-ddpm train --class-from-folders`` keeps the folder
+    names), else an integer; a ``ValueError`` naming the flag and the model's classes otherwise. The
+    range is the caller's to check: sample's checks name its flags, the Space's its fields."""
+    if label is None or isinstance(label, int):
+        return label
+    names = list(getattr(pipeline.config, "class_names", None) or [])
+    if label in names:
+        return names.index(label)
+    try:
+        return int(label)
+    except ValueError:
+        pass
+    if names:
+        listed = ", ".join(f"{name} ({i})" for i, name in enumerate(names))
+        raise ValueError(f"--class-label {label!r} is not a class of this model: {listed}")
+    raise ValueError(
+        f"--class-label {label!r}: this model records no class names, so give the class as a number "
+        "(models trained with hf-ddpm train --class-from-folders record their folder names)"
+    )
 
 
 def sampling_variance_type(config: Mapping[str, Any]) -> str:

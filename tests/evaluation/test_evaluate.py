@@ -1,11 +1,14 @@
 """NLL estimators (exact loop, importance sampling) and the `hf-ddpm evaluate` command."""
 
+import tomllib
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from hf_ddpm.evaluation.features import FID_INSTALL
 from hf_ddpm.evaluation.nll import (
     exact_nll,
     importance_sampled_bound,
@@ -35,6 +38,9 @@ class _KnownTermsScheduler:
 
     def oracle(self, x0):
         return self.c.sum() * (1 + x0.double().flatten(1).pow(2).mean(1)) + 0.01
+
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _identity_model(x_t, t):
@@ -405,10 +411,36 @@ def test_cli_fid_without_its_network_fails_early_and_clearly(
         argv += ["--inception-weights", str(tmp_path / "missing.pth")]
         expected = "missing.pth"
     else:
-        expected = "pip install torch-fidelity"
+        expected = "torch-fidelity is not installed: " + FID_INSTALL
     assert main(argv) == 2
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_cli_fid_without_torchmetrics_names_what_to_install(
+    saved_pipeline, tmp_path, monkeypatch, capsys
+):
+    """Without torchmetrics (the eval extra) --metrics fid said only "No module named 'torchmetrics'":
+    one line now names the extra, torch-fidelity and the Inception weights, and the exit status is 2."""
+    import sys
+
+    from hf_ddpm.cli import main
+
+    # None in sys.modules makes every import of torchmetrics fail, as where it is not installed.
+    for name in [n for n in sys.modules if n.split(".")[0] == "torchmetrics"] + ["torchmetrics"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    argv = ["evaluate", str(saved_pipeline), "--metrics", "fid", "--output", str(tmp_path / "r")]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hf-ddpm evaluate: error: "), lines
+    for words in ("torchmetrics is not installed", "pip install -e '.[eval]' torch-fidelity"):
+        assert words in lines[0]
+    assert "Inception weights" in lines[0] and "--inception-weights" in lines[0]
+    # The extra it names is the one of pyproject.toml that holds torchmetrics.
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert any(requirement.startswith("torchmetrics") for requirement in extras["eval"])
 
 
 def test_nll_of_a_class_conditional_model_is_that_of_its_null_label(tmp_path):
@@ -493,8 +525,69 @@ def test_nll_alone_draws_no_samples_and_its_bar_has_a_total(
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["sample_grid"] is None and report["settings"]["grid_inference_steps"] is None
     assert not list(tmp_path.glob("*.png"))
-    err = capsys.readouterr().err
-    assert "NLL (exact)" in err and "/2 [" in err  # "1/2 [00:01<00:01, ...]", not "1it [00:01]"
+    assert "NLL (exact)" in capsys.readouterr().err
+
+
+def _record_bars(monkeypatch):
+    """The progress bars the NLL opens, kept for their desc, total and final count."""
+    from tqdm.auto import tqdm
+
+    import hf_ddpm.evaluation.nll as nll
+
+    bars = []
+
+    class Recording(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(nll, "tqdm", Recording)
+    return bars
+
+
+def test_the_exact_nll_bar_counts_its_terms_and_the_report_names_the_bounds_variance(
+    tmp_path, monkeypatch
+):
+    """The exact NLL showed one bar over batches ("1/1 [00:55]", nothing until the end) and the report
+    said variance_type: null. Now one bar counts the terms (an image at a timestep) to its total, and
+    the nll metric records the variance its bound used: the model's scheduler's, not the samples'."""
+    import json
+
+    from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler
+    from hf_ddpm.cli import main
+
+    model = tmp_path / "model"
+    scheduler = HFDDPMScheduler(num_train_timesteps=30, variance_type="fixed_large")
+    HFDDPMPipeline(_tiny_unet(), scheduler).save_pretrained(model)
+    bars = _record_bars(monkeypatch)
+    argv = [*_nll_argv(model, tmp_path), "--max-reference-images", "3", "--batch-size", "2"]
+    assert main(argv) == 0
+    # 3 images in batches of 2 and 1, 30 terms each: one bar to 90, not one per batch.
+    assert [(bar.desc, bar.total, bar.n) for bar in bars] == [("NLL (exact)", 90, 90)]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["metrics"]["nll"]["variance_type"] == "fixed_large"
+    assert report["settings"]["variance_type"] is None  # nothing was drawn
+    # Samples drawn with another variance leave the bound's as it was.
+    grid = ["--grid", str(tmp_path / "g.png"), "--num-samples", "1", "--num-inference-steps", "3"]
+    assert main([*argv, *grid, "--variance-type", "fixed_small"]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["metrics"]["nll"]["variance_type"] == "fixed_large"
+    assert report["settings"]["variance_type"] == "fixed_small"
+
+
+def test_the_bound_reports_each_network_call_to_the_bar(monkeypatch):
+    """Within one batch the bar moves with every network call: 4 images x 12 timesteps, 2 timesteps (8
+    inputs) per call, is 6 updates of 8 terms."""
+    bars = _record_bars(monkeypatch)
+    updates = []
+    scheduler = _known()
+    x0 = torch.zeros(4, 1, 2, 2)
+    exact_nll(_identity_model, scheduler, [x0], max_batch_size=8, progress=updates.append)
+    assert updates == [8] * 6 and bars == []  # the caller's bar, not one of its own
+    exact_nll(_identity_model, scheduler, [x0, x0[:1]], max_batch_size=8)
+    assert [(bar.total, bar.n) for bar in bars] == [(5 * 12, 5 * 12)]
+    importance_sampled_nll(_identity_model, scheduler, [x0], num_timesteps=3, max_batch_size=8)
+    assert (bars[-1].desc, bars[-1].total, bars[-1].n) == ("NLL (K=3)", 4 * 4, 4 * 4)
 
 
 def test_grid_when_asked_is_a_preview_in_few_steps(
@@ -551,6 +644,28 @@ def test_evaluation_options_are_checked_once_and_can_be_overridden(saved_pipelin
         evaluate_pipeline(pipe, reference, options, num_inference_steps=11)
     with pytest.raises(TypeError):
         evaluate_pipeline(pipe, reference, options, no_such_option=1)
+
+
+@pytest.mark.parametrize("flag", ["--samples", "--samples-dir"])
+def test_samples_flags_without_a_frechet_metric_are_refused(saved_pipeline, tmp_path, capsys, flag):
+    """--samples (and --samples-dir) hold the Fréchet metrics' samples: with --metrics nll alone they were
+    silently ignored (and the report recorded --samples); now one line names the flags, exit 2."""
+    from hf_ddpm.cli import main
+    from hf_ddpm.evaluation.evaluate import EvaluationOptions
+
+    output = tmp_path / "r.json"
+    argv = ["evaluate", str(saved_pipeline), "--dataset", "mnist-5k", "--max-reference-images", "2"]
+    argv += ["--metrics", "nll", flag, str(tmp_path / "s"), "--output", str(output)]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hf-ddpm evaluate: error: {flag} "), lines
+    assert "--metrics nll has none" in lines[0] and "fid, fd-dinov2" in lines[0]
+    assert not output.exists()
+    field = flag.removeprefix("--").replace("-", "_")
+    with pytest.raises(ValueError, match=f"{flag} hold the samples of the Fréchet metrics"):
+        EvaluationOptions(metrics="nll", **{field: tmp_path / "s"})
+    # With a Fréchet metric the flag is taken.
+    assert getattr(EvaluationOptions(metrics="nll,fid", **{field: tmp_path / "s"}), field)
 
 
 def test_a_folder_with_an_unreadable_image_is_refused_unless_skip_bad_images(

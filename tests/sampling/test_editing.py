@@ -80,6 +80,21 @@ def test_cli_inpaint_and_img2img_write_one_image_per_seed(saved_tiny):
         ({"--image": "fake.png"}, ValueError, r"--image .*fake.png is not an image"),
         ({"--mask": "missing.png"}, FileNotFoundError, r"--mask .*missing.png: no such file"),
         ({"--mask": "black.png"}, ValueError, "all black: nothing to fill"),
+        # The command line's words for a mask that keeps nothing: its flag and command, not the
+        # pipeline's argument and class.
+        (
+            {"--mask": "white.png"},
+            ValueError,
+            r"--mask \S*white.png is all white: nothing of the image is kept. Leave black \(0\) the "
+            r"pixels to keep, or draw new images with `hf-ddpm sample`\.$",
+        ),
+        # A mask of another shape, resized and cropped by itself, would no longer line up.
+        (
+            {"--mask": "tall.png"},
+            ValueError,
+            r"--mask \S*tall.png is 8x12 pixels, but --image \S*digit.png is 8x8: give a mask of the "
+            "image's size$",
+        ),
         ({"--output": "out.jpg"}, ValueError, r"--output must be a \.png file"),
     ],
 )
@@ -91,6 +106,10 @@ def test_cli_inpaint_errors_name_the_flag_and_file(
     d = saved_tiny
     (d / "fake.png").write_text("not a png")
     PIL.Image.new("L", (SIZE, SIZE)).save(d / "black.png")
+    PIL.Image.new("L", (SIZE, SIZE), 255).save(d / "white.png")
+    tall = np.zeros((12, SIZE), np.uint8)
+    tall[6:] = 255  # its lower half; cropped alone to 8x8 it would be rows 2..9
+    PIL.Image.fromarray(tall).save(d / "tall.png")
     flags = {"--image": "digit.png", "--mask": "mask.png", "--output": "out.png"}
     flags.update(change)
     argv = ["inpaint", str(d / "model"), "--num-inference-steps", "2"]
@@ -98,11 +117,63 @@ def test_cli_inpaint_errors_name_the_flag_and_file(
         argv += [flag, str(d / name)]
     # one line and exit 2 (cli.py); HF_DDPM_DEBUG=1 re-raises the error itself
     assert main(argv) == 2
-    assert re.search(message, capsys.readouterr().err)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and re.search(message, lines[0]), lines
     monkeypatch.setenv("HF_DDPM_DEBUG", "1")
     with pytest.raises(error, match=message):
         main(argv)
     assert not (d / "out.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "pipeline", "flags"),
+    [
+        ("inpaint", "HFDDPMInpaintPipeline", ["--mask", "mask.png"]),
+        ("img2img", "HFDDPMImg2ImgPipeline", ["--strength", "0.5"]),
+    ],
+)
+@pytest.mark.parametrize(("train_steps", "steps"), [(200, 100), (50, 50)])
+def test_edit_commands_default_to_the_steps_of_hf_ddpm_sample(
+    tiny_unet, tmp_path, monkeypatch, capsys, command, pipeline, flags, train_steps, steps
+):
+    """inpaint drew 250 steps and img2img 1000 by default (their pipelines' Python defaults, the
+    papers'), sample 100: the commands now take sample's DEFAULT_SAMPLING_STEPS, or T where the model
+    has fewer, and say so in --help; the pipelines called from Python keep theirs."""
+    import functools
+
+    import hf_ddpm
+    from hf_ddpm.cli import main
+    from hf_ddpm.sampling.edit_files import pipeline_default
+    from hf_ddpm.sampling.samplers import DEFAULT_SAMPLING_STEPS, default_sampling_steps_in_words
+
+    assert DEFAULT_SAMPLING_STEPS == 100
+    scheduler = HFDDPMScheduler(num_train_timesteps=train_steps)
+    HFDDPMPipeline(tiny_unet(in_channels=1), scheduler).save_pretrained(tmp_path / "model")
+    PIL.Image.new("L", (SIZE, SIZE), 128).save(tmp_path / "digit.png")
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[SIZE // 2 :] = 255
+    PIL.Image.fromarray(mask).save(tmp_path / "mask.png")
+    cls = getattr(hf_ddpm, pipeline)
+    assert (
+        pipeline_default(cls, "num_inference_steps") == {"inpaint": 250, "img2img": 1000}[command]
+    )
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"fewer are faster (default: {default_sampling_steps_in_words()})" in help_text
+    seen = {}
+
+    @functools.wraps(cls.__call__)  # the command reads the pipeline's other defaults from it
+    def spy(self, **kwargs):
+        seen.update(kwargs)
+        raise _Drawn
+
+    monkeypatch.setattr(cls, "__call__", spy)
+    argv = [command, str(tmp_path / "model"), "--image", str(tmp_path / "digit.png")]
+    argv += [*(str(tmp_path / f) if f.endswith(".png") else f for f in flags)]
+    with pytest.raises(_Drawn):
+        main([*argv, "--output", str(tmp_path / "out.png")])
+    assert seen["num_inference_steps"] == steps
 
 
 def test_cli_img2img_rejects_a_bad_strength(saved_tiny, capsys):

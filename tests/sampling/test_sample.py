@@ -1,6 +1,7 @@
 """``hf-ddpm sample``: the README's main command, on tiny pipelines saved by the test."""
 
 import logging
+import re
 
 import pytest
 import torch
@@ -705,3 +706,46 @@ def test_the_optimal_spacing_on_an_uncalibrated_model_names_itself(
         "eps_second_moment (Gamma_n); with hf_ddpm installed, compute it with `hf-ddpm calibrate "
         "MODEL --dataset ...`, which writes eps_second_moment into the model's scheduler_config.json"
     ]
+
+
+@pytest.mark.parametrize("command", ["grid", "folder", "inpaint", "img2img"])
+def test_the_log_line_of_a_draw_names_its_class_and_guidance(tmp_path, tiny_unet, caplog, command):
+    """The one line naming sampler, variance, spacing and steps names the class (by the name the model
+    records) and the guidance too, in sample (grid and folder), inpaint and img2img."""
+    import numpy as np
+
+    unet = tiny_unet(in_channels=1, num_class_embeds=3)
+    scheduler = HFDDPMScheduler(num_train_timesteps=10)
+    pipe = HFDDPMPipeline(unet, scheduler, null_class_label=2, class_names=["cats", "dogs"])
+    pipe.save_pretrained(tmp_path / "named")
+    HFDDPMPipeline(tiny_unet(in_channels=1), scheduler).save_pretrained(tmp_path / "plain")
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(tmp_path / "in.png")
+    mask = np.zeros((8, 8), np.uint8)
+    mask[4:] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = str(tmp_path / "out.png")
+    tails = {
+        "grid": ["sample", "--output", out],
+        "folder": ["sample", "--output-dir", str(tmp_path / "folder"), "--overwrite"],
+        "inpaint": ["inpaint", "--image", str(tmp_path / "in.png"), "--output", out]
+        + ["--mask", str(tmp_path / "mask.png"), "--jump-n-sample", "1"],
+        "img2img": ["img2img", "--image", str(tmp_path / "in.png"), "--output", out],
+    }
+    unset = "every class in turn" if command in ("grid", "folder") else "no class (the null label)"
+
+    def draw_line(model, *extra):
+        caplog.clear()
+        argv = [*tails[command], "--model", str(tmp_path / model), "--num-images", "2"]
+        with caplog.at_level(logging.INFO):
+            assert cli.main([*argv, "--num-inference-steps", "3", *extra]) == 0
+        lines = [r.getMessage() for r in caplog.records if "ddpm sampler" in r.getMessage()]
+        assert len(lines) == 1, caplog.text
+        assert "fixed_small variance, leading spacing, 3 steps" in lines[0], lines[0]
+        return lines[0]
+
+    assert ", 3 steps, class dogs (1), guidance 2" in draw_line(
+        "named", "--class-label", "dogs", "--guidance-scale", "2"
+    )
+    assert f", 3 steps, {unset}, no guidance (1)" in draw_line("named")
+    # An unconditional model: nothing after the steps but the folder's UNet.
+    assert re.search(r", 3 steps(, UNet in [^,]*)?$", draw_line("plain"))

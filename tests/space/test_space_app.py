@@ -956,3 +956,157 @@ def test_the_edit_tab_edits_as_hf_ddpm_inpaint_and_img2img_do(tmp_path, mode):
     assert "analytic variance" in status, status
     got = np.asarray(Image.fromarray(np.asarray(result)).convert("L"), dtype=np.int16)
     np.testing.assert_allclose(got, _png(str(out)), atol=1)
+
+
+# --- A class by name or number, in every tab that takes one -----------------------------------------
+
+PETS = ["cats", "dogs"]
+
+
+@pytest.fixture(scope="module")
+def pets_dir(tmp_path_factory):
+    """A class-conditional 8x8 model whose classes have names, as hf-ddpm train --class-from-folders
+    records them; the null label 2 after its two classes."""
+    folder = tmp_path_factory.mktemp("pets")
+    unet = _tiny_unet(in_channels=1, sample_size=SIZE, num_class_embeds=3)
+    scheduler = HFDDPMScheduler(num_train_timesteps=T, beta_start=BETA_START, beta_end=BETA_END)
+    HFDDPMPipeline(unet, scheduler, null_class_label=2, class_names=PETS).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def served_pets(pets_dir):
+    state = app.load_model(str(pets_dir))
+    assert state.model is not None, state.message
+    demo = app.build_demo(state)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    client = Client(url, analytics_enabled=False, verbose=False)
+    yield client
+    client.close()
+    demo.close()
+
+
+def _class_samples(folder, label: int) -> np.ndarray:
+    """The pipeline's own images of class ``label`` for _generate's seed, count and steps."""
+    pipe = HFDDPMPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        batch_size=3,
+        generator=torch.Generator().manual_seed(3),
+        num_inference_steps=10,
+        output_type="np",
+        class_labels=[label] * 3,
+        guidance_scale=1.0,
+    ).images
+    return (images[..., 0] * 255).round().astype(np.int16)
+
+
+@pytest.mark.parametrize("label", ["dogs", "1", 1], ids=repr)
+def test_generate_takes_a_class_by_its_name_or_its_number(served_pets, pets_dir, label):
+    """A class given as the model's name for it, or as its number (an API client sends the dropdown's
+    values as strings), is the class hf-ddpm sample --class-label reads: here the pipeline's class 1."""
+    _, _, gallery, _ = _generate(served_pets, class_label=label).result()
+    images = np.stack([_png(item["image"]) for item in gallery])
+    np.testing.assert_allclose(images, _class_samples(pets_dir, 1), atol=1)
+    assert not np.allclose(images, _class_samples(pets_dir, 0), atol=1)
+
+
+@pytest.mark.parametrize("label", ["flower", "2", -1, 0.5], ids=repr)
+def test_generate_refuses_a_class_the_model_has_not_naming_its_classes(served_pets, label):
+    with pytest.raises(AppError) as raised:
+        _generate(served_pets, class_label=label).result()
+    message = str(raised.value)
+    assert "Class must be one of the model's classes, by name or number: cats (0), dogs (1)" in (
+        message
+    ), message
+    assert f"got {label!r}" in message, message
+
+
+def test_likelihood_takes_a_class_or_none_by_name_or_number(served_pets, digit_png):
+    def bound(label):
+        _, summary = served_pets.predict(
+            handle_file(str(digit_png)), 5, label, api_name="/likelihood"
+        )
+        return summary["total_bpd"]
+
+    assert bound("cats") == bound(0) == bound("0")
+    assert bound("-1") == bound(app.NO_CLASS) != bound("dogs")
+    with pytest.raises(
+        AppError, match=r"Class \(-1: none\) must be one of .*cats \(0\), dogs \(1\)"
+    ):
+        bound("flower")
+
+
+@requires_editing
+def test_edit_takes_a_class_by_name_or_number(served_pets, painted_digit):
+    background, layer, composite = painted_digit
+    editor = _editor_value(background, layer, composite)
+
+    def result(label):
+        return _png(_edit(served_pets, editor, class_label=label).result()[1])
+
+    by_name = result("dogs")
+    np.testing.assert_array_equal(by_name, result(1))
+    np.testing.assert_array_equal(by_name, result("1"))
+    assert not np.array_equal(by_name, result(app.NO_CLASS))
+    with pytest.raises(AppError, match=r"cats \(0\), dogs \(1\); got 'flower'"):
+        result("flower")
+
+
+def test_the_space_takes_threads_as_every_command_does(monkeypatch, capsys):
+    """`python app.py --threads N` sets torch's intra-op threads before the model loads, with the flag
+    of hf-ddpm's commands (its help and its check of N); app.py had no --threads."""
+    import argparse
+    from types import SimpleNamespace
+
+    from hf_ddpm.cli import add_threads_flag
+
+    threads_when_loaded = []
+    monkeypatch.setattr(
+        app, "load_model", lambda model: threads_when_loaded.append(torch.get_num_threads())
+    )
+    monkeypatch.setattr(app, "build_demo", lambda state: SimpleNamespace(launch=lambda **kw: None))
+    before = torch.get_num_threads()
+    try:
+        app.main(["out/m", "--threads", "1"])
+    finally:
+        torch.set_num_threads(before)
+    assert threads_when_loaded == [1]
+    assert (
+        app.add_threads_flag is add_threads_flag
+    )  # the one definition, where hf_ddpm is installed
+    with pytest.raises(SystemExit) as done:
+        app.main(["out/m", "--threads", "0"])
+    assert done.value.code == 2 and "--threads: invalid positive integer value: '0'" in (
+        capsys.readouterr().err
+    )
+    reference = argparse.ArgumentParser()
+    add_threads_flag(reference)
+    with pytest.raises(SystemExit):
+        app.main(["--help"])
+    assert " ".join(reference.format_help().split()).split("--threads N ")[1] in " ".join(
+        capsys.readouterr().out.split()
+    )
+
+
+def test_without_hf_ddpm_the_space_takes_threads_all_the_same(run_without_hf_ddpm):
+    code = f"""
+import sys
+sys.path.insert(0, {str(app._HERE)!r})
+import torch
+import app
+
+assert app.add_threads_flag.__module__ == "app"  # the fallback
+seen = []
+app.load_model = lambda model: seen.append(torch.get_num_threads())
+app.build_demo = lambda state: type("Demo", (), {{"launch": lambda self, **kw: None}})()
+app.main(["out/m", "--threads", "1"])
+assert seen == [1], seen
+try:
+    app.main(["out/m", "--threads", "0"])
+except SystemExit as exit:
+    print("EXIT", exit.code)
+"""
+    result = run_without_hf_ddpm(code)
+    assert "EXIT 2" in result.stdout
+    assert "--threads: invalid positive integer value: '0'" in result.stderr

@@ -87,3 +87,29 @@ def test_gradio_writes_into_a_folder_of_this_process_removed_at_exit():
     folder = Path(done.stdout.strip().splitlines()[-1])
     assert folder.name.startswith("hf-ddpm-space-gradio-")
     assert folder.parent == Path(tempfile.gettempdir()) and not folder.exists()
+
+
+def test_without_hf_ddpm_a_class_is_still_read_by_name_or_number(pets_model, run_without_hf_ddpm):
+    """A Space made from spaces_app/ alone reads a class as hf-ddpm sample does, with its own fallback."""
+    code = f"""
+import sys
+sys.path.insert(0, {str(app._HERE)!r})
+import gradio as gr
+import app
+from ddpm_space import inputs
+
+assert inputs.resolve_class_label.__module__ == "ddpm_space.inputs"  # the fallback, not hf_ddpm's
+state = app.load_model({str(pets_model)!r})
+assert state.model is not None, state.message
+assert [inputs.requested_class(state, v, False) for v in ("dogs", "1", 1, 0.0)] == [1, 1, 1, 0]
+assert inputs.requested_class(state, "-1", True) == inputs.NO_CLASS
+for value, none_allowed in (("flower", False), ("-1", False), ("2", True)):
+    try:
+        inputs.requested_class(state, value, none_allowed)
+    except gr.Error as error:
+        print("REFUSED:", error.message)
+"""
+    out = run_without_hf_ddpm(code).stdout
+    refused = [line for line in out.splitlines() if line.startswith("REFUSED:")]
+    assert len(refused) == 3, out
+    assert all("by name or number: cats (0), dogs (1)" in line for line in refused), out
