@@ -144,7 +144,7 @@ def fit_covariance_head(
     device = unet.device
     unet.requires_grad_(False).eval()
     label = unconditional_label(unet, getattr(pipeline.config, "null_class_label", None))
-    head = CovarianceHead.for_unet(unet).to(device)
+    head = CovarianceHead.for_unet(unet, kind=options.kind).to(device)
     optimizer = torch.optim.Adam(head.parameters(), lr=options.learning_rate)
     target = HEAD_TARGETS[options.kind]
     num_timesteps = scheduler.config.num_train_timesteps
