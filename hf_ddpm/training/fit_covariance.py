@@ -35,8 +35,15 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_ddpm.core.covariance_head import HEAD_TARGETS, CovarianceHead, head_loss, unet_features
+from hf_ddpm.core.model_card import (
+    MODEL_CARD,
+    SAMPLE_GRID,
+    card_reference,
+    refresh_card_facts,
+    retarget_card,
+)
 from hf_ddpm.core.pushing import HEAD_CHECKPOINTS, push_folder_to_hub
-from hf_ddpm.core.saving import MODEL_INDEX, pipeline_options
+from hf_ddpm.core.saving import MODEL_INDEX, pipeline_options, write_atomically
 from hf_ddpm.core.variance import HEAD_VARIANCE_TYPES, LEARNED_VARIANCE_TYPES
 from hf_ddpm.evaluation.bound import unconditional_label
 
@@ -254,12 +261,21 @@ def write_pipeline(pipeline: Any, output: str | os.PathLike) -> Path:
     The pipeline is saved to a temporary sibling folder; then each of its entries is renamed over the old
     one: the code and weights first, ``model_index.json`` (which declares the head) next, the scheduler
     (whose variance type asks for the head) last. At every moment the folder is a loadable pipeline, and
-    entries it held besides the pipeline (checkpoints, logs) stay."""
+    entries it held besides the pipeline (checkpoints, logs) stay.
+
+    The card carried from the source names ``output`` (as given) and states the new configs, the head
+    among them (``refresh_card_facts``). The carried samples.png is dropped, in ``output`` too: it shows
+    the variance the model sampled with before, and redrawing it would cost a full sampling run (as many
+    UNet calls as the fit's steps) that ``hf-ddpm sample --output OUTPUT/samples.png`` does on request."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.fit-"))
     try:
         pipeline.save_pretrained(tmp)
+        (tmp / SAMPLE_GRID).unlink(missing_ok=True)
+        card = tmp / MODEL_CARD
+        text = refresh_card_facts(card.read_text(encoding="utf-8"), tmp)
+        write_atomically(card, retarget_card(text, card_reference(output)))
         last = [MODEL_INDEX, "scheduler"]
         entries = sorted(p.name for p in tmp.iterdir() if p.name not in last)
         for name in [*entries, *last]:
@@ -268,6 +284,7 @@ def write_pipeline(pipeline: Any, output: str | os.PathLike) -> Path:
                 rename_into_place(source, output / name)
             else:
                 os.replace(source, output / name)
+        (output / SAMPLE_GRID).unlink(missing_ok=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return output
