@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_ddpm.core.class_layout import null_label_of
+from hf_ddpm.core.model_card import MODEL_CARD, card_reference, refresh_card_facts, retarget_card
 from hf_ddpm.core.parameterization import resolve_parameterization, x0_from_prediction
 from hf_ddpm.core.saving import write_atomically
 
@@ -260,6 +261,17 @@ def write_eps_second_moment(
     return path
 
 
+def _restate_card(folder: Path, reference: str | None = None) -> None:
+    """Make the card of the calibrated ``folder`` (if it has one) state its scheduler config as it now
+    is (``refresh_card_facts``: ``--set-default`` changes the variance type) and, for a copy, name the
+    copy (``reference``, as ``card_reference`` gives it) rather than the model it was copied from."""
+    card = Path(folder) / MODEL_CARD
+    if not card.is_file():
+        return
+    text = refresh_card_facts(card.read_text(encoding="utf-8"), Path(folder))
+    write_atomically(card, text if reference is None else retarget_card(text, reference))
+
+
 def _write_calibrated_copy(
     source: Path, output: Path, values: np.ndarray, set_default: bool
 ) -> Path:
@@ -281,6 +293,7 @@ def _write_calibrated_copy(
             (partial / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / name, partial / name)
         write_eps_second_moment(partial, values, set_default=set_default)
+        _restate_card(partial, card_reference(output))
         partial.rename(output)  # onto nothing, or an empty folder
     except OSError as error:
         shutil.rmtree(partial, ignore_errors=True)
@@ -363,6 +376,7 @@ def run(args: argparse.Namespace) -> int:
         path = _write_calibrated_copy(source, output, result.values, args.set_default)
     else:
         path = write_eps_second_moment(output, result.values, set_default=args.set_default)
+        _restate_card(output)
     if result.num_images > 1:
         worst = int(np.nanargmax(result.stderr))
         spread = f"largest standard error {result.stderr[worst]:.2g} at n={worst}"
