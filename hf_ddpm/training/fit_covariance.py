@@ -48,6 +48,7 @@ from hf_ddpm.core.variance import HEAD_VARIANCE_TYPES, LEARNED_VARIANCE_TYPES
 from hf_ddpm.evaluation.bound import unconditional_label
 
 from .checkpointing import (
+    HEAD_FIT_GROUPS,
     flatten_state,
     load_checkpoint,
     prune_checkpoints,
@@ -156,7 +157,11 @@ def fit_covariance_head(
     target = HEAD_TARGETS[options.kind]
     num_timesteps = scheduler.config.num_train_timesteps
     step, losses, window = 0, [], []
-    resume = resolve_resume(checkpoint_dir, resume_from) if checkpoint_dir is not None else None
+    resume = (
+        resolve_resume(checkpoint_dir, resume_from, HEAD_FIT_GROUPS)
+        if checkpoint_dir is not None
+        else None
+    )
     if resume is not None:
         step, losses, window = _restore(resume, head, optimizer, options)
     images = images.to(device)
@@ -213,6 +218,7 @@ def _save(
         # The losses since the last logged window, so a resumed run logs the same windows.
         "window": [loss.item() for loss in window],
     }
+    # HEAD_FIT_GROUPS, each of which a resume requires.
     save_checkpoint(folder, step, {"head": head.state_dict(), "optimizer": tensors}, state)
     prune_checkpoints(folder, options.checkpoints_total_limit)
 
@@ -220,7 +226,7 @@ def _save(
 def _restore(
     path: Path, head: CovarianceHead, optimizer: torch.optim.Optimizer, options: FitOptions
 ) -> tuple[int, list[tuple[int, float]], list[torch.Tensor]]:
-    tensors, state = load_checkpoint(path)
+    tensors, state = load_checkpoint(path, HEAD_FIT_GROUPS)
     if "head_config" not in state:
         raise ValueError(f"{COMMAND}: {path} is not a fit-covariance checkpoint")
     saved = state["options"]
