@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from hf_ddpm.core.class_layout import null_label_of
 from hf_ddpm.core.model_card import MODEL_CARD, card_reference, refresh_card_facts, retarget_card
 from hf_ddpm.core.parameterization import resolve_parameterization, x0_from_prediction
-from hf_ddpm.core.saving import write_atomically
+from hf_ddpm.core.saving import partial_path, write_atomically
 
 from .bound import measure_noised_rows, unconditional_model
 
@@ -281,12 +281,13 @@ def _write_calibrated_copy(
     half folder there. Returns the written scheduler config's path.
 
     Raises:
-        OSError: a copy or write failed; the message names ``output``, and nothing is left behind.
+        OSError: a copy or write failed, as ``OSError(errno, strerror, output)`` (its ``filename`` is
+            ``output``, not the hidden folder's file); nothing is left behind.
     """
     from hf_ddpm.core.pushing import uploaded_files
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.parent / f".{output.name}.partial-{os.getpid()}"
+    partial = partial_path(output)
     shutil.rmtree(partial, ignore_errors=True)
     try:
         for name in uploaded_files(source):
@@ -297,11 +298,11 @@ def _write_calibrated_copy(
         partial.rename(output)  # onto nothing, or an empty folder
     except OSError as error:
         shutil.rmtree(partial, ignore_errors=True)
-        # Named by --output, not by the hidden folder a nested message would name.
-        reason = os.strerror(error.errno) if error.errno else str(error)
-        raise OSError(
-            error.errno, f"writing the calibrated model to {output} failed: {reason}"
-        ) from error
+        if error.errno is None:
+            raise
+        # Named by --output, not by the file of the hidden folder that failed.
+        strerror = error.strerror or os.strerror(error.errno)
+        raise OSError(error.errno, strerror, str(output)) from error
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

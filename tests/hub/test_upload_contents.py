@@ -152,13 +152,17 @@ def test_calibrate_output_is_written_whole_or_not_at_all(tmp_path, monkeypatch, 
         faults.enabled = False
         errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
         assert errors == [
-            f"hf-ddpm calibrate: error: [Errno {errno.ENOSPC}] writing the calibrated model to "
-            f"{output} failed: No space left on device"
+            f"hf-ddpm calibrate: error: [Errno {errno.ENOSPC}] No space left on device: "
+            f"{str(output)!r}"
         ], (nth, errors)
         assert list(parent.iterdir()) == [], (nth, faults.failed)
     assert _tree(source) == before
     assert main(_calibrate_argv(source, output)) == 0
-    assert _tree(output) == clean
+    # The card names the folder it is in.
+    card = clean["README.md"].replace(
+        str(clean_parent / "calibrated").encode(), str(output).encode()
+    )
+    assert _tree(output) == {**clean, "README.md": card}
 
 
 def test_calibrate_refuses_an_output_folder_that_holds_files(tmp_path, capsys):
