@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from hf_ddpm.core.class_layout import null_label_of
 from hf_ddpm.core.model_card import MODEL_CARD, card_reference, refresh_card_facts, retarget_card
 from hf_ddpm.core.parameterization import resolve_parameterization, x0_from_prediction
-from hf_ddpm.core.saving import partial_path, write_atomically
+from hf_ddpm.core.saving import MODEL_INDEX, partial_path, write_atomically
 
 from .bound import measure_noised_rows, unconditional_model
 
@@ -352,10 +352,13 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else source
     copying = output.resolve() != source.resolve()
     if copying and output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise ValueError(
-            f"--output {output} already exists; give a new folder, or calibrate that model in place "
-            f"with `hf-ddpm calibrate {output}`"
+        held = "is a file" if not output.is_dir() else "already exists and holds files"
+        in_place = (
+            f", or calibrate the model there in place with `hf-ddpm calibrate {output}`"
+            if (output / MODEL_INDEX).is_file()
+            else ""
         )
+        raise ValueError(f"--output {output} {held}; give a new or empty folder{in_place}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipeline = HFDDPMPipeline.from_pretrained(source).to(device)
     resolve_data_flags(args, "calibrate")
