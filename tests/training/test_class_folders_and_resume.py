@@ -112,6 +112,19 @@ def test_class_folders_below_a_split_folder_and_nested_ones(tmp_path):
     assert sorted(data.dataset["label"]) == [0, 0, 0, 1, 1]
 
 
+def test_the_class_counts_are_of_the_images_used(tmp_path, caplog):
+    """The log's per-class counts ("cats (3 images)") counted the files --skip-bad-images left out."""
+    data = class_folders(tmp_path / "photos", per_class=3)
+    (data / "cats" / "broken.png").write_bytes(b"not a png")
+    with caplog.at_level(logging.INFO, logger="hf_ddpm.data.image_datasets"):
+        used = load_image_dataset(
+            train_data_dir=str(data), class_from_folders=True, skip_bad_images=True
+        )
+    assert sorted(used.dataset["label"]) == [0, 0, 0, 1, 1, 1]
+    counts = [r.getMessage() for r in caplog.records if "classes:" in r.getMessage()]
+    assert counts == ["--class-from-folders: 2 classes: cats (3 images), dogs (3 images)"], counts
+
+
 def test_class_from_folders_needs_a_folder_and_no_class_column(tmp_path, capsys):
     assert cli.main(["train", "--class-from-folders", "--output-dir", str(tmp_path / "o")]) == 2
     assert "--class-from-folders" in capsys.readouterr().err
