@@ -19,7 +19,8 @@ SAMPLE_GRID = "samples.png"
 _DISTRIBUTION = "hf-ddpm"
 # How a card names its model in the usage snippets: push_folder_to_hub and a re-save point them elsewhere.
 _CARD_REFERENCE = re.compile(r'from_pretrained\(\s*"([^"]*)"')
-# The labels of the card's facts about the model (_describe_config), one bullet each.
+# The labels of the card's facts about the model, one bullet each: _describe_config writes them, and
+# refresh_card_facts finds them by these.
 _FACTS = ("scheduler", "unet", "covariance head", "classes")
 _FACT_LINE = re.compile(rf"^- ({'|'.join(_FACTS)}): ")
 _SAMPLES_SECTION = f"## Samples\n\n![samples]({SAMPLE_GRID})"

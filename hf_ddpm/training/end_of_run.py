@@ -202,7 +202,7 @@ def _fit_head(run: FinalRun) -> None:
     from .fit_covariance import fit_covariance_head, with_head
 
     setup = run.setup
-    options = _head_fit_options(run.setup)
+    options = _head_fit_options(setup)
     logger.info("fitting the %s covariance head: %d steps", options.kind, options.max_steps)
     images = collate([setup.train_data[i] for i in range(len(setup.train_data))])
     result = fit_covariance_head(

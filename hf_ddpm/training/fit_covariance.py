@@ -271,8 +271,8 @@ def write_pipeline(pipeline: Any, output: str | os.PathLike) -> Path:
 
     The card carried from the source names ``output`` (as given) and states the new configs, the head
     among them (``refresh_card_facts``). The carried samples.png is dropped, in ``output`` too: it shows
-    the variance the model sampled with before, and redrawing it would cost a full sampling run (as many
-    UNet calls as the fit's steps) that ``hf-ddpm sample --output OUTPUT/samples.png`` does on request."""
+    the variance the model sampled with before, and redrawing it would add a sampling run (the grid's
+    images x T UNet calls) to every fit, which ``hf-ddpm sample`` does on request."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.fit-"))
