@@ -88,6 +88,8 @@ class Subcommand:
     # What the command writes into a model (REWRITE: --output, and --push-to-hub's upload), or, for
     # one that only reports on it (HUB alone), what --push-to-hub does.
     writes: str = ""
+    # What REWRITE's --output must be, where not any folder (one that holds files is refused).
+    output_rule: str = ""
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
@@ -132,6 +134,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         shared=(MODEL, DEVICE, SEED, THREADS, REWRITE, HUB),
         model_required=True,
         writes="the calibrated pipeline",
+        output_rule="a new or empty folder, which gets a copy of the model",
     ),
     "fit-covariance": Subcommand(
         "hf_ddpm.training.fit_covariance",
@@ -347,7 +350,9 @@ def _add_rewrite(parser: argparse.ArgumentParser, subcommand: Subcommand) -> Non
     parser.add_argument(
         "--output",
         default=None,
-        help=f"folder to write {subcommand.writes} to (default: MODEL itself, if a local folder)",
+        help=f"folder to write {subcommand.writes} to"
+        + (f": {subcommand.output_rule}" if subcommand.output_rule else "")
+        + " (default: MODEL itself, if a local folder)",
     )
 
 

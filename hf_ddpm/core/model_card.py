@@ -19,6 +19,11 @@ SAMPLE_GRID = "samples.png"
 _DISTRIBUTION = "hf-ddpm"
 # How a card names its model in the usage snippets: push_folder_to_hub and a re-save point them elsewhere.
 _CARD_REFERENCE = re.compile(r'from_pretrained\(\s*"([^"]*)"')
+# The labels of the card's facts about the model, one bullet each: _describe_config writes them, and
+# refresh_card_facts finds them by these.
+_FACTS = ("scheduler", "unet", "covariance head", "classes")
+_FACT_LINE = re.compile(rf"^- ({'|'.join(_FACTS)}): ")
+_SAMPLES_SECTION = f"## Samples\n\n![samples]({SAMPLE_GRID})"
 
 
 def _yaml_list(key: str, values: list[str]) -> list[str]:
@@ -43,6 +48,10 @@ def _describe_config(folder: Path) -> list[str]:
             f"{size}x{size} pixels"
             + (", class-conditional" if config.get("num_class_embeds") else "")
         )
+    head_config = folder / "covariance_head" / "config.json"
+    if head_config.is_file():
+        kind = _read_json(head_config).get("kind") or "kind not recorded"
+        lines.append(f"- covariance head: {kind} (per-pixel optimal variance, Bao et al. 2022)")
     classes, _ = _model_classes(folder)
     if classes and isinstance(classes[0], str):
         lines.append(
@@ -176,8 +185,31 @@ def model_card_text(
         "```",
     ]
     if (folder / SAMPLE_GRID).is_file():
-        body += ["", "## Samples", "", f"![samples]({SAMPLE_GRID})"]
+        body += ["", _SAMPLES_SECTION]
     return "\n".join(front + body) + "\n"
+
+
+def refresh_card_facts(text: str, folder: Path) -> str:
+    """``text`` of a card carried into the saved ``folder`` with what a rewrite of the model changes made
+    true of ``folder``: its facts about the model (the bullets :func:`model_card_text` lists: scheduler,
+    unet, covariance head, classes) drawn anew from ``folder``'s configs, and its sample grid section
+    dropped where ``folder`` holds no grid. The rest (description, training record, sections added by
+    hand) is left as it is; a card without those bullets gets them before its ``## Usage``."""
+    lines = text.split("\n")
+    facts = _describe_config(folder)
+    found = [i for i, line in enumerate(lines) if _FACT_LINE.match(line)]
+    if found:
+        end = found[0]
+        while end < len(lines) and _FACT_LINE.match(lines[end]):
+            end += 1
+        lines[found[0] : end] = facts
+    elif "## Usage" in lines and facts:
+        usage = lines.index("## Usage")
+        lines[usage:usage] = [*facts, ""]
+    text = "\n".join(lines)
+    if not (folder / SAMPLE_GRID).is_file():
+        text = text.replace(f"\n\n{_SAMPLES_SECTION}", "")
+    return text
 
 
 def retarget_card(text: str, reference: str) -> str:

@@ -327,12 +327,6 @@ def _ingest_folder(
     if class_from_folders:
         raw, names = _label_by_folder(raw, folder, paths)
         class_column = "label"
-        counts = np.bincount(raw["label"], minlength=len(names))
-        logger.info(
-            "--class-from-folders: %d classes: %s",
-            len(names),
-            ", ".join(f"{n} ({c} images)" for n, c in zip(names, counts)),
-        )
     elif class_column is not None and class_column not in raw.column_names:
         raise ValueError(
             f"class column {class_column!r} not found; the columns are {list(raw.column_names)}"
@@ -352,6 +346,14 @@ def _ingest_folder(
                 f"--train-data-dir {folder!r}: none of its {len(raw)} images can be read"
             )
         raw = raw.select(scan.readable)
+    if class_from_folders:
+        # The images trained on: after the unreadable files are left out.
+        counts = np.bincount(raw["label"], minlength=len(names))
+        logger.info(
+            "--class-from-folders: %d classes: %s",
+            len(names),
+            ", ".join(f"{n} ({c} images)" for n, c in zip(names, counts)),
+        )
     chosen = scan.channels(channels)
     how = (
         "as --channels says"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def _through_partial(path: str | Path, write: Callable[[Path], None]) -> Path:
     whole. A failed write (a full disk, an I/O error) removes the partial file and raises."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
+    # core/saving.partial_path's naming (data/ imports no other subpackage, so the rule is restated).
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         write(partial)
         partial.replace(path)

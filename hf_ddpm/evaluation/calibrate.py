@@ -28,8 +28,9 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_ddpm.core.class_layout import null_label_of
+from hf_ddpm.core.model_card import MODEL_CARD, card_reference, refresh_card_facts, retarget_card
 from hf_ddpm.core.parameterization import resolve_parameterization, x0_from_prediction
-from hf_ddpm.core.saving import write_atomically
+from hf_ddpm.core.saving import MODEL_INDEX, partial_path, write_atomically
 
 from .bound import measure_noised_rows, unconditional_model
 
@@ -260,6 +261,17 @@ def write_eps_second_moment(
     return path
 
 
+def _restate_card(folder: Path, reference: str | None = None) -> None:
+    """Make the card of the calibrated ``folder`` (if it has one) state its scheduler config as it now
+    is (``refresh_card_facts``: ``--set-default`` changes the variance type) and, for a copy, name the
+    copy (``reference``, as ``card_reference`` gives it) rather than the model it was copied from."""
+    card = Path(folder) / MODEL_CARD
+    if not card.is_file():
+        return
+    text = refresh_card_facts(card.read_text(encoding="utf-8"), Path(folder))
+    write_atomically(card, text if reference is None else retarget_card(text, reference))
+
+
 def _write_calibrated_copy(
     source: Path, output: Path, values: np.ndarray, set_default: bool
 ) -> Path:
@@ -269,26 +281,28 @@ def _write_calibrated_copy(
     half folder there. Returns the written scheduler config's path.
 
     Raises:
-        OSError: a copy or write failed; the message names ``output``, and nothing is left behind.
+        OSError: a copy or write failed, as ``OSError(errno, strerror, output)`` (its ``filename`` is
+            ``output``, not the hidden folder's file); nothing is left behind.
     """
     from hf_ddpm.core.pushing import uploaded_files
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.parent / f".{output.name}.partial-{os.getpid()}"
+    partial = partial_path(output)
     shutil.rmtree(partial, ignore_errors=True)
     try:
         for name in uploaded_files(source):
             (partial / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / name, partial / name)
         write_eps_second_moment(partial, values, set_default=set_default)
+        _restate_card(partial, card_reference(output))
         partial.rename(output)  # onto nothing, or an empty folder
     except OSError as error:
         shutil.rmtree(partial, ignore_errors=True)
-        # Named by --output, not by the hidden folder a nested message would name.
-        reason = os.strerror(error.errno) if error.errno else str(error)
-        raise OSError(
-            error.errno, f"writing the calibrated model to {output} failed: {reason}"
-        ) from error
+        if error.errno is None:
+            raise
+        # Named by --output, not by the file of the hidden folder that failed.
+        strerror = error.strerror or os.strerror(error.errno)
+        raise OSError(error.errno, strerror, str(output)) from error
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -338,10 +352,13 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else source
     copying = output.resolve() != source.resolve()
     if copying and output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise ValueError(
-            f"--output {output} already exists; give a new folder, or calibrate that model in place "
-            f"with `hf-ddpm calibrate {output}`"
+        held = "is a file" if not output.is_dir() else "already exists and holds files"
+        in_place = (
+            f", or calibrate the model there in place with `hf-ddpm calibrate {output}`"
+            if (output / MODEL_INDEX).is_file()
+            else ""
         )
+        raise ValueError(f"--output {output} {held}; give a new or empty folder{in_place}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipeline = HFDDPMPipeline.from_pretrained(source).to(device)
     resolve_data_flags(args, "calibrate")
@@ -363,6 +380,7 @@ def run(args: argparse.Namespace) -> int:
         path = _write_calibrated_copy(source, output, result.values, args.set_default)
     else:
         path = write_eps_second_moment(output, result.values, set_default=args.set_default)
+        _restate_card(output)
     if result.num_images > 1:
         worst = int(np.nanargmax(result.stderr))
         spread = f"largest standard error {result.stderr[worst]:.2g} at n={worst}"

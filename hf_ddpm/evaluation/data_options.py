@@ -1,7 +1,10 @@
-"""The data ``hf-ddpm evaluate`` and ``hf-ddpm calibrate`` read when no data flag is given: the model's own.
+"""The data ``hf-ddpm evaluate``, ``calibrate`` and ``fit-covariance`` read when no data flag is given: the
+model's own.
 
-``hf-ddpm train`` writes ``train_config.json`` beside the pipeline, naming the dataset or image folder the
-model was trained on; without ``--dataset`` or ``--train-data-dir`` both commands read that data. A model
+``hf-ddpm train`` writes ``train_config.json`` beside the pipeline, naming the dataset or image folder (as
+an absolute path) the model was trained on, and whether it left out unreadable files
+(``--skip-bad-images``); without ``--dataset`` or ``--train-data-dir`` these commands read that data, the
+same way. A model
 without the file (one not trained by hf-ddpm, or saved by hand) needs a data flag: no dataset is assumed,
 since the bundled grey digits fit only grey 32x32 models.
 """
@@ -15,8 +18,9 @@ from hf_ddpm.data.image_datasets import BUNDLED_DATASETS, TRAIN_RECORD, model_tr
 
 
 def resolve_data_flags(args: argparse.Namespace, command: str) -> None:
-    """Fill ``args.dataset``, ``args.train_data_dir`` and ``args.image_column`` from the model's
-    ``train_config.json`` when neither data flag is given, and log which data that is.
+    """Fill ``args.dataset``, ``args.train_data_dir``, ``args.image_column`` and (for a folder the run
+    read with it) ``args.skip_bad_images`` from the model's ``train_config.json`` when neither data flag
+    is given, and log which data that is.
 
     Raises:
         ValueError: no data flag, and the model records no data, or names a folder that is not here.
@@ -42,6 +46,10 @@ def resolve_data_flags(args: argparse.Namespace, command: str) -> None:
             )
         args.train_data_dir = folder
         chosen = f"--train-data-dir {folder}"
+        # The files the run left out are still there and still unreadable.
+        if record.get("skip_bad_images") and not args.skip_bad_images:
+            args.skip_bad_images = True
+            chosen += " --skip-bad-images"
     else:
         args.dataset = record["dataset"]
         chosen = f"--dataset {args.dataset}"

@@ -40,6 +40,8 @@ TMP_PREFIX = ".tmp-checkpoint-"
 # The tensor groups of every `hf-ddpm train` checkpoint (run_checkpoint.save_run_checkpoint): a checkpoint
 # verified for training must have each one's file, whatever its manifest lists.
 TRAINING_GROUPS = ("model", "ema", "training_state")
+# The tensor groups of every `hf-ddpm fit-covariance` checkpoint (fit_covariance._save), required alike.
+HEAD_FIT_GROUPS = ("head", "optimizer")
 
 
 class CorruptCheckpointError(RuntimeError):

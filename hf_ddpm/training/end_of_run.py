@@ -99,6 +99,41 @@ def _data_flags(config: TrainConfig) -> list[str]:
     return flags + (["--skip-bad-images"] if config.skip_bad_images else [])
 
 
+def _calibration_images(setup: TrainingSetup) -> int:
+    """How many training images the end-of-run calibration noises at every timestep: the first
+    ``--calibrate-images``, or 0 where it is skipped (a class-conditional model trained without label
+    dropout has no model of p(x) to calibrate)."""
+    if setup.null_label is not None and setup.config.class_dropout == 0:
+        return 0
+    return min(setup.config.calibrate_images, len(setup.data))
+
+
+def end_of_run_network_work(setup: TrainingSetup) -> list[tuple[str, int]]:
+    """The extras the options ask for that run the network many times, each as (what it is, in words;
+    images through the UNet): the calibration (M x T) and the covariance head fit (its steps x its
+    batch). For the start-up time estimate (``reporting.RunTimeEstimate``)."""
+    config, work = setup.config, []
+    count = _calibration_images(setup) if config.calibrate else 0
+    if count:
+        calls = count * config.num_train_timesteps
+        work.append(
+            (
+                f"the calibration ({count} x {config.num_train_timesteps} = {calls:,} network calls)",
+                calls,
+            )
+        )
+    if config.covariance_head is not None:
+        options = _head_fit_options(setup)
+        work.append(
+            (
+                f"the {options.kind} covariance head fit ({options.max_steps} steps of "
+                f"{options.batch_size} images)",
+                options.max_steps * options.batch_size,
+            )
+        )
+    return work
+
+
 def _calibrate(run: FinalRun) -> None:
     """Give the saved scheduler Analytic-DPM's ``eps_second_moment`` (``hf-ddpm calibrate``'s statistic)
     from the first ``--calibrate-images`` training images, as the training transform gives them, so the
@@ -109,13 +144,13 @@ def _calibrate(run: FinalRun) -> None:
     from hf_ddpm.evaluation.calibrate import calibrate_pipeline, write_eps_second_moment
 
     setup, config = run.setup, run.config
-    if setup.null_label is not None and config.class_dropout == 0:
+    count = _calibration_images(setup)
+    if count == 0:
         logger.info(
             "calibration skipped: a class-conditional model trained without --class-dropout has no "
             "model of p(x) (its null label) to calibrate"
         )
         return
-    count = min(config.calibrate_images, len(setup.train_data))
     logger.info(
         "calibrating Analytic-DPM's eps_second_moment on %d training images: %d x %d = %d network "
         "calls (--no-calibrate skips it)",
@@ -142,16 +177,16 @@ def _calibrate_command(run: FinalRun) -> str:
     )
 
 
-def _head_fit_options(run: FinalRun) -> FitOptions:
+def _head_fit_options(setup: TrainingSetup) -> FitOptions:
     """The head fit of ``--covariance-head``: ``--covariance-head-steps`` steps, the run's batch size
-    (at most its image count) and seed; the fit and its redo command both read these."""
+    (at most its image count) and seed; the fit, its redo command and the time estimate read these."""
     from .fit_covariance import FitOptions
 
-    config = run.config
+    config = setup.config
     return FitOptions(
         kind=config.covariance_head,
         max_steps=config.covariance_head_steps,
-        batch_size=min(config.batch_size, len(run.setup.train_data)),
+        batch_size=min(config.batch_size, len(setup.data)),
         seed=config.seed,
     )
 
@@ -167,7 +202,7 @@ def _fit_head(run: FinalRun) -> None:
     from .fit_covariance import fit_covariance_head, with_head
 
     setup = run.setup
-    options = _head_fit_options(run)
+    options = _head_fit_options(setup)
     logger.info("fitting the %s covariance head: %d steps", options.kind, options.max_steps)
     images = collate([setup.train_data[i] for i in range(len(setup.train_data))])
     result = fit_covariance_head(
@@ -184,7 +219,7 @@ def _fit_head(run: FinalRun) -> None:
 def _fit_head_command(run: FinalRun) -> str:
     """``hf-ddpm fit-covariance`` on the saved folder with the options a resumed fit must share (its
     ``--output`` is the folder, so it resumes from the fit's own checkpoints)."""
-    options = _head_fit_options(run)
+    options = _head_fit_options(run.setup)
     return shlex.join(
         ["hf-ddpm", "fit-covariance", str(run.output_dir), "--kind", options.kind]
         + ["--max-steps", str(options.max_steps), "--batch-size", str(options.batch_size)]

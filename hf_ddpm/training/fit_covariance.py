@@ -35,12 +35,20 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_ddpm.core.covariance_head import HEAD_TARGETS, CovarianceHead, head_loss, unet_features
+from hf_ddpm.core.model_card import (
+    MODEL_CARD,
+    SAMPLE_GRID,
+    card_reference,
+    refresh_card_facts,
+    retarget_card,
+)
 from hf_ddpm.core.pushing import HEAD_CHECKPOINTS, push_folder_to_hub
-from hf_ddpm.core.saving import MODEL_INDEX, pipeline_options
+from hf_ddpm.core.saving import MODEL_INDEX, pipeline_options, write_atomically
 from hf_ddpm.core.variance import HEAD_VARIANCE_TYPES, LEARNED_VARIANCE_TYPES
 from hf_ddpm.evaluation.bound import unconditional_label
 
 from .checkpointing import (
+    HEAD_FIT_GROUPS,
     flatten_state,
     load_checkpoint,
     prune_checkpoints,
@@ -144,12 +152,16 @@ def fit_covariance_head(
     device = unet.device
     unet.requires_grad_(False).eval()
     label = unconditional_label(unet, getattr(pipeline.config, "null_class_label", None))
-    head = CovarianceHead.for_unet(unet).to(device)
+    head = CovarianceHead.for_unet(unet, kind=options.kind).to(device)
     optimizer = torch.optim.Adam(head.parameters(), lr=options.learning_rate)
     target = HEAD_TARGETS[options.kind]
     num_timesteps = scheduler.config.num_train_timesteps
     step, losses, window = 0, [], []
-    resume = resolve_resume(checkpoint_dir, resume_from) if checkpoint_dir is not None else None
+    resume = (
+        resolve_resume(checkpoint_dir, resume_from, HEAD_FIT_GROUPS)
+        if checkpoint_dir is not None
+        else None
+    )
     if resume is not None:
         step, losses, window = _restore(resume, head, optimizer, options)
     images = images.to(device)
@@ -206,6 +218,7 @@ def _save(
         # The losses since the last logged window, so a resumed run logs the same windows.
         "window": [loss.item() for loss in window],
     }
+    # HEAD_FIT_GROUPS, each of which a resume requires.
     save_checkpoint(folder, step, {"head": head.state_dict(), "optimizer": tensors}, state)
     prune_checkpoints(folder, options.checkpoints_total_limit)
 
@@ -213,7 +226,7 @@ def _save(
 def _restore(
     path: Path, head: CovarianceHead, optimizer: torch.optim.Optimizer, options: FitOptions
 ) -> tuple[int, list[tuple[int, float]], list[torch.Tensor]]:
-    tensors, state = load_checkpoint(path)
+    tensors, state = load_checkpoint(path, HEAD_FIT_GROUPS)
     if "head_config" not in state:
         raise ValueError(f"{COMMAND}: {path} is not a fit-covariance checkpoint")
     saved = state["options"]
@@ -254,12 +267,21 @@ def write_pipeline(pipeline: Any, output: str | os.PathLike) -> Path:
     The pipeline is saved to a temporary sibling folder; then each of its entries is renamed over the old
     one: the code and weights first, ``model_index.json`` (which declares the head) next, the scheduler
     (whose variance type asks for the head) last. At every moment the folder is a loadable pipeline, and
-    entries it held besides the pipeline (checkpoints, logs) stay."""
+    entries it held besides the pipeline (checkpoints, logs) stay.
+
+    The card carried from the source names ``output`` (as given) and states the new configs, the head
+    among them (``refresh_card_facts``). The carried samples.png is dropped, in ``output`` too: it shows
+    the variance the model sampled with before, and redrawing it would add a sampling run (the grid's
+    images x T UNet calls) to every fit, which ``hf-ddpm sample`` does on request."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.fit-"))
     try:
         pipeline.save_pretrained(tmp)
+        (tmp / SAMPLE_GRID).unlink(missing_ok=True)
+        card = tmp / MODEL_CARD
+        text = refresh_card_facts(card.read_text(encoding="utf-8"), tmp)
+        write_atomically(card, retarget_card(text, card_reference(output)))
         last = [MODEL_INDEX, "scheduler"]
         entries = sorted(p.name for p in tmp.iterdir() if p.name not in last)
         for name in [*entries, *last]:
@@ -268,6 +290,7 @@ def write_pipeline(pipeline: Any, output: str | os.PathLike) -> Path:
                 rename_into_place(source, output / name)
             else:
                 os.replace(source, output / name)
+        (output / SAMPLE_GRID).unlink(missing_ok=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return output

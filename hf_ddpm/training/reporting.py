@@ -175,13 +175,19 @@ def format_duration(seconds: float) -> str:
 
 class RunTimeEstimate:
     """Times the first optimizer steps after the first one (which also pays for start-up: workers,
-    allocator, kernels) and logs once how long the whole run will take at that pace.
+    allocator, kernels) and logs once how long the whole run will take at that pace, and its end: the
+    calibration and a covariance head fit run the network forward M x T and steps x batch times, which
+    can take longer than the training itself, estimated from the same measured steps.
 
     Attributes:
         steps: how many steps the estimate times.
+        passes_per_step: a training step costs about this many forward passes of its images (the
+            backward pass costs about two), so one image's forward pass costs about a step's time over
+            this many times the images a process takes per step.
     """
 
     steps = 5
+    passes_per_step = 3
 
     def __init__(self, setup: TrainingSetup, first_step: int) -> None:
         self.setup = setup
@@ -205,7 +211,7 @@ class RunTimeEstimate:
             left = max_steps - step
             logger.info(
                 "time: %.3g s per step over steps %d-%d, so the %d steps left take about %s (the whole "
-                "run of %d steps about %s), besides sample grids, checkpoints and the final calibration",
+                "run of %d steps about %s)%s; besides sample grids and checkpoints",
                 per_step,
                 self.start_step + 1,
                 step,
@@ -213,8 +219,25 @@ class RunTimeEstimate:
                 format_duration(per_step * left),
                 max_steps,
                 format_duration(per_step * max_steps),
+                self._end_of_run(per_step),
             )
             self.started = None
+
+    def _end_of_run(self, per_step: float) -> str:
+        """``"; then <extra> about <time>, ..."`` for the extras that run the network many times."""
+        from .end_of_run import end_of_run_network_work
+
+        config = self.setup.config
+        images_per_step = config.batch_size * config.gradient_accumulation_steps
+        per_image = per_step / (self.passes_per_step * images_per_step)
+        work = end_of_run_network_work(self.setup)
+        if not work:
+            return ""
+        said = ", ".join(f"{what} about {format_duration(per_image * n)}" for what, n in work)
+        return (
+            f"; then {said} (a forward pass per image taken as 1/{self.passes_per_step} of a "
+            "training step's time per image)"
+        )
 
 
 def startup_summary(setup: TrainingSetup, step: int) -> str:

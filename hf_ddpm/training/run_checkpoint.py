@@ -128,7 +128,8 @@ def read_run_state(path: Path) -> dict[str, Any]:
 
 
 def check_output_dir(config: TrainConfig) -> None:
-    """Refuse to start a new run in a folder that holds another run's checkpoints.
+    """Refuse to start a new run in a folder that holds checkpoints, saying whether they are this very
+    run's (the same options: the same command run again) or another run's.
 
     A later ``--resume-from-checkpoint latest`` would otherwise pick up the old run's checkpoint.
 
@@ -139,13 +140,51 @@ def check_output_dir(config: TrainConfig) -> None:
     if config.resume_from_checkpoint is not None or config.overwrite_output_dir:
         return
     found = list_checkpoints(config.output_dir)
-    if found:
-        names = ", ".join(p.name for p in found[-3:])
+    if not found:
+        return
+    latest = latest_checkpoint(config.output_dir, TRAINING_GROUPS)
+    saved = None if latest is None else read_run_state(latest)
+    if saved is not None and not _option_differences(saved["config"], config):
+        step = int(saved["step"])
+        finished = step >= config.max_steps
         raise ValueError(
-            f"--output-dir {config.output_dir!r} already holds {len(found)} checkpoint(s) of another "
-            f"run (newest: {names}); continue it with --resume-from-checkpoint latest, start over with "
-            "--overwrite-output-dir (deletes them), or choose another --output-dir"
+            f"--output-dir {config.output_dir!r} already holds this run, with these options: it "
+            f"{'finished' if finished else 'was interrupted'} at step {step} ({latest.name}). "
+            "--resume-from-checkpoint latest continues it"
+            + (" (trained to the end, it saves the pipeline and extras again)" if finished else "")
+            + "; --overwrite-output-dir starts it again (deletes its checkpoints)"
         )
+    names = ", ".join(p.name for p in found[-3:])
+    raise ValueError(
+        f"--output-dir {config.output_dir!r} already holds {len(found)} checkpoint(s) of another "
+        f"run (newest: {names}); continue it with --resume-from-checkpoint latest, start over with "
+        "--overwrite-output-dir (deletes them), or choose another --output-dir"
+    )
+
+
+def _option_differences(
+    saved_config: dict[str, Any], config: TrainConfig, ignored: frozenset[str] = frozenset()
+) -> list[str]:
+    """The options of ``config`` that change a run's numbers (all but ``RESUMABLE_OPTIONS`` and
+    ``ignored``) and differ from the checkpoint's ``saved_config``, as ``"--flag OLD (now NEW)"``.
+    ``--batch-size`` / ``--lr-warmup-steps`` not given match the checkpoint's (the defaults it filled
+    in, :meth:`TrainConfig.with_scaled_defaults`), ``--dataset`` is not compared where
+    ``--train-data-dir`` replaces it, and ``--train-data-dir`` is compared as a resolved folder."""
+    now = config.to_dict()
+    before = {**TrainConfig().to_dict(), **saved_config}
+    skipped = set(RESUMABLE_OPTIONS) | ignored
+    skipped |= {name for name in ("batch_size", "lr_warmup_steps") if now[name] is None}
+    # --train-data-dir replaces --dataset (older checkpoints still record the unused default).
+    if now["train_data_dir"] is not None:
+        skipped.add("dataset")
+    old, new = before.get("train_data_dir"), now["train_data_dir"]
+    if old is not None and new is not None and Path(old).resolve() == Path(new).resolve():
+        skipped.add("train_data_dir")
+    return [
+        f"--{name.replace('_', '-')} {before.get(name)!r} (now {now[name]!r})"
+        for name in now
+        if name not in skipped and before.get(name) != now[name]
+    ]
 
 
 def clear_output_dir(output_dir: Path) -> list[Path]:
@@ -170,16 +209,9 @@ def resume_differences(
     ``saved`` state in a way that breaks an exact resume, as ``"--flag OLD (now NEW)"``."""
     now = config.to_dict()
     before = {**TrainConfig().to_dict(), **saved["config"]}
-    # --train-data-dir replaces --dataset (older checkpoints still record the unused default).
-    ignored = {"dataset"} if now["train_data_dir"] is not None else set()
     folder_change = _data_folder_difference(before, now, saved.get("data", {}), data)
-    if folder_change is not True:
-        ignored.add("train_data_dir")
-    differences = [
-        f"--{name.replace('_', '-')} {before[name]!r} (now {now[name]!r})"
-        for name in now
-        if name not in RESUMABLE_OPTIONS | ignored and before.get(name) != now[name]
-    ]
+    ignored = frozenset() if folder_change is True else frozenset({"train_data_dir"})
+    differences = _option_differences(saved["config"], config, ignored)
     if isinstance(folder_change, str):
         differences.append(folder_change)
     saved_images = saved.get("data", {}).get("images")

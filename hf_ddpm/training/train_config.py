@@ -428,11 +428,14 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved options, without the Hub token; ``dataset`` is ``None`` when ``train_data_dir``
-        replaces it, so a record never names a dataset the run did not read."""
+        replaces it, so a record never names a dataset the run did not read, and ``train_data_dir`` is
+        absolute, so the commands that read the model's own data (``evaluation/data_options``) find it
+        from any folder (a resume compares folders resolved, and by their content fingerprint)."""
         values = dataclasses.asdict(self)
         values.pop("hub_token")
         if self.train_data_dir is not None:
             values["dataset"] = None
+            values["train_data_dir"] = str(Path(self.train_data_dir).resolve())
         return values
 
     def command(self) -> str:

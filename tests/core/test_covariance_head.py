@@ -245,3 +245,74 @@ def test_a_diffusers_sampler_on_a_model_that_samples_with_its_head(tmp_path, sam
         assert len(calls) == 4
     assert with_head.scheduler.config.variance_type == "npr"
     torch.testing.assert_close(images["npr"], images["plain"], rtol=0, atol=0)
+
+
+def test_a_head_is_read_only_as_the_kind_it_was_fitted_as(tmp_path, capsys):
+    """An NPR head predicts E[(eps - eps_theta)^2], an SN head E[eps^2]: `hf-ddpm sample OUT --variance-type
+    sn` on an NPR head used to run it as SN without a word. The head records its kind; another head
+    variance type is refused by the pipeline (built with it, or swapped in later) and by the command line
+    (one line, exit 2), and the right kind still samples."""
+    unet = _tiny_unet(in_channels=1)
+    head = CovarianceHead.for_unet(unet, kind="npr")
+    sn = HFDDPMScheduler(num_train_timesteps=T, variance_type="sn")
+    refusal = r"variance_type 'sn' .*fitted as 'npr'.*hf-ddpm fit-covariance MODEL --kind sn"
+    with pytest.raises(ValueError, match=refusal):
+        HFDDPMPipeline(unet, sn, covariance_head=head)
+    npr = HFDDPMScheduler.from_config(sn.config, variance_type="npr")
+    pipe = HFDDPMPipeline(unet, npr, covariance_head=head)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(num_inference_steps=2, output_type="np").images.shape == (1, 8, 8, 1)
+    pipe.scheduler = sn
+    with pytest.raises(ValueError, match=refusal):
+        pipe(num_inference_steps=2)
+
+    pipe.scheduler = npr
+    pipe.save_pretrained(tmp_path / "npr")
+    assert (
+        json.loads((tmp_path / "npr" / "covariance_head" / "config.json").read_text())["kind"]
+        == "npr"
+    )
+    argv = ["sample", str(tmp_path / "npr"), "--num-images", "1", "--num-inference-steps", "2"]
+    argv += ["--output", str(tmp_path / "o.png")]
+    assert cli.main([*argv, "--variance-type", "sn"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(
+        "hf-ddpm sample: error: --variance-type sn"
+    ), err
+    assert "fitted as 'npr'" in err and "hf-ddpm fit-covariance MODEL --kind sn" in err, err
+    assert cli.main([*argv, "--variance-type", "npr"]) == 0
+    assert (tmp_path / "o.png").is_file()
+
+
+def test_a_head_saved_without_its_kind_takes_the_scheduler_s_or_stays_unknown(tmp_path):
+    """A head saved before kinds were recorded: the head variance type its folder's scheduler samples
+    with (what fit-covariance saved) is its kind; beside another variance type its kind is unknown and
+    every head type is accepted."""
+    for variance_type in ("npr", "fixed_small"):
+        pipeline(variance_type).save_pretrained(tmp_path / variance_type)
+        config = tmp_path / variance_type / "covariance_head" / "config.json"
+        values = json.loads(config.read_text())
+        del values["kind"]
+        config.write_text(json.dumps(values))
+    adopted = HFDDPMPipeline.from_pretrained(tmp_path / "npr")
+    assert adopted.covariance_head.config.kind == "npr"
+    with pytest.raises(ValueError, match="fitted as 'npr'"):
+        adopted.scheduler = HFDDPMScheduler.from_config(
+            adopted.scheduler.config, variance_type="sn"
+        )
+        adopted(num_inference_steps=2)
+    unknown = HFDDPMPipeline.from_pretrained(tmp_path / "fixed_small")
+    assert unknown.covariance_head.config.kind is None
+    unknown.set_progress_bar_config(disable=True)
+    for variance_type in ("sn", "npr"):
+        unknown.scheduler = HFDDPMScheduler.from_config(
+            unknown.scheduler.config, variance_type=variance_type
+        )
+        unknown(num_inference_steps=2)
+
+
+def test_the_bundled_head_is_recorded_as_npr():
+    from hf_ddpm.hub.bundled import BUNDLED_MODEL_DIR
+
+    config = json.loads((BUNDLED_MODEL_DIR / "covariance_head" / "config.json").read_text())
+    assert config["kind"] == "npr"

@@ -1,4 +1,6 @@
-"""On CUDA, the training step and the sampling loop never wait for the GPU (run by hand: pytest -m gpu).
+"""On CUDA, the training step and the sampling loop after its first step never wait for the GPU (run by
+hand: pytest -m gpu). The first step reads its timestep back once to find its place in the schedule
+(diffusers' step-index rule, core/stepping.py); the guard starts after it.
 
 ``torch.cuda.set_sync_debug_mode("error")`` raises on any operation that synchronises the host with the
 device: ``.item()``, a copy from pageable memory, a data-dependent shape. A sync per step would leave the

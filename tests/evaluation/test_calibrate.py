@@ -121,3 +121,26 @@ def test_calibrate_command_end_to_end(tmp_path, capsys):
     assert "--output" in capsys.readouterr().err
     assert main(["calibrate", str(source), "--num-images", "0"]) == 2
     assert "--num-images" in capsys.readouterr().err
+
+
+def test_the_calibrated_copy_s_card_names_the_copy(tmp_path, monkeypatch, capsys):
+    """`calibrate MODEL --output OUT` kept MODEL's card: its title and from_pretrained("MODEL") named the
+    source. The copy's card names OUT, as given, and its example runs as written from OUT's parent
+    folder; with --set-default its scheduler bullet says analytic."""
+    import re
+
+    from hf_ddpm.cli import main
+
+    _tiny_pipeline().save_pretrained(tmp_path / "model")
+    monkeypatch.chdir(tmp_path)
+    argv = ["calibrate", "model", "--dataset", "mnist-5k", "--num-images", "2", "--set-default"]
+    assert main([*argv, "--output", "calibrated"]) == 0, capsys.readouterr().err
+    card = (tmp_path / "calibrated" / "README.md").read_text()
+    assert "\n# calibrated\n" in card and '"model"' not in card, card
+    assert "variance_type='analytic'" in card
+    installed = re.findall(r"```python\n(.*?)```", card, re.S)[1]
+    assert 'HFDDPMPipeline.from_pretrained("calibrated")' in installed
+    namespace = {}
+    exec(compile(installed, "the card's example", "exec"), namespace)
+    assert len(namespace["images"]) == 4
+    assert "\n# model\n" in (tmp_path / "model" / "README.md").read_text()

@@ -107,3 +107,57 @@ def test_fd_dinov2_gives_up_at_once_when_the_hub_does_not_answer(monkeypatch):
     message = str(raised.value)
     assert "the Hub could not be reached" in message and "did not answer within 3 s" in message
     assert "--dinov2-model" in message
+
+
+def test_the_model_s_own_folder_is_found_from_elsewhere_with_its_bad_files_skipped(
+    tmp_path, monkeypatch, capsys
+):
+    """A run trained as `hf-ddpm train --train-data-dir photos --skip-bad-images` recorded "photos"
+    (relative) in train_config.json: evaluate, calibrate and fit-covariance, reading the model's own data,
+    failed from any other folder ("names --train-data-dir 'photos', which is not a folder here") and,
+    from the same one, stopped on the bad file, asking for --skip-bad-images again. The record holds the
+    absolute folder, and the commands skip what the run skipped, saying so."""
+    from hf_ddpm.training.train import TrainConfig, train
+
+    project = tmp_path / "project"
+    photos = project / "photos" / "train"
+    photos.mkdir(parents=True)
+    for i in range(6):
+        Image.new("L", (8, 8), 40 * i).save(photos / f"{i}.png")
+    (photos / "broken.png").write_bytes(b"not a png")
+    monkeypatch.chdir(project)
+    config = TrainConfig(
+        train_data_dir="photos",
+        skip_bad_images=True,
+        model_preset="tiny",
+        resolution=8,
+        batch_size=2,
+        max_steps=1,
+        num_train_timesteps=T,
+        checkpoint_every=0,
+        sample_every=0,
+        grid=False,
+        calibrate=False,
+        dataloader_num_workers=0,
+        logger="none",
+        output_dir="run",
+    )
+    train(config)
+    record = json.loads((project / "run" / "train_config.json").read_text())
+    assert record["train_data_dir"] == str(project / "photos") and record["skip_bad_images"]
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    model = str(project / "run")
+    said = f"reading the model's own data, --train-data-dir {project / 'photos'} --skip-bad-images"
+    commands = {
+        "calibrate": ["--num-images", "2", "--output", "calibrated"],
+        "fit-covariance": ["--kind", "npr", "--max-steps", "1", "--batch-size", "2"]
+        + ["--output", "fitted"],
+        "evaluate": ["--metrics", "nll", "--split", "train", "--output", "r.json"],
+    }
+    for command, flags in commands.items():
+        capsys.readouterr()
+        assert cli.main([command, model, *flags]) == 0, (command, capsys.readouterr().err)
+        assert said in capsys.readouterr().out, command

@@ -74,3 +74,29 @@ def test_a_checkpoint_folder_given_as_the_model_points_to_its_run(tmp_path, caps
     unfinished.mkdir(parents=True)
     assert cli.main(["sample", str(unfinished), "--output", str(tmp_path / "s.png")]) == 2
     assert "--resume-from-checkpoint" in capsys.readouterr().err
+
+
+def test_refreshed_facts_replace_the_old_ones_or_come_before_usage(tmp_path):
+    """A rewritten model's carried card states its new configs: the old fact bullets give way to the new
+    ones (the rest of the card kept), a card without them gets them before its Usage, and a card whose
+    folder holds no sample grid loses its Samples section."""
+    from hf_ddpm.core.model_card import refresh_card_facts
+
+    folder = _save(tmp_path / "model")
+    card = (folder / "README.md").read_text()
+    old = card.replace("variance_type='fixed_small'", "variance_type='learned'")
+    old = (
+        old.replace("## Usage", "My notes.\n\n## Usage")
+        + "\n## Samples\n\n![samples](samples.png)\n"
+    )
+    refreshed = refresh_card_facts(old, folder)
+    assert "variance_type='fixed_small'" in refreshed and "'learned'" not in refreshed
+    assert "My notes." in refreshed and "## Samples" not in refreshed
+    assert refresh_card_facts(card, folder) == card
+    bare = "# mine\n\nHand-written.\n\n## Usage\n\nLoad it.\n"
+    assert refresh_card_facts(bare, folder) == bare.replace(
+        "## Usage",
+        "- scheduler: HFDDPMScheduler (num_train_timesteps=5, beta_schedule='linear', "
+        "variance_type='fixed_small', prediction_type='epsilon')\n- unet: UNet2DModel, 1 channels, "
+        "8x8 pixels\n\n## Usage",
+    )

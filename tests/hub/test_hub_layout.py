@@ -476,9 +476,15 @@ def test_the_one_atomic_writer_keeps_the_old_file_and_names_it(
     path = tmp_path / "report.json"
     path.write_text("old", encoding="utf-8")
     faults = inject_write_faults(monkeypatch, tmp_path, error=code)
-    with pytest.raises(OSError, match=rf"writing {path} failed: {os.strerror(code)}") as raised:
+    with pytest.raises(OSError) as raised:
         write_atomically(path, content)
-    assert raised.value.errno == code and faults.failed
+    # Python's own shape: the OS's words as strerror, the file written (not the partial one) as filename.
+    assert (raised.value.errno, raised.value.strerror) == (
+        code,
+        os.strerror(code),
+    ) and faults.failed
+    assert raised.value.filename == str(path)
+    assert str(raised.value) == f"[Errno {code}] {os.strerror(code)}: {str(path)!r}"
     assert path.read_text(encoding="utf-8") == "old" and sorted(os.listdir(tmp_path)) == [path.name]
     faults.enabled = False
     write_atomically(path, content)

@@ -6,6 +6,7 @@ grids, never checkpoints, logs or hidden partial writes."""
 import shlex
 from pathlib import Path
 
+import pytest
 from conftest import tiny_train_config
 
 from hf_ddpm.core.pushing import HubPushError, push_folder_to_hub, uploaded_files
@@ -152,13 +153,17 @@ def test_calibrate_output_is_written_whole_or_not_at_all(tmp_path, monkeypatch, 
         faults.enabled = False
         errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
         assert errors == [
-            f"hf-ddpm calibrate: error: [Errno {errno.ENOSPC}] writing the calibrated model to "
-            f"{output} failed: No space left on device"
+            f"hf-ddpm calibrate: error: [Errno {errno.ENOSPC}] No space left on device: "
+            f"{str(output)!r}"
         ], (nth, errors)
         assert list(parent.iterdir()) == [], (nth, faults.failed)
     assert _tree(source) == before
     assert main(_calibrate_argv(source, output)) == 0
-    assert _tree(output) == clean
+    # The card names the folder it is in.
+    card = clean["README.md"].replace(
+        str(clean_parent / "calibrated").encode(), str(output).encode()
+    )
+    assert _tree(output) == {**clean, "README.md": card}
 
 
 def test_calibrate_refuses_an_output_folder_that_holds_files(tmp_path, capsys):
@@ -171,6 +176,25 @@ def test_calibrate_refuses_an_output_folder_that_holds_files(tmp_path, capsys):
     output.mkdir()
     (output / "notes.txt").write_text("mine")
     assert main(_calibrate_argv(source, output)) == 2
-    err = capsys.readouterr().err
-    assert f"--output {output} already exists" in err and f"hf-ddpm calibrate {output}" in err
+    err = capsys.readouterr().err.strip()
+    # Not a model: no advice to calibrate it in place (it used to be given for any folder).
+    assert err == (
+        f"hf-ddpm calibrate: error: --output {output} already exists and holds files; give a new or "
+        "empty folder"
+    ), err
     assert [p.name for p in output.iterdir()] == ["notes.txt"]
+    (output / "notes.txt").unlink()
+    _tiny_pipeline().save_pretrained(output)
+    assert main(_calibrate_argv(source, output)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"or calibrate the model there in place with `hf-ddpm calibrate {output}`")
+    assert main(_calibrate_argv(source, source / "model_index.json")) == 2
+    assert "model_index.json is a file; give a new or empty folder" in capsys.readouterr().err
+
+
+def test_calibrate_output_help_says_the_folder_must_be_new_or_empty(capsys):
+    from hf_ddpm.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--help"])
+    assert "a new or empty folder" in " ".join(capsys.readouterr().out.split())

@@ -86,8 +86,8 @@ def _named(operations: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def _final_name(name: str) -> str:
-    """The file a write operation is for: a hidden ``.NAME.partial`` (``.NAME.PID.partial`` from the one
-    atomic text writer) is written, then renamed to NAME."""
+    """The file a write operation is for: a hidden ``.NAME.PID.partial`` (every atomic writer's naming)
+    is written, then renamed to NAME."""
     if not name.endswith(".partial"):
         return name
     return re.sub(r"\.\d+$", "", name[1 : -len(".partial")])
@@ -135,9 +135,9 @@ def test_an_io_error_once_is_one_line_and_a_rerun_completes(
 ):
     clean_files, operations = clean
     kind, name = {
-        "first PNG write": ("write", ".000000.png.partial"),
+        "first PNG write": ("write", f".000000.png.{os.getpid()}.partial"),
         "PNG rename": ("rename", "000001.png"),
-        "npz write": ("write", f".{NPZ}.partial"),
+        "npz write": ("write", f".{NPZ}.{os.getpid()}.partial"),
         "npz rename": ("rename", NPZ),
     }[site]
     nth = 1 + next(k for k, (op, path) in enumerate(operations) if (op, path) == (kind, name))

@@ -112,6 +112,19 @@ def test_class_folders_below_a_split_folder_and_nested_ones(tmp_path):
     assert sorted(data.dataset["label"]) == [0, 0, 0, 1, 1]
 
 
+def test_the_class_counts_are_of_the_images_used(tmp_path, caplog):
+    """The log's per-class counts ("cats (3 images)") counted the files --skip-bad-images left out."""
+    data = class_folders(tmp_path / "photos", per_class=3)
+    (data / "cats" / "broken.png").write_bytes(b"not a png")
+    with caplog.at_level(logging.INFO, logger="hf_ddpm.data.image_datasets"):
+        used = load_image_dataset(
+            train_data_dir=str(data), class_from_folders=True, skip_bad_images=True
+        )
+    assert sorted(used.dataset["label"]) == [0, 0, 0, 1, 1, 1]
+    counts = [r.getMessage() for r in caplog.records if "classes:" in r.getMessage()]
+    assert counts == ["--class-from-folders: 2 classes: cats (3 images), dogs (3 images)"], counts
+
+
 def test_class_from_folders_needs_a_folder_and_no_class_column(tmp_path, capsys):
     assert cli.main(["train", "--class-from-folders", "--output-dir", str(tmp_path / "o")]) == 2
     assert "--class-from-folders" in capsys.readouterr().err
@@ -178,3 +191,33 @@ def test_the_start_up_log_estimates_the_whole_runs_time(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("time: ")]
     assert len(lines) == 1
     assert "per step over steps 2-6" in lines[0] and "the whole run of 8 steps about" in lines[0]
+
+
+def test_the_time_estimate_includes_the_calibration_and_the_head_fit(tmp_path, caplog, monkeypatch):
+    """The start-up estimate left out the end-of-run calibration (16 x T network calls), which took
+    longer than the training in a trial. It names the calibration and the head fit and estimates each at
+    a third of a training step's time per image. A clock that says each step took exactly 1 s makes
+    the figures exact: 8 images per step, so 1/24 s per image; the calibration's 16 x 20 = 320 images
+    take 13.3 s, the head fit's 3 steps of 8 images 1 s."""
+    from itertools import count
+
+    from hf_ddpm.training.reporting import RunTimeEstimate
+
+    clock = count(0.0, RunTimeEstimate.steps)  # 5 s between the two readings: 1 s per step
+    monkeypatch.setattr(RunTimeEstimate, "_now", lambda self: next(clock))
+    config = _tiny(
+        tmp_path,
+        max_steps=8,
+        grid=False,
+        calibrate_images=16,
+        covariance_head="npr",
+        covariance_head_steps=3,
+    )
+    assert config.batch_size == 8 and config.num_train_timesteps == 20
+    with caplog.at_level(logging.INFO, logger="hf_ddpm.training.reporting"):
+        train(config)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("time: ")]
+    assert len(lines) == 1
+    assert "1 s per step over steps 2-6, so the 2 steps left take about 2 s" in lines[0], lines
+    assert "then the calibration (16 x 20 = 320 network calls) about 13 s" in lines[0], lines
+    assert "the npr covariance head fit (3 steps of 8 images) about 1 s" in lines[0], lines

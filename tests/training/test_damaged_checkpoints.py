@@ -17,6 +17,7 @@ import torch
 from conftest import run_subprocess, tiny_train_config
 
 from hf_ddpm.training.checkpointing import (
+    HEAD_FIT_GROUPS,
     MANIFEST,
     TRAINING_GROUPS,
     CorruptCheckpointError,
@@ -197,3 +198,60 @@ def test_hf_ddpm_train_resumes_latest_over_a_damaged_newest_checkpoint(run, tmp_
     for group in ("model", "ema"):
         assert resumed[group].keys() == original[group].keys()
         assert all(torch.equal(resumed[group][k], original[group][k]) for k in original[group])
+
+
+# ------------------------------------------------------------------- fit-covariance's checkpoints
+
+
+def _head_fit(checkpoint_dir, resume_from=None):
+    """A 4-step NPR head fit of a tiny pipeline, checkpointed at steps 2 and 4 into ``checkpoint_dir``."""
+    from conftest import _tiny_unet
+
+    from hf_ddpm import HFDDPMPipeline, HFDDPMScheduler
+    from hf_ddpm.training.fit_covariance import FitOptions, fit_covariance_head
+
+    pipeline = HFDDPMPipeline(_tiny_unet(in_channels=1), HFDDPMScheduler(num_train_timesteps=20))
+    images = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    options = FitOptions(kind="npr", max_steps=4, batch_size=4, checkpoint_every=2)
+    return fit_covariance_head(
+        pipeline, images, options, checkpoint_dir, resume_from=resume_from, progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def head_fit(tmp_path_factory):
+    out = tmp_path_factory.mktemp("head") / "covariance-head"
+    return out, _head_fit(out)
+
+
+def test_a_head_fit_checkpoint_has_exactly_the_files_a_resume_requires(head_fit):
+    out, _ = head_fit
+    for step in (2, 4):
+        files = {p.name for p in (out / f"checkpoint-{step}").iterdir()}
+        assert files == required_files(HEAD_FIT_GROUPS) | {MANIFEST}
+
+
+@pytest.mark.parametrize("name", sorted(required_files(HEAD_FIT_GROUPS)))
+def test_a_head_fit_file_deleted_with_its_manifest_entry_falls_back(
+    head_fit, tmp_path, caplog, name
+):
+    """fit-covariance resolved and loaded its checkpoints without the groups a head checkpoint holds: with
+    head.safetensors deleted together with its manifest entry, the resume crashed with KeyError 'head'.
+    Now 'latest' skips it, naming why, and the fit resumed from checkpoint-2 ends with the uninterrupted
+    fit's head; the damaged folder given by path is refused."""
+    whole_out, whole = head_fit
+    out = tmp_path / "covariance-head"
+    shutil.copytree(whole_out, out)
+    damaged = out / "checkpoint-4"
+    _delete_with_its_entry(damaged, name)
+    reason = f"is missing {name} (not listed in its {MANIFEST} either)"
+    with caplog.at_level(logging.WARNING, logger="hf_ddpm.training.checkpointing"):
+        resumed = _head_fit(out, "latest")
+    skipped = _skipped(caplog)
+    assert len(skipped) == 1 and "checkpoint-4" in skipped[0] and reason in skipped[0], skipped
+    assert resumed.step == 4 and resumed.losses == whole.losses
+    for key, value in whole.head.state_dict().items():
+        assert torch.equal(value, resumed.head.state_dict()[key]), key
+    _delete_with_its_entry(out / "checkpoint-4", name)
+    with pytest.raises(CorruptCheckpointError, match=re.escape(reason)):
+        _head_fit(out, str(out / "checkpoint-4"))

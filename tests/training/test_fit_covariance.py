@@ -164,6 +164,44 @@ def test_fit_covariance_writes_a_model_that_samples_with_its_head(tiny_model, ca
         assert torch.equal(value, tensors["head"][name])
 
 
+def test_the_fitted_model_s_card_names_output_and_its_head(tiny_model, monkeypatch, capsys):
+    """The card of `fit-covariance MODEL --output OUT` named the hidden folder it was written through
+    (`# .OUT.fit-l_6kec_z`, `from_pretrained("out/.OUT.fit-...")`), said nothing of the head and kept the
+    source's variance_type and samples.png. Now its example runs as written from OUT's parent folder, its
+    facts name the head and the new variance type, and the stale grid is gone (in place too)."""
+    import re
+
+    from PIL import Image
+
+    from hf_ddpm import cli
+    from hf_ddpm.core.saving import write_model_card
+
+    source = tiny_model / "model"
+    Image.new("L", (8, 8)).save(source / "samples.png")
+    write_model_card(source, description="Trained by hand.")
+    assert "## Samples" in (source / "README.md").read_text()
+    monkeypatch.chdir(tiny_model)
+    argv = ["fit-covariance", "model", "--train-data-dir", "images", "--kind", "npr"]
+    argv += ["--max-steps", "2", "--batch-size", "4"]
+    assert cli.main([*argv, "--output", "fitted"]) == 0, capsys.readouterr().err
+    card = (tiny_model / "fitted" / "README.md").read_text()
+    assert "\n# fitted\n" in card and ".fit-" not in card, card
+    assert "Trained by hand." in card
+    assert "- covariance head: npr (per-pixel optimal variance, Bao et al. 2022)" in card
+    assert "variance_type='npr'" in card and "fixed_small" not in card
+    assert not (tiny_model / "fitted" / "samples.png").exists() and "## Samples" not in card
+    installed = re.findall(r"```python\n(.*?)```", card, re.S)[1]
+    assert 'HFDDPMPipeline.from_pretrained("fitted")' in installed
+    namespace = {}
+    exec(compile(installed, "the card's example", "exec"), namespace)
+    assert len(namespace["images"]) == 4
+
+    assert cli.main(argv) == 0, capsys.readouterr().err  # in place: --output is the model
+    card = (source / "README.md").read_text()
+    assert "\n# model\n" in card and 'from_pretrained("model")' in card and ".fit-" not in card
+    assert card.count("- covariance head: npr") == 1 and not (source / "samples.png").exists()
+
+
 def test_fit_covariance_on_a_learned_variance_model_is_one_line_exit_2(tiny_model, capsys):
     from conftest import _tiny_unet
 
@@ -190,6 +228,7 @@ def test_train_with_covariance_head_fits_it_at_the_end(tmp_path):
     assert pipe.scheduler.config.variance_type == "sn"
     assert pipe.covariance_head.conv.weight.abs().sum() > 0  # fitted: no longer the zero start
     assert (tmp_path / "out" / "covariance-head" / "checkpoint-3").is_dir()
+    assert "- covariance head: sn (per-pixel" in (tmp_path / "out" / "README.md").read_text()
 
 
 def test_train_refuses_a_head_beside_a_learned_variance(tmp_path):

@@ -5,6 +5,7 @@ output folders that are never mixed, and a start-up summary."""
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -265,6 +266,37 @@ def test_a_folder_with_another_runs_checkpoints_is_refused_or_overwritten(tmp_pa
     assert read_run_state(out / "checkpoint-3")["config"]["seed"] == 1
     with pytest.raises(ValueError, match="--overwrite-output-dir deletes the checkpoints"):
         train(_config(tmp_path, data, overwrite_output_dir=True, resume_from_checkpoint="latest"))
+
+
+def test_the_same_command_again_is_told_its_run_is_there(tmp_path, monkeypatch):
+    """Rerunning the identical `hf-ddpm train` command on a finished run said the folder held
+    "checkpoint(s) of another run". With the same options it says the run is there, where it stopped,
+    and how to continue or restart it; with the batch size and warm-up left to their defaults too."""
+    data = _folder(tmp_path / "c", grey=4)
+    first = _config(tmp_path, data, max_steps=4, checkpoint_every=2, batch_size=None)
+    train(first)
+    out = Path(first.output_dir)
+    with pytest.raises(ValueError) as raised:
+        train(first)
+    message = str(raised.value)
+    assert "another run" not in message, message
+    assert (
+        "already holds this run, with these options: it finished at step 4 (checkpoint-4)"
+        in message
+    )
+    assert "--resume-from-checkpoint latest continues it" in message
+    assert "--overwrite-output-dir starts it again" in message
+    # The folder given relative to the current one is the same folder.
+    monkeypatch.chdir(data.parent)
+    relative = _config(tmp_path, Path(data.name), max_steps=4, checkpoint_every=2, batch_size=None)
+    with pytest.raises(ValueError, match="finished at step 4"):
+        train(relative)
+    shutil.rmtree(out / "checkpoint-4")
+    with pytest.raises(ValueError, match="it was interrupted at step 2 .checkpoint-2.") as raised:
+        train(first)
+    assert "continues it;" in str(raised.value)
+    with pytest.raises(ValueError, match="of another run"):
+        train(_config(tmp_path, data, max_steps=4, checkpoint_every=2, seed=1))
 
 
 def test_resume_refuses_options_that_break_exactness_and_names_each(tmp_path, caplog):

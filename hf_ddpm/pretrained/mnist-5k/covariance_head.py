@@ -36,6 +36,8 @@ class CovarianceHead(ModelMixin, ConfigMixin):
         feature_channels: channels of the UNet's last feature map (``unet.conv_norm_out.num_channels``).
         out_channels: channels of the samples (the UNet's ``in_channels``): one second moment per pixel.
         norm_num_groups, norm_eps: the GroupNorm's groups and epsilon; :meth:`for_unet` takes the UNet's own.
+        kind: the head variance type it was fitted as ("sn" or "npr"): what its output means, so the only
+            variance_type that may read it; None for a head saved before kinds were recorded.
     """
 
     @register_to_config
@@ -45,8 +47,11 @@ class CovarianceHead(ModelMixin, ConfigMixin):
         out_channels: int,
         norm_num_groups: int = 32,
         norm_eps: float = 1e-6,
+        kind: str | None = None,
     ) -> None:
         super().__init__()
+        if kind is not None and kind not in HEAD_TARGETS:
+            raise ValueError(f"kind must be one of {', '.join(HEAD_TARGETS)} or None, got {kind!r}")
         self.norm = nn.GroupNorm(norm_num_groups, feature_channels, eps=norm_eps)
         self.act = nn.SiLU()
         self.conv = nn.Conv2d(feature_channels, out_channels, kernel_size=3, padding=1)
@@ -59,14 +64,16 @@ class CovarianceHead(ModelMixin, ConfigMixin):
         return self.conv(self.act(self.norm(features)))
 
     @classmethod
-    def for_unet(cls, unet: Any) -> CovarianceHead:
-        """A fresh (zero) head shaped for ``unet``: its last feature map, its norm, its sample channels."""
+    def for_unet(cls, unet: Any, kind: str | None = None) -> CovarianceHead:
+        """A fresh (zero) head shaped for ``unet`` (its last feature map, its norm, its sample channels), to
+        be fitted as ``kind``."""
         norm = last_feature_norm(unet)
         return cls(
             feature_channels=norm.num_channels,
             out_channels=unet.config.in_channels,
             norm_num_groups=norm.num_groups,
             norm_eps=norm.eps,
+            kind=kind,
         )
 
 

@@ -92,8 +92,10 @@ def reads_covariance_head(scheduler: Any) -> bool:
 
 
 def check_covariance_head(unet: Any, scheduler: Any, covariance_head: Any) -> None:
-    """Raise a ValueError when the scheduler's variance needs a covariance head the pipeline lacks, or the
-    head does not fit the UNet (its sample channels, or the channels of its last feature map)."""
+    """Raise a ValueError when the scheduler's variance needs a covariance head the pipeline lacks, the
+    head does not fit the UNet (its sample channels, or the channels of its last feature map), or the
+    scheduler would read it as another kind than it was fitted as (an NPR head's E[(eps - eps_theta)^2]
+    taken for SN's E[eps^2]); a head of unrecorded kind (``kind`` None) is accepted."""
     if unet is None or scheduler is None:
         return
     variance_type = getattr(scheduler.config, "variance_type", None)
@@ -115,6 +117,26 @@ def check_covariance_head(unet: Any, scheduler: Any, covariance_head: Any) -> No
             "the head was fitted for another UNet. With hf_ddpm installed, fit one for this model with "
             "`hf-ddpm fit-covariance`."
         )
+    kind = getattr(head, "kind", None)
+    if reads_covariance_head(scheduler) and kind is not None and kind != variance_type:
+        raise ValueError(
+            f"variance_type {variance_type!r} reads the covariance head as an {variance_type} head, but "
+            f"this model's head was fitted as {kind!r} (covariance_head/config.json): sample with "
+            f"variance_type {kind!r}, or, with hf_ddpm installed, fit an {variance_type} head with "
+            f"`hf-ddpm fit-covariance MODEL --kind {variance_type} --output NEW_FOLDER`."
+        )
+
+
+def _adopt_scheduler_head_kind(scheduler: Any, covariance_head: Any) -> None:
+    """Record in a head saved before kinds were recorded (``kind`` None) the head variance type of the
+    scheduler it comes with, the one it was saved to sample with (``hf-ddpm fit-covariance`` sets both);
+    beside any other variance type its kind stays unknown."""
+    variance_type = getattr(scheduler.config, "variance_type", None)
+    if (
+        getattr(covariance_head.config, "kind", None) is None
+        and variance_type in HEAD_VARIANCE_TYPES
+    ):
+        covariance_head.register_to_config(kind=variance_type)
 
 
 def covariance_head_in_use(unet: Any, scheduler: Any, covariance_head: Any) -> Any:
@@ -249,6 +271,8 @@ class HFDDPMPipelineMixin:
         if isinstance(covariance_head, (tuple, list)) and not any(covariance_head):
             covariance_head = None
         check_unet_matches_scheduler(unet, scheduler)
+        if covariance_head is not None and scheduler is not None:
+            _adopt_scheduler_head_kind(scheduler, covariance_head)
         check_covariance_head(unet, scheduler, covariance_head)
         check_null_class_label(unet, null_class_label)
         check_class_names(unet, null_class_label, class_names)

@@ -192,17 +192,26 @@ def _carry_extra_files(source: Path, folder: Path) -> set[str]:
     return carried
 
 
+def partial_path(path: str | os.PathLike) -> Path:
+    """The hidden file or folder that a write of ``path`` goes through before it is renamed onto
+    ``path``: ``.{name}.{pid}.partial`` beside it, one per process, so two processes writing the same
+    path (a shared cache) never mix their bytes, and a leftover one is recognisably hidden and partial.
+    (``data/image_grid``, which cannot import core, names its partial files by the same rule.)"""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
 def write_atomically(path: str | os.PathLike, content: str | bytes) -> None:
-    """Write ``content`` (text, as UTF-8, or bytes) to ``path`` through a hidden partial file and
-    ``os.replace``, so that a reader (or a crash) never sees half a file. Each process has its own
-    partial file, so two writing the same file (a shared cache) never mix their bytes.
+    """Write ``content`` (text, as UTF-8, or bytes) to ``path`` through a hidden partial file
+    (:func:`partial_path`) and ``os.replace``, so that a reader (or a crash) never sees half a file.
 
     Raises:
-        OSError: of the same kind, naming ``path`` (not the partial file), when the write fails; the old
-            file is then whole and no partial one is left beside it.
+        OSError: of the same kind (``OSError(errno, strerror, path)``: the subclass of that errno, the
+            OS's words as ``strerror``, ``path`` as ``filename``, not the partial file), when the write
+            fails; the old file is then whole and no partial one is left beside it.
     """
     path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial = partial_path(path)
     try:
         if isinstance(content, str):
             partial.write_text(content, encoding="utf-8")
@@ -212,8 +221,8 @@ def write_atomically(path: str | os.PathLike, content: str | bytes) -> None:
     except BaseException as error:
         partial.unlink(missing_ok=True)
         if isinstance(error, OSError) and error.errno is not None:
-            # OSError(errno, ...) is the subclass of that errno (FileNotFoundError, ...), as before.
-            raise OSError(error.errno, f"writing {path} failed: {error.strerror}") from error
+            strerror = error.strerror or os.strerror(error.errno)
+            raise OSError(error.errno, strerror, str(path)) from error
         raise
 
 
