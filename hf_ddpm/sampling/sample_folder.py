@@ -150,6 +150,10 @@ def _differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> list
                 f"the model's weights: {recorded.get('model')} (folder, unet_sha256 {str(was)[:12]}) vs "
                 f"{wanted.get('model')} (now, unet_sha256 {str(now)[:12]})"
             )
+        elif key == "class_label":
+            every = "every class in turn"
+            was, now = (every if v is None else v for v in (was, now))
+            lines.append(f"class_label {was} (folder) vs {now} (now)")
         else:
             lines.append(f"{key} {was!r} (folder) vs {now!r} (now)")
     return lines

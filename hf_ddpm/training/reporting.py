@@ -13,7 +13,11 @@ import torch
 
 from hf_ddpm.core.scheduling import HFDDPMScheduler
 from hf_ddpm.data.image_grid import image_grid
-from hf_ddpm.sampling.samplers import default_sampling_steps, sampling_variance_type
+from hf_ddpm.sampling.samplers import (
+    default_sampling_steps,
+    image_class_labels,
+    sampling_variance_type,
+)
 
 from .checkpointing import TRAINING_GROUPS, latest_checkpoint
 from .setup import TrainingSetup
@@ -133,7 +137,7 @@ class SampleGrids:
             sampling.variance,
         )
         pipeline.set_progress_bar_config(desc=f"sampling {n} images", leave=False)
-        labels = None if setup.null_label is None else [i % setup.null_label for i in range(n)]
+        labels = image_class_labels(range(n), setup.data.num_classes)
         generator = torch.Generator(setup.accelerator.device).manual_seed(config.seed)
         images = pipeline(
             batch_size=n,

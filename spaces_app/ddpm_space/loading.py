@@ -199,7 +199,8 @@ def offered_variance_types(pipe: Any) -> tuple[str, ...]:
     if it learned one (the output means something else under another type), else every type of the
     ddpm sampler (without hf_ddpm: of its scheduler's code) that needs no learned output, and the
     covariance head's types (``HEAD_VARIANCE_TYPES``: the head gives their second C channels) where the
-    pipeline carries a head."""
+    pipeline carries a head: the one it was fitted as where it records its ``kind``, which is the only one
+    the pipeline lets read it."""
     scheduler = pipe.scheduler
     if variance_is_learned(pipe):
         return (str(scheduler.config.variance_type),)
@@ -211,7 +212,9 @@ def offered_variance_types(pipe: Any) -> tuple[str, ...]:
         first = sampling_variance_type(scheduler.config)
         candidates = SAMPLERS[DDPM].variance_types
         head_types = HEAD_VARIANCE_TYPES
-    with_head = (head_types or ()) if getattr(pipe, "covariance_head", None) is not None else ()
+    head = getattr(pipe, "covariance_head", None)
+    kind = getattr(head, "kind", None)
+    with_head = () if head is None else (kind,) if kind else tuple(head_types or ())
     channels = int(pipe.unet.config.in_channels)
     return tuple(
         name

@@ -326,6 +326,21 @@ def test_a_rerun_with_other_settings_is_refused_in_one_line(tmp_path, tiny_unet,
     assert cli.main([*argv, "--num-inference-steps", "3", "--seed", "1", "--overwrite"]) == 0
 
 
+def test_a_refused_class_is_named_in_words(tmp_path, tiny_unet, capsys):
+    """A folder drawn with every class in turn, resumed with one class: the refusal says so in words (it
+    printed "class_label None (folder)")."""
+    pipe = HFDDPMPipeline(
+        unet=tiny_unet(num_class_embeds=3), scheduler=HFDDPMScheduler(num_train_timesteps=10)
+    )
+    pipe.save_pretrained(tmp_path / "model")
+    argv = ["sample", str(tmp_path / "model"), "--output-dir", str(tmp_path / "s")]
+    argv += ["--num-images", "2", "--num-inference-steps", "2"]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    assert cli.main([*argv, "--class-label", "1"]) == 2
+    assert "class_label every class in turn (folder) vs 1 (now)" in capsys.readouterr().err
+
+
 def test_guided_sampling_makes_one_unet_call_per_step_for_both_halves(tmp_path, tiny_unet):
     pipe = HFDDPMPipeline(
         unet=tiny_unet(num_class_embeds=4), scheduler=HFDDPMScheduler(num_train_timesteps=10)

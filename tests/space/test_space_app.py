@@ -484,13 +484,14 @@ def test_a_model_with_a_covariance_head_offers_its_types_and_samples_with_it(
     """The bundled model ships an NPR head: `hf-ddpm sample --variance-type npr` draws with it, and the
     Space offered neither "sn" nor "npr" (their scheduler takes 2C channels, the UNet outputs C). It
     offers both where the pipeline carries a head, with hf_ddpm and without (the head types of the
-    model's own code), and draws what the pipeline draws with that variance; a model without a head is
-    not offered them."""
+    model's own code): the kind its head was fitted as (npr; sn would be refused), and draws what the
+    pipeline draws with that variance; a model without a head is not offered them."""
     from hf_ddpm.core.variance import HEAD_VARIANCE_TYPES
 
     assert not set(HEAD_VARIANCE_TYPES) & set(app.load_model(str(model_dir)).model.variance_types)
     state = app.load_model(str(bundled_model_path()))
-    assert set(HEAD_VARIANCE_TYPES) <= set(state.model.variance_types)
+    assert state.model.pipe.covariance_head.kind == "npr"
+    assert set(HEAD_VARIANCE_TYPES) & set(state.model.variance_types) == {"npr"}
     assert state.model.variance_types[0] == "analytic"  # the default stays hf-ddpm sample's
     *_, (_, _, images, status) = app.generate_images(
         state, 3, 1, 4, "npr", 7, 1.0, lambda *a, **k: None
@@ -517,7 +518,8 @@ sys.path.insert(0, {str(app._HERE)!r})
 import app
 state = app.load_model({str(bundled_model_path())!r})
 assert state.model is not None, state.message
-assert {{"sn", "npr"}} <= set(state.model.variance_types), state.model.variance_types
+assert "npr" in state.model.variance_types, state.model.variance_types
+assert "sn" not in state.model.variance_types, state.model.variance_types
 *_, (_, _, images, status) = app.generate_images(state, 3, 1, 4, "npr", 7, 1.0, lambda *a, **k: None)
 print("STATUS:", status)
 """)
@@ -541,9 +543,11 @@ def test_the_likelihood_of_a_model_that_samples_with_its_head(tmp_path):
     )
     HFDDPMPipeline(unet, scheduler, covariance_head=head).save_pretrained(tmp_path / "npr")
     state = app.load_model(str(tmp_path / "npr"))
-    # Its variance is the head's, not a learned one: every type and every sampler are offered, npr first.
+    # Its variance is the head's, not a learned one: every type and every sampler are offered, npr first
+    # (the head, saved beside an npr scheduler, is an NPR head: sn, which would be refused, is not).
     assert state.model.variance_types[0] == "npr"
-    assert {"fixed_small", "sn"} <= set(state.model.variance_types)
+    assert "fixed_small" in state.model.variance_types
+    assert "sn" not in state.model.variance_types
     assert {"ddim", "dpm-solver++", "unipc"} <= set(state.model.samplers)
     image = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
     _, summary = app.likelihood_bound(state, image, 4, None)
