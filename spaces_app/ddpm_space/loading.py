@@ -213,7 +213,7 @@ def offered_variance_types(pipe: Any) -> tuple[str, ...]:
         candidates = SAMPLERS[DDPM].variance_types
         head_types = HEAD_VARIANCE_TYPES
     head = getattr(pipe, "covariance_head", None)
-    kind = getattr(head, "kind", None)
+    kind = getattr(getattr(head, "config", None), "kind", None)
     with_head = () if head is None else (kind,) if kind else tuple(head_types or ())
     channels = int(pipe.unet.config.in_channels)
     return tuple(

@@ -720,7 +720,8 @@ def test_a_failed_report_write_keeps_the_old_report_and_leaves_no_partial_file(
     monkeypatch.setattr(pathlib.Path, "write_text", full_disk)
     capsys.readouterr()
     assert main(_nll_argv(saved_pipeline, tmp_path, "--seed", "1")) == 1
-    assert capsys.readouterr().err.splitlines()[-1].endswith("No space left on device")
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert "No space left on device" in last and last.endswith(f"{str(report)!r}"), last
     assert report.read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
 

@@ -490,7 +490,7 @@ def test_a_model_with_a_covariance_head_offers_its_types_and_samples_with_it(
 
     assert not set(HEAD_VARIANCE_TYPES) & set(app.load_model(str(model_dir)).model.variance_types)
     state = app.load_model(str(bundled_model_path()))
-    assert state.model.pipe.covariance_head.kind == "npr"
+    assert state.model.pipe.covariance_head.config.kind == "npr"
     assert set(HEAD_VARIANCE_TYPES) & set(state.model.variance_types) == {"npr"}
     assert state.model.variance_types[0] == "analytic"  # the default stays hf-ddpm sample's
     *_, (_, _, images, status) = app.generate_images(
