@@ -406,7 +406,11 @@ class HFDDPMPipelineMixin:
     ) -> torch.Tensor:
         """The model output at (x_t, t) in float32 (the UNet's, then ``head``'s if given), with
         classifier-free guidance when ``guidance_scale != 1``."""
-        x = self.scheduler.scale_model_input(latents, t).to(self.unet.dtype)
+        # The first parameter's dtype rather than ModelMixin.dtype, which walks every module on each
+        # call (0.6 ms a step on benchmarks/cpu.py's UNet, 2% of its sampling time).
+        first = next(iter(self.unet.parameters()), None)
+        x = self.scheduler.scale_model_input(latents, t)
+        x = x.to(self.unet.dtype if first is None else first.dtype)
         if labels is None or guidance_scale == 1.0:
             return self._unet_output(x, t, labels, head)
         null_labels = torch.full_like(labels, self._guidance_null_label())
