@@ -78,9 +78,8 @@ def test_inpaint_takes_the_class_by_name(cats_and_dogs, tmp_path):
     data, out = cats_and_dogs
     photo = next((data / "dogs").glob("*.png"))
     width, height = Image.open(photo).size
-    mask = np.zeros(
-        (height, width), np.uint8
-    )  # the edit commands take a mask of the image's own size
+    # The edit commands take a mask of the image's own size.
+    mask = np.zeros((height, width), np.uint8)
     mask[height // 2 :] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
     argv = ["inpaint", str(out), "--image", str(photo), "--mask", str(tmp_path / "mask.png")]
