@@ -13,9 +13,9 @@ from hf_ddpm.core.pushing import HubPushError, push_folder_to_hub, uploaded_file
 from hf_ddpm.training.train import train
 
 
-def _trained(tmp_path) -> Path:
-    out = tmp_path / "out"
-    config = tiny_train_config(
+def _config(tmp_path, **overrides):
+    """A tiny run that leaves checkpoints, grids and logs beside the pipeline."""
+    return tiny_train_config(
         tmp_path,
         lr_warmup_steps=1,
         checkpoint_every=1,
@@ -23,8 +23,13 @@ def _trained(tmp_path) -> Path:
         num_samples=4,
         logger="tensorboard",
         calibrate=False,
+        **overrides,
     )
-    train(config)
+
+
+def _trained(tmp_path) -> Path:
+    out = tmp_path / "out"
+    train(_config(tmp_path))
     # What a killed run leaves behind.
     (out / ".tmp-checkpoint-3-999").mkdir()
     (out / ".tmp-checkpoint-3-999" / "model.safetensors").write_bytes(b"half")
@@ -83,18 +88,7 @@ def test_train_push_uploads_exactly_the_folders_upload_files(tmp_path, hub_serve
     """``hf-ddpm train --push-to-hub`` (the end-of-run push) uploads ``uploaded_files(output_dir)``: no
     file more or less, each byte for byte as it is on disk."""
     out = tmp_path / "out"
-    config = tiny_train_config(
-        tmp_path,
-        lr_warmup_steps=1,
-        checkpoint_every=1,
-        sample_every=1,
-        num_samples=4,
-        logger="tensorboard",
-        calibrate=False,
-        push_to_hub=True,
-        hub_model_id="tester/trained",
-    )
-    result = train(config)
+    result = train(_config(tmp_path, push_to_hub=True, hub_model_id="tester/trained"))
     assert result.hub_url and not result.warnings
     expected = uploaded_files(out)
     assert "model_index.json" in expected and "checkpoint-2/manifest.json" not in expected
