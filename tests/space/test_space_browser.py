@@ -149,19 +149,28 @@ def test_a_text_file_named_png_gets_a_message_in_the_browser(page_url, browser, 
 
 def _upload_into_editor(page, picture) -> Any:
     """Upload ``picture`` into the Edit tab's ImageEditor and return its canvas once the editor says the
-    picture is drawn. The editor's own DOM tells each moment: it shows its empty state ("Upload an
-    image") once it has mounted and can take an upload (an earlier upload is dropped); it removes that
-    state and shows the brush's size control once it has the upload; and its Undo button is enabled
-    once the upload is drawn as its background, the first entry of its history."""
+    picture is drawn. The editor's own DOM tells each moment:
+
+    - it is ready for an upload once both of its drawing surfaces (the editor's and the crop tool's,
+      each a PixiJS app under ``.pixi-target`` and ``.pixi-target-crop``) have put their canvas in
+      the page: Gradio appends each canvas at the end of that surface's asynchronous set-up, right
+      after its layers exist. The empty state ("Upload an image") shows earlier, and an upload that
+      arrives before the layers exist is dropped with a page error ("reading 'reset_layers'");
+      on a busy 2-core machine that happened in 2 of 10 pages;
+    - it removes the empty state and shows the brush's size control once it has the upload;
+    - its Undo button is enabled once the upload is drawn as its background, the first entry of its
+      history."""
     from playwright.sync_api import expect
 
     editor = page.locator("#edit_input")
     editor.locator(".empty").get_by_text("Upload an image").wait_for(timeout=60_000)
+    for surface in (".pixi-target", ".pixi-target-crop"):
+        editor.locator(f"{surface} > canvas").wait_for(state="attached", timeout=60_000)
     editor.locator("input[type=file]").first.set_input_files(str(picture))
     editor.locator(".empty").wait_for(state="detached", timeout=60_000)
     editor.get_by_role("button", name="Brush Size").wait_for(timeout=60_000)
     expect(editor.get_by_role("button", name="Undo", exact=True)).to_be_enabled(timeout=60_000)
-    canvas = editor.locator("canvas").first
+    canvas = editor.locator(".pixi-target > canvas")
     canvas.wait_for(timeout=60_000)
     return canvas
 
