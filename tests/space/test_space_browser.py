@@ -160,14 +160,20 @@ def _upload_into_editor(page, picture) -> Any:
     - it removes the empty state and shows the brush's size control once it has the upload;
     - its Undo button is enabled once the upload is drawn as its background, the first entry of its
       history."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
     from playwright.sync_api import expect
 
     editor = page.locator("#edit_input")
     editor.locator(".empty").get_by_text("Upload an image").wait_for(timeout=60_000)
     for surface in (".pixi-target", ".pixi-target-crop"):
         editor.locator(f"{surface} > canvas").wait_for(state="attached", timeout=60_000)
+    page_errors: list[str] = []
+    page.on("pageerror", lambda error: page_errors.append(str(error)))
     editor.locator("input[type=file]").first.set_input_files(str(picture))
-    editor.locator(".empty").wait_for(state="detached", timeout=60_000)
+    try:
+        editor.locator(".empty").wait_for(state="detached", timeout=60_000)
+    except PlaywrightTimeoutError:
+        pytest.fail(f"the editor did not take the upload; the page's errors: {page_errors}")
     editor.get_by_role("button", name="Brush Size").wait_for(timeout=60_000)
     expect(editor.get_by_role("button", name="Undo", exact=True)).to_be_enabled(timeout=60_000)
     canvas = editor.locator(".pixi-target > canvas")
